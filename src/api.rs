@@ -1,0 +1,315 @@
+//! The HTTP API of a node, compatible with clients of the original:
+//!
+//! | route | answer |
+//! |---|---|
+//! | `POST /api/{stream}/{key}` | the owner's answer, with `X-Service-ID` naming it |
+//! | `POST /api/broadcast/{stream}/{key}` | an array, one entry per service of the stream |
+//! | `GET /api/services` | every routable service, in the original's shape |
+//! | `GET|POST /api/health` | `{"status":"up"}` (503 `leaving` while the node stops) |
+//!
+//! The key is everything after `/api/{stream}/`, percent-decoded, so it may hold `/`.
+//! Other methods on the message routes are 405. Every error is JSON `{"error": "..."}`.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::header::{HeaderValue, ALLOW, CONTENT_LENGTH, CONTENT_TYPE};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tracing::{debug, info, warn};
+
+use crate::forward::{HOP_HEADER, SERVICE_ID_HEADER};
+use crate::message::Payload;
+use crate::path::decode_segment;
+use crate::router::{RouteError, Router};
+
+/// What the HTTP layer needs besides the router.
+pub(crate) struct ApiState {
+    pub router: Router,
+    /// Largest request body accepted.
+    pub body_limit: usize,
+    /// Set when the node starts leaving: health turns 503.
+    pub leaving: AtomicBool,
+}
+
+type Body = Full<Bytes>;
+
+fn json_response(status: StatusCode, body: Bytes) -> Response<Body> {
+    let mut response = Response::new(Full::new(body));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+fn error_response(status: StatusCode, message: &str) -> Response<Body> {
+    let body = serde_json::to_vec(&json!({ "error": message })).unwrap_or_default();
+    json_response(status, Bytes::from(body))
+}
+
+fn value_response(status: StatusCode, value: &Value) -> Response<Body> {
+    json_response(
+        status,
+        Bytes::from(serde_json::to_vec(value).unwrap_or_default()),
+    )
+}
+
+fn method_not_allowed(allow: &'static str) -> Response<Body> {
+    let mut response = error_response(
+        StatusCode::METHOD_NOT_ALLOWED,
+        &format!("method not allowed; use {allow}"),
+    );
+    response
+        .headers_mut()
+        .insert(ALLOW, HeaderValue::from_static(allow));
+    response
+}
+
+fn route_error_response(e: &RouteError) -> Response<Body> {
+    let mut response = error_response(e.status(), &e.to_string());
+    if e.status() == StatusCode::MISDIRECTED_REQUEST || e.status() == StatusCode::BAD_GATEWAY {
+        response
+            .headers_mut()
+            .insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    response
+}
+
+/// Splits `stream/key` (both still encoded) at the first slash.
+fn split_stream_key(rest: &str) -> Option<(&str, &str)> {
+    let (stream, key) = rest.split_once('/')?;
+    (!stream.is_empty()).then_some((stream, key))
+}
+
+/// Answers one request. Never fails: every error is a JSON response.
+pub(crate) async fn handle(
+    state: Arc<ApiState>,
+    request: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
+    let path = request.uri().path();
+    let Some(rest) = path.strip_prefix("/api/") else {
+        return Ok(error_response(
+            StatusCode::NOT_FOUND,
+            &format!("no route for {} {path}", request.method()),
+        ));
+    };
+    let response = match rest {
+        "health" => health(&state, request.method()),
+        "services" => services(&state, request.method()),
+        _ => {
+            let (broadcast, rest) = match rest.strip_prefix("broadcast/") {
+                Some(rest) => (true, rest),
+                None => (false, rest),
+            };
+            match split_stream_key(rest) {
+                Some((stream, key)) => {
+                    let (stream, key) = (stream.to_owned(), key.to_owned());
+                    message(&state, request, broadcast, &stream, &key).await
+                }
+                None => error_response(
+                    StatusCode::NOT_FOUND,
+                    &format!(
+                        "no route for {} {path}; messages go to /api/{{stream}}/{{partitionKey}}",
+                        request.method()
+                    ),
+                ),
+            }
+        }
+    };
+    Ok(response)
+}
+
+fn health(state: &ApiState, method: &Method) -> Response<Body> {
+    if !matches!(*method, Method::GET | Method::POST | Method::HEAD) {
+        return method_not_allowed("GET, POST");
+    }
+    let table = state.router.table();
+    let leaving = state.leaving.load(Ordering::Relaxed);
+    let body = json!({
+        "status": if leaving { "leaving" } else { "up" },
+        "node": state.router.node_id(),
+        "services": table.services.len(),
+        "localServices": state.router.local_services().len(),
+        "tableVersion": table.version,
+    });
+    let status = if leaving {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
+    };
+    value_response(status, &body)
+}
+
+fn services(state: &ApiState, method: &Method) -> Response<Body> {
+    if !matches!(*method, Method::GET | Method::HEAD) {
+        return method_not_allowed("GET");
+    }
+    let table = state.router.table();
+    let list: Vec<Value> = table
+        .services
+        .iter()
+        .map(|s| {
+            json!({
+                "id": &*s.id,
+                "stream": &*s.stream,
+                "node": &*s.node_id,
+                "endpoints": [ { "endpointType": "http", "description": &*s.endpoint } ],
+            })
+        })
+        .collect();
+    value_response(StatusCode::OK, &Value::Array(list))
+}
+
+async fn message(
+    state: &ApiState,
+    request: Request<Incoming>,
+    broadcast: bool,
+    stream: &str,
+    key: &str,
+) -> Response<Body> {
+    if request.method() != Method::POST {
+        return method_not_allowed("POST");
+    }
+    let (stream, key) = match (decode_segment(stream), decode_segment(key)) {
+        (Ok(s), Ok(k)) => (s, k),
+        (Err(e), _) | (_, Err(e)) => {
+            return error_response(StatusCode::BAD_REQUEST, &format!("bad path: {e}"));
+        }
+    };
+    let deadline = Instant::now() + state.router.config().request_timeout;
+    let headers = request.headers();
+    let declared_too_long = headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .is_some_and(|len| len > state.body_limit as u64);
+    if declared_too_long {
+        return too_large(state.body_limit);
+    }
+    let content_type = headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let target = headers
+        .get(SERVICE_ID_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty())
+        .map(str::to_owned);
+    let hop = headers.contains_key(HOP_HEADER);
+    let body = match Limited::new(request.into_body(), state.body_limit)
+        .collect()
+        .await
+    {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => return too_large(state.body_limit),
+        Err(e) => {
+            return error_response(
+                StatusCode::BAD_REQUEST,
+                &format!("cannot read the body: {e}"),
+            )
+        }
+    };
+    let payload = Payload { body, content_type };
+
+    if broadcast {
+        return match state
+            .router
+            .broadcast_payload(&stream, &key, payload, deadline)
+            .await
+        {
+            Ok(entries) => value_response(StatusCode::OK, &Value::Array(entries)),
+            Err(e) => route_error_response(&e),
+        };
+    }
+    match state
+        .router
+        .route(&stream, &key, target.as_deref(), hop, payload, deadline)
+        .await
+    {
+        Ok(routed) => {
+            let mut response = json_response(routed.reply.status, routed.reply.body);
+            if let Ok(v) = HeaderValue::from_str(&routed.service_id) {
+                response.headers_mut().insert(SERVICE_ID_HEADER, v);
+            }
+            response
+        }
+        Err(e) => {
+            debug!(%stream, error = %e, "request failed");
+            route_error_response(&e)
+        }
+    }
+}
+
+fn too_large(limit: usize) -> Response<Body> {
+    error_response(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        &format!("request body is larger than the limit of {limit} bytes"),
+    )
+}
+
+/// Serves the API on `listener` until `shutdown` completes, then stops accepting and lets open
+/// requests finish for at most `drain`.
+pub(crate) async fn serve(
+    listener: TcpListener,
+    state: Arc<ApiState>,
+    shutdown: impl Future<Output = ()>,
+    drain: Duration,
+    killed: watch::Receiver<bool>,
+) {
+    let graceful = GracefulShutdown::new();
+    let mut http = http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .keep_alive(true)
+        .header_read_timeout(Duration::from_secs(30));
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer): (tokio::net::TcpStream, SocketAddr) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let state = state.clone();
+        let service = service_fn(move |request| handle(state.clone(), request));
+        let connection = http.serve_connection(TokioIo::new(stream), service);
+        let connection = graceful.watch(connection);
+        let mut killed = killed.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                result = connection => if let Err(e) = result {
+                    debug!(%peer, error = %e, "connection ended with an error");
+                },
+                _ = killed.wait_for(|k| *k) => debug!(%peer, "node killed; connection dropped"),
+            }
+        });
+    }
+    drop(listener);
+    info!("HTTP server stopped accepting; draining open requests");
+    if tokio::time::timeout(drain, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        warn!(?drain, "drain timed out; dropping open connections");
+    }
+}

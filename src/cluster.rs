@@ -1,0 +1,107 @@
+//! Membership: the [`Cluster`] trait a backend implements, and the view it publishes.
+//!
+//! A backend learns which nodes exist and which services each advertises; the node turns every
+//! published [`ClusterView`] into an immutable service table (see `table.rs`). The built-in
+//! backend is [`GossipCluster`]; custom ones implement [`Cluster`] and [`Membership`], as the
+//! original let users implement its `Cluster` interface.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use async_trait::async_trait;
+use serde::Serialize;
+use tokio::sync::watch;
+
+pub mod gossip;
+
+pub use gossip::{GossipCluster, GossipConfig, NO_SEEDS};
+
+/// What a node tells its cluster about itself when it joins.
+#[derive(Debug, Clone)]
+pub struct LocalNode {
+    /// A unique id for this run of the node.
+    pub node_id: String,
+    /// Where peers send HTTP requests: `http://host:port`.
+    pub endpoint: String,
+}
+
+/// One service a node advertises: a registered handler on a stream.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct ServiceEntry {
+    pub id: Arc<str>,
+    pub stream: Arc<str>,
+}
+
+/// Whether a member takes traffic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MemberState {
+    /// Reachable and serving: its services are on the rings.
+    Live,
+    /// Announced that it is stopping: off the rings, finishing what it has.
+    Leaving,
+    /// The failure detector gave up on it: off the rings.
+    Dead,
+}
+
+/// One node as a backend sees it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Member {
+    pub id: String,
+    /// `http://host:port` of the node's HTTP API.
+    pub endpoint: String,
+    pub state: MemberState,
+    pub services: Vec<ServiceEntry>,
+    /// When this node last heard from the member, where the backend knows.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_heard: Option<SystemTime>,
+}
+
+/// Everything a backend knows at one moment. Services of members that are not
+/// [`MemberState::Live`] are never routed to.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct ClusterView {
+    pub members: Vec<Member>,
+}
+
+/// Errors of a membership backend.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error("invalid cluster address: {0}")]
+    Address(#[from] crate::address::AddressError),
+    #[error("cannot bind the cluster address {addr}: {source}")]
+    Bind {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cluster backend failed: {0}")]
+    Backend(String),
+}
+
+/// A membership backend before it joins: configuration only.
+#[async_trait]
+pub trait Cluster: Send + 'static {
+    /// Joins the cluster as `local`. Fails when the backend cannot start (an address in use,
+    /// an engine out of reach).
+    async fn join(self: Box<Self>, local: LocalNode) -> Result<Arc<dyn Membership>, ClusterError>;
+}
+
+/// A joined membership backend.
+#[async_trait]
+pub trait Membership: Send + Sync + 'static {
+    /// Advertises exactly `services` as this node's (replacing what was advertised before).
+    async fn advertise(&self, services: &[ServiceEntry]) -> Result<(), ClusterError>;
+    /// The current view and its changes. The view includes this node itself.
+    fn view(&self) -> watch::Receiver<Arc<ClusterView>>;
+    /// Announces that this node is leaving, so peers stop routing to it at once.
+    async fn leave(&self) -> Result<(), ClusterError>;
+    /// Stops the backend's tasks. Called after [`Membership::leave`] on a graceful stop.
+    async fn shutdown(&self) -> Result<(), ClusterError>;
+    /// The address peers use to join through this node (a gossip seed), when there is one.
+    fn seed_address(&self) -> Option<String> {
+        None
+    }
+    /// Stops at once without telling anyone, as a crash would (tests of failure detection).
+    fn abort(&self) {}
+}

@@ -1,0 +1,339 @@
+//! The built-in membership backend: gossip over UDP with the `chitchat` crate (scuttlebutt
+//! reconciliation and a phi-accrual failure detector), so nothing else needs installing.
+//!
+//! Each node's gossip state holds its HTTP endpoint (`http`), its state (`status`: `live` or
+//! `leaving`) and one key per service (`service:<id>` = stream). Whenever chitchat's set of live
+//! nodes or their states change, a task turns them into a [`ClusterView`] and publishes it.
+//! The defaults suit a LAN: a gossip round every 150 ms and a phi threshold of 10 notice a
+//! killed node within about two seconds.
+
+use std::collections::HashSet;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use chitchat::transport::UdpTransport;
+use chitchat::{
+    spawn_chitchat, ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig, NodeState,
+    ProtocolVersion,
+};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tracing::{debug, info, warn};
+
+use super::{
+    Cluster, ClusterError, ClusterView, LocalNode, Member, MemberState, Membership, ServiceEntry,
+};
+use crate::address::{parse_seed, Address};
+
+const KEY_HTTP: &str = "http";
+const KEY_STATUS: &str = "status";
+const SERVICE_PREFIX: &str = "service:";
+
+/// No seeds: `GossipCluster::new(9742, NO_SEEDS)` starts a new cluster.
+pub const NO_SEEDS: [&str; 0] = [];
+
+/// Tuning of the gossip backend.
+#[derive(Debug, Clone)]
+pub struct GossipConfig {
+    /// Nodes with another cluster id ignore each other.
+    pub cluster_id: String,
+    /// Time between gossip rounds; it sets the pace of convergence and failure detection.
+    pub gossip_interval: Duration,
+    /// Phi above which a silent node is declared dead; detection takes about
+    /// `phi_threshold * gossip_interval`.
+    pub phi_threshold: f64,
+    /// How long a leaving node keeps gossiping so that peers learn it is leaving.
+    pub leave_announce: Duration,
+    /// How long dead nodes are remembered (and listed as dead) before they are forgotten.
+    pub dead_node_grace_period: Duration,
+}
+
+impl Default for GossipConfig {
+    fn default() -> Self {
+        GossipConfig {
+            cluster_id: "meshage".into(),
+            gossip_interval: Duration::from_millis(150),
+            phi_threshold: 10.0,
+            leave_announce: Duration::from_millis(600),
+            dead_node_grace_period: Duration::from_secs(120),
+        }
+    }
+}
+
+/// The built-in gossip cluster, the original's `GrapevineCluster`.
+#[derive(Debug, Clone)]
+pub struct GossipCluster {
+    address: Address,
+    seeds: Vec<String>,
+    config: GossipConfig,
+}
+
+impl GossipCluster {
+    /// A gossip cluster listening on `address` (any form [`Address`] accepts: `host:port`, a bare
+    /// port, the `find` forms) that joins through `seeds` (`host:port`, or a bare port on
+    /// 127.0.0.1). Fails on an address or seed that does not parse.
+    pub fn new<A, I, S>(address: A, seeds: I) -> Result<Self, ClusterError>
+    where
+        A: ToString,
+        I: IntoIterator<Item = S>,
+        S: ToString,
+    {
+        let address = Address::parse(&address.to_string())?;
+        let seeds = seeds
+            .into_iter()
+            .map(|s| s.to_string())
+            .filter(|s| !s.trim().is_empty())
+            .map(|s| parse_seed(&s))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(GossipCluster {
+            address,
+            seeds,
+            config: GossipConfig::default(),
+        })
+    }
+
+    /// Replaces the tuning.
+    pub fn with_config(mut self, config: GossipConfig) -> Self {
+        self.config = config;
+        self
+    }
+}
+
+/// Resolves `host:port` to one socket address, preferring IPv4.
+fn resolve(host_port: &str) -> Option<SocketAddr> {
+    let addrs: Vec<SocketAddr> = host_port.to_socket_addrs().ok()?.collect();
+    addrs
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or(addrs.first())
+        .copied()
+}
+
+#[async_trait]
+impl Cluster for GossipCluster {
+    async fn join(self: Box<Self>, local: LocalNode) -> Result<Arc<dyn Membership>, ClusterError> {
+        let GossipCluster {
+            address,
+            seeds,
+            config,
+        } = *self;
+        // chitchat binds its own socket, so find the port here and let go of it.
+        let (socket, advertised) = address.bind_udp().map_err(|source| ClusterError::Bind {
+            addr: address.to_string(),
+            source,
+        })?;
+        let listen_addr = socket.local_addr().map_err(|source| ClusterError::Bind {
+            addr: address.to_string(),
+            source,
+        })?;
+        drop(socket);
+        let advertise_addr = resolve(&advertised).unwrap_or_else(|| {
+            warn!(%advertised, "cannot resolve the advertised gossip address; advertising 127.0.0.1");
+            SocketAddr::from(([127, 0, 0, 1], listen_addr.port()))
+        });
+        let own: HashSet<SocketAddr> = [advertise_addr, listen_addr].into_iter().collect();
+        let seed_nodes: Vec<String> = seeds
+            .into_iter()
+            .filter(|seed| {
+                !(seed == &advertised || resolve(seed).is_some_and(|a| own.contains(&a)))
+            })
+            .collect();
+
+        let generation = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or_default();
+        let chitchat_id = ChitchatId::new(local.node_id.clone(), generation, advertise_addr);
+        let chitchat_config = ChitchatConfig {
+            chitchat_id,
+            cluster_id: config.cluster_id.clone(),
+            gossip_interval: config.gossip_interval,
+            listen_addr,
+            seed_nodes: seed_nodes.clone(),
+            failure_detector_config: FailureDetectorConfig {
+                phi_threshold: config.phi_threshold,
+                sampling_window_size: 1000,
+                max_interval: config.gossip_interval * 20,
+                initial_interval: config.gossip_interval,
+                dead_node_grace_period: config.dead_node_grace_period,
+            },
+            marked_for_deletion_grace_period: Duration::from_secs(3600),
+            catchup_callback: None,
+            extra_liveness_predicate: None,
+            protocol_version: ProtocolVersion::V0,
+        };
+        let initial = vec![
+            (KEY_HTTP.to_string(), local.endpoint.clone()),
+            (KEY_STATUS.to_string(), "live".to_string()),
+        ];
+        let handle = spawn_chitchat(chitchat_config, initial, &UdpTransport)
+            .await
+            .map_err(|e| ClusterError::Backend(format!("gossip on {listen_addr}: {e}")))?;
+        info!(%listen_addr, %advertise_addr, seeds = ?seed_nodes, "gossip started");
+
+        let (view_tx, view_rx) = watch::channel(Arc::new(ClusterView::default()));
+        let watcher = tokio::spawn(watch_members(handle.chitchat(), view_tx));
+        Ok(Arc::new(GossipMembership {
+            handle: tokio::sync::Mutex::new(Some(handle)),
+            view: view_rx,
+            watcher,
+            config,
+            seed_address: advertise_addr.to_string(),
+        }))
+    }
+}
+
+/// Publishes a new view whenever chitchat's live set or any live node's state changes.
+/// Ends when chitchat stops (its watch sender is dropped) or the view has no receivers.
+async fn watch_members(
+    chitchat: Arc<tokio::sync::Mutex<chitchat::Chitchat>>,
+    view_tx: watch::Sender<Arc<ClusterView>>,
+) {
+    let mut live = chitchat.lock().await.live_nodes_watcher();
+    loop {
+        let view = {
+            let live_nodes = live.borrow_and_update().clone();
+            let guard = chitchat.lock().await;
+            let mut members: Vec<Member> = live_nodes
+                .iter()
+                .filter_map(|(id, state)| member_of(id, state, true))
+                .collect();
+            for id in guard.dead_nodes() {
+                if live_nodes.contains_key(id) {
+                    continue;
+                }
+                if let Some(member) = guard.node_state(id).and_then(|s| member_of(id, s, false)) {
+                    members.push(member);
+                }
+            }
+            members.sort_by(|a, b| a.id.cmp(&b.id));
+            ClusterView { members }
+        };
+        debug!(members = view.members.len(), "gossip view changed");
+        if view_tx.send(Arc::new(view)).is_err() {
+            debug!("no one watches the gossip view any more; watcher ends");
+            return;
+        }
+        if live.changed().await.is_err() {
+            debug!("gossip stopped; watcher ends");
+            return;
+        }
+    }
+}
+
+fn member_of(id: &ChitchatId, state: &NodeState, live: bool) -> Option<Member> {
+    let endpoint = state.get(KEY_HTTP)?.to_string();
+    let state_kind = if !live {
+        MemberState::Dead
+    } else if state.get(KEY_STATUS) == Some("leaving") {
+        MemberState::Leaving
+    } else {
+        MemberState::Live
+    };
+    let mut services: Vec<ServiceEntry> = state
+        .key_values()
+        .filter_map(|(k, v)| {
+            k.strip_prefix(SERVICE_PREFIX).map(|sid| ServiceEntry {
+                id: Arc::from(sid),
+                stream: Arc::from(v),
+            })
+        })
+        .collect();
+    services.sort();
+    Some(Member {
+        id: id.node_id.to_string(),
+        endpoint,
+        state: state_kind,
+        services,
+        last_heard: None,
+    })
+}
+
+struct GossipMembership {
+    handle: tokio::sync::Mutex<Option<ChitchatHandle>>,
+    view: watch::Receiver<Arc<ClusterView>>,
+    watcher: JoinHandle<()>,
+    config: GossipConfig,
+    seed_address: String,
+}
+
+impl GossipMembership {
+    async fn with_state<T>(&self, f: impl FnOnce(&mut NodeState) -> T) -> Result<T, ClusterError> {
+        let guard = self.handle.lock().await;
+        let handle = guard
+            .as_ref()
+            .ok_or_else(|| ClusterError::Backend("gossip already stopped".into()))?;
+        let chitchat = handle.chitchat();
+        let mut chitchat = chitchat.lock().await;
+        Ok(f(chitchat.self_node_state()))
+    }
+}
+
+#[async_trait]
+impl Membership for GossipMembership {
+    async fn advertise(&self, services: &[ServiceEntry]) -> Result<(), ClusterError> {
+        self.with_state(|state| {
+            let wanted: HashSet<String> = services
+                .iter()
+                .map(|s| format!("{SERVICE_PREFIX}{}", s.id))
+                .collect();
+            let stale: Vec<String> = state
+                .key_values()
+                .filter(|(k, _)| k.starts_with(SERVICE_PREFIX) && !wanted.contains(*k))
+                .map(|(k, _)| k.to_string())
+                .collect();
+            for key in stale {
+                state.delete(&key);
+            }
+            for service in services {
+                state.set(format!("{SERVICE_PREFIX}{}", service.id), &*service.stream);
+            }
+        })
+        .await
+    }
+
+    fn view(&self) -> watch::Receiver<Arc<ClusterView>> {
+        self.view.clone()
+    }
+
+    async fn leave(&self) -> Result<(), ClusterError> {
+        self.with_state(|state| state.set(KEY_STATUS, "leaving"))
+            .await?;
+        // Keep gossiping for a few rounds so that peers learn it before we go quiet.
+        tokio::time::sleep(self.config.leave_announce).await;
+        Ok(())
+    }
+
+    async fn shutdown(&self) -> Result<(), ClusterError> {
+        let handle = self.handle.lock().await.take();
+        if let Some(handle) = handle {
+            handle
+                .shutdown()
+                .await
+                .map_err(|e| ClusterError::Backend(format!("gossip shutdown: {e}")))?;
+        }
+        self.watcher.abort();
+        Ok(())
+    }
+
+    fn seed_address(&self) -> Option<String> {
+        Some(self.seed_address.clone())
+    }
+
+    fn abort(&self) {
+        self.watcher.abort();
+        if let Ok(mut guard) = self.handle.try_lock() {
+            if let Some(handle) = guard.take() {
+                handle.abort();
+            }
+        }
+    }
+}
+
+impl Drop for GossipMembership {
+    fn drop(&mut self) {
+        Membership::abort(self);
+    }
+}

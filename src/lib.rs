@@ -1,0 +1,62 @@
+//! meshage: a peer-to-peer service mesh for message handlers.
+//!
+//! Nodes register handlers on named streams. Any node accepts `POST /api/{stream}/{key}`; a
+//! consistent-hash ring over the stream's services (placement identical to the npm `hashring`
+//! 3.2.0 package that the original `@github1/meshage` uses) picks the one service that owns the
+//! key, and the request is handled there, forwarded at most once. Membership comes from built-in
+//! gossip ([`GossipCluster`]) or from any [`Cluster`] implementation.
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! use meshage::{GossipCluster, HandlerError, Message, NO_SEEDS};
+//! use serde_json::json;
+//!
+//! let node = meshage::init(GossipCluster::new("127.0.0.1:9742", NO_SEEDS)?, "127.0.0.1:8080")
+//!     .register("echo", |data, _header| async move {
+//!         Ok::<_, HandlerError>(json!({ "echoed": data }))
+//!     })
+//!     .start()
+//!     .await?;
+//! let answer = node.router().send(Message::new("echo", "some-key", json!({"hello": "world"}))).await?;
+//! assert_eq!(answer, json!({"echoed": {"hello": "world"}}));
+//! node.shutdown().await?;
+//! # Ok(()) }
+//! ```
+//!
+//! # Layout
+//!
+//! - `address`: `host:port`, bare ports and the `find` forms; pure parsing, binding at the edge.
+//! - `ring`: the consistent-hash ring, identical to npm `hashring` 3.2.0; pure.
+//! - `table`: an immutable snapshot of routable services with one ring per stream; pure.
+//! - `message`: messages, headers, handlers.
+//! - `cluster`: the membership traits; `cluster/gossip` the built-in backend on chitchat.
+//! - `router`: key to owner from the current table; send and broadcast.
+//! - `forward`: the pooled HTTP client to peers and the single-hop rule.
+//! - `path`: strict percent-encoding of path segments.
+//! - `api`: the HTTP API; `node`: start and graceful shutdown.
+
+mod address;
+mod api;
+pub mod cluster;
+mod forward;
+mod message;
+mod node;
+mod path;
+mod ring;
+mod router;
+mod table;
+
+pub use address::{hostname, parse_seed, Address, AddressError, PortSpec};
+pub use cluster::{
+    Cluster, ClusterError, ClusterView, GossipCluster, GossipConfig, LocalNode, Member,
+    MemberState, Membership, ServiceEntry, NO_SEEDS,
+};
+pub use forward::{HOP_HEADER, SERVICE_ID_HEADER};
+pub use message::{
+    handler_fn, typed_handler_fn, BoxFuture, Handler, HandlerError, Header, Message, Payload,
+    Reply, SharedHandler,
+};
+pub use node::{init, Node, NodeBuilder, NodeConfig, StartError};
+pub use ring::HashRing;
+pub use router::{RouteError, Routed, Router, RouterConfig};
+pub use table::{ServiceInfo, ServiceTable};

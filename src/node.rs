@@ -1,0 +1,275 @@
+//! A node: `init(cluster, address)`, `register`, `start` — then a [`Node`] handle that owns the
+//! node's tasks and its graceful shutdown.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tracing::{debug, info, warn};
+
+use crate::address::{Address, AddressError};
+use crate::api::{self, ApiState};
+use crate::cluster::{Cluster, ClusterError, LocalNode, Membership};
+use crate::forward::Forwarder;
+use crate::message::{handler_fn, HandlerError, Header, SharedHandler};
+use crate::router::{LocalService, Router, RouterConfig};
+use crate::table::ServiceTable;
+
+/// Settings of a node beyond its cluster and address.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// Bounds every request, forwarded or handled here.
+    pub request_timeout: Duration,
+    /// Bounds connecting to a peer.
+    pub connect_timeout: Duration,
+    /// Largest request body accepted (413 above it).
+    pub body_limit: usize,
+    /// How long a stopping node lets open requests finish.
+    pub drain_timeout: Duration,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            request_timeout: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(2),
+            body_limit: 1024 * 1024,
+            drain_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("invalid HTTP address: {0}")]
+    Address(#[from] AddressError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
+}
+
+/// Starts configuring a node that joins `cluster` and serves HTTP on `address` (any form
+/// [`Address`] accepts: `host:port`, a bare port, the `find` forms).
+pub fn init(cluster: impl Cluster, address: impl ToString) -> NodeBuilder {
+    NodeBuilder {
+        cluster: Box::new(cluster),
+        address: Address::parse(&address.to_string()),
+        services: Vec::new(),
+        config: NodeConfig::default(),
+    }
+}
+
+/// A node before it starts. See [`init`].
+pub struct NodeBuilder {
+    cluster: Box<dyn Cluster>,
+    address: Result<Address, AddressError>,
+    services: Vec<(String, SharedHandler)>,
+    config: NodeConfig,
+}
+
+impl NodeBuilder {
+    /// Registers an async closure over the message data as a service on `stream`.
+    pub fn register<F, Fut, T, E>(self, stream: impl Into<String>, handler: F) -> Self
+    where
+        F: Fn(serde_json::Value, Header) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = Result<T, E>> + Send + 'static,
+        T: serde::Serialize + 'static,
+        E: Into<HandlerError> + 'static,
+    {
+        self.register_handler(stream, handler_fn(handler))
+    }
+
+    /// Registers any [`crate::Handler`] as a service on `stream`.
+    pub fn register_handler(mut self, stream: impl Into<String>, handler: SharedHandler) -> Self {
+        self.services.push((stream.into(), handler));
+        self
+    }
+
+    /// Replaces the node's settings.
+    pub fn config(mut self, config: NodeConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Binds the HTTP address, joins the cluster, advertises the registered services and starts
+    /// serving. Fails on a bad or busy address, or when the cluster cannot be joined.
+    pub async fn start(self) -> Result<Node, StartError> {
+        let address = self.address?;
+        let (listener, advertised) = address.bind_tcp().map_err(|source| StartError::Bind {
+            addr: address.to_string(),
+            source,
+        })?;
+        let local_addr = listener.local_addr().map_err(|source| StartError::Bind {
+            addr: address.to_string(),
+            source,
+        })?;
+        let listener =
+            tokio::net::TcpListener::from_std(listener).map_err(|source| StartError::Bind {
+                addr: address.to_string(),
+                source,
+            })?;
+        let endpoint = format!("http://{advertised}");
+        let node_id: Arc<str> = Arc::from(uuid::Uuid::new_v4().to_string());
+
+        let membership = self
+            .cluster
+            .join(LocalNode {
+                node_id: node_id.to_string(),
+                endpoint: endpoint.clone(),
+            })
+            .await?;
+        let config = self.config;
+        let forwarder = Forwarder::new(
+            config.connect_timeout,
+            config.body_limit.max(16 * 1024 * 1024),
+        );
+        let router = Router::new(
+            node_id.clone(),
+            membership.clone(),
+            forwarder,
+            RouterConfig {
+                request_timeout: config.request_timeout,
+            },
+        );
+        router.add_local(
+            self.services
+                .into_iter()
+                .map(|(stream, handler)| {
+                    let id: Arc<str> = Arc::from(uuid::Uuid::new_v4().to_string());
+                    let stream: Arc<str> = Arc::from(stream);
+                    (id, LocalService { stream, handler })
+                })
+                .collect(),
+        );
+        membership.advertise(&router.local_services()).await?;
+
+        let table_task = tokio::spawn(follow_membership(membership.clone(), router.clone()));
+        let state = Arc::new(ApiState {
+            router: router.clone(),
+            body_limit: config.body_limit,
+            leaving: Default::default(),
+        });
+        let (stop_tx, mut stop_rx) = watch::channel(false);
+        let (kill_tx, kill_rx) = watch::channel(false);
+        let server = tokio::spawn(api::serve(
+            listener,
+            state.clone(),
+            async move {
+                let _ = stop_rx.wait_for(|stop| *stop).await;
+            },
+            config.drain_timeout,
+            kill_rx,
+        ));
+        info!(node = %node_id, %endpoint, %local_addr, "node started");
+        Ok(Node {
+            router,
+            membership,
+            state,
+            local_addr,
+            endpoint,
+            stop_tx,
+            kill_tx,
+            server,
+            table_task,
+        })
+    }
+}
+
+/// Rebuilds the service table on every membership change. Ends when the backend's view closes.
+async fn follow_membership(membership: Arc<dyn Membership>, router: Router) {
+    let mut view = membership.view();
+    let mut version = 0u64;
+    loop {
+        let current = view.borrow_and_update().clone();
+        version += 1;
+        router.set_table(ServiceTable::build(version, &current));
+        if view.changed().await.is_err() {
+            debug!("membership view closed; table follower ends");
+            return;
+        }
+    }
+}
+
+/// A running node. Dropping it stops its tasks abruptly; call [`Node::shutdown`] to leave the
+/// cluster gracefully.
+pub struct Node {
+    router: Router,
+    membership: Arc<dyn Membership>,
+    state: Arc<ApiState>,
+    local_addr: std::net::SocketAddr,
+    endpoint: String,
+    stop_tx: watch::Sender<bool>,
+    /// Drops every open connection at once (crash simulation, and a node dropped unstopped).
+    kill_tx: watch::Sender<bool>,
+    server: JoinHandle<()>,
+    table_task: JoinHandle<()>,
+}
+
+impl Node {
+    /// Sends and broadcasts messages; registers services after start.
+    pub fn router(&self) -> &Router {
+        &self.router
+    }
+
+    /// This node's id in the cluster.
+    pub fn id(&self) -> &str {
+        self.router.node_id()
+    }
+
+    /// The socket address the HTTP API is bound to.
+    pub fn local_addr(&self) -> std::net::SocketAddr {
+        self.local_addr
+    }
+
+    /// The address other nodes can name as a seed to join through this one (gossip only).
+    pub fn seed_address(&self) -> Option<String> {
+        self.membership.seed_address()
+    }
+
+    /// The URL peers use to reach this node: `http://host:port`.
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    /// Leaves the cluster gracefully: announces that it is leaving (peers route its keys
+    /// elsewhere at once), stops accepting connections, lets open requests finish within the
+    /// drain timeout, then stops gossip.
+    pub async fn shutdown(mut self) -> Result<(), ClusterError> {
+        self.state.leaving.store(true, Ordering::Relaxed);
+        if let Err(e) = self.membership.leave().await {
+            warn!(error = %e, "could not announce leaving");
+        }
+        let _ = self.stop_tx.send(true);
+        if let Err(e) = (&mut self.server).await {
+            warn!(error = %e, "HTTP server task failed");
+        }
+        let result = self.membership.shutdown().await;
+        self.table_task.abort();
+        info!(node = %self.router.node_id(), "node stopped");
+        result
+    }
+
+    /// Stops everything at once without telling the cluster, as a crash would; peers notice
+    /// through failure detection. For tests of failure handling.
+    #[doc(hidden)]
+    pub fn kill(self) {
+        // Drop does the work.
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.kill_tx.send(true);
+        self.server.abort();
+        self.table_task.abort();
+        self.membership.abort();
+    }
+}

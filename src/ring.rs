@@ -1,0 +1,428 @@
+//! Consistent-hash ring that places keys exactly like the npm package
+//! [`hashring`] 3.2.0 used with default options.
+//!
+//! meshage routes every message to the service instance that owns the
+//! message's partition key. The original JavaScript implementation
+//! (`@github1/meshage`) computes that owner with
+//! `new HashRing(serviceIds).get(partitionKey)`, so a Rust node and a
+//! JavaScript node in the same (mixed) cluster only agree on owners if this
+//! module reproduces `hashring`'s placement bit for bit, quirks included.
+//! That is why the code below copies the JavaScript literally instead of using
+//! a "cleaner" ketama variant:
+//!
+//! * **Points per server.** Every server has weight 1, so
+//!   `percentage = 1 / servers.length`, and the number of vnodes is
+//!   `Math.floor(percentage * 40 * servers.length)`, evaluated in `f64` in
+//!   that order. Because of rounding this is 39 rather than 40 for some
+//!   cluster sizes (7 servers get 39 vnodes, i.e. 156 points each).
+//! * **Point values.** For vnode `i` of server `s` the ring takes
+//!   `x = md5("{s}-{i}")` and, for `j` in `0..4`, the point
+//!   `x[3+4j] << 24 | x[2+4j] << 16 | x[1+4j] << 8 | x[4j]` (a little-endian
+//!   `u32` of each 4-byte group of the digest).
+//! * **Order.** Points are pushed in server order and then stably sorted by
+//!   value (V8's `Array.prototype.sort` is stable), so equal values keep
+//!   insertion order.
+//! * **Lookup.** A key hashes to the little-endian `u32` of the first four
+//!   bytes of `md5(key as UTF-8)`, and the owner is found with `hashring`'s
+//!   own binary search ([`HashRing::get`]), which is *not* a textbook
+//!   lower-bound search: it returns index 0 whenever it "falls off" either
+//!   end and treats a point equal to its predecessor specially. It is
+//!   replicated step by step.
+//! * **`"__proto__"`.** `hashring` looks the vnode count up in a plain JS
+//!   object (`self.vnodes[server] || 40`); for the id `"__proto__"` that
+//!   yields `Object.prototype`, and the loop `i < Object.prototype` never
+//!   runs, so such a server gets **no** points (it still counts towards
+//!   `servers.length`). We do the same.
+//!
+//! Deliberate deviation: duplicate server ids are removed, keeping the first
+//! occurrence (`hashring` would give a duplicated id double the points and
+//! count it twice in `servers.length`). Cluster membership is a set, so the
+//! mesh never feeds duplicates in the first place.
+//!
+//! The ring is immutable: it is rebuilt (one md5 per vnode plus one sort) on
+//! every membership change, and [`HashRing::get`] does one md5 of the key plus
+//! a binary search, with no allocation and no cache.
+//!
+//! [`hashring`]: https://www.npmjs.com/package/hashring
+
+use std::collections::HashSet;
+use std::fmt;
+use std::sync::Arc;
+
+use md5::{Digest, Md5};
+
+/// `hashring`'s default number of virtual nodes per server.
+const VNODES: usize = 40;
+/// `hashring`'s default number of points taken from each md5 digest.
+const REPLICAS: usize = 4;
+
+/// An immutable consistent-hash ring, placement-compatible with npm
+/// `hashring` 3.2.0 (default options): the same owner for every key, and the
+/// same number of points per server (160, or 156 for some cluster sizes).
+///
+/// Differences from `hashring`: duplicate ids are removed (first occurrence
+/// kept) and there is no lookup cache (none is needed; `get` does not
+/// allocate).
+#[derive(Clone, Default)]
+pub struct HashRing {
+    /// Server ids in the order given, duplicates removed.
+    servers: Box<[Arc<str>]>,
+    /// Point values, sorted ascending (stable with respect to insertion).
+    values: Box<[u32]>,
+    /// `owners[k]` is the index in `servers` of the server owning `values[k]`.
+    owners: Box<[u32]>,
+}
+
+impl HashRing {
+    /// Builds a ring over `ids`, in the order given. Duplicate ids are
+    /// dropped (the first occurrence is kept).
+    ///
+    /// # Panics
+    ///
+    /// Panics if there are more than `u32::MAX` servers.
+    pub fn new<I, S>(ids: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let mut seen: HashSet<Arc<str>> = HashSet::new();
+        let mut servers: Vec<Arc<str>> = Vec::new();
+        for id in ids {
+            let id = id.as_ref();
+            if !seen.contains(id) {
+                let id: Arc<str> = Arc::from(id);
+                seen.insert(Arc::clone(&id));
+                servers.push(id);
+            }
+        }
+        drop(seen);
+        assert!(
+            u32::try_from(servers.len()).is_ok(),
+            "HashRing supports at most u32::MAX servers"
+        );
+
+        let n = servers.len();
+        if n == 0 {
+            return Self::default();
+        }
+        // JS: percentage = weight / total; Math.floor(percentage * vnodes * servers.length)
+        let percentage = 1.0 / n as f64;
+        let vnodes = (percentage * VNODES as f64 * n as f64).floor() as usize;
+
+        // Each point packed as `value << 32 | server index`. Sorting these
+        // unstably gives exactly the order of JS's stable sort by value:
+        // among equal values insertion order is server order (and equal
+        // values of the same server are indistinguishable).
+        let mut packed: Vec<u64> = Vec::with_capacity(n * vnodes * REPLICAS);
+        let mut digits = [0u8; 20];
+        for (index, server) in servers.iter().enumerate() {
+            if &**server == "__proto__" {
+                continue; // see module docs: hashring gives it no points
+            }
+            let mut prefix = Md5::new();
+            prefix.update(server.as_bytes());
+            prefix.update(b"-");
+            for i in 0..vnodes {
+                let mut hasher = prefix.clone();
+                hasher.update(decimal(i, &mut digits));
+                let x = hasher.finalize();
+                for group in x.chunks_exact(4).take(REPLICAS) {
+                    let value = u32::from_le_bytes([group[0], group[1], group[2], group[3]]);
+                    packed.push((u64::from(value) << 32) | index as u64);
+                }
+            }
+        }
+        packed.sort_unstable();
+
+        let values = packed.iter().map(|&p| (p >> 32) as u32).collect();
+        let owners = packed.iter().map(|&p| p as u32).collect();
+        Self {
+            servers: servers.into_boxed_slice(),
+            values,
+            owners,
+        }
+    }
+
+    /// The id of the server owning `key`, or `None` if the ring has no
+    /// points (no servers).
+    #[inline]
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.get_index(key).map(|index| &*self.servers[index])
+    }
+
+    /// The index in [`servers`](Self::servers) of the server owning `key`,
+    /// or `None` if the ring has no points (no servers).
+    #[inline]
+    pub fn get_index(&self, key: &str) -> Option<usize> {
+        if self.values.is_empty() {
+            return None;
+        }
+        let position = self.find(hash_key(key));
+        Some(self.owners[position] as usize)
+    }
+
+    /// Server ids in the order given to [`new`](Self::new), duplicates removed.
+    #[inline]
+    pub fn servers(&self) -> &[Arc<str>] {
+        &self.servers
+    }
+
+    /// Number of servers.
+    #[inline]
+    pub fn len(&self) -> usize {
+        self.servers.len()
+    }
+
+    /// `true` if the ring has no servers.
+    #[inline]
+    pub fn is_empty(&self) -> bool {
+        self.servers.is_empty()
+    }
+
+    /// Total number of points on the ring.
+    #[inline]
+    pub fn points(&self) -> usize {
+        self.values.len()
+    }
+
+    /// Number of ring points owned by the server at `index` in
+    /// [`servers`](Self::servers) (0 for an out-of-range index).
+    pub fn points_of(&self, index: usize) -> usize {
+        self.owners
+            .iter()
+            .filter(|&&owner| owner as usize == index)
+            .count()
+    }
+
+    /// `hashring`'s `find`, replicated exactly (including its fall-back to
+    /// position 0). Must only be called on a non-empty ring.
+    ///
+    /// ```js
+    /// while (true) {
+    ///   mid = (low + high) >> 1;
+    ///   if (mid === this.size) return 0;
+    ///   middle = ring[mid].value;
+    ///   prev = mid === 0 ? 0 : ring[mid - 1].value;
+    ///   if (hashValue <= middle && hashValue > prev) return mid;
+    ///   if (middle < hashValue) low = mid + 1; else high = mid - 1;
+    ///   if (low > high) return 0;
+    /// }
+    /// ```
+    #[inline]
+    fn find(&self, hash: u32) -> usize {
+        let values = &*self.values;
+        let size = values.len() as isize;
+        let mut low: isize = 0;
+        let mut high: isize = size;
+        // Invariant at the top of the loop: 0 <= low <= high <= size, so
+        // 0 <= middle <= size and `high` only goes negative right before the
+        // `low > high` exit.
+        loop {
+            let middle = (low + high) >> 1;
+            if middle == size {
+                return 0;
+            }
+            let mid = values[middle as usize];
+            let prev = if middle == 0 {
+                0
+            } else {
+                values[middle as usize - 1]
+            };
+            if hash <= mid && hash > prev {
+                return middle as usize;
+            }
+            if mid < hash {
+                low = middle + 1;
+            } else {
+                high = middle - 1;
+            }
+            if low > high {
+                return 0;
+            }
+        }
+    }
+}
+
+impl fmt::Debug for HashRing {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HashRing")
+            .field("servers", &self.servers)
+            .field("points", &self.values.len())
+            .finish()
+    }
+}
+
+/// `hashValue(key)`: little-endian `u32` of the first four md5 bytes.
+#[inline]
+fn hash_key(key: &str) -> u32 {
+    let x = Md5::digest(key.as_bytes());
+    u32::from_le_bytes([x[0], x[1], x[2], x[3]])
+}
+
+/// Writes `n` in decimal (as JS's `'' + n` does for integers) into `buf`
+/// and returns the digits.
+fn decimal(mut n: usize, buf: &mut [u8; 20]) -> &[u8] {
+    let mut start = buf.len();
+    loop {
+        start -= 1;
+        buf[start] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    &buf[start..]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ids(n: usize) -> Vec<String> {
+        (0..n).map(|i| format!("svc-{i}")).collect()
+    }
+
+    fn keys() -> impl Iterator<Item = String> {
+        (0..5_000).map(|i| format!("key-{i}"))
+    }
+
+    #[test]
+    fn empty_ring_returns_none() {
+        let ring = HashRing::new(Vec::<String>::new());
+        assert!(ring.is_empty());
+        assert_eq!(ring.len(), 0);
+        assert_eq!(ring.points(), 0);
+        assert_eq!(ring.get("anything"), None);
+        assert_eq!(ring.get_index(""), None);
+        assert_eq!(HashRing::default().get("x"), None);
+        assert_eq!(ring.points_of(0), 0);
+    }
+
+    #[test]
+    fn single_server_owns_everything() {
+        let ring = HashRing::new(["only"]);
+        assert_eq!(ring.len(), 1);
+        assert_eq!(ring.points(), 160);
+        for key in keys().chain(["".to_owned(), "ключ-日本".to_owned()]) {
+            assert_eq!(ring.get(&key), Some("only"));
+            assert_eq!(ring.get_index(&key), Some(0));
+        }
+    }
+
+    #[test]
+    fn point_counts() {
+        let ring = HashRing::new(ids(3));
+        assert_eq!(ring.points(), 480);
+        for i in 0..3 {
+            assert_eq!(ring.points_of(i), 160);
+        }
+        let ring = HashRing::new(ids(7));
+        assert_eq!(ring.points(), 7 * 156);
+        for i in 0..7 {
+            assert_eq!(ring.points_of(i), 156);
+        }
+        assert_eq!(ring.points_of(7), 0);
+    }
+
+    #[test]
+    fn points_are_sorted_and_owned() {
+        let ring = HashRing::new(ids(50));
+        assert!(ring.values.windows(2).all(|w| w[0] <= w[1]));
+        assert_eq!(ring.values.len(), ring.owners.len());
+        assert!(ring.owners.iter().all(|&o| (o as usize) < ring.len()));
+    }
+
+    #[test]
+    fn removing_a_server_only_moves_its_keys() {
+        let all = ids(10);
+        let full = HashRing::new(&all);
+        for removed in [0, 4, 9] {
+            let rest: Vec<&String> = all.iter().filter(|s| **s != all[removed]).collect();
+            let smaller = HashRing::new(&rest);
+            let mut moved = 0;
+            for key in keys() {
+                let before = full.get(&key).unwrap();
+                let after = smaller.get(&key).unwrap();
+                if before == all[removed] {
+                    moved += 1;
+                    assert_ne!(after, all[removed]);
+                } else {
+                    assert_eq!(before, after, "key {key} moved without cause");
+                }
+            }
+            assert!(moved > 0, "removed server owned no keys");
+        }
+    }
+
+    #[test]
+    fn duplicates_are_removed_keeping_first_occurrence() {
+        let ring = HashRing::new(["b", "a", "b", "c", "a"]);
+        let servers: Vec<&str> = ring.servers().iter().map(|s| &**s).collect();
+        assert_eq!(servers, ["b", "a", "c"]);
+        assert_eq!(ring.points(), 3 * 160);
+        let plain = HashRing::new(["b", "a", "c"]);
+        for key in keys() {
+            assert_eq!(ring.get(&key), plain.get(&key));
+            assert_eq!(ring.get_index(&key), plain.get_index(&key));
+        }
+    }
+
+    #[test]
+    fn proto_server_gets_no_points() {
+        let ring = HashRing::new(["a", "__proto__", "b"]);
+        assert_eq!(ring.len(), 3);
+        assert_eq!(ring.points(), 320);
+        assert_eq!(ring.points_of(1), 0);
+        assert!(keys().all(|k| ring.get(&k) != Some("__proto__")));
+        assert_eq!(HashRing::new(["__proto__"]).get("x"), None);
+    }
+
+    #[test]
+    fn get_index_matches_get() {
+        let ring = HashRing::new(ids(16));
+        for key in keys() {
+            let index = ring.get_index(&key).unwrap();
+            assert_eq!(ring.get(&key), Some(&*ring.servers()[index]));
+        }
+    }
+
+    /// `find` on hand-made rings with repeated values, against the positions
+    /// hashring 3.2.0's own `find` returns for `h` in `0..=max + 1` (recorded
+    /// by setting `ring.ring`/`ring.size` on a real instance in node).
+    #[test]
+    fn find_matches_hashring_on_ties() {
+        let cases: [(&[u32], &[usize]); 4] = [
+            (&[5, 5, 5, 10], &[0, 0, 0, 0, 0, 0, 3, 3, 3, 3, 3, 0]),
+            (
+                &[3, 7, 7, 7, 7, 9, 20],
+                &[
+                    0, 0, 0, 0, 1, 1, 1, 1, 5, 5, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 0,
+                ],
+            ),
+            (&[0, 0, 4], &[0, 2, 2, 2, 2, 0]),
+            (&[1, 2, 2, 2, 2, 2, 2, 2, 3], &[0, 0, 1, 8, 0]),
+        ];
+        for (values, expected) in cases {
+            let ring = HashRing {
+                servers: Box::new([Arc::from("x")]),
+                values: values.into(),
+                owners: vec![0; values.len()].into(),
+            };
+            let got: Vec<usize> = (0..expected.len() as u32).map(|h| ring.find(h)).collect();
+            assert_eq!(got, expected, "ring {values:?}");
+        }
+        let ring = HashRing::new(ids(3));
+        assert_eq!(ring.find(0), 0);
+        assert_eq!(ring.find(u32::MAX), 0);
+        let last = ring.values[ring.values.len() - 1];
+        assert_eq!(ring.find(last), ring.values.len() - 1);
+    }
+
+    #[test]
+    fn decimal_formatting() {
+        let mut buf = [0u8; 20];
+        for n in [0, 7, 10, 39, 123_456, usize::MAX] {
+            assert_eq!(decimal(n, &mut buf), n.to_string().as_bytes());
+        }
+    }
+}

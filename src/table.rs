@@ -1,0 +1,192 @@
+//! The service table: an immutable snapshot of every routable service, with one ring per stream.
+//!
+//! It is built once per membership change from a [`ClusterView`] and swapped in atomically;
+//! requests read the current snapshot without locks. Choosing the owner of a key is a pure
+//! function of a table.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use crate::cluster::{ClusterView, MemberState};
+use crate::ring::HashRing;
+
+/// One routable service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ServiceInfo {
+    pub id: Arc<str>,
+    pub stream: Arc<str>,
+    /// The node that runs it.
+    pub node_id: Arc<str>,
+    /// `http://host:port` of that node.
+    pub endpoint: Arc<str>,
+}
+
+/// The services of one stream and their ring.
+#[derive(Debug, Clone, Default)]
+pub struct StreamServices {
+    /// Indexes into [`ServiceTable::services`], in the ring's server order.
+    pub services: Vec<usize>,
+    pub ring: HashRing,
+}
+
+/// An immutable snapshot of the routable services.
+#[derive(Debug, Clone, Default)]
+pub struct ServiceTable {
+    /// Increases with every membership change this node has applied.
+    pub version: u64,
+    /// Every routable service, sorted by stream then id.
+    pub services: Vec<ServiceInfo>,
+    by_id: HashMap<Arc<str>, usize>,
+    streams: HashMap<Arc<str>, StreamServices>,
+}
+
+impl ServiceTable {
+    /// Builds the table of the live members' services.
+    pub fn build(version: u64, view: &ClusterView) -> ServiceTable {
+        let mut services: Vec<ServiceInfo> = view
+            .members
+            .iter()
+            .filter(|m| m.state == MemberState::Live)
+            .flat_map(|m| {
+                let node_id: Arc<str> = Arc::from(m.id.as_str());
+                let endpoint: Arc<str> = Arc::from(m.endpoint.as_str());
+                m.services.iter().map(move |s| ServiceInfo {
+                    id: s.id.clone(),
+                    stream: s.stream.clone(),
+                    node_id: node_id.clone(),
+                    endpoint: endpoint.clone(),
+                })
+            })
+            .collect();
+        services.sort_by(|a, b| (&a.stream, &a.id).cmp(&(&b.stream, &b.id)));
+        services.dedup_by(|a, b| a.id == b.id);
+
+        let by_id = services
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.id.clone(), i))
+            .collect();
+        let mut grouped: HashMap<Arc<str>, Vec<usize>> = HashMap::new();
+        for (i, s) in services.iter().enumerate() {
+            grouped.entry(s.stream.clone()).or_default().push(i);
+        }
+        let streams = grouped
+            .into_iter()
+            .map(|(stream, indexes)| {
+                let ring = HashRing::new(indexes.iter().map(|&i| &*services[i].id));
+                (
+                    stream,
+                    StreamServices {
+                        services: indexes,
+                        ring,
+                    },
+                )
+            })
+            .collect();
+        ServiceTable {
+            version,
+            services,
+            by_id,
+            streams,
+        }
+    }
+
+    /// The service that owns `key` on `stream`, or `None` when the stream has no service.
+    pub fn owner(&self, stream: &str, key: &str) -> Option<&ServiceInfo> {
+        let entry = self.streams.get(stream)?;
+        let index = entry.ring.get_index(key)?;
+        Some(&self.services[entry.services[index]])
+    }
+
+    /// The services of `stream` with their ring.
+    pub fn stream(&self, stream: &str) -> Option<&StreamServices> {
+        self.streams.get(stream)
+    }
+
+    /// Every service of `stream`.
+    pub fn services_of<'a>(&'a self, stream: &str) -> impl Iterator<Item = &'a ServiceInfo> + 'a {
+        let indexes: &[usize] = self
+            .streams
+            .get(stream)
+            .map(|s| &s.services[..])
+            .unwrap_or(&[]);
+        indexes.iter().map(move |&i| &self.services[i])
+    }
+
+    /// The service with this id.
+    pub fn service(&self, id: &str) -> Option<&ServiceInfo> {
+        self.by_id.get(id).map(|&i| &self.services[i])
+    }
+
+    /// Names of the streams with at least one service.
+    pub fn streams(&self) -> impl Iterator<Item = &str> {
+        self.streams.keys().map(|s| &**s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::{Member, ServiceEntry};
+
+    fn member(id: &str, state: MemberState, services: &[(&str, &str)]) -> Member {
+        Member {
+            id: id.into(),
+            endpoint: format!("http://{id}:80"),
+            state,
+            services: services
+                .iter()
+                .map(|(sid, stream)| ServiceEntry {
+                    id: Arc::from(*sid),
+                    stream: Arc::from(*stream),
+                })
+                .collect(),
+            last_heard: None,
+        }
+    }
+
+    #[test]
+    fn only_live_members_are_routable() {
+        let view = ClusterView {
+            members: vec![
+                member("a", MemberState::Live, &[("s1", "echo"), ("s2", "other")]),
+                member("b", MemberState::Leaving, &[("s3", "echo")]),
+                member("c", MemberState::Dead, &[("s4", "echo")]),
+                member("d", MemberState::Live, &[("s5", "echo")]),
+            ],
+        };
+        let table = ServiceTable::build(1, &view);
+        let ids: Vec<&str> = table.services_of("echo").map(|s| &*s.id).collect();
+        assert_eq!(ids, ["s1", "s5"]);
+        assert!(table.service("s3").is_none());
+        assert_eq!(&*table.service("s5").unwrap().endpoint, "http://d:80");
+        assert!(table.owner("missing", "k").is_none());
+    }
+
+    #[test]
+    fn owner_is_the_rings_choice() {
+        let view = ClusterView {
+            members: vec![
+                member("a", MemberState::Live, &[("s1", "echo")]),
+                member("b", MemberState::Live, &[("s2", "echo")]),
+                member("c", MemberState::Live, &[("s3", "echo")]),
+            ],
+        };
+        let table = ServiceTable::build(1, &view);
+        let ring = HashRing::new(["s1", "s2", "s3"]);
+        let mut owners = std::collections::HashSet::new();
+        for i in 0..300 {
+            let key = format!("key-{i}");
+            let owner = table.owner("echo", &key).unwrap();
+            assert_eq!(Some(&*owner.id), ring.get(&key));
+            owners.insert(owner.id.clone());
+        }
+        assert_eq!(
+            owners.len(),
+            3,
+            "300 keys should spread over all three services"
+        );
+    }
+}
