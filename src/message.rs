@@ -113,7 +113,7 @@ impl HandlerError {
 
 impl fmt::Display for HandlerError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} ({})", self.message, self.status.as_u16())
+        f.write_str(&self.message)
     }
 }
 

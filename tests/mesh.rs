@@ -1,0 +1,298 @@
+//! Multi-node behaviour through real sockets: placement, broadcast, leaving, crashing, rejoining.
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use common::*;
+use meshage::{HandlerError, HashRing, Message, NodeConfig};
+use serde_json::json;
+
+fn service_ids(node: &meshage::Node) -> Vec<String> {
+    node.router()
+        .table()
+        .services_of("echo")
+        .map(|s| s.id.to_string())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_node_sends_each_key_to_the_rings_owner() {
+    let nodes = echo_cluster(3).await;
+    let ids = service_ids(&nodes[0]);
+    assert_eq!(ids.len(), 3);
+    let ring = HashRing::new(&ids);
+    let http = Http::default();
+    let mut owners_seen = HashSet::new();
+    for i in 0..300 {
+        let key = format!("user-{i}");
+        let expected = ring.get(&key).unwrap();
+        for node in &nodes {
+            let answer = http
+                .post(&format!("{}/api/echo/{key}", node.endpoint()), r#"{"n":1}"#)
+                .await;
+            assert_eq!(answer.status, 200, "{key} via {}: {:?}", node.endpoint(), answer.body);
+            assert_eq!(answer.service_id().as_deref(), Some(expected), "key {key} via {}", node.endpoint());
+            let body = answer.json();
+            assert_eq!(body["by"], expected, "the handler that ran is the owner");
+            assert_eq!(body["echoed"], json!({"n": 1}));
+        }
+        owners_seen.insert(expected.to_owned());
+    }
+    assert_eq!(owners_seen.len(), 3, "300 keys spread over the 3 services");
+    for node in nodes {
+        node.shutdown().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn library_send_and_broadcast_reach_every_service() {
+    let nodes = echo_cluster(3).await;
+    let router = nodes[1].router();
+    let ids = service_ids(&nodes[1]);
+    let ring = HashRing::new(&ids);
+    for key in ["a", "b", "c", "d", "e", "f"] {
+        let answer = router
+            .send(Message::new("echo", key, json!({"k": key})))
+            .await
+            .unwrap();
+        assert_eq!(answer["by"], ring.get(key).unwrap());
+        assert_eq!(answer["echoed"], json!({"k": key}));
+    }
+    let entries = router
+        .broadcast(Message::new("echo", "any", json!("hi")))
+        .await
+        .unwrap();
+    assert_eq!(entries.len(), 3);
+    let by: HashSet<String> = entries
+        .iter()
+        .map(|e| e["by"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(by, ids.iter().cloned().collect::<HashSet<_>>());
+
+    let http = Http::default();
+    let answer = http
+        .post(&format!("{}/api/broadcast/echo/k", nodes[2].endpoint()), "[1,2]")
+        .await;
+    assert_eq!(answer.status, 200);
+    let body = answer.json();
+    assert_eq!(body.as_array().map(Vec::len), Some(3), "{body}");
+    assert!(body.as_array().unwrap().iter().all(|e| e["echoed"] == json!([1, 2])));
+    for node in nodes {
+        node.shutdown().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_converge_quickly() {
+    let start = Instant::now();
+    let first = echo_node(&[]).await;
+    let seed = vec![first.seed_address().unwrap()];
+    let second = echo_node(&seed).await;
+    let third = echo_node(&seed).await;
+    let nodes = vec![first, second, third];
+    wait_converged(&nodes, 3).await;
+    // The goal is 1 s (the original took 2.5-4 s); the benchmark reports the median. The
+    // deadline here only guards against a regression to the original's pace.
+    let took = start.elapsed();
+    eprintln!("3-node convergence took {took:?}");
+    assert!(took < Duration::from_secs(3), "convergence took {took:?}");
+    for node in nodes {
+        node.shutdown().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leaving_node_is_dropped_at_once_and_its_keys_move() {
+    let mut nodes = echo_cluster(3).await;
+    let leaving = nodes.pop().unwrap();
+    let leaving_service = leaving.router().local_services()[0].id.to_string();
+    let ids = service_ids(&nodes[0]);
+    let ring = HashRing::new(&ids);
+    let moved: Vec<String> = (0..200)
+        .map(|i| format!("k{i}"))
+        .filter(|k| ring.get(k) == Some(leaving_service.as_str()))
+        .collect();
+    assert!(!moved.is_empty());
+
+    let started = Instant::now();
+    leaving.shutdown().await.unwrap();
+    let dropped = wait_until(Duration::from_secs(3), "peers drop the leaving node", || {
+        nodes
+            .iter()
+            .all(|n| n.router().table().service(&leaving_service).is_none())
+    })
+    .await;
+    eprintln!("leaving node dropped {dropped:?} after shutdown returned ({:?} after it began)", started.elapsed());
+
+    let remaining: Vec<String> = service_ids(&nodes[0]);
+    let after = HashRing::new(&remaining);
+    let http = Http::default();
+    for key in &moved {
+        for node in &nodes {
+            let answer = http.post(&format!("{}/api/echo/{key}", node.endpoint()), "{}").await;
+            assert_eq!(answer.status, 200, "{key}: {:?}", answer.body);
+            assert_eq!(answer.service_id().as_deref(), after.get(key));
+        }
+    }
+    for node in nodes {
+        node.shutdown().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crashed_node_is_dropped_after_failure_detection() {
+    let mut nodes = echo_cluster(3).await;
+    let crashed = nodes.pop().unwrap();
+    let crashed_service = crashed.router().local_services()[0].id.to_string();
+    crashed.kill();
+    let took = wait_until(Duration::from_secs(6), "failure detection drops the crashed node", || {
+        nodes
+            .iter()
+            .all(|n| n.router().table().service(&crashed_service).is_none())
+    })
+    .await;
+    eprintln!("crashed node dropped after {took:?}");
+
+    let http = Http::default();
+    for i in 0..50 {
+        let answer = http.post(&format!("{}/api/echo/x{i}", nodes[0].endpoint()), "{}").await;
+        assert_eq!(answer.status, 200);
+        assert_ne!(answer.service_id().as_deref(), Some(crashed_service.as_str()));
+    }
+    for node in nodes {
+        node.shutdown().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_node_rejoins_with_new_services() {
+    let mut nodes = echo_cluster(3).await;
+    let seed = vec![nodes[0].seed_address().unwrap()];
+    let old = nodes.pop().unwrap();
+    let old_service = old.router().local_services()[0].id.to_string();
+    old.shutdown().await.unwrap();
+    wait_converged(&nodes, 2).await;
+
+    nodes.push(echo_node(&seed).await);
+    wait_converged(&nodes, 3).await;
+    let new_service = nodes[2].router().local_services()[0].id.to_string();
+    assert_ne!(new_service, old_service);
+    for node in &nodes {
+        assert!(node.router().table().service(&new_service).is_some());
+        assert!(node.router().table().service(&old_service).is_none());
+    }
+    for node in nodes {
+        node.shutdown().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn services_registered_after_start_join_the_ring() {
+    let nodes = echo_cluster(2).await;
+    let id = nodes[1]
+        .router()
+        .register("late", meshage::handler_fn(|data, _h| async move { Ok::<_, HandlerError>(json!({"late": data})) }))
+        .await
+        .unwrap();
+    wait_until(Duration::from_secs(5), "both nodes see the late service", || {
+        nodes.iter().all(|n| n.router().table().service(&id).is_some())
+    })
+    .await;
+    let answer = Http::default()
+        .post(&format!("{}/api/late/k", nodes[0].endpoint()), "7")
+        .await;
+    assert_eq!(answer.status, 200);
+    assert_eq!(answer.json(), json!({"late": 7}));
+    assert_eq!(answer.service_id(), Some(id.clone()));
+
+    assert!(nodes[1].router().unregister(&id).await.unwrap());
+    wait_until(Duration::from_secs(5), "both nodes drop the withdrawn service", || {
+        nodes.iter().all(|n| n.router().table().service(&id).is_none())
+    })
+    .await;
+    for node in nodes {
+        node.shutdown().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_handler_ends_within_the_request_timeout() {
+    let config = NodeConfig {
+        request_timeout: Duration::from_millis(300),
+        ..NodeConfig::default()
+    };
+    let slow = meshage::init(gossip(&[]), "127.0.0.1:0")
+        .register("slow", |_data, _h| async move {
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            Ok::<_, HandlerError>(json!(null))
+        })
+        .config(config.clone())
+        .start()
+        .await
+        .unwrap();
+    let seed = vec![slow.seed_address().unwrap()];
+    let entry = echo_node_with(&seed, config).await;
+    let nodes = vec![slow, entry];
+    wait_converged(&nodes, 2).await;
+    let http = Http::default();
+    for node in &nodes {
+        let started = Instant::now();
+        let answer = http.post(&format!("{}/api/slow/k", node.endpoint()), "{}").await;
+        let took = started.elapsed();
+        assert_eq!(answer.status, 504, "{:?}", answer.body);
+        assert!(answer.json()["error"].as_str().unwrap().contains("no answer"));
+        assert!(took < Duration::from_secs(5), "took {took:?}");
+    }
+    for node in nodes {
+        node.shutdown().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_shutdown_finishes_requests_in_flight() {
+    let started = counter();
+    let s = started.clone();
+    let node = meshage::init(gossip(&[]), "127.0.0.1:0")
+        .register("work", move |_d, _h| {
+            let s = s.clone();
+            async move {
+                s.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(700)).await;
+                Ok::<_, HandlerError>(json!("done"))
+            }
+        })
+        .start()
+        .await
+        .unwrap();
+    wait_converged(std::slice::from_ref(&node), 1).await;
+    let url = format!("{}/api/work/k", node.endpoint());
+    let http = Http::default();
+    let in_flight = tokio::spawn(async move { http.post(&url, "{}").await });
+    wait_until(Duration::from_secs(5), "the request is being handled", || count(&started) == 1).await;
+    node.shutdown().await.unwrap();
+    let answer = in_flight.await.unwrap();
+    assert_eq!(answer.status, 200);
+    assert_eq!(answer.json(), json!("done"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_spread_evenly_enough() {
+    // Not a speed goal: a sanity check that the ring spreads keys, so the placement tests above
+    // exercise forwarding to every node.
+    let nodes = echo_cluster(3).await;
+    let ids = service_ids(&nodes[0]);
+    let mut per: HashMap<String, usize> = HashMap::new();
+    for i in 0..3000 {
+        let owner = nodes[0].router().table().owner("echo", &format!("{i}")).unwrap().id.to_string();
+        *per.entry(owner).or_default() += 1;
+    }
+    for id in &ids {
+        let share = per.get(id).copied().unwrap_or(0);
+        assert!((500..=1600).contains(&share), "{id} owns {share} of 3000 keys");
+    }
+    for node in nodes {
+        node.shutdown().await.unwrap();
+    }
+}
