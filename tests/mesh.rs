@@ -32,8 +32,19 @@ async fn every_node_sends_each_key_to_the_rings_owner() {
             let answer = http
                 .post(&format!("{}/api/echo/{key}", node.endpoint()), r#"{"n":1}"#)
                 .await;
-            assert_eq!(answer.status, 200, "{key} via {}: {:?}", node.endpoint(), answer.body);
-            assert_eq!(answer.service_id().as_deref(), Some(expected), "key {key} via {}", node.endpoint());
+            assert_eq!(
+                answer.status,
+                200,
+                "{key} via {}: {:?}",
+                node.endpoint(),
+                answer.body
+            );
+            assert_eq!(
+                answer.service_id().as_deref(),
+                Some(expected),
+                "key {key} via {}",
+                node.endpoint()
+            );
             let body = answer.json();
             assert_eq!(body["by"], expected, "the handler that ran is the owner");
             assert_eq!(body["echoed"], json!({"n": 1}));
@@ -73,12 +84,19 @@ async fn library_send_and_broadcast_reach_every_service() {
 
     let http = Http::default();
     let answer = http
-        .post(&format!("{}/api/broadcast/echo/k", nodes[2].endpoint()), "[1,2]")
+        .post(
+            &format!("{}/api/broadcast/echo/k", nodes[2].endpoint()),
+            "[1,2]",
+        )
         .await;
     assert_eq!(answer.status, 200);
     let body = answer.json();
     assert_eq!(body.as_array().map(Vec::len), Some(3), "{body}");
-    assert!(body.as_array().unwrap().iter().all(|e| e["echoed"] == json!([1, 2])));
+    assert!(body
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|e| e["echoed"] == json!([1, 2])));
     for node in nodes {
         node.shutdown().await.unwrap();
     }
@@ -118,20 +136,29 @@ async fn a_leaving_node_is_dropped_at_once_and_its_keys_move() {
 
     let started = Instant::now();
     leaving.shutdown().await.unwrap();
-    let dropped = wait_until(Duration::from_secs(3), "peers drop the leaving node", || {
-        nodes
-            .iter()
-            .all(|n| n.router().table().service(&leaving_service).is_none())
-    })
+    let dropped = wait_until(
+        Duration::from_secs(3),
+        "peers drop the leaving node",
+        || {
+            nodes
+                .iter()
+                .all(|n| n.router().table().service(&leaving_service).is_none())
+        },
+    )
     .await;
-    eprintln!("leaving node dropped {dropped:?} after shutdown returned ({:?} after it began)", started.elapsed());
+    eprintln!(
+        "leaving node dropped {dropped:?} after shutdown returned ({:?} after it began)",
+        started.elapsed()
+    );
 
     let remaining: Vec<String> = service_ids(&nodes[0]);
     let after = HashRing::new(&remaining);
     let http = Http::default();
     for key in &moved {
         for node in &nodes {
-            let answer = http.post(&format!("{}/api/echo/{key}", node.endpoint()), "{}").await;
+            let answer = http
+                .post(&format!("{}/api/echo/{key}", node.endpoint()), "{}")
+                .await;
             assert_eq!(answer.status, 200, "{key}: {:?}", answer.body);
             assert_eq!(answer.service_id().as_deref(), after.get(key));
         }
@@ -147,19 +174,28 @@ async fn a_crashed_node_is_dropped_after_failure_detection() {
     let crashed = nodes.pop().unwrap();
     let crashed_service = crashed.router().local_services()[0].id.to_string();
     crashed.kill();
-    let took = wait_until(Duration::from_secs(6), "failure detection drops the crashed node", || {
-        nodes
-            .iter()
-            .all(|n| n.router().table().service(&crashed_service).is_none())
-    })
+    let took = wait_until(
+        Duration::from_secs(6),
+        "failure detection drops the crashed node",
+        || {
+            nodes
+                .iter()
+                .all(|n| n.router().table().service(&crashed_service).is_none())
+        },
+    )
     .await;
     eprintln!("crashed node dropped after {took:?}");
 
     let http = Http::default();
     for i in 0..50 {
-        let answer = http.post(&format!("{}/api/echo/x{i}", nodes[0].endpoint()), "{}").await;
+        let answer = http
+            .post(&format!("{}/api/echo/x{i}", nodes[0].endpoint()), "{}")
+            .await;
         assert_eq!(answer.status, 200);
-        assert_ne!(answer.service_id().as_deref(), Some(crashed_service.as_str()));
+        assert_ne!(
+            answer.service_id().as_deref(),
+            Some(crashed_service.as_str())
+        );
     }
     for node in nodes {
         node.shutdown().await.unwrap();
@@ -193,12 +229,23 @@ async fn services_registered_after_start_join_the_ring() {
     let nodes = echo_cluster(2).await;
     let id = nodes[1]
         .router()
-        .register("late", meshage::handler_fn(|data, _h| async move { Ok::<_, HandlerError>(json!({"late": data})) }))
+        .register(
+            "late",
+            meshage::handler_fn(
+                |data, _h| async move { Ok::<_, HandlerError>(json!({"late": data})) },
+            ),
+        )
         .await
         .unwrap();
-    wait_until(Duration::from_secs(5), "both nodes see the late service", || {
-        nodes.iter().all(|n| n.router().table().service(&id).is_some())
-    })
+    wait_until(
+        Duration::from_secs(5),
+        "both nodes see the late service",
+        || {
+            nodes
+                .iter()
+                .all(|n| n.router().table().service(&id).is_some())
+        },
+    )
     .await;
     let answer = Http::default()
         .post(&format!("{}/api/late/k", nodes[0].endpoint()), "7")
@@ -208,9 +255,15 @@ async fn services_registered_after_start_join_the_ring() {
     assert_eq!(answer.service_id(), Some(id.clone()));
 
     assert!(nodes[1].router().unregister(&id).await.unwrap());
-    wait_until(Duration::from_secs(5), "both nodes drop the withdrawn service", || {
-        nodes.iter().all(|n| n.router().table().service(&id).is_none())
-    })
+    wait_until(
+        Duration::from_secs(5),
+        "both nodes drop the withdrawn service",
+        || {
+            nodes
+                .iter()
+                .all(|n| n.router().table().service(&id).is_none())
+        },
+    )
     .await;
     for node in nodes {
         node.shutdown().await.unwrap();
@@ -239,10 +292,15 @@ async fn a_slow_handler_ends_within_the_request_timeout() {
     let http = Http::default();
     for node in &nodes {
         let started = Instant::now();
-        let answer = http.post(&format!("{}/api/slow/k", node.endpoint()), "{}").await;
+        let answer = http
+            .post(&format!("{}/api/slow/k", node.endpoint()), "{}")
+            .await;
         let took = started.elapsed();
         assert_eq!(answer.status, 504, "{:?}", answer.body);
-        assert!(answer.json()["error"].as_str().unwrap().contains("no answer"));
+        assert!(answer.json()["error"]
+            .as_str()
+            .unwrap()
+            .contains("no answer"));
         assert!(took < Duration::from_secs(5), "took {took:?}");
     }
     for node in nodes {
@@ -270,7 +328,12 @@ async fn graceful_shutdown_finishes_requests_in_flight() {
     let url = format!("{}/api/work/k", node.endpoint());
     let http = Http::default();
     let in_flight = tokio::spawn(async move { http.post(&url, "{}").await });
-    wait_until(Duration::from_secs(5), "the request is being handled", || count(&started) == 1).await;
+    wait_until(
+        Duration::from_secs(5),
+        "the request is being handled",
+        || count(&started) == 1,
+    )
+    .await;
     node.shutdown().await.unwrap();
     let answer = in_flight.await.unwrap();
     assert_eq!(answer.status, 200);
@@ -285,12 +348,21 @@ async fn keys_spread_evenly_enough() {
     let ids = service_ids(&nodes[0]);
     let mut per: HashMap<String, usize> = HashMap::new();
     for i in 0..3000 {
-        let owner = nodes[0].router().table().owner("echo", &format!("{i}")).unwrap().id.to_string();
+        let owner = nodes[0]
+            .router()
+            .table()
+            .owner("echo", &format!("{i}"))
+            .unwrap()
+            .id
+            .to_string();
         *per.entry(owner).or_default() += 1;
     }
     for id in &ids {
         let share = per.get(id).copied().unwrap_or(0);
-        assert!((500..=1600).contains(&share), "{id} owns {share} of 3000 keys");
+        assert!(
+            (500..=1600).contains(&share),
+            "{id} owns {share} of 3000 keys"
+        );
     }
     for node in nodes {
         node.shutdown().await.unwrap();

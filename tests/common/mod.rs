@@ -18,7 +18,11 @@ use meshage::{GossipCluster, GossipConfig, HandlerError, Header, Node, NodeConfi
 use serde_json::{json, Value};
 
 /// Waits until `condition` holds, checking every 10 ms; panics with `what` after `timeout`.
-pub async fn wait_until<F: FnMut() -> bool>(timeout: Duration, what: &str, mut condition: F) -> Duration {
+pub async fn wait_until<F: FnMut() -> bool>(
+    timeout: Duration,
+    what: &str,
+    mut condition: F,
+) -> Duration {
     let start = Instant::now();
     loop {
         if condition() {
@@ -55,7 +59,12 @@ pub struct Counter(Arc<std::sync::Mutex<HashMap<String, usize>>>);
 
 impl Counter {
     pub fn hit(&self, service: &str) {
-        *self.0.lock().unwrap().entry(service.to_owned()).or_default() += 1;
+        *self
+            .0
+            .lock()
+            .unwrap()
+            .entry(service.to_owned())
+            .or_default() += 1;
     }
     pub fn get(&self, service: &str) -> usize {
         self.0.lock().unwrap().get(service).copied().unwrap_or(0)
@@ -116,9 +125,15 @@ pub async fn echo_cluster(n: usize) -> Vec<Node> {
 
 /// Waits until every node's table lists `services` services.
 pub async fn wait_converged(nodes: &[Node], services: usize) -> Duration {
-    wait_until(Duration::from_secs(10), &format!("every node sees {services} services"), || {
-        nodes.iter().all(|n| n.router().table().services.len() == services)
-    })
+    wait_until(
+        Duration::from_secs(10),
+        &format!("every node sees {services} services"),
+        || {
+            nodes
+                .iter()
+                .all(|n| n.router().table().services.len() == services)
+        },
+    )
     .await
 }
 
@@ -132,8 +147,12 @@ pub struct Answer {
 
 impl Answer {
     pub fn json(&self) -> Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {:?}", String::from_utf8_lossy(&self.body)))
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "body is not JSON ({e}): {:?}",
+                String::from_utf8_lossy(&self.body)
+            )
+        })
     }
     pub fn service_id(&self) -> Option<String> {
         self.headers
@@ -170,9 +189,15 @@ impl Http {
         for (k, v) in headers {
             builder = builder.header(*k, *v);
         }
-        let request = builder.body(Full::new(body.into())).map_err(|e| e.to_string())?;
+        let request = builder
+            .body(Full::new(body.into()))
+            .map_err(|e| e.to_string())?;
         let exchange = async {
-            let response = self.client.request(request).await.map_err(|e| format!("{e:?}"))?;
+            let response = self
+                .client
+                .request(request)
+                .await
+                .map_err(|e| format!("{e:?}"))?;
             let (parts, body) = response.into_parts();
             let body = body.collect().await.map_err(|e| e.to_string())?.to_bytes();
             Ok(Answer {
@@ -188,13 +213,20 @@ impl Http {
 
     /// POSTs JSON and panics on transport errors.
     pub async fn post(&self, url: &str, body: &str) -> Answer {
-        self.request(Method::POST, url, &[("content-type", "application/json")], body.to_owned())
-            .await
-            .unwrap()
+        self.request(
+            Method::POST,
+            url,
+            &[("content-type", "application/json")],
+            body.to_owned(),
+        )
+        .await
+        .unwrap()
     }
 
     pub async fn get(&self, url: &str) -> Answer {
-        self.request(Method::GET, url, &[], Bytes::new()).await.unwrap()
+        self.request(Method::GET, url, &[], Bytes::new())
+            .await
+            .unwrap()
     }
 }
 
