@@ -60,3 +60,8 @@ pub use node::{init, Node, NodeBuilder, NodeConfig, StartError};
 pub use ring::HashRing;
 pub use router::{RouteError, Routed, Router, RouterConfig};
 pub use table::{ServiceInfo, ServiceTable};
+
+/// The README's Rust examples compile as doctests, so that what it shows keeps working.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
