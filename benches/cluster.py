@@ -32,6 +32,7 @@ MESHAGE = os.path.join(TARGET, "release", "meshage")
 BARE = os.path.join(TARGET, "release", "examples", "bare_echo")
 KEYS = os.path.join(TARGET, "release", "examples", "bench_keys")
 BODY = '{"hello":"world"}'
+PEER_PROTOCOL = "link"
 
 LUA = r"""
 local keys = {}
@@ -117,7 +118,8 @@ class Procs:
     def stop_all(self):
         for p in self.procs:
             if p.poll() is None:
-                p.kill()
+                # nginx's master must stop its workers itself: ask, never SIGKILL it.
+                p.terminate() if p.name == "nginx" else p.kill()
         for p in self.procs:
             try:
                 p.wait(timeout=10)
@@ -148,6 +150,7 @@ def start_cluster(procs):
             "HTTP_HOST": "127.0.0.1",
             "HTTP_PORT": str(http[i]),
             "RUST_LOG": "warn",
+            "MESHAGE_PEER_PROTOCOL": PEER_PROTOCOL,
         }
         if i > 0:
             env["SEEDS"] = f"127.0.0.1:{gossip[0]}"
@@ -222,12 +225,14 @@ http {{
 
 
 def main():
-    global LUA_FILE
+    global LUA_FILE, PEER_PROTOCOL
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="short runs; finishes in under a minute")
     ap.add_argument("--out", help="also write the report (markdown) to this file")
     ap.add_argument("--no-build", action="store_true")
+    ap.add_argument("--peer-protocol", default="link", choices=["link", "http1", "http2"], help="how nodes forward to each other")
     args = ap.parse_args()
+    PEER_PROTOCOL = args.peer_protocol
     duration = 2 if args.quick else 10
     starts = 3 if args.quick else 7
     conns = [4, 64]
@@ -329,7 +334,7 @@ def main():
     nginx = {r["conns"]: r for r in rows if r["name"].startswith("nginx")}
     out = []
     out.append(f"meshage cluster benchmark ({'quick' if args.quick else 'full'}): {duration} s per row, wrk -t2, loopback, "
-               f"{os.cpu_count()} cores; load generator on the same cores")
+               f"{os.cpu_count()} cores; load generator on the same cores; peers forward over {PEER_PROTOCOL}")
     out.append("")
     out.append("| row | conns | req/s | p50 ms | p99 ms | non-2xx/errors | × bare | × nginx | p99 × bare |")
     out.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|")

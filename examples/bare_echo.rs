@@ -23,17 +23,22 @@ async fn echo(request: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infal
         Ok(data) => (StatusCode::OK, json!({ "echoed": data })),
         Err(e) => (StatusCode::BAD_REQUEST, json!({ "error": e.to_string() })),
     };
-    let mut response = Response::new(Full::new(Bytes::from(serde_json::to_vec(&out).unwrap_or_default())));
+    let mut response = Response::new(Full::new(Bytes::from(
+        serde_json::to_vec(&out).unwrap_or_default(),
+    )));
     *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
     Ok(response)
 }
 
 #[tokio::main]
 async fn main() -> std::io::Result<()> {
-    let addr = std::env::args().nth(1).unwrap_or_else(|| "127.0.0.1:0".into());
+    let addr = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "127.0.0.1:0".into());
     let listener = tokio::net::TcpListener::bind(&addr).await?;
     println!("bare echo on {}", listener.local_addr()?);
     loop {

@@ -14,7 +14,11 @@ fn main() {
     let count: usize = args[3].parse().expect("COUNT is a number");
     for i in 0..count {
         let key = format!("key-{i}");
-        let side = if ring.get(&key) == Some(args[1].as_str()) { 'L' } else { 'R' };
+        let side = if ring.get(&key) == Some(args[1].as_str()) {
+            'L'
+        } else {
+            'R'
+        };
         println!("{side} {key}");
     }
 }

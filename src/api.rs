@@ -6,14 +6,20 @@
 //! | `POST /api/broadcast/{stream}/{key}` | an array, one entry per service of the stream |
 //! | `GET /api/services` | every routable service, in the original's shape |
 //! | `GET|POST /api/health` | `{"status":"up"}` (503 `leaving` while the node stops) |
+//! | `GET /api/members` | every node this one knows: id, endpoint, state, services |
+//! | `GET /api/locate/{stream}/{key}` | the service and node that own the key; nothing runs |
 //!
 //! The key is everything after `/api/{stream}/`, percent-decoded, so it may hold `/`.
 //! Other methods on the message routes are 405. Every error is JSON `{"error": "..."}`.
+//!
+//! `broadcast`, `locate` and `members` are reserved words: a stream with one of these names
+//! cannot be sent to over HTTP (`/api/members/...` is a 404), though the library's router
+//! reaches it and `/api/broadcast/{stream}/...` broadcasts to it. `health` and `services` are
+//! reserved only as whole paths: `/api/health/{key}` is a send to the stream `health`.
 
 use std::convert::Infallible;
-use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -22,16 +28,18 @@ use http::header::{HeaderValue, ALLOW, CONTENT_LENGTH, CONTENT_TYPE};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
+use crate::cluster::ClusterView;
 use crate::forward::{HOP_HEADER, SERVICE_ID_HEADER};
+use crate::link;
 use crate::message::Payload;
 use crate::path::decode_segment;
 use crate::router::{RouteError, Router};
@@ -41,9 +49,12 @@ pub(crate) struct ApiState {
     pub router: Router,
     /// Largest request body accepted.
     pub body_limit: usize,
-    /// Set when the node starts leaving: health turns 503.
-    pub leaving: AtomicBool,
+    /// The membership view, for `/api/members`.
+    pub view: watch::Receiver<Arc<ClusterView>>,
 }
+
+/// Stream names the HTTP API keeps for itself; see the module docs.
+pub(crate) const RESERVED_STREAMS: [&str; 3] = ["broadcast", "locate", "members"];
 
 type Body = Full<Bytes>;
 
@@ -110,6 +121,26 @@ pub(crate) async fn handle(
     let response = match rest {
         "health" => health(&state, request.method()),
         "services" => services(&state, request.method()),
+        "members" => members(&state, request.method()),
+        r if r.starts_with("members/") => error_response(
+            StatusCode::NOT_FOUND,
+            &format!(
+                "no route for {} {path}; `members` is reserved: GET /api/members lists the nodes",
+                request.method()
+            ),
+        ),
+        r if r == "locate" || r.starts_with("locate/") => {
+            match r.strip_prefix("locate/").and_then(split_stream_key) {
+                Some((stream, key)) => locate(&state, request.method(), stream, key),
+                None => error_response(
+                    StatusCode::NOT_FOUND,
+                    &format!(
+                        "no route for {} {path}; use GET /api/locate/{{stream}}/{{partitionKey}}",
+                        request.method()
+                    ),
+                ),
+            }
+        }
         _ => {
             let (broadcast, rest) = match rest.strip_prefix("broadcast/") {
                 Some(rest) => (true, rest),
@@ -138,7 +169,7 @@ fn health(state: &ApiState, method: &Method) -> Response<Body> {
         return method_not_allowed("GET, POST");
     }
     let table = state.router.table();
-    let leaving = state.leaving.load(Ordering::Relaxed);
+    let leaving = state.router.is_leaving();
     let body = json!({
         "status": if leaving { "leaving" } else { "up" },
         "node": state.router.node_id(),
@@ -172,6 +203,68 @@ fn services(state: &ApiState, method: &Method) -> Response<Body> {
         })
         .collect();
     value_response(StatusCode::OK, &Value::Array(list))
+}
+
+fn members(state: &ApiState, method: &Method) -> Response<Body> {
+    if !matches!(*method, Method::GET | Method::HEAD) {
+        return method_not_allowed("GET");
+    }
+    let view = state.view.borrow().clone();
+    let own_id = state.router.node_id();
+    let list: Vec<Value> = view
+        .members
+        .iter()
+        .map(|m| {
+            let mut entry = json!({
+                "id": &m.id,
+                "endpoint": &m.endpoint,
+                "state": m.state,
+                "self": m.id == own_id,
+                "services": &m.services,
+            });
+            if let Some(ms) = m
+                .last_heard
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            {
+                entry["lastHeardMs"] = json!(ms.as_millis() as u64);
+            }
+            if m.id == own_id {
+                let withdrawn = state.router.withdrawn_services();
+                if !withdrawn.is_empty() {
+                    entry["withdrawnServices"] = json!(withdrawn);
+                }
+            }
+            entry
+        })
+        .collect();
+    value_response(StatusCode::OK, &Value::Array(list))
+}
+
+fn locate(state: &ApiState, method: &Method, stream: &str, key: &str) -> Response<Body> {
+    if !matches!(*method, Method::GET | Method::HEAD) {
+        return method_not_allowed("GET");
+    }
+    let (stream, key) = match (decode_segment(stream), decode_segment(key)) {
+        (Ok(s), Ok(k)) => (s, k),
+        (Err(e), _) | (_, Err(e)) => {
+            return error_response(StatusCode::BAD_REQUEST, &format!("bad path: {e}"));
+        }
+    };
+    let table = state.router.table();
+    let Some(owner) = table.owner(&stream, &key) else {
+        return route_error_response(&RouteError::UnknownStream(stream));
+    };
+    let body = json!({
+        "stream": &stream,
+        "partitionKey": &key,
+        "serviceId": &*owner.id,
+        "node": &*owner.node_id,
+        "endpoint": &*owner.endpoint,
+        "local": &*owner.node_id == state.router.node_id(),
+        "services": table.services_of(&stream).count(),
+        "tableVersion": table.version,
+    });
+    value_response(StatusCode::OK, &body)
 }
 
 async fn message(
@@ -261,21 +354,30 @@ fn too_large(limit: usize) -> Response<Body> {
     )
 }
 
-/// Serves the API on `listener` until `shutdown` completes, then stops accepting and lets open
-/// requests finish for at most `drain`.
+/// Serves the API on `listener` until `stop` turns true, then stops accepting and lets open
+/// requests (HTTP and peer links) finish for at most `drain`. `killed` drops everything at once.
 pub(crate) async fn serve(
     listener: TcpListener,
     state: Arc<ApiState>,
-    shutdown: impl Future<Output = ()>,
+    mut stop: watch::Receiver<bool>,
     drain: Duration,
     killed: watch::Receiver<bool>,
 ) {
     let graceful = GracefulShutdown::new();
-    let mut http = http1::Builder::new();
-    http.timer(TokioTimer::new())
+    // HTTP/1.1 for clients; HTTP/2 with prior knowledge for peers configured to forward over it.
+    let mut http = auto::Builder::new(TokioExecutor::new());
+    http.http1()
+        .timer(TokioTimer::new())
         .keep_alive(true)
         .header_read_timeout(Duration::from_secs(30));
-    tokio::pin!(shutdown);
+    http.http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(4096)
+        .initial_stream_window_size(1 << 20)
+        .initial_connection_window_size(16 << 20);
+    let http = Arc::new(http);
+    let links_open = Arc::new(AtomicUsize::new(0));
+    let links_done = Arc::new(tokio::sync::Notify::new());
     loop {
         let (stream, peer): (tokio::net::TcpStream, SocketAddr) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -287,29 +389,107 @@ pub(crate) async fn serve(
                     continue;
                 }
             },
-            _ = &mut shutdown => break,
+            _ = stopped(&mut stop) => break,
         };
         let _ = stream.set_nodelay(true);
         let state = state.clone();
-        let service = service_fn(move |request| handle(state.clone(), request));
-        let connection = http.serve_connection(TokioIo::new(stream), service);
-        let connection = graceful.watch(connection);
         let mut killed = killed.clone();
+        let watcher = graceful.watcher();
+        let http = http.clone();
+        let stop = stop.clone();
+        let (links_open, links_done) = (links_open.clone(), links_done.clone());
         tokio::spawn(async move {
-            tokio::select! {
-                result = connection => if let Err(e) = result {
+            let serve = async move {
+                if is_link(&stream).await {
+                    links_open.fetch_add(1, Ordering::AcqRel);
+                    link::serve(
+                        stream,
+                        move |request| link_request(state.clone(), request),
+                        stop,
+                    )
+                    .await;
+                    links_open.fetch_sub(1, Ordering::AcqRel);
+                    links_done.notify_waiters();
+                    return;
+                }
+                let service = service_fn(move |request| handle(state.clone(), request));
+                let connection = http
+                    .serve_connection(TokioIo::new(stream), service)
+                    .into_owned();
+                if let Err(e) = watcher.watch(connection).await {
                     debug!(%peer, error = %e, "connection ended with an error");
-                },
-                _ = killed.wait_for(|k| *k) => debug!(%peer, "node killed; connection dropped"),
+                }
+            };
+            tokio::select! {
+                _ = serve => {}
+                _ = stopped(&mut killed) => debug!(%peer, "node killed; connection dropped"),
             }
         });
     }
     drop(listener);
     info!("HTTP server stopped accepting; draining open requests");
-    if tokio::time::timeout(drain, graceful.shutdown())
-        .await
-        .is_err()
-    {
+    let drained = async {
+        graceful.shutdown().await;
+        loop {
+            let notified = links_done.notified();
+            if links_open.load(Ordering::Acquire) == 0 {
+                break;
+            }
+            notified.await;
+        }
+    };
+    if tokio::time::timeout(drain, drained).await.is_err() {
         warn!(?drain, "drain timed out; dropping open connections");
+    }
+}
+
+/// Completes when `flag` turns true (or its sender is gone).
+pub(crate) async fn stopped(flag: &mut watch::Receiver<bool>) {
+    let _ = flag.wait_for(|set| *set).await;
+}
+
+/// Whether a new connection opens with the peer-link preface (else it is HTTP).
+async fn is_link(stream: &tokio::net::TcpStream) -> bool {
+    let mut head = [0u8; 8];
+    let sniff = async {
+        loop {
+            let n = stream.peek(&mut head).await.unwrap_or(0);
+            if n == 0 || head[..n] != link::PREFACE[..n] {
+                return false;
+            }
+            if n == head.len() {
+                return true;
+            }
+            // A partial preface: wait for the rest.
+            tokio::task::yield_now().await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), sniff)
+        .await
+        .unwrap_or(false)
+}
+
+/// Runs one request that arrived over a peer link: it names its service and is never
+/// forwarded again.
+async fn link_request(state: Arc<ApiState>, request: link::LinkRequest) -> (StatusCode, Bytes) {
+    let timeout = request.timeout.min(state.router.config().request_timeout);
+    let deadline = Instant::now() + timeout;
+    let result = state
+        .router
+        .route(
+            &request.stream,
+            &request.key,
+            Some(&request.service_id),
+            true,
+            request.payload,
+            deadline,
+        )
+        .await;
+    match result {
+        Ok(routed) => (routed.reply.status, routed.reply.body),
+        Err(e) => {
+            let body = serde_json::to_vec(&json!({ "error": e.to_string() })).unwrap_or_default();
+            (e.status(), Bytes::from(body))
+        }
     }
 }

@@ -2,7 +2,8 @@
 //!
 //! A backend learns which nodes exist and which services each advertises; the node turns every
 //! published [`ClusterView`] into an immutable service table (see `table.rs`). The built-in
-//! backend is [`GossipCluster`]; custom ones implement [`Cluster`] and [`Membership`], as the
+//! backend is [`GossipCluster`]; the features `etcd` and `consul` add `EtcdCluster` and
+//! `ConsulCluster` on those engines. Custom ones implement [`Cluster`] and [`Membership`], as the
 //! original let users implement its `Cluster` interface.
 
 use std::sync::Arc;
@@ -12,8 +13,16 @@ use async_trait::async_trait;
 use serde::Serialize;
 use tokio::sync::watch;
 
+#[cfg(feature = "consul")]
+pub mod consul;
+#[cfg(feature = "etcd")]
+pub mod etcd;
 pub mod gossip;
 
+#[cfg(feature = "consul")]
+pub use consul::{ConsulCluster, ConsulConfig};
+#[cfg(feature = "etcd")]
+pub use etcd::{EtcdCluster, EtcdConfig};
 pub use gossip::{GossipCluster, GossipConfig, NO_SEEDS};
 
 /// What a node tells its cluster about itself when it joins.
@@ -67,9 +76,9 @@ pub struct ClusterView {
 /// Errors of a membership backend.
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
-    #[error("invalid cluster address: {0}")]
+    #[error("invalid cluster address")]
     Address(#[from] crate::address::AddressError),
-    #[error("cannot bind the cluster address {addr}: {source}")]
+    #[error("cannot bind the cluster address {addr}")]
     Bind {
         addr: String,
         #[source]
@@ -85,6 +94,14 @@ pub trait Cluster: Send + 'static {
     /// Joins the cluster as `local`. Fails when the backend cannot start (an address in use,
     /// an engine out of reach).
     async fn join(self: Box<Self>, local: LocalNode) -> Result<Arc<dyn Membership>, ClusterError>;
+}
+
+/// A backend chosen at run time (from configuration) is a cluster too.
+#[async_trait]
+impl Cluster for Box<dyn Cluster> {
+    async fn join(self: Box<Self>, local: LocalNode) -> Result<Arc<dyn Membership>, ClusterError> {
+        (*self).join(local).await
+    }
 }
 
 /// A joined membership backend.

@@ -15,6 +15,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
+use crate::link::{LinkError, Links};
 use crate::message::{Payload, Reply};
 use crate::path::encode_segment;
 
@@ -37,26 +38,62 @@ pub enum ForwardError {
     Timeout(Duration),
 }
 
-/// A pooled HTTP client to peers.
-#[derive(Clone, Debug)]
+/// How a node forwards to its peers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PeerProtocol {
+    /// The multiplexed peer link (see `link.rs`), falling back to HTTP/1.1 for peers without it.
+    #[default]
+    Link,
+    /// Pooled HTTP/1.1 connections.
+    Http1,
+    /// One multiplexed HTTP/2 connection per peer (prior knowledge).
+    Http2,
+}
+
+impl std::str::FromStr for PeerProtocol {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "link" => Ok(PeerProtocol::Link),
+            "http1" => Ok(PeerProtocol::Http1),
+            "http2" => Ok(PeerProtocol::Http2),
+            other => Err(format!(
+                "unknown peer protocol `{other}` (link, http1, http2)"
+            )),
+        }
+    }
+}
+
+/// A client to peers: the peer link when they speak it, else pooled HTTP.
 pub struct Forwarder {
     client: Client<HttpConnector, Full<Bytes>>,
+    links: Option<Links>,
     /// Largest answer accepted from a peer.
     max_response: usize,
 }
 
 impl Forwarder {
-    pub fn new(connect_timeout: Duration, max_response: usize) -> Self {
+    pub fn new(connect_timeout: Duration, max_response: usize, protocol: PeerProtocol) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(connect_timeout));
         connector.set_keepalive(Some(Duration::from_secs(30)));
-        let client = Client::builder(TokioExecutor::new())
+        let mut builder = Client::builder(TokioExecutor::new());
+        builder
             .pool_idle_timeout(Duration::from_secs(60))
-            .pool_max_idle_per_host(1024)
-            .build(connector);
+            .pool_max_idle_per_host(1024);
+        if protocol == PeerProtocol::Http2 {
+            builder
+                .http2_only(true)
+                .http2_initial_stream_window_size(1 << 20)
+                .http2_initial_connection_window_size(16 << 20)
+                .http2_adaptive_window(false);
+        }
+        let client = builder.build(connector);
+        let links = (protocol == PeerProtocol::Link).then(|| Links::new(connect_timeout));
         Forwarder {
             client,
+            links,
             max_response,
         }
     }
@@ -72,6 +109,16 @@ impl Forwarder {
         payload: &Payload,
         deadline: Instant,
     ) -> Result<Reply, ForwardError> {
+        if let (Some(links), Some(authority)) = (&self.links, endpoint.strip_prefix("http://")) {
+            match links
+                .send(authority, stream, key, service_id, payload, deadline)
+                .await
+            {
+                Ok(reply) => return Ok(reply),
+                Err(LinkError::Forward(e)) => return Err(e),
+                Err(LinkError::Unsupported) => {}
+            }
+        }
         let mut uri = String::with_capacity(endpoint.len() + stream.len() + key.len() + 8);
         uri.push_str(endpoint);
         uri.push_str("/api/");

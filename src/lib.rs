@@ -29,29 +29,39 @@
 //! - `ring`: the consistent-hash ring, identical to npm `hashring` 3.2.0; pure.
 //! - `table`: an immutable snapshot of routable services with one ring per stream; pure.
 //! - `message`: messages, headers, handlers.
-//! - `cluster`: the membership traits; `cluster/gossip` the built-in backend on chitchat.
+//! - `cluster`: the membership traits; `cluster/gossip` the built-in backend on chitchat;
+//!   `cluster/etcd` and `cluster/consul` backends on those engines (features `etcd`, `consul`).
 //! - `router`: key to owner from the current table; send and broadcast.
 //! - `forward`: the pooled HTTP client to peers and the single-hop rule.
 //! - `path`: strict percent-encoding of path segments.
 //! - `api`: the HTTP API; `node`: start and graceful shutdown.
+//! - `upstream`: handlers in any language: an HTTP endpoint as a handler, with health checks.
+//! - `client`: a client of a node's HTTP API, behind the `meshage` command's client commands.
 
 mod address;
 mod api;
+pub mod client;
 pub mod cluster;
 mod forward;
+mod link;
 mod message;
 mod node;
 mod path;
 mod ring;
 mod router;
 mod table;
+mod upstream;
 
 pub use address::{hostname, parse_seed, Address, AddressError, PortSpec};
 pub use cluster::{
     Cluster, ClusterError, ClusterView, GossipCluster, GossipConfig, LocalNode, Member,
     MemberState, Membership, ServiceEntry, NO_SEEDS,
 };
-pub use forward::{HOP_HEADER, SERVICE_ID_HEADER};
+#[cfg(feature = "consul")]
+pub use cluster::{ConsulCluster, ConsulConfig};
+#[cfg(feature = "etcd")]
+pub use cluster::{EtcdCluster, EtcdConfig};
+pub use forward::{PeerProtocol, HOP_HEADER, SERVICE_ID_HEADER};
 pub use message::{
     handler_fn, typed_handler_fn, BoxFuture, Handler, HandlerError, Header, Message, Payload,
     Reply, SharedHandler,
@@ -60,6 +70,9 @@ pub use node::{init, Node, NodeBuilder, NodeConfig, StartError};
 pub use ring::HashRing;
 pub use router::{RouteError, Routed, Router, RouterConfig};
 pub use table::{ServiceInfo, ServiceTable};
+pub use upstream::{
+    parse_handlers_file, HandlerSpec, HealthConfig, HttpUpstream, UpstreamConfig, UpstreamError,
+};
 
 /// The README's Rust examples compile as doctests, so that what it shows keeps working.
 #[cfg(doctest)]

@@ -1,12 +1,18 @@
 //! The `meshage` binary: `meshage node` runs a node (configured by flags or by the original's
-//! environment variables), `meshage demo` a 3-node cluster in one process.
+//! environment variables), `meshage demo` a 3-node cluster in one process, and `send`,
+//! `broadcast`, `services`, `members` and `locate` talk to a running cluster.
 
+use std::io::Write;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
-use meshage::{GossipCluster, HandlerError, Message, Node, NodeConfig, NO_SEEDS};
+use meshage::client::{read_message, ClientError, MeshClient};
+use meshage::{
+    GossipCluster, HandlerError, HandlerSpec, HealthConfig, HttpUpstream, Message, Node,
+    NodeConfig, UpstreamConfig, NO_SEEDS,
+};
 use serde_json::{json, Value};
 use tracing::{info, warn};
 
@@ -27,6 +33,8 @@ enum Command {
     Node(NodeArgs),
     /// Start a 3-node cluster in this process, send a few keys, and keep serving until Ctrl-C.
     Demo,
+    #[command(flatten)]
+    Client(ClientCommand),
 }
 
 #[derive(Args)]
@@ -52,12 +60,35 @@ struct NodeArgs {
     /// Register the example handler, answering `{"echoed": <data>}`, on STREAM (repeatable).
     #[arg(long, value_name = "STREAM")]
     echo: Vec<String>,
+    /// Serve STREAM with the HTTP handler at URL: each message is POSTed there (repeatable).
+    #[arg(long = "handler", value_name = "STREAM=URL")]
+    handlers: Vec<meshage::HandlerSpec>,
+    /// A file of handlers: one `STREAM=URL` a line; `#` starts a comment line.
+    #[arg(long, env = "MESHAGE_HANDLERS_FILE", value_name = "FILE")]
+    handlers_file: Option<std::path::PathBuf>,
+    /// Seconds a handler may take to answer before the caller gets a 502.
+    #[arg(long, env = "MESHAGE_HANDLER_TIMEOUT", default_value_t = 5.0)]
+    handler_timeout: f64,
+    /// Seconds between health checks of each handler (`GET URL`); 0 turns checks off.
+    #[arg(long, env = "MESHAGE_HEALTH_INTERVAL", default_value_t = 1.0)]
+    health_interval: f64,
+    /// Seconds a health check may take.
+    #[arg(long, env = "MESHAGE_HEALTH_TIMEOUT", default_value_t = 1.0)]
+    health_timeout: f64,
+    /// Failed health checks in a row that withdraw a handler's service from the cluster.
+    #[arg(long, env = "MESHAGE_HEALTH_FAILURES", default_value_t = 2,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    health_failures: u32,
     /// Seconds a request may take, forwarding included.
     #[arg(long, env = "MESHAGE_REQUEST_TIMEOUT", default_value_t = 10.0)]
     request_timeout: f64,
     /// Largest request body in bytes.
     #[arg(long, env = "MESHAGE_BODY_LIMIT", default_value_t = 1024 * 1024)]
     body_limit: usize,
+    /// How forwards travel between nodes: `link` (a multiplexed binary link; peers without it,
+    /// such as original nodes, get HTTP/1.1), `http1` (pooled connections) or `http2`.
+    #[arg(long, env = "MESHAGE_PEER_PROTOCOL", default_value = "link")]
+    peer_protocol: meshage::PeerProtocol,
     /// Seconds a stopping node lets open requests finish.
     #[arg(long, env = "MESHAGE_DRAIN_TIMEOUT", default_value_t = 10.0)]
     drain_timeout: f64,
@@ -101,12 +132,25 @@ async fn run_node(args: NodeArgs) -> Result<()> {
         request_timeout: seconds("request-timeout", args.request_timeout)?,
         body_limit: args.body_limit,
         drain_timeout: seconds("drain-timeout", args.drain_timeout)?,
+        peer_protocol: args.peer_protocol,
         ..NodeConfig::default()
     };
     let mut builder =
         meshage::init(cluster, address(args.http_host.as_deref(), &http_port)).config(config);
     for stream in args.echo {
         builder = builder.register(stream, echo);
+    }
+    for (stream, upstream) in upstreams(
+        args.handlers,
+        args.handlers_file.as_deref(),
+        upstream_config(
+            args.handler_timeout,
+            args.health_interval,
+            args.health_timeout,
+            args.health_failures,
+        )?,
+    )? {
+        builder = builder.register_upstream(stream, upstream);
     }
     let node = builder.start().await?;
     println!(
@@ -242,13 +286,151 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Node(args) => run_node(args).await,
             Command::Demo => run_demo().await,
+            Command::Client(command) => run_client(command).await,
         }
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.is::<ClientError>() => {
+            let e = e.downcast::<ClientError>().expect("checked");
+            eprintln!("meshage: {e}");
+            ExitCode::from(e.exit_code())
+        }
         Err(e) => {
             eprintln!("meshage: error: {e:#}");
             ExitCode::FAILURE
         }
     }
+}
+
+fn upstream_config(
+    timeout: f64,
+    health_interval: f64,
+    health_timeout: f64,
+    health_failures: u32,
+) -> Result<UpstreamConfig> {
+    let interval = seconds("health-interval", health_interval)?;
+    let health = if interval.is_zero() {
+        None
+    } else {
+        Some(HealthConfig {
+            interval,
+            timeout: seconds("health-timeout", health_timeout)?,
+            failures: health_failures,
+        })
+    };
+    Ok(UpstreamConfig {
+        timeout: seconds("handler-timeout", timeout)?,
+        health,
+        ..UpstreamConfig::default()
+    })
+}
+
+/// The handlers of `--handler` and of the handlers file, as upstreams.
+fn upstreams(
+    mut specs: Vec<HandlerSpec>,
+    file: Option<&std::path::Path>,
+    config: UpstreamConfig,
+) -> Result<Vec<(String, HttpUpstream)>> {
+    if let Some(path) = file {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read the handlers file {}", path.display()))?;
+        let listed = meshage::parse_handlers_file(&text)
+            .map_err(|e| anyhow::anyhow!("handlers file {}: {e}", path.display()))?;
+        specs.extend(listed);
+    }
+    specs
+        .into_iter()
+        .map(|spec| {
+            let upstream = HttpUpstream::new(&spec.url, config.clone())?;
+            info!(stream = %spec.stream, url = %spec.url, "serving a stream with an HTTP handler");
+            Ok((spec.stream, upstream))
+        })
+        .collect()
+}
+
+#[derive(Subcommand)]
+enum ClientCommand {
+    /// Send a message to the service that owns KEY on STREAM and print its answer.
+    Send(MessageArgs),
+    /// Send a message to every service of STREAM; prints one entry per service.
+    Broadcast(MessageArgs),
+    /// List every routable service of the cluster.
+    Services(ClientArgs),
+    /// List the nodes of the cluster: id, endpoint, state (live, leaving, dead), services.
+    Members(ClientArgs),
+    /// Show which service and node own KEY on STREAM, without running a handler.
+    Locate(LocateArgs),
+}
+
+#[derive(Args)]
+struct ClientArgs {
+    /// Any node of the cluster.
+    #[arg(long, env = "MESHAGE_NODE", default_value = "http://127.0.0.1:8080")]
+    node: String,
+    /// Print compact JSON (the default when the output is not a terminal).
+    #[arg(long)]
+    json: bool,
+    /// Seconds to wait for the node's answer.
+    #[arg(long, default_value_t = 30.0)]
+    timeout: f64,
+}
+
+#[derive(Args)]
+struct MessageArgs {
+    /// The stream to send on.
+    stream: String,
+    /// The partition key (any text; it is percent-encoded on the way).
+    key: String,
+    /// The message: JSON, `@FILE` for a file's contents, or `-` for standard input (default `{}`).
+    message: Option<String>,
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+#[derive(Args)]
+struct LocateArgs {
+    /// The stream to look in.
+    stream: String,
+    /// The partition key.
+    key: String,
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+/// Runs a client command and prints its answer. Its errors are [`ClientError`]s, so that
+/// `main` exits with their codes.
+async fn run_client(command: ClientCommand) -> Result<()> {
+    let args = match &command {
+        ClientCommand::Send(m) | ClientCommand::Broadcast(m) => &m.client,
+        ClientCommand::Services(c) | ClientCommand::Members(c) => c,
+        ClientCommand::Locate(l) => &l.client,
+    };
+    let timeout = Duration::try_from_secs_f64(args.timeout).map_err(|_| {
+        ClientError::BadInput("--timeout must be a non-negative number of seconds".into())
+    })?;
+    let client = MeshClient::new(&args.node, timeout)?;
+    let compact = args.json || !std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let answer = match &command {
+        ClientCommand::Send(m) => {
+            let message = read_message(m.message.as_deref(), std::io::stdin().lock())?;
+            client.send(&m.stream, &m.key, message).await?
+        }
+        ClientCommand::Broadcast(m) => {
+            let message = read_message(m.message.as_deref(), std::io::stdin().lock())?;
+            client.broadcast(&m.stream, &m.key, message).await?
+        }
+        ClientCommand::Services(_) => client.services().await?,
+        ClientCommand::Members(_) => client.members().await?,
+        ClientCommand::Locate(l) => client.locate(&l.stream, &l.key).await?,
+    };
+    let text = if compact {
+        serde_json::to_string(&answer)
+    } else {
+        serde_json::to_string_pretty(&answer)
+    }
+    .context("cannot print the answer")?;
+    // A closed pipe (`meshage services | head -1`) is not an error worth reporting.
+    let _ = writeln!(std::io::stdout().lock(), "{text}");
+    Ok(())
 }

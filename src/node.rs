@@ -1,7 +1,6 @@
 //! A node: `init(cluster, address)`, `register`, `start` — then a [`Node`] handle that owns the
 //! node's tasks and its graceful shutdown.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,10 +11,10 @@ use tracing::{debug, info, warn};
 use crate::address::{Address, AddressError};
 use crate::api::{self, ApiState};
 use crate::cluster::{Cluster, ClusterError, LocalNode, Membership};
-use crate::forward::Forwarder;
+use crate::forward::{Forwarder, PeerProtocol};
 use crate::message::{handler_fn, HandlerError, Header, SharedHandler};
 use crate::router::{LocalService, Router, RouterConfig};
-use crate::table::ServiceTable;
+use crate::upstream::{self, HttpUpstream};
 
 /// Settings of a node beyond its cluster and address.
 #[derive(Debug, Clone)]
@@ -28,6 +27,9 @@ pub struct NodeConfig {
     pub body_limit: usize,
     /// How long a stopping node lets open requests finish.
     pub drain_timeout: Duration,
+    /// How forwards travel between nodes. Every meshage node accepts all of them; a peer that
+    /// does not speak the link (an original node) is reached over HTTP/1.1 whatever this says.
+    pub peer_protocol: PeerProtocol,
 }
 
 impl Default for NodeConfig {
@@ -37,6 +39,7 @@ impl Default for NodeConfig {
             connect_timeout: Duration::from_secs(2),
             body_limit: 1024 * 1024,
             drain_timeout: Duration::from_secs(10),
+            peer_protocol: PeerProtocol::Link,
         }
     }
 }
@@ -44,9 +47,9 @@ impl Default for NodeConfig {
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("invalid HTTP address: {0}")]
+    #[error("invalid HTTP address")]
     Address(#[from] AddressError),
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr}")]
     Bind {
         addr: String,
         #[source]
@@ -63,6 +66,7 @@ pub fn init(cluster: impl Cluster, address: impl ToString) -> NodeBuilder {
         cluster: Box::new(cluster),
         address: Address::parse(&address.to_string()),
         services: Vec::new(),
+        upstreams: Vec::new(),
         config: NodeConfig::default(),
     }
 }
@@ -72,6 +76,8 @@ pub struct NodeBuilder {
     cluster: Box<dyn Cluster>,
     address: Result<Address, AddressError>,
     services: Vec<(String, SharedHandler)>,
+    /// Upstreams with health checks: they start withdrawn and are advertised once healthy.
+    upstreams: Vec<(String, HttpUpstream)>,
     config: NodeConfig,
 }
 
@@ -91,6 +97,17 @@ impl NodeBuilder {
     pub fn register_handler(mut self, stream: impl Into<String>, handler: SharedHandler) -> Self {
         self.services.push((stream.into(), handler));
         self
+    }
+
+    /// Registers an HTTP handler as a service on `stream`. With health checks configured, the
+    /// service is advertised only while the upstream passes them (see [`HttpUpstream`]).
+    pub fn register_upstream(mut self, stream: impl Into<String>, upstream: HttpUpstream) -> Self {
+        if upstream.config().health.is_some() {
+            self.upstreams.push((stream.into(), upstream));
+            self
+        } else {
+            self.register_handler(stream, Arc::new(upstream))
+        }
     }
 
     /// Replaces the node's settings.
@@ -130,9 +147,11 @@ impl NodeBuilder {
         let forwarder = Forwarder::new(
             config.connect_timeout,
             config.body_limit.max(16 * 1024 * 1024),
+            config.peer_protocol,
         );
         let router = Router::new(
             node_id.clone(),
+            Arc::from(endpoint.as_str()),
             membership.clone(),
             forwarder,
             RouterConfig {
@@ -149,22 +168,43 @@ impl NodeBuilder {
                 })
                 .collect(),
         );
-        membership.advertise(&router.local_services()).await?;
+        router.advertise_local().await?;
 
         let table_task = tokio::spawn(follow_membership(membership.clone(), router.clone()));
         let state = Arc::new(ApiState {
             router: router.clone(),
             body_limit: config.body_limit,
-            leaving: Default::default(),
+            view: membership.view(),
         });
-        let (stop_tx, mut stop_rx) = watch::channel(false);
+        let (stop_tx, stop_rx) = watch::channel(false);
         let (kill_tx, kill_rx) = watch::channel(false);
+        let monitors = self
+            .upstreams
+            .into_iter()
+            .map(|(stream, upstream)| {
+                let id: Arc<str> = Arc::from(uuid::Uuid::new_v4().to_string());
+                let handler: SharedHandler = Arc::new(upstream.clone());
+                let health = upstream.config().health.clone().unwrap_or_default();
+                router.add_withdrawn(vec![(
+                    id.clone(),
+                    LocalService {
+                        stream: Arc::from(stream),
+                        handler,
+                    },
+                )]);
+                tokio::spawn(upstream::monitor(
+                    router.clone(),
+                    id,
+                    upstream,
+                    health,
+                    stop_tx.subscribe(),
+                ))
+            })
+            .collect();
         let server = tokio::spawn(api::serve(
             listener,
             state.clone(),
-            async move {
-                let _ = stop_rx.wait_for(|stop| *stop).await;
-            },
+            stop_rx,
             config.drain_timeout,
             kill_rx,
         ));
@@ -172,13 +212,13 @@ impl NodeBuilder {
         Ok(Node {
             router,
             membership,
-            state,
             local_addr,
             endpoint,
             stop_tx,
             kill_tx,
             server,
             table_task,
+            monitors,
         })
     }
 }
@@ -186,11 +226,9 @@ impl NodeBuilder {
 /// Rebuilds the service table on every membership change. Ends when the backend's view closes.
 async fn follow_membership(membership: Arc<dyn Membership>, router: Router) {
     let mut view = membership.view();
-    let mut version = 0u64;
     loop {
         let current = view.borrow_and_update().clone();
-        version += 1;
-        router.set_table(ServiceTable::build(version, &current));
+        router.apply_view(current);
         if view.changed().await.is_err() {
             debug!("membership view closed; table follower ends");
             return;
@@ -203,7 +241,6 @@ async fn follow_membership(membership: Arc<dyn Membership>, router: Router) {
 pub struct Node {
     router: Router,
     membership: Arc<dyn Membership>,
-    state: Arc<ApiState>,
     local_addr: std::net::SocketAddr,
     endpoint: String,
     stop_tx: watch::Sender<bool>,
@@ -211,6 +248,8 @@ pub struct Node {
     kill_tx: watch::Sender<bool>,
     server: JoinHandle<()>,
     table_task: JoinHandle<()>,
+    /// Health checks of upstream handlers; they end when the node stops.
+    monitors: Vec<JoinHandle<()>>,
 }
 
 impl Node {
@@ -243,7 +282,7 @@ impl Node {
     /// elsewhere at once), stops accepting connections, lets open requests finish within the
     /// drain timeout, then stops gossip.
     pub async fn shutdown(mut self) -> Result<(), ClusterError> {
-        self.state.leaving.store(true, Ordering::Relaxed);
+        self.router.set_leaving();
         if let Err(e) = self.membership.leave().await {
             warn!(error = %e, "could not announce leaving");
         }
@@ -270,6 +309,9 @@ impl Drop for Node {
         let _ = self.kill_tx.send(true);
         self.server.abort();
         self.table_task.abort();
+        for monitor in &self.monitors {
+            monitor.abort();
+        }
         self.membership.abort();
     }
 }

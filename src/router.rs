@@ -9,12 +9,15 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
 use arc_swap::ArcSwap;
+use bytes::Bytes;
 use http::StatusCode;
 use serde_json::{json, Value};
 use tracing::{debug, warn};
 
-use crate::cluster::{Membership, ServiceEntry};
+use crate::cluster::{ClusterView, Member, MemberState, Membership, ServiceEntry};
 use crate::forward::{not_executed, ForwardError, Forwarder};
 use crate::message::{HandlerError, Header, Message, Payload, Reply, SharedHandler};
 use crate::table::ServiceTable;
@@ -94,15 +97,28 @@ pub struct Router {
 struct Inner {
     table: ArcSwap<ServiceTable>,
     local: ArcSwap<HashMap<Arc<str>, LocalService>>,
+    /// Local services taken out of the cluster (an unhealthy upstream), kept under their ids so
+    /// that they come back to the same place on the rings. Never touched on the request path.
+    withdrawn: std::sync::Mutex<HashMap<Arc<str>, LocalService>>,
+    /// Serializes advertising, so that the last list computed is the last one advertised.
+    advertising: tokio::sync::Mutex<()>,
     forwarder: Forwarder,
     config: RouterConfig,
     membership: Arc<dyn Membership>,
     node_id: Arc<str>,
+    /// `http://host:port` of this node, for its own entry in the table.
+    endpoint: Arc<str>,
+    /// Set when this node starts leaving: its own services leave its rings too.
+    leaving: AtomicBool,
+    /// The backend's latest view, kept to rebuild the table when local services change.
+    view: ArcSwap<ClusterView>,
+    version: AtomicU64,
 }
 
 impl Router {
     pub(crate) fn new(
         node_id: Arc<str>,
+        endpoint: Arc<str>,
         membership: Arc<dyn Membership>,
         forwarder: Forwarder,
         config: RouterConfig,
@@ -111,10 +127,16 @@ impl Router {
             inner: Arc::new(Inner {
                 table: ArcSwap::from_pointee(ServiceTable::default()),
                 local: ArcSwap::from_pointee(HashMap::new()),
+                withdrawn: Default::default(),
+                advertising: Default::default(),
                 forwarder,
                 config,
                 membership,
                 node_id,
+                endpoint,
+                leaving: AtomicBool::new(false),
+                view: ArcSwap::from_pointee(ClusterView::default()),
+                version: AtomicU64::new(0),
             }),
         }
     }
@@ -129,9 +151,49 @@ impl Router {
         self.inner.table.load_full()
     }
 
-    pub(crate) fn set_table(&self, table: ServiceTable) {
+    /// Takes a new view from the membership backend and rebuilds the table from it.
+    pub(crate) fn apply_view(&self, view: Arc<ClusterView>) {
+        self.inner.view.store(view);
+        self.rebuild();
+    }
+
+    /// Whether this node is leaving.
+    pub fn is_leaving(&self) -> bool {
+        self.inner.leaving.load(Ordering::Acquire)
+    }
+
+    /// Marks this node as leaving: from now on its own services are off its rings too.
+    pub(crate) fn set_leaving(&self) {
+        self.inner.leaving.store(true, Ordering::Release);
+        self.rebuild();
+    }
+
+    /// Builds and swaps in the table of the latest view, with this node's own entry taken from
+    /// what it knows first-hand (its active local services, and whether it is leaving) rather
+    /// than from the backend, which learns them a gossip round or a round trip later.
+    pub(crate) fn rebuild(&self) {
+        let view = self.inner.view.load();
+        let mut members: Vec<Member> = view
+            .members
+            .iter()
+            .filter(|m| *m.id != *self.inner.node_id)
+            .cloned()
+            .collect();
+        members.push(Member {
+            id: self.inner.node_id.to_string(),
+            endpoint: self.inner.endpoint.to_string(),
+            state: if self.is_leaving() {
+                MemberState::Leaving
+            } else {
+                MemberState::Live
+            },
+            services: self.local_services(),
+            last_heard: None,
+        });
+        let version = self.inner.version.fetch_add(1, Ordering::AcqRel) + 1;
+        let table = ServiceTable::build(version, &ClusterView { members });
         debug!(
-            version = table.version,
+            version,
             services = table.services.len(),
             "service table swapped"
         );
@@ -180,10 +242,7 @@ impl Router {
             Arc::from(id.as_str()),
             LocalService { stream, handler },
         )]);
-        self.inner
-            .membership
-            .advertise(&self.local_services())
-            .await?;
+        self.advertise_local().await?;
         Ok(id)
     }
 
@@ -195,11 +254,91 @@ impl Router {
             existed = next.remove(service_id).is_some();
             next
         });
+        let parked = self.withdrawn().remove(service_id).is_some();
+        self.advertise_local().await?;
+        Ok(existed || parked)
+    }
+
+    /// Takes a local service out of the cluster without forgetting it: it is no longer
+    /// advertised nor run, and [`Router::restore`] brings it back under the same id, so at the
+    /// same place on the rings. Returns false when no such service is active here. Fails when
+    /// the cluster backend cannot advertise the change (the service is withdrawn locally all
+    /// the same).
+    pub async fn withdraw(&self, service_id: &str) -> Result<bool, crate::cluster::ClusterError> {
+        let moved = {
+            let mut withdrawn = self.withdrawn();
+            let mut removed = None;
+            self.inner.local.rcu(|current| {
+                let mut next = HashMap::clone(current);
+                removed = next.remove_entry(service_id);
+                next
+            });
+            match removed {
+                Some((id, service)) => withdrawn.insert(id, service).is_none(),
+                None => false,
+            }
+        };
+        if moved {
+            self.advertise_local().await?;
+        }
+        Ok(moved)
+    }
+
+    /// Advertises a service taken out by [`Router::withdraw`] again, under its id. Returns false
+    /// when no such service is withdrawn. Fails as [`Router::withdraw`] does.
+    pub async fn restore(&self, service_id: &str) -> Result<bool, crate::cluster::ClusterError> {
+        let moved = {
+            let mut withdrawn = self.withdrawn();
+            match withdrawn.remove_entry(service_id) {
+                Some(entry) => {
+                    self.add_local(vec![entry]);
+                    true
+                }
+                None => false,
+            }
+        };
+        if moved {
+            self.advertise_local().await?;
+        }
+        Ok(moved)
+    }
+
+    /// The services withdrawn from the cluster by [`Router::withdraw`].
+    pub fn withdrawn_services(&self) -> Vec<ServiceEntry> {
+        let mut services: Vec<ServiceEntry> = self
+            .withdrawn()
+            .iter()
+            .map(|(id, s)| ServiceEntry {
+                id: id.clone(),
+                stream: s.stream.clone(),
+            })
+            .collect();
+        services.sort();
+        services
+    }
+
+    /// Adds services that start withdrawn: registered, not advertised until restored.
+    pub(crate) fn add_withdrawn(&self, services: Vec<(Arc<str>, LocalService)>) {
+        self.withdrawn().extend(services);
+    }
+
+    fn withdrawn(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, LocalService>> {
+        // A panic while holding this lock cannot leave the map half-updated.
+        self.inner
+            .withdrawn
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Advertises exactly the active local services. Serialized, so that concurrent changes
+    /// cannot advertise an older list last.
+    pub(crate) async fn advertise_local(&self) -> Result<(), crate::cluster::ClusterError> {
+        self.rebuild();
+        let _turn = self.inner.advertising.lock().await;
         self.inner
             .membership
             .advertise(&self.local_services())
-            .await?;
-        Ok(existed)
+            .await
     }
 
     fn deadline(&self) -> Instant {
@@ -325,7 +464,17 @@ impl Router {
         let timeout = deadline.saturating_duration_since(Instant::now());
         match tokio::time::timeout(timeout, local.handler.handle(payload, header)).await {
             Ok(Ok(reply)) => Ok(Routed { service_id, reply }),
-            Ok(Err(e)) => Err(RouteError::Handler(e)),
+            // An error answer, like one that comes back from a forward: it keeps the id of the
+            // service that gave it.
+            Ok(Err(e)) => Ok(Routed {
+                service_id,
+                reply: Reply {
+                    status: e.status,
+                    body: Bytes::from(
+                        serde_json::to_vec(&json!({ "error": e.message })).unwrap_or_default(),
+                    ),
+                },
+            }),
             Err(_) => Err(RouteError::Timeout {
                 service_id: service_id.to_string(),
                 after: timeout,

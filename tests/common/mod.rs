@@ -2,6 +2,8 @@
 //! and waiting on conditions with deadlines.
 #![allow(dead_code)]
 
+pub mod process;
+
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -1,0 +1,580 @@
+//! Handlers in any language: an [`HttpUpstream`] is a [`Handler`] that relays each message to an
+//! HTTP endpoint, so a node can serve handlers written in anything that speaks HTTP.
+//!
+//! For each message the upstream gets `POST <url>` with the message body exactly as it arrived
+//! (an empty body becomes `{}`, as handlers of the original saw it), its `Content-Type`
+//! (`application/json` when none was given), and the headers `X-Stream`, `X-Partition-Key` and
+//! `X-Service-ID`. The stream and key are percent-encoded there as in a path segment, so any key
+//! fits in a header; keys made of `A-Z a-z 0-9 - . _ ~` arrive unchanged.
+//!
+//! Its answer is passed through: a 2xx or 4xx status with its JSON body (an empty 2xx body is
+//! `null` with status 200; a 4xx body that is not JSON becomes `{"error": <its text>}`). No
+//! answer, no connection, a timeout, a 5xx, another status or a 2xx body that is not JSON are a
+//! 502 whose error says why.
+//!
+//! Health: when [`UpstreamConfig::health`] is set, a node checks the upstream every interval
+//! with `GET <url>`. A check fails when there is no answer within its timeout or the answer is
+//! 502, 503 or 504 (any other status means a process is there and willing; a handler takes
+//! itself out by answering 503). The service starts withdrawn, is advertised after the first
+//! passing check, is withdrawn from the cluster after `failures` failed checks in a row, and is
+//! advertised again, under the same service id, at the next passing check.
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{HeaderValue, CONTENT_TYPE};
+use http::{Method, Request, StatusCode, Uri};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use tokio::sync::watch;
+use tracing::{debug, info, warn};
+
+use crate::api::RESERVED_STREAMS;
+use crate::forward::SERVICE_ID_HEADER;
+use crate::message::{BoxFuture, Handler, HandlerError, Header, Payload, Reply};
+use crate::path::encode_segment;
+use crate::router::Router;
+
+/// Settings of an [`HttpUpstream`].
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    /// Bounds one call, connecting included; past it the caller gets a 502. Keep it below the
+    /// node's request timeout, or the caller gets the node's 504 first.
+    pub timeout: Duration,
+    /// Bounds connecting to the upstream.
+    pub connect_timeout: Duration,
+    /// Largest answer accepted from the upstream.
+    pub max_response: usize,
+    /// Health checking; `None` keeps the service advertised whatever happens.
+    pub health: Option<HealthConfig>,
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        UpstreamConfig {
+            timeout: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(1),
+            max_response: 16 * 1024 * 1024,
+            health: Some(HealthConfig::default()),
+        }
+    }
+}
+
+/// How an upstream's health is checked (see the module docs).
+#[derive(Debug, Clone)]
+pub struct HealthConfig {
+    /// Time between checks.
+    pub interval: Duration,
+    /// A check without an answer within this fails.
+    pub timeout: Duration,
+    /// Failed checks in a row that withdraw the service.
+    pub failures: u32,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        HealthConfig {
+            interval: Duration::from_secs(1),
+            timeout: Duration::from_secs(1),
+            failures: 2,
+        }
+    }
+}
+
+/// Why an upstream or a handler spec is not acceptable.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("invalid handler URL `{url}`: {reason}")]
+    BadUrl { url: String, reason: String },
+    #[error("invalid handler `{spec}`: {reason}")]
+    BadSpec { spec: String, reason: String },
+}
+
+/// A handler that relays each message to an HTTP endpoint over pooled keep-alive connections.
+/// Cheap to clone.
+#[derive(Clone)]
+pub struct HttpUpstream {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    url: Uri,
+    client: Client<HttpConnector, Full<Bytes>>,
+    config: UpstreamConfig,
+}
+
+impl std::fmt::Debug for HttpUpstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpUpstream")
+            .field("url", &self.inner.url)
+            .field("config", &self.inner.config)
+            .finish()
+    }
+}
+
+fn parse_url(url: &str) -> Result<Uri, UpstreamError> {
+    let bad = |reason: &str| UpstreamError::BadUrl {
+        url: url.to_owned(),
+        reason: reason.to_owned(),
+    };
+    let uri: Uri = url.trim().parse().map_err(|e| bad(&format!("{e}")))?;
+    match uri.scheme_str() {
+        Some("http") => {}
+        Some(other) => return Err(bad(&format!("scheme `{other}` is not supported; use http"))),
+        None => return Err(bad("expected http://host:port/path")),
+    }
+    if uri.host().is_none_or(str::is_empty) {
+        return Err(bad("no host"));
+    }
+    Ok(uri)
+}
+
+impl HttpUpstream {
+    /// An upstream at `url` (`http://host:port/path`). Fails on a URL that does not parse or is
+    /// not `http`.
+    pub fn new(url: &str, config: UpstreamConfig) -> Result<HttpUpstream, UpstreamError> {
+        let url = parse_url(url)?;
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(config.connect_timeout));
+        let client = Client::builder(TokioExecutor::new())
+            // Below the keep-alive timeouts of common servers (Node's is 5 s), so that we do not
+            // reuse a connection the upstream is closing, which would fail a request.
+            .pool_idle_timeout(Duration::from_secs(3))
+            .pool_max_idle_per_host(256)
+            .build(connector);
+        Ok(HttpUpstream {
+            inner: Arc::new(Inner {
+                url,
+                client,
+                config,
+            }),
+        })
+    }
+
+    /// The URL messages are POSTed to.
+    pub fn url(&self) -> &Uri {
+        &self.inner.url
+    }
+
+    /// The settings it was made with.
+    pub fn config(&self) -> &UpstreamConfig {
+        &self.inner.config
+    }
+
+    /// Relays one message and returns the upstream's answer. Fails with a 502 (see the module
+    /// docs for when).
+    pub async fn call(&self, payload: Payload, header: &Header) -> Result<Reply, HandlerError> {
+        let url = &self.inner.url;
+        let (body, content_type) = if payload.body.iter().all(u8::is_ascii_whitespace) {
+            (Bytes::from_static(b"{}"), "application/json".to_owned())
+        } else {
+            let ct = payload
+                .content_type
+                .unwrap_or_else(|| "application/json".to_owned());
+            (payload.body, ct)
+        };
+        let mut builder = Request::builder()
+            .method(Method::POST)
+            .uri(url.clone())
+            .header(
+                CONTENT_TYPE,
+                HeaderValue::from_str(&content_type)
+                    .unwrap_or(HeaderValue::from_static("application/json")),
+            );
+        for (name, value) in [
+            ("x-stream", &*header.stream),
+            ("x-partition-key", &*header.partition_key),
+            (SERVICE_ID_HEADER, &*header.service_id),
+        ] {
+            let mut encoded = String::with_capacity(value.len());
+            encode_segment(value, &mut encoded);
+            if let Ok(v) = HeaderValue::from_str(&encoded) {
+                builder = builder.header(name, v);
+            }
+        }
+        let request = builder
+            .body(Full::new(body))
+            .map_err(|e| bad_gateway(format!("cannot build a request to {url}: {e}")))?;
+
+        let timeout = self.inner.config.timeout;
+        let exchange = async {
+            let response = self.inner.client.request(request).await.map_err(|e| {
+                if e.is_connect() {
+                    bad_gateway(format!(
+                        "handler at {url} is unreachable: {}",
+                        error_chain(&e)
+                    ))
+                } else {
+                    bad_gateway(format!("handler at {url} failed: {}", error_chain(&e)))
+                }
+            })?;
+            let status = response.status();
+            let body = Limited::new(response.into_body(), self.inner.config.max_response)
+                .collect()
+                .await
+                .map_err(|e| bad_gateway(format!("reading the answer of {url}: {e}")))?
+                .to_bytes();
+            Ok::<_, HandlerError>((status, body))
+        };
+        let (status, body) = match tokio::time::timeout(timeout, exchange).await {
+            Ok(result) => result?,
+            Err(_) => {
+                return Err(bad_gateway(format!(
+                    "handler at {url} did not answer within {timeout:?}"
+                )))
+            }
+        };
+        answer_of(url, status, body)
+    }
+
+    /// Checks the upstream once: `GET <url>`. Fails with the reason when there is no answer
+    /// within the health timeout (or the call timeout when health is off) or the answer is 502,
+    /// 503 or 504.
+    pub async fn check(&self) -> Result<(), String> {
+        let timeout = self
+            .inner
+            .config
+            .health
+            .as_ref()
+            .map_or(self.inner.config.timeout, |h| h.timeout);
+        let request = Request::builder()
+            .method(Method::GET)
+            .uri(self.inner.url.clone())
+            .body(Full::new(Bytes::new()))
+            .map_err(|e| e.to_string())?;
+        let exchange = async {
+            let response = self
+                .inner
+                .client
+                .request(request)
+                .await
+                .map_err(|e| error_chain(&e))?;
+            let status = response.status();
+            // Read the (small) body so that the connection goes back to the pool.
+            let _ = Limited::new(response.into_body(), 64 * 1024)
+                .collect()
+                .await;
+            Ok::<_, String>(status)
+        };
+        match tokio::time::timeout(timeout, exchange).await {
+            Ok(Ok(status)) if is_unavailable(status) => Err(format!("GET answered {status}")),
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(format!("no answer to GET within {timeout:?}")),
+        }
+    }
+}
+
+impl Handler for HttpUpstream {
+    fn handle(
+        &self,
+        payload: Payload,
+        header: Header,
+    ) -> BoxFuture<'static, Result<Reply, HandlerError>> {
+        let this = self.clone();
+        Box::pin(async move { this.call(payload, &header).await })
+    }
+}
+
+fn is_unavailable(status: StatusCode) -> bool {
+    matches!(
+        status,
+        StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE | StatusCode::GATEWAY_TIMEOUT
+    )
+}
+
+fn bad_gateway(message: String) -> HandlerError {
+    HandlerError::with_status(StatusCode::BAD_GATEWAY, message)
+}
+
+/// The reply for an upstream's answer: pure, so that the pass-through rules are tested alone.
+fn answer_of(url: &Uri, status: StatusCode, body: Bytes) -> Result<Reply, HandlerError> {
+    let is_json = |body: &[u8]| serde_json::from_slice::<serde::de::IgnoredAny>(body).is_ok();
+    if status.is_success() {
+        if body.iter().all(u8::is_ascii_whitespace) {
+            return Ok(Reply {
+                status: StatusCode::OK,
+                body: Bytes::from_static(b"null"),
+            });
+        }
+        if !is_json(&body) {
+            return Err(bad_gateway(format!(
+                "handler at {url} answered {status} with a body that is not JSON: {}",
+                snippet(&body)
+            )));
+        }
+        return Ok(Reply { status, body });
+    }
+    if status.is_client_error() {
+        if is_json(&body) {
+            return Ok(Reply { status, body });
+        }
+        let message = if body.iter().all(u8::is_ascii_whitespace) {
+            format!("handler answered {status}")
+        } else {
+            snippet(&body)
+        };
+        return Err(HandlerError::with_status(status, message));
+    }
+    let detail = serde_json::from_slice::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_owned))
+        .unwrap_or_else(|| snippet(&body));
+    let detail = if detail.is_empty() {
+        String::new()
+    } else {
+        format!(": {detail}")
+    };
+    Err(bad_gateway(format!(
+        "handler at {url} answered {status}{detail}"
+    )))
+}
+
+/// The start of a body as one line of text, for error messages.
+fn snippet(body: &[u8]) -> String {
+    const MAX: usize = 200;
+    let text = String::from_utf8_lossy(&body[..body.len().min(MAX)]);
+    let mut line: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    if body.len() > MAX {
+        line.push('…');
+    }
+    line
+}
+
+/// An error and its sources on one line.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+/// `STREAM=URL`, as given to `meshage node --handler` or on a line of a handlers file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HandlerSpec {
+    pub stream: String,
+    pub url: String,
+}
+
+impl FromStr for HandlerSpec {
+    type Err = UpstreamError;
+
+    /// Parses `STREAM=URL`. Fails on a missing `=`, an empty, reserved or `/`-holding stream,
+    /// or a URL that is not `http://...`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = |reason: String| UpstreamError::BadSpec {
+            spec: s.to_owned(),
+            reason,
+        };
+        let (stream, url) = s
+            .split_once('=')
+            .ok_or_else(|| bad("expected STREAM=URL".into()))?;
+        let (stream, url) = (stream.trim(), url.trim());
+        if stream.is_empty() {
+            return Err(bad("the stream is empty".into()));
+        }
+        if stream.contains('/') {
+            return Err(bad("a stream name cannot hold `/`".into()));
+        }
+        if RESERVED_STREAMS.contains(&stream) {
+            return Err(bad(format!(
+                "`{stream}` is reserved by the HTTP API (so are {})",
+                RESERVED_STREAMS.join(", ")
+            )));
+        }
+        parse_url(url).map_err(|e| bad(e.to_string()))?;
+        Ok(HandlerSpec {
+            stream: stream.to_owned(),
+            url: url.to_owned(),
+        })
+    }
+}
+
+/// Parses a handlers file: one `STREAM=URL` a line; blank lines and lines starting with `#` are
+/// skipped. Fails on the first bad line, naming it.
+pub fn parse_handlers_file(text: &str) -> Result<Vec<HandlerSpec>, String> {
+    text.lines()
+        .enumerate()
+        .map(|(i, line)| (i + 1, line.trim()))
+        .filter(|(_, line)| !line.is_empty() && !line.starts_with('#'))
+        .map(|(n, line)| line.parse().map_err(|e| format!("line {n}: {e}")))
+        .collect()
+}
+
+/// Checks `upstream` until `stop` turns true (or its sender goes away with the node): restores
+/// `service_id` after a passing check and withdraws it after `health.failures` failed checks in
+/// a row. The service starts withdrawn. Ends early when the service is unregistered.
+pub(crate) async fn monitor(
+    router: Router,
+    service_id: Arc<str>,
+    upstream: HttpUpstream,
+    health: HealthConfig,
+    mut stop: watch::Receiver<bool>,
+) {
+    let url = upstream.url().clone();
+    let mut advertised = false;
+    let mut failures = 0u32;
+    // Set when the last change reached the registry but not the cluster: advertise again.
+    let mut resync = false;
+    loop {
+        let checked = tokio::select! {
+            result = upstream.check() => result,
+            _ = stop.wait_for(|s| *s) => break,
+        };
+        let change = match checked {
+            Ok(()) => {
+                failures = 0;
+                (!advertised).then_some(true)
+            }
+            Err(reason) => {
+                failures = failures.saturating_add(1);
+                if advertised && failures >= health.failures.max(1) {
+                    warn!(service = %service_id, %url, %reason, failures, "handler is unhealthy; withdrawing its service");
+                    Some(false)
+                } else {
+                    if !advertised && failures == 1 {
+                        info!(service = %service_id, %url, %reason, "handler is not healthy; its service waits");
+                    }
+                    debug!(service = %service_id, %url, %reason, failures, "health check failed");
+                    None
+                }
+            }
+        };
+        let result = match change {
+            Some(true) => router.restore(&service_id).await,
+            Some(false) => router.withdraw(&service_id).await,
+            None if resync => router.advertise_local().await.map(|()| true),
+            None => Ok(true),
+        };
+        match result {
+            Ok(true) => {
+                resync = false;
+                if let Some(up) = change {
+                    advertised = up;
+                    if up {
+                        info!(service = %service_id, %url, "handler is healthy; its service is advertised");
+                    }
+                }
+            }
+            Ok(false) => {
+                info!(service = %service_id, "service was unregistered; its health checks end");
+                return;
+            }
+            Err(e) => {
+                // The registry changed; the cluster will learn it at the next advertise.
+                warn!(service = %service_id, error = %e, "cannot advertise a health change; retrying");
+                resync = true;
+                if let Some(up) = change {
+                    advertised = up;
+                }
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(health.interval) => {}
+            _ = stop.wait_for(|s| *s) => break,
+        }
+    }
+    debug!(service = %service_id, "node stopping; health checks end");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn url() -> Uri {
+        Uri::from_static("http://127.0.0.1:1/h")
+    }
+
+    #[test]
+    fn specs_parse_and_reject_what_cannot_work() {
+        let spec: HandlerSpec = " orders = http://127.0.0.1:9000/handle ".parse().unwrap();
+        assert_eq!(spec.stream, "orders");
+        assert_eq!(spec.url, "http://127.0.0.1:9000/handle");
+        for bad in [
+            "orders",
+            "=http://x:1/",
+            "a/b=http://x:1/",
+            "members=http://x:1/",
+            "broadcast=http://x:1/",
+            "orders=https://x:1/",
+            "orders=x:1",
+            "orders=http://",
+        ] {
+            assert!(
+                bad.parse::<HandlerSpec>().is_err(),
+                "{bad} should not parse"
+            );
+        }
+    }
+
+    #[test]
+    fn handlers_files_skip_comments_and_name_bad_lines() {
+        let text = "# handlers\n\norders=http://127.0.0.1:9000/\n  payments=http://h:1/p  \n";
+        let specs = parse_handlers_file(text).unwrap();
+        assert_eq!(specs.len(), 2);
+        assert_eq!(specs[1].stream, "payments");
+        let err = parse_handlers_file("a=http://h:1/\nnonsense\n").unwrap_err();
+        assert!(err.starts_with("line 2:"), "{err}");
+    }
+
+    #[test]
+    fn answers_pass_through_or_become_502() {
+        let ok = answer_of(
+            &url(),
+            StatusCode::CREATED,
+            Bytes::from_static(b"{\"a\":1}"),
+        )
+        .unwrap();
+        assert_eq!(ok.status, StatusCode::CREATED);
+        assert_eq!(&ok.body[..], b"{\"a\":1}");
+
+        let empty = answer_of(&url(), StatusCode::NO_CONTENT, Bytes::new()).unwrap();
+        assert_eq!(
+            (empty.status, &empty.body[..]),
+            (StatusCode::OK, &b"null"[..])
+        );
+
+        let rejected = answer_of(
+            &url(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Bytes::from_static(b"{\"error\":\"no\"}"),
+        )
+        .unwrap();
+        assert_eq!(rejected.status, StatusCode::UNPROCESSABLE_ENTITY);
+
+        let text = answer_of(
+            &url(),
+            StatusCode::NOT_FOUND,
+            Bytes::from_static(b"Not\nFound"),
+        )
+        .unwrap_err();
+        assert_eq!(text.status, StatusCode::NOT_FOUND);
+        assert_eq!(text.message, "Not Found");
+
+        let broken = answer_of(
+            &url(),
+            StatusCode::INTERNAL_SERVER_ERROR,
+            Bytes::from_static(b"{\"error\":\"db down\"}"),
+        )
+        .unwrap_err();
+        assert_eq!(broken.status, StatusCode::BAD_GATEWAY);
+        assert!(broken
+            .message
+            .ends_with("500 Internal Server Error: db down"));
+
+        let not_json = answer_of(&url(), StatusCode::OK, Bytes::from_static(b"hello")).unwrap_err();
+        assert_eq!(not_json.status, StatusCode::BAD_GATEWAY);
+
+        let redirect = answer_of(&url(), StatusCode::FOUND, Bytes::new()).unwrap_err();
+        assert_eq!(redirect.status, StatusCode::BAD_GATEWAY);
+    }
+}

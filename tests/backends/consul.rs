@@ -1,0 +1,1 @@
+//! The Consul stand-in (to come).

@@ -1,0 +1,271 @@
+//! Real processes for tests: `meshage node`, the `meshage` client commands and the example
+//! handlers under `examples/`. Every process is killed when its guard drops, and every wait has
+//! a deadline; a failing test prints what its processes wrote.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// The `meshage` binary cargo built for these tests.
+pub const MESHAGE: &str = env!("CARGO_BIN_EXE_meshage");
+
+/// How long a process may take to print its first line.
+const STARTUP: Duration = Duration::from_secs(20);
+
+/// Runs blocking test code from an async test without stalling the runtime's other tasks
+/// (in-process nodes); a plain call outside a runtime.
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(_) => tokio::task::block_in_place(f),
+        Err(_) => f(),
+    }
+}
+
+/// A child process, killed on drop; its stdout lines can be awaited.
+pub struct Proc {
+    name: String,
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    output: Arc<Mutex<String>>,
+}
+
+impl Proc {
+    pub fn spawn(name: &str, mut command: Command) -> Proc {
+        command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = command
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name} ({command:?}): {e}"));
+        let output = Arc::new(Mutex::new(String::new()));
+        let (tx, lines) = mpsc::channel();
+        let stdout = child.stdout.take().expect("piped stdout");
+        let out = output.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                out.lock().unwrap().push_str(&format!("{line}\n"));
+                let _ = tx.send(line);
+            }
+        });
+        let stderr = child.stderr.take().expect("piped stderr");
+        let out = output.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                out.lock().unwrap().push_str(&format!("{line}\n"));
+            }
+        });
+        Proc {
+            name: name.to_owned(),
+            child,
+            lines,
+            output,
+        }
+    }
+
+    /// Waits for a stdout line that satisfies `wanted`; panics after `timeout` or when the
+    /// process ends first.
+    pub fn wait_line(&self, timeout: Duration, wanted: impl Fn(&str) -> bool) -> String {
+        blocking(|| {
+            let deadline = Instant::now() + timeout;
+            loop {
+                let left = deadline.saturating_duration_since(Instant::now());
+                match self.lines.recv_timeout(left) {
+                    Ok(line) if wanted(&line) => return line,
+                    Ok(_) => continue,
+                    Err(RecvTimeoutError::Timeout) => panic!(
+                        "{}: no expected line within {timeout:?}; output:\n{}",
+                        self.name,
+                        self.output()
+                    ),
+                    Err(RecvTimeoutError::Disconnected) => panic!(
+                        "{} ended before printing the expected line; output:\n{}",
+                        self.name,
+                        self.output()
+                    ),
+                }
+            }
+        })
+    }
+
+    /// Everything it printed so far, stdout and stderr.
+    pub fn output(&self) -> String {
+        self.output.lock().unwrap().clone()
+    }
+
+    /// Kills it (SIGKILL, as a crash) and reaps it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+        if std::thread::panicking() {
+            eprintln!("----- output of {} -----\n{}", self.name, self.output());
+        }
+    }
+}
+
+/// An example handler process and the URL it serves.
+pub struct HandlerProc {
+    pub proc: Proc,
+    pub url: String,
+    pub port: u16,
+}
+
+fn handler(name: &str, program: &str, script: &str, port: u16) -> HandlerProc {
+    let mut command = Command::new(program);
+    command
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .arg(script)
+        .arg(port.to_string());
+    let proc = Proc::spawn(name, command);
+    let line = proc.wait_line(STARTUP, |l| l.starts_with("listening on "));
+    let url = line["listening on ".len()..].trim().to_owned();
+    let port = url
+        .trim_end_matches('/')
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("{name}: no port in `{line}`"));
+    HandlerProc { proc, url, port }
+}
+
+/// Starts `examples/handler.py` on `port` (0: any free port).
+pub fn python_handler(port: u16) -> HandlerProc {
+    handler("python handler", "python3", "examples/handler.py", port)
+}
+
+/// Starts `examples/handler.js` on `port` (0: any free port).
+pub fn node_handler(port: u16) -> HandlerProc {
+    handler("node handler", "node", "examples/handler.js", port)
+}
+
+/// A `meshage node` process on 127.0.0.1 with OS-chosen ports.
+pub struct NodeProc {
+    pub proc: Proc,
+    pub id: String,
+    /// `http://127.0.0.1:port`.
+    pub endpoint: String,
+    /// Its gossip address, for `--seeds`.
+    pub seed: String,
+}
+
+/// A command for the `meshage` binary with none of the caller's configuration variables.
+pub fn meshage_command() -> Command {
+    let mut command = Command::new(MESHAGE);
+    command
+        .env_clear()
+        .env("RUST_LOG", "info,chitchat=warn")
+        .env("NO_COLOR", "1");
+    command
+}
+
+/// Starts `meshage node` joining through `seeds`, with `args` added.
+pub fn meshage_node(name: &str, seeds: &[&str], args: &[&str]) -> NodeProc {
+    let mut command = meshage_command();
+    command.args([
+        "node",
+        "--http-host",
+        "127.0.0.1",
+        "--http-port",
+        "0",
+        "--cluster-host",
+        "127.0.0.1",
+        "--cluster-port",
+        "0",
+    ]);
+    if !seeds.is_empty() {
+        command.arg("--seeds").arg(seeds.join(","));
+    }
+    command.args(args);
+    let proc = Proc::spawn(name, command);
+    // "meshage node <id> serving <endpoint> (bound <addr>), gossip on <seed>"
+    let line = proc.wait_line(STARTUP, |l| l.starts_with("meshage node "));
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let after = |word: &str| {
+        words
+            .iter()
+            .position(|w| *w == word)
+            .and_then(|i| words.get(i + 1))
+            .map(|w| w.to_string())
+            .unwrap_or_else(|| panic!("{name}: no `{word}` in `{line}`"))
+    };
+    NodeProc {
+        id: words[2].to_owned(),
+        endpoint: after("serving"),
+        seed: after("on"),
+        proc,
+    }
+}
+
+/// What a finished client command did.
+#[derive(Debug)]
+pub struct CliRun {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl CliRun {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {self:?}"))
+    }
+}
+
+/// Runs `meshage ARGS` with only `env` set and `stdin` as its input; waits at most 30 s.
+pub fn meshage_cli(args: &[&str], env: &[(&str, &str)], stdin: Option<&[u8]>) -> CliRun {
+    blocking(|| {
+        let mut command = meshage_command();
+        command
+            .args(args)
+            .envs(env.iter().copied())
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = command.spawn().expect("meshage starts");
+        if let Some(input) = stdin {
+            let mut pipe = child.stdin.take().expect("piped stdin");
+            let input = input.to_vec();
+            std::thread::spawn(move || {
+                let _ = pipe.write_all(&input);
+            });
+        }
+        let read = |mut r: Box<dyn Read + Send>| {
+            std::thread::spawn(move || {
+                let mut s = String::new();
+                let _ = r.read_to_string(&mut s);
+                s
+            })
+        };
+        let stdout = read(Box::new(child.stdout.take().expect("piped")));
+        let stderr = read(Box::new(child.stderr.take().expect("piped")));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("meshage {args:?} did not finish within 30 s");
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        CliRun {
+            code: status.code().unwrap_or(-1),
+            stdout: stdout.join().unwrap(),
+            stderr: stderr.join().unwrap(),
+        }
+    })
+}

@@ -1,0 +1,292 @@
+//! `HttpUpstream` as a library user sees it: what reaches the upstream, what comes back, and
+//! health checks that withdraw and restore a service, against a test upstream on a real socket.
+
+mod common;
+
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::{gossip, wait_until, Http};
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use meshage::{
+    Handler, HandlerError, Header, HealthConfig, HttpUpstream, Payload, Reply, UpstreamConfig,
+};
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+
+/// A test upstream. `POST /echo` answers what it received; other paths answer as their names
+/// say; `GET` (the health check) answers the status in `health`.
+struct TestUpstream {
+    base: String,
+    health: Arc<AtomicU16>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for TestUpstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn answer(request: Request<Incoming>, health: Arc<AtomicU16>) -> Response<Full<Bytes>> {
+    let reply = |status: u16, body: &str| {
+        Response::builder()
+            .status(status)
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(body.to_owned())))
+            .unwrap()
+    };
+    if request.method() == http::Method::GET {
+        return reply(health.load(Ordering::SeqCst), r#"{"status":"?"}"#);
+    }
+    let path = request.uri().path().to_owned();
+    let headers = request.headers().clone();
+    let body = request.into_body().collect().await.unwrap().to_bytes();
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .map(|v| v.to_str().unwrap().to_owned())
+            .unwrap_or_default()
+    };
+    match path.as_str() {
+        "/echo" => reply(
+            200,
+            &json!({
+                "stream": header("x-stream"),
+                "key": header("x-partition-key"),
+                "service": header("x-service-id"),
+                "contentType": header("content-type"),
+                "body": String::from_utf8_lossy(&body),
+            })
+            .to_string(),
+        ),
+        "/reject" => reply(422, r#"{"error":"nope","field":"x"}"#),
+        "/text404" => Response::builder()
+            .status(404)
+            .body(Full::new(Bytes::from_static(b"no such thing")))
+            .unwrap(),
+        "/boom" => reply(500, r#"{"error":"db down"}"#),
+        "/notjson" => reply(200, "hello"),
+        "/slow" => {
+            tokio::time::sleep(Duration::from_secs(10)).await;
+            reply(200, "{}")
+        }
+        _ => reply(404, r#"{"error":"unknown path"}"#),
+    }
+}
+
+async fn test_upstream() -> TestUpstream {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let health = Arc::new(AtomicU16::new(200));
+    let h = health.clone();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let h = h.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |r| {
+                    let h = h.clone();
+                    async move { Ok::<_, std::convert::Infallible>(answer(r, h).await) }
+                });
+                let _ = http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    TestUpstream { base, health, task }
+}
+
+fn header(key: &str) -> Header {
+    Header {
+        service_id: Arc::from("svc-1"),
+        stream: Arc::from("orders"),
+        partition_key: Arc::from(key),
+    }
+}
+
+fn upstream(url: &str) -> HttpUpstream {
+    HttpUpstream::new(
+        url,
+        UpstreamConfig {
+            timeout: Duration::from_millis(500),
+            health: None,
+            ..UpstreamConfig::default()
+        },
+    )
+    .unwrap()
+}
+
+async fn call(url: &str, body: &'static [u8], key: &str) -> Result<Reply, HandlerError> {
+    let payload = Payload {
+        body: Bytes::from_static(body),
+        content_type: None,
+    };
+    upstream(url).handle(payload, header(key)).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_upstream_gets_the_bytes_and_headers_and_its_answer_passes_through() {
+    let up = test_upstream().await;
+    let echo = format!("{}/echo", up.base);
+
+    let reply = call(&echo, b"{\"b\": 1,   \"a\": [1,2]}", "a b/ü")
+        .await
+        .unwrap();
+    assert_eq!(reply.status, StatusCode::OK);
+    let seen: Value = serde_json::from_slice(&reply.body).unwrap();
+    assert_eq!(
+        seen["body"], "{\"b\": 1,   \"a\": [1,2]}",
+        "bytes, not re-encoded"
+    );
+    assert_eq!(seen["stream"], "orders");
+    assert_eq!(
+        seen["key"], "a%20b%2F%C3%BC",
+        "percent-encoded like a path segment"
+    );
+    assert_eq!(seen["service"], "svc-1");
+    assert_eq!(seen["contentType"], "application/json");
+
+    let reply = call(&echo, b"", "k").await.unwrap();
+    let seen: Value = serde_json::from_slice(&reply.body).unwrap();
+    assert_eq!(seen["body"], "{}", "an empty message is {{}}");
+
+    let reply = call(&format!("{}/reject", up.base), b"{}", "k")
+        .await
+        .unwrap();
+    assert_eq!(reply.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(
+        serde_json::from_slice::<Value>(&reply.body).unwrap(),
+        json!({"error": "nope", "field": "x"})
+    );
+
+    let e = call(&format!("{}/text404", up.base), b"{}", "k")
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e.status, e.message.as_str()),
+        (StatusCode::NOT_FOUND, "no such thing")
+    );
+
+    let e = call(&format!("{}/boom", up.base), b"{}", "k")
+        .await
+        .unwrap_err();
+    assert_eq!(e.status, StatusCode::BAD_GATEWAY);
+    assert!(
+        e.message.contains("500") && e.message.contains("db down"),
+        "{e}"
+    );
+
+    let e = call(&format!("{}/notjson", up.base), b"{}", "k")
+        .await
+        .unwrap_err();
+    assert_eq!(e.status, StatusCode::BAD_GATEWAY);
+    assert!(e.message.contains("not JSON"), "{e}");
+
+    let started = Instant::now();
+    let e = call(&format!("{}/slow", up.base), b"{}", "k")
+        .await
+        .unwrap_err();
+    assert_eq!(e.status, StatusCode::BAD_GATEWAY);
+    assert!(e.message.contains("did not answer within"), "{e}");
+    assert!(started.elapsed() < Duration::from_secs(3));
+
+    let closed = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap()
+    };
+    let e = call(&format!("http://{closed}/"), b"{}", "k")
+        .await
+        .unwrap_err();
+    assert_eq!(e.status, StatusCode::BAD_GATEWAY);
+    assert!(e.message.contains("unreachable"), "{e}");
+
+    assert!(HttpUpstream::new("https://example.com/", UpstreamConfig::default()).is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unhealthy_upstream_is_withdrawn_and_restored_under_its_id() {
+    let up = test_upstream().await;
+    let config = UpstreamConfig {
+        health: Some(HealthConfig {
+            interval: Duration::from_millis(100),
+            timeout: Duration::from_millis(500),
+            failures: 2,
+        }),
+        ..UpstreamConfig::default()
+    };
+    let handler = HttpUpstream::new(&format!("{}/echo", up.base), config).unwrap();
+    let first = meshage::init(gossip(&[]), "127.0.0.1:0")
+        .register_upstream("orders", handler)
+        .start()
+        .await
+        .unwrap();
+    let seed = vec![first.seed_address().unwrap()];
+    let second = meshage::init(gossip(&seed), "127.0.0.1:0")
+        .start()
+        .await
+        .unwrap();
+    let nodes = [first, second];
+    let routable = |nodes: &[meshage::Node]| -> Vec<usize> {
+        nodes
+            .iter()
+            .map(|n| n.router().table().services_of("orders").count())
+            .collect()
+    };
+    wait_until(
+        Duration::from_secs(10),
+        "both nodes route to the upstream",
+        || routable(&nodes) == [1, 1],
+    )
+    .await;
+    let id = nodes[0].router().local_services()[0].id.to_string();
+    let http = Http::default();
+    let answer = http
+        .post(&format!("{}/api/orders/k", nodes[1].endpoint()), "[7]")
+        .await;
+    assert_eq!(answer.status, 200);
+    assert_eq!(answer.json()["body"], "[7]");
+
+    up.health.store(503, Ordering::SeqCst);
+    wait_until(
+        Duration::from_secs(5),
+        "a 503 check withdraws the service",
+        || routable(&nodes) == [0, 0],
+    )
+    .await;
+    assert!(nodes[0].router().local_services().is_empty());
+    assert_eq!(&*nodes[0].router().withdrawn_services()[0].id, id);
+    let answer = http
+        .post(&format!("{}/api/orders/k", nodes[1].endpoint()), "{}")
+        .await;
+    assert_eq!(answer.status, 404, "a withdrawn stream has no service");
+
+    // Any status but 502-504 is healthy: the process is there.
+    up.health.store(405, Ordering::SeqCst);
+    wait_until(Duration::from_secs(5), "the service comes back", || {
+        routable(&nodes) == [1, 1]
+    })
+    .await;
+    for node in &nodes {
+        assert!(node.router().table().service(&id).is_some(), "same id");
+    }
+
+    // Shutting down ends the health checks with the node.
+    let [first, second] = nodes;
+    tokio::time::timeout(Duration::from_secs(10), async {
+        second.shutdown().await.unwrap();
+        first.shutdown().await.unwrap();
+    })
+    .await
+    .expect("nodes with health checks stop");
+}
