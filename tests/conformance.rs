@@ -98,3 +98,44 @@ mod etcd_backend {
 
 #[cfg(feature = "etcd")]
 conformance_tests!(etcd, etcd_backend::EtcdBackend::start());
+
+#[cfg(feature = "consul")]
+mod consul_backend {
+    use super::*;
+    use backends::consul::Agent;
+    use meshage::{ConsulCluster, ConsulConfig, NO_SEEDS};
+
+    /// The stand-in agent of the test's own (or the real agent at `CONSUL_HTTP_ADDR`), with
+    /// checks every second.
+    pub struct ConsulBackend {
+        pub agent: Agent,
+    }
+
+    impl ConsulBackend {
+        pub async fn start() -> Option<Self> {
+            Some(ConsulBackend {
+                agent: Agent::start(None).await,
+            })
+        }
+    }
+
+    impl Backend for ConsulBackend {
+        fn cluster(&self, _seeds: &[String]) -> Box<dyn Cluster> {
+            Box::new(
+                ConsulCluster::new(self.agent.addr(), NO_SEEDS)
+                    .unwrap()
+                    .with_config(ConsulConfig {
+                        token: self.agent.token(),
+                        check_interval: Duration::from_secs(1),
+                        ..ConsulConfig::default()
+                    }),
+            )
+        }
+        fn failure_deadline(&self) -> Duration {
+            Duration::from_secs(8)
+        }
+    }
+}
+
+#[cfg(feature = "consul")]
+conformance_tests!(consul, consul_backend::ConsulBackend::start());

@@ -16,6 +16,9 @@
 //!   the endpoint itself.
 //! - Every request carries `X-Consul-Token` when a token is configured.
 //!
+//! On joining, services that an earlier run at this node's address left registered (it crashed)
+//! are deregistered: their checks would pass again once the address answers.
+//!
 //! This node's own services are in its view from the moment it advertises them: the agent lists
 //! them as passing only after their first check, and a node need not ask Consul about itself.
 //! A crashed node's services leave the view when their check turns critical.
@@ -538,6 +541,7 @@ impl Cluster for ConsulCluster {
             )
             .await
             .map_err(fail)?;
+        remove_leftovers(&agent, &local, &config).await;
         let own = Member {
             id: local.node_id.clone(),
             endpoint: local.endpoint.clone(),
@@ -571,6 +575,48 @@ impl Cluster for ConsulCluster {
             registered: tokio::sync::Mutex::new(BTreeMap::new()),
             task: Mutex::new(Some(task)),
         }))
+    }
+}
+
+/// Deregisters what an earlier run at this node's address left with the agent (it crashed, so
+/// it never deregistered): those services' checks would pass again now that the address
+/// answers, and keys would go to services that no longer exist.
+async fn remove_leftovers(agent: &Agent, local: &LocalNode, config: &ConsulConfig) {
+    let services = match agent
+        .call(Method::GET, "/v1/agent/services", None, config.request_timeout)
+        .await
+        .and_then(|a| {
+            serde_json::from_slice::<BTreeMap<String, Value>>(&a.body).map_err(|e| e.to_string())
+        }) {
+        Ok(services) => services,
+        Err(e) => {
+            warn!(error = %e, "cannot list the agent's services to remove leftovers");
+            return;
+        }
+    };
+    for (id, service) in services {
+        let tags: Vec<&str> = service
+            .get("Tags")
+            .and_then(Value::as_array)
+            .map(|t| t.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        let node = service
+            .get("Meta")
+            .and_then(|m| m.get(NODE_META))
+            .and_then(Value::as_str);
+        if endpoint_of(&tags).as_deref() == Some(local.endpoint.as_str())
+            && node != Some(local.node_id.as_str())
+        {
+            let mut path = String::from("/v1/agent/service/deregister/");
+            encode_segment(&id, &mut path);
+            match agent
+                .call(Method::PUT, &path, None, config.request_timeout)
+                .await
+            {
+                Ok(_) => info!(service = %id, endpoint = %local.endpoint, "deregistered a leftover of an earlier run at this address"),
+                Err(e) => warn!(service = %id, error = %e, "cannot deregister a leftover service"),
+            }
+        }
     }
 }
 
