@@ -5,8 +5,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need_apt=()
-# curl is used by the README's examples; the tests themselves need only cargo.
+# curl is used by the README's examples.
 command -v curl >/dev/null 2>&1 || need_apt+=(curl)
+# The handler tests run the example handlers: examples/handler.py and examples/handler.js.
+command -v python3 >/dev/null 2>&1 || need_apt+=(python3)
+command -v node >/dev/null 2>&1 || need_apt+=(nodejs)
 if [ ${#need_apt[@]} -gt 0 ]; then
     echo "==> installing ${need_apt[*]}"
     export DEBIAN_FRONTEND=noninteractive

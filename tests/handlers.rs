@@ -13,13 +13,20 @@ use serde_json::{json, Value};
 
 const STREAM: &str = "work";
 
-/// Node 1 serves `work` with the Python handler, node 2 with the Node one, node 3 has no
-/// handler of its own.
+/// Node 1 serves `work` with the Python handler (`--handler`), node 2 with the Node one (from
+/// a handlers file), node 3 has no handler of its own.
 struct Cluster {
     nodes: Vec<NodeProc>,
     python: HandlerProc,
     // Kept for its guard: the Node handler lives as long as the cluster.
     _js: HandlerProc,
+    handlers_file: std::path::PathBuf,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.handlers_file);
+    }
 }
 
 impl Cluster {
@@ -27,20 +34,29 @@ impl Cluster {
         let python = python_handler(0);
         let js = node_handler(0);
         let py_arg = format!("{STREAM}={}", python.url);
-        let js_arg = format!("{STREAM}={}", js.url);
-        let with = |handler: &str| -> Vec<String> {
-            let mut args = vec!["--handler".to_owned(), handler.to_owned()];
+        let handlers_file = std::env::temp_dir().join(format!(
+            "meshage-handlers-{}-{}.conf",
+            std::process::id(),
+            js.port
+        ));
+        std::fs::write(
+            &handlers_file,
+            format!("# the Node.js example\n\n{STREAM}={}\n", js.url),
+        )
+        .unwrap();
+        let with = |flag: &str, value: &str| -> Vec<String> {
+            let mut args = vec![flag.to_owned(), value.to_owned()];
             args.extend(extra.iter().map(|s| s.to_string()));
             args
         };
-        let args1 = with(&py_arg);
+        let args1 = with("--handler", &py_arg);
         let first = meshage_node(
             "node 1 (python)",
             &[],
             &args1.iter().map(String::as_str).collect::<Vec<_>>(),
         );
         let seed = first.seed.clone();
-        let args2 = with(&js_arg);
+        let args2 = with("--handlers-file", handlers_file.to_str().unwrap());
         let second = meshage_node(
             "node 2 (node.js)",
             &[&seed],
@@ -51,6 +67,7 @@ impl Cluster {
             nodes: vec![first, second, third],
             python,
             _js: js,
+            handlers_file,
         };
         let http = Http::default();
         wait_until_async(
@@ -296,4 +313,40 @@ async fn a_handler_that_goes_down_is_withdrawn_and_comes_back() {
             "{key} is back on its owner"
         );
     }
+}
+
+#[test]
+fn handlers_that_cannot_work_are_refused_at_start() {
+    use common::process::meshage_cli;
+    let run = meshage_cli(&["node", "--handler", "no-url-here"], &[], None);
+    assert_eq!(run.code, 2, "clap refuses the flag: {run:?}");
+    assert!(run.stderr.contains("STREAM=URL"), "{run:?}");
+    let run = meshage_cli(
+        &["node", "--handler", "members=http://127.0.0.1:1/"],
+        &[],
+        None,
+    );
+    assert_eq!(run.code, 2, "{run:?}");
+    assert!(run.stderr.contains("reserved"), "{run:?}");
+
+    let file = std::env::temp_dir().join(format!("meshage-bad-{}.conf", std::process::id()));
+    std::fs::write(&file, "ok=http://127.0.0.1:1/\nwork=ftp://x/\n").unwrap();
+    let run = meshage_cli(
+        &["node", "--handlers-file", file.to_str().unwrap()],
+        &[],
+        None,
+    );
+    std::fs::remove_file(&file).unwrap();
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(run.stderr.contains("line 2"), "{run:?}");
+    let run = meshage_cli(
+        &["node", "--handlers-file", "/no/such/handlers.conf"],
+        &[],
+        None,
+    );
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(
+        run.stderr.contains("cannot read the handlers file"),
+        "{run:?}"
+    );
 }
