@@ -2,9 +2,9 @@
 //! HTTP endpoint, so a node can serve handlers written in anything that speaks HTTP.
 //!
 //! For each message the upstream gets `POST <url>` with the message body exactly as it arrived
-//! (an empty body becomes `{}`, as handlers of the original saw it), its `Content-Type`
-//! (`application/json` when none was given), and the headers `X-Stream`, `X-Partition-Key` and
-//! `X-Service-ID`. The stream and key are percent-encoded there as in a path segment, so any key
+//! (an empty body becomes `{}`, as handlers of the original saw it), `Content-Type:
+//! application/json` (a `text/*` type the sender declared is kept), and the headers `X-Stream`,
+//! `X-Partition-Key` and `X-Service-ID`. The stream and key are percent-encoded there as in a path segment, so any key
 //! fits in a header; keys made of `A-Z a-z 0-9 - . _ ~` arrive unchanged.
 //!
 //! Its answer is passed through: a 2xx or 4xx status with its JSON body (an empty 2xx body is
@@ -173,8 +173,11 @@ impl HttpUpstream {
         let (body, content_type) = if payload.body.iter().all(u8::is_ascii_whitespace) {
             (Bytes::from_static(b"{}"), "application/json".to_owned())
         } else {
+            // The mesh reads any body but text as JSON, whatever its declared type (curl's `-d`
+            // says form-urlencoded); tell the upstream what it really gets.
             let ct = payload
                 .content_type
+                .filter(|ct| ct.trim_start().to_ascii_lowercase().starts_with("text/"))
                 .unwrap_or_else(|| "application/json".to_owned());
             (payload.body, ct)
         };

@@ -6,7 +6,7 @@ mod common;
 use std::collections::HashSet;
 use std::time::Duration;
 
-use common::process::{meshage_cli, CliRun};
+use common::process::{meshage_cli, run, CliRun, MESHAGE};
 use common::{echo_cluster, wait_until_async, Http};
 use meshage::{HandlerError, HashRing, Node};
 use serde_json::{json, Value};
@@ -292,6 +292,34 @@ async fn client_errors_have_distinct_exit_codes() {
 
     // Anything else: 1.
     assert_fails(&cli(&nodes[1], &["send", "fail", "k"]), 1, "it broke");
+    for node in nodes {
+        node.shutdown().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_are_pretty_on_a_terminal() {
+    let nodes = echo_cluster(1).await;
+    // `script` (util-linux, on every Debian) runs the command on a pseudo-terminal.
+    let line = format!(
+        "{MESHAGE} send echo k '{{\"a\":1}}' --node {}",
+        nodes[0].endpoint()
+    );
+    let mut command = std::process::Command::new("script");
+    command.args(["-qec", &line, "/dev/null"]);
+    let pretty = run(command, None);
+    assert_eq!(pretty.code, 0, "{pretty:?}");
+    let text = pretty.stdout.replace("\r\n", "\n");
+    assert!(
+        text.contains("\n  \"echoed\": {\n    \"a\": 1\n  },"),
+        "{text:?}"
+    );
+
+    let mut command = std::process::Command::new("script");
+    command.args(["-qec", &format!("{line} --json"), "/dev/null"]);
+    let compact = run(command, None);
+    assert_eq!(compact.code, 0, "{compact:?}");
+    assert_eq!(compact.stdout.trim_end().lines().count(), 1, "{compact:?}");
     for node in nodes {
         node.shutdown().await.unwrap();
     }

@@ -130,7 +130,8 @@ fn upstream(url: &str) -> HttpUpstream {
 async fn call(url: &str, body: &'static [u8], key: &str) -> Result<Reply, HandlerError> {
     let payload = Payload {
         body: Bytes::from_static(body),
-        content_type: None,
+        // What curl's `-d` declares; the upstream is told the truth.
+        content_type: Some("application/x-www-form-urlencoded".into()),
     };
     upstream(url).handle(payload, header(key)).await
 }

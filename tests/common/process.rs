@@ -221,11 +221,15 @@ impl CliRun {
 
 /// Runs `meshage ARGS` with only `env` set and `stdin` as its input; waits at most 30 s.
 pub fn meshage_cli(args: &[&str], env: &[(&str, &str)], stdin: Option<&[u8]>) -> CliRun {
+    let mut command = meshage_command();
+    command.args(args).envs(env.iter().copied());
+    run(command, stdin)
+}
+
+/// Runs `command` to its end with `stdin` as its input; kills it and panics after 30 s.
+pub fn run(mut command: Command, stdin: Option<&[u8]>) -> CliRun {
     blocking(|| {
-        let mut command = meshage_command();
         command
-            .args(args)
-            .envs(env.iter().copied())
             .stdin(if stdin.is_some() {
                 Stdio::piped()
             } else {
@@ -258,7 +262,7 @@ pub fn meshage_cli(args: &[&str], env: &[(&str, &str)], stdin: Option<&[u8]>) ->
             if Instant::now() > deadline {
                 let _ = child.kill();
                 let _ = child.wait();
-                panic!("meshage {args:?} did not finish within 30 s");
+                panic!("{command:?} did not finish within 30 s");
             }
             std::thread::sleep(Duration::from_millis(5));
         };
