@@ -1,23 +1,6 @@
-//! Handlers in any language: an [`HttpUpstream`] is a [`Handler`] that relays each message to an
-//! HTTP endpoint, so a node can serve handlers written in anything that speaks HTTP.
-//!
-//! For each message the upstream gets `POST <url>` with the message body exactly as it arrived
-//! (an empty body becomes `{}`, as handlers of the original saw it), `Content-Type:
-//! application/json` (a `text/*` type the sender declared is kept), and the headers `X-Stream`,
-//! `X-Partition-Key` and `X-Service-ID`. The stream and key are percent-encoded there as in a path segment, so any key
-//! fits in a header; keys made of `A-Z a-z 0-9 - . _ ~` arrive unchanged.
-//!
-//! Its answer is passed through: a 2xx or 4xx status with its JSON body (an empty 2xx body is
-//! `null` with status 200; a 4xx body that is not JSON becomes `{"error": <its text>}`). No
-//! answer, no connection, a timeout, a 5xx, another status or a 2xx body that is not JSON are a
-//! 502 whose error says why.
-//!
-//! Health: when [`UpstreamConfig::health`] is set, a node checks the upstream every interval
-//! with `GET <url>`. A check fails when there is no answer within its timeout or the answer is
-//! 502, 503 or 504 (any other status means a process is there and willing; a handler takes
-//! itself out by answering 503). The service starts withdrawn, is advertised after the first
-//! passing check, is withdrawn from the cluster after `failures` failed checks in a row, and is
-//! advertised again, under the same service id, at the next passing check.
+//! Handlers in any language: [`HttpUpstream`], a [`Handler`] that relays each message to an
+//! HTTP endpoint, with health checks that take it out of the cluster while it is down; and the
+//! `STREAM=URL` specs of `meshage node --handler`.
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -64,7 +47,7 @@ impl Default for UpstreamConfig {
     }
 }
 
-/// How an upstream's health is checked (see the module docs).
+/// How an upstream's health is checked (see [`HttpUpstream`]).
 #[derive(Debug, Clone)]
 pub struct HealthConfig {
     /// Time between checks.
@@ -94,8 +77,28 @@ pub enum UpstreamError {
     BadSpec { spec: String, reason: String },
 }
 
-/// A handler that relays each message to an HTTP endpoint over pooled keep-alive connections.
-/// Cheap to clone.
+/// A handler that relays each message to an HTTP endpoint over pooled keep-alive connections,
+/// so that a node serves handlers written in anything that speaks HTTP. Cheap to clone.
+///
+/// For each message the upstream gets `POST <url>` with the message body exactly as it arrived
+/// (an empty body becomes `{}`, as handlers of the original saw it), `Content-Type:
+/// application/json` (a `text/*` type the sender declared is kept), and the headers `X-Stream`,
+/// `X-Partition-Key` and `X-Service-ID`. The stream and key are percent-encoded there as in a
+/// path segment, so any key fits in a header; keys made of `A-Z a-z 0-9 - . _ ~` arrive
+/// unchanged.
+///
+/// Its answer is passed through: a 2xx or 4xx status with its JSON body (an empty 2xx body is
+/// `null` with status 200; a 4xx body that is not JSON becomes `{"error": <its text>}`). No
+/// answer, no connection, a timeout, a 5xx, another status or a 2xx body that is not JSON are a
+/// 502 whose error says why.
+///
+/// Health: registered with [`crate::NodeBuilder::register_upstream`] and
+/// [`UpstreamConfig::health`] set, the upstream is checked every interval with `GET <url>`. A
+/// check fails when there is no answer within its timeout or the answer is 502, 503 or 504 (any
+/// other status means a process is there and willing; a handler takes itself out by answering
+/// 503). The service starts withdrawn, is advertised after the first passing check, is
+/// withdrawn from the cluster after `failures` failed checks in a row, and is advertised again,
+/// under the same service id (so at the same place on the rings), at the next passing check.
 #[derive(Clone)]
 pub struct HttpUpstream {
     inner: Arc<Inner>,
@@ -166,8 +169,8 @@ impl HttpUpstream {
         &self.inner.config
     }
 
-    /// Relays one message and returns the upstream's answer. Fails with a 502 (see the module
-    /// docs for when).
+    /// Relays one message and returns the upstream's answer. Fails with a 502 (see
+    /// [`HttpUpstream`] for when), or with the upstream's 4xx when its body is not JSON.
     pub async fn call(&self, payload: Payload, header: &Header) -> Result<Reply, HandlerError> {
         let url = &self.inner.url;
         let (body, content_type) = if payload.body.iter().all(u8::is_ascii_whitespace) {
