@@ -15,7 +15,8 @@ pub const MESHAGE: &str = env!("CARGO_BIN_EXE_meshage");
 const STARTUP: Duration = Duration::from_secs(20);
 
 /// Runs blocking test code from an async test without stalling the runtime's other tasks
-/// (in-process nodes); a plain call outside a runtime.
+/// (in-process nodes); a plain call outside a runtime. Inside one, it must be a multi-thread
+/// runtime (`#[tokio::test(flavor = "multi_thread")]`): `block_in_place` panics otherwise.
 fn blocking<T>(f: impl FnOnce() -> T) -> T {
     match tokio::runtime::Handle::try_current() {
         Ok(_) => tokio::task::block_in_place(f),
