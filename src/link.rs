@@ -14,12 +14,14 @@
 //! Response: `u8 2, u64 id, u16 status`, then the body.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
+use futures_util::stream::FuturesUnordered;
+use futures_util::{FutureExt, StreamExt};
 use http::StatusCode;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -416,13 +418,14 @@ async fn read_responses(
     pending.lock().unwrap().clear();
 }
 
-/// Serves one incoming link: each request runs as its own task through `handle`, and answers
-/// go back as they finish. Ends when the peer closes the link. Once `stop` fires, requests that
-/// arrive are answered 421 without running (the sender looks the key up again and goes
-/// elsewhere), and the link closes when it has been idle briefly with nothing left running.
+/// Serves one incoming link. Its requests run concurrently inside this one task, and the
+/// answers ready together leave in one write: no task or thread hand-off per request. Ends when
+/// the peer closes the link. Once `stop` fires, requests that arrive are answered 421 without
+/// running (the sender looks the key up again and goes elsewhere), and the link closes when it
+/// has been idle briefly with nothing left running.
 pub async fn serve<H, F>(mut stream: TcpStream, handle: H, mut stop: watch::Receiver<bool>)
 where
-    H: Fn(LinkRequest) -> F + Clone + Send + 'static,
+    H: Fn(LinkRequest) -> F,
     F: std::future::Future<Output = (StatusCode, Bytes)> + Send + 'static,
 {
     let mut preface = [0u8; 8];
@@ -432,71 +435,72 @@ where
     if stream.write_all(PREFACE_ACK).await.is_err() {
         return;
     }
-    let (mut reader, writer) = stream.into_split();
-    let (queue, rx) = mpsc::unbounded_channel::<Bytes>();
-    let writer = tokio::spawn(write_frames(writer, rx));
-    let running = Arc::new(AtomicUsize::new(0));
+    let (mut reader, mut writer) = stream.into_split();
+    type Answer =
+        std::pin::Pin<Box<dyn std::future::Future<Output = (u64, (StatusCode, Bytes))> + Send>>;
+    let mut running: FuturesUnordered<Answer> = FuturesUnordered::new();
     let mut stopping = *stop.borrow();
+    let mut open = true;
+    let mut idle_since = Instant::now();
     let mut buf = BytesMut::with_capacity(64 * 1024);
-    'read: loop {
-        if stopping {
-            match tokio::time::timeout(Duration::from_millis(100), reader.read_buf(&mut buf)).await
-            {
-                Ok(Ok(0)) | Ok(Err(_)) => break,
-                Ok(Ok(_)) => {}
-                Err(_) if running.load(Ordering::Acquire) == 0 => break,
-                Err(_) => continue,
-            }
-        } else {
-            tokio::select! {
-                read = reader.read_buf(&mut buf) => match read {
-                    Ok(0) | Err(_) => break,
-                    Ok(_) => {}
-                },
-                _ = crate::api::stopped(&mut stop) => {
-                    stopping = true;
-                    continue;
+    let mut out = BytesMut::with_capacity(64 * 1024);
+    while open || !running.is_empty() {
+        tokio::select! {
+            Some((id, (status, body))) = running.next(), if !running.is_empty() => {
+                encode_response(&mut out, id, status, &body);
+                // Collect every other answer that is ready now, then write them together.
+                while let Some(Some((id, (status, body)))) = running.next().now_or_never() {
+                    encode_response(&mut out, id, status, &body);
                 }
+                if writer.write_all(&out).await.is_err() {
+                    return;
+                }
+                out.clear();
+                idle_since = Instant::now();
             }
-        }
-        loop {
-            match next_frame(&mut buf) {
-                Ok(Some(frame)) => {
-                    let Some(request) = decode_request(frame) else {
-                        break 'read;
-                    };
-                    let id = request.id;
-                    if stopping {
-                        let mut out = BytesMut::new();
-                        encode_response(
-                            &mut out,
-                            id,
-                            StatusCode::MISDIRECTED_REQUEST,
-                            br#"{"error":"node is leaving"}"#,
-                        );
-                        let _ = queue.send(out.freeze());
-                        continue;
+            read = reader.read_buf(&mut buf), if open => {
+                match read {
+                    Ok(0) | Err(_) => open = false,
+                    Ok(_) => idle_since = Instant::now(),
+                }
+                loop {
+                    match next_frame(&mut buf) {
+                        Ok(Some(frame)) => {
+                            let Some(request) = decode_request(frame) else {
+                                open = false;
+                                break;
+                            };
+                            let id = request.id;
+                            if stopping {
+                                encode_response(&mut out, id, StatusCode::MISDIRECTED_REQUEST, br#"{"error":"node is leaving"}"#);
+                            } else {
+                                let answer = handle(request);
+                                running.push(Box::pin(async move { (id, answer.await) }));
+                            }
+                        }
+                        Ok(None) => break,
+                        Err(()) => {
+                            open = false;
+                            break;
+                        }
                     }
-                    let queue = queue.clone();
-                    let handle = handle.clone();
-                    let running = running.clone();
-                    running.fetch_add(1, Ordering::AcqRel);
-                    tokio::spawn(async move {
-                        let (status, body) = handle(request).await;
-                        let mut out = BytesMut::new();
-                        encode_response(&mut out, id, status, &body);
-                        let _ = queue.send(out.freeze());
-                        running.fetch_sub(1, Ordering::AcqRel);
-                    });
                 }
-                Ok(None) => break,
-                Err(()) => break 'read,
+                if !out.is_empty() {
+                    if writer.write_all(&out).await.is_err() {
+                        return;
+                    }
+                    out.clear();
+                }
+            }
+            _ = crate::api::stopped(&mut stop), if !stopping => stopping = true,
+            _ = tokio::time::sleep(Duration::from_millis(100)), if stopping && running.is_empty() => {
+                if idle_since.elapsed() >= Duration::from_millis(100) {
+                    break;
+                }
             }
         }
     }
-    drop(queue);
-    // The writer ends once every running request has answered and dropped its queue handle.
-    let _ = writer.await;
+    let _ = writer.shutdown().await;
 }
 
 #[cfg(test)]

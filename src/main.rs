@@ -272,10 +272,16 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
+    // MESHAGE_THREADS sets the number of worker threads (default: one per core).
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(threads) = std::env::var("MESHAGE_THREADS")
+        .ok()
+        .and_then(|t| t.parse::<usize>().ok())
+        .filter(|t| *t > 0)
     {
+        builder.worker_threads(threads);
+    }
+    let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("meshage: error: cannot start the runtime: {e}");
