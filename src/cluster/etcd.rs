@@ -234,7 +234,7 @@ struct Session {
     /// Service keys written under the current lease.
     written: BTreeSet<String>,
     lease: Option<i64>,
-    keeper: Option<(LeaseKeeper, LeaseKeepAliveStream, Instant)>,
+    keeper: Option<KeepAlive>,
     watch: Option<WatchStream>,
     /// The replica may have missed changes: read the prefix again before watching.
     needs_reload: bool,
@@ -282,6 +282,35 @@ impl Session {
         }
     }
 
+    /// Runs a call on a clone of the client within the request timeout, again while it fails
+    /// for want of a connection: with several endpoints the client picks one per call, and a
+    /// call that met a stopped member was never sent, so it is safe to send again.
+    async fn retried<T, F, Fut>(&self, what: &str, mut call: F) -> Result<T, StepError>
+    where
+        F: FnMut(Client) -> Fut,
+        Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
+    {
+        let deadline = Instant::now() + self.config.request_timeout;
+        let pause = Duration::from_millis(20);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, call(self.client.clone())).await {
+                Ok(Ok(v)) => return Ok(v),
+                Ok(Err(e)) if not_sent(&e) && Instant::now() + pause < deadline => {
+                    debug!(what, error = %e, "an etcd endpoint is out of reach; trying again");
+                    tokio::time::sleep(pause).await;
+                }
+                Ok(Err(e)) => return Err(format!("{what}: {e}")),
+                Err(_) => {
+                    return Err(format!(
+                        "{what}: no answer within {:?}",
+                        self.config.request_timeout
+                    ))
+                }
+            }
+        }
+    }
+
     fn publish(&self) {
         let view = view_of(&self.kv);
         self.view_tx.send_if_modified(|current| {
@@ -301,12 +330,27 @@ impl Session {
             self.grant().await?;
         }
         if let (Some(lease), None) = (self.lease, &self.keeper) {
-            let mut client = self.client.clone();
-            let (mut keeper, stream) = self
-                .timed("lease keep-alive", client.lease_keep_alive(lease))
+            // Opening the keep-alive renews the lease once and says whether etcd still has it.
+            let opened = self
+                .retried("lease keep-alive", |mut c| async move {
+                    match c.lease_keep_alive(lease).await {
+                        // etcd answered that it does not have the lease: not an error to retry.
+                        Err(etcd_client::Error::LeaseKeepAliveError(_)) => Ok(None),
+                        other => other.map(Some),
+                    }
+                })
                 .await?;
-            self.timed("lease keep-alive", keeper.keep_alive()).await?;
-            self.keeper = Some((keeper, stream, Instant::now()));
+            match opened {
+                Some((keeper, stream)) => {
+                    self.keeper = Some(KeepAlive::start(keeper, stream, self.config.lease_ttl))
+                }
+                None => {
+                    self.lease_lost();
+                    return Err(format!(
+                        "etcd no longer has lease {lease}; granting a new one"
+                    ));
+                }
+            }
         }
         if self.watch.is_none() {
             if self.needs_reload {
@@ -317,13 +361,24 @@ impl Session {
         Ok(())
     }
 
+    /// etcd no longer has this node's lease: it expired while the node was cut off, or etcd
+    /// lost its data. Either way the replica may have missed changes, so the prefix is read
+    /// again too.
+    fn lease_lost(&mut self) {
+        self.lease = None;
+        self.keeper = None;
+        self.watch = None;
+        self.needs_reload = true;
+    }
+
     /// Grants a new lease and writes the member key and every service under it, deleting any
     /// of this node's service keys that it no longer advertises.
     async fn grant(&mut self) -> Result<(), StepError> {
         let ttl = self.config.lease_ttl.as_secs_f64().ceil().max(1.0) as i64;
-        let mut client = self.client.clone();
         let lease = self
-            .timed("lease grant", client.lease_grant(ttl, None))
+            .retried("lease grant", |mut c| async move {
+                c.lease_grant(ttl, None).await
+            })
             .await?
             .id();
         self.keeper = None;
@@ -366,22 +421,23 @@ impl Session {
         let mut ops = ops.into_iter().peekable();
         while ops.peek().is_some() {
             let chunk: Vec<TxnOp> = ops.by_ref().take(64).collect();
-            let mut client = self.client.clone();
-            self.timed("write", client.txn(Txn::new().and_then(chunk)))
-                .await?;
+            self.retried("write", |mut c| {
+                let txn = Txn::new().and_then(chunk.clone());
+                async move { c.txn(txn).await }
+            })
+            .await?;
         }
         Ok(())
     }
 
     /// Replaces the replica with a fresh read of the prefix.
     async fn reload(&mut self) -> Result<(), StepError> {
-        let mut client = self.client.clone();
         let root = self.root.clone();
         let response = self
-            .timed(
-                "read",
-                client.get(root, Some(GetOptions::new().with_prefix())),
-            )
+            .retried("read", |mut c| {
+                let root = root.clone();
+                async move { c.get(root, Some(GetOptions::new().with_prefix())).await }
+            })
             .await?;
         let header = response
             .header()
@@ -409,13 +465,15 @@ impl Session {
 
     /// Watches the prefix from the revision after the replica's.
     async fn start_watch(&mut self) -> Result<(), StepError> {
-        let mut client = self.client.clone();
         let options = WatchOptions::new()
             .with_prefix()
             .with_prev_key()
             .with_start_revision(self.revision + 1);
         let mut stream = self
-            .timed("watch", client.watch(self.root.clone(), Some(options)))
+            .retried("watch", |mut c| {
+                let (root, options) = (self.root.clone(), options.clone());
+                async move { c.watch(root, Some(options)).await }
+            })
             .await?;
         // The first answer says whether the watch exists and where etcd's history stands.
         let created = self
@@ -483,14 +541,32 @@ impl Session {
         self.publish();
     }
 
-    /// Writes the difference between what was written and `services`.
+    /// Makes `services` this node's: writes the difference, or when that fails (or the session
+    /// is broken) everything under a new lease. When even that fails the services are kept and
+    /// written once etcd answers again.
     async fn advertise(&mut self, services: Vec<ServiceEntry>) -> Result<(), ClusterError> {
         self.desired = services.into_iter().map(|s| (s.id, s.stream)).collect();
-        let Some(lease) = self.lease else {
-            return Err(ClusterError::Backend(
-                "etcd is out of reach; the services are written when it is back".into(),
-            ));
-        };
+        if let Some(lease) = self.lease {
+            match self.write_difference(lease).await {
+                Ok(()) => return Ok(()),
+                Err(e) => {
+                    // Whether it applied is unknown: write everything again under a new lease.
+                    // The old one expires by itself once no key is left on it.
+                    warn!(error = %e, "advertising failed; writing everything under a new lease");
+                    self.lease = None;
+                    self.keeper = None;
+                }
+            }
+        }
+        self.repair().await.map_err(|e| {
+            ClusterError::Backend(format!(
+                "etcd: {e}; the services are written when etcd answers again"
+            ))
+        })
+    }
+
+    /// Writes the difference between what was written under `lease` and what is desired.
+    async fn write_difference(&mut self, lease: i64) -> Result<(), StepError> {
         let wanted: BTreeSet<String> = self
             .desired
             .iter()
@@ -511,27 +587,9 @@ impl Session {
                 ));
             }
         }
-        match self.commit(ops).await {
-            Ok(()) => {
-                self.written = wanted;
-                Ok(())
-            }
-            Err(e) => {
-                // Whether it applied is unknown: write everything again under a new lease.
-                self.revoke_quietly().await;
-                Err(ClusterError::Backend(format!("etcd: {e}")))
-            }
-        }
-    }
-
-    /// Drops the current lease (revoking it if etcd answers) so that the next repair writes
-    /// every key again.
-    async fn revoke_quietly(&mut self) {
-        if let Some(lease) = self.lease.take() {
-            let mut client = self.client.clone();
-            let _ = self.timed("revoke", client.lease_revoke(lease)).await;
-        }
-        self.keeper = None;
+        self.commit(ops).await?;
+        self.written = wanted;
+        Ok(())
     }
 
     async fn leave(&mut self) -> Result<(), ClusterError> {
@@ -540,8 +598,7 @@ impl Session {
         let Some(lease) = self.lease.take() else {
             return Ok(());
         };
-        let mut client = self.client.clone();
-        self.timed("revoke", client.lease_revoke(lease))
+        self.retried("revoke", |mut c| async move { c.lease_revoke(lease).await })
             .await
             .map(|_| info!(lease, "lease revoked: left the cluster"))
             .map_err(|e| ClusterError::Backend(format!("etcd: {e}")))
@@ -549,8 +606,6 @@ impl Session {
 
     async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
         let mut backoff = Duration::from_millis(50);
-        let renew_every = (self.config.lease_ttl / 3).max(Duration::from_millis(100));
-        let mut renew = tokio::time::interval(renew_every);
         loop {
             if let Err(e) = self.repair().await {
                 warn!(error = %e, retry_in = ?backoff, "etcd session broken");
@@ -576,28 +631,13 @@ impl Session {
                         return;
                     }
                 }
-                _ = renew.tick() => self.renew().await,
-                answer = next_keep_alive(&mut self.keeper) => match answer {
-                    Ok(Some(answer)) if answer.ttl() <= 0 => {
-                        // Expired while cut off, or etcd lost its data: either way the replica
-                        // may have missed changes, so read the prefix again too.
-                        warn!(lease = answer.id(), "etcd no longer knows this node's lease; granting a new one");
-                        self.lease = None;
-                        self.keeper = None;
-                        self.watch = None;
-                        self.needs_reload = true;
+                end = next_keep_alive_end(&mut self.keeper) => match end {
+                    KeepAliveEnd::Lost => {
+                        warn!(lease = ?self.lease, "etcd no longer knows this node's lease; granting a new one");
+                        self.lease_lost();
                     }
-                    Ok(Some(_)) => {
-                        if let Some((_, _, acked)) = &mut self.keeper {
-                            *acked = Instant::now();
-                        }
-                    }
-                    Ok(None) => {
-                        debug!("lease keep-alive stream ended");
-                        self.keeper = None;
-                    }
-                    Err(e) => {
-                        debug!(error = %e, "lease keep-alive failed");
+                    KeepAliveEnd::Broken(e) => {
+                        debug!(error = %e, "lease keep-alive broken; reopening");
                         self.keeper = None;
                     }
                 },
@@ -618,24 +658,6 @@ impl Session {
                     }
                 },
             }
-        }
-    }
-
-    /// Sends a keep-alive; gives the keep-alive up when etcd has not acknowledged one for a
-    /// whole TTL (the connection is dead even if no error says so).
-    async fn renew(&mut self) {
-        let ttl = self.config.lease_ttl;
-        let Some((keeper, _, acked)) = &mut self.keeper else {
-            return;
-        };
-        if acked.elapsed() > ttl {
-            warn!("no keep-alive acknowledged for a whole lease TTL; reconnecting");
-            self.keeper = None;
-            return;
-        }
-        if let Err(e) = keeper.keep_alive().await {
-            debug!(error = %e, "sending a keep-alive failed");
-            self.keeper = None;
         }
     }
 
@@ -668,11 +690,81 @@ impl Session {
     }
 }
 
-async fn next_keep_alive(
-    keeper: &mut Option<(LeaseKeeper, LeaseKeepAliveStream, Instant)>,
-) -> Result<Option<etcd_client::LeaseKeepAliveResponse>, etcd_client::Error> {
+/// Whether a call failed before it was sent: no connection to the endpoint it went to.
+fn not_sent(e: &etcd_client::Error) -> bool {
+    const UNAVAILABLE: i32 = 14;
+    match e {
+        etcd_client::Error::TransportError(_) => true,
+        etcd_client::Error::GRpcStatus(status) => status.code() as i32 == UNAVAILABLE,
+        _ => false,
+    }
+}
+
+/// Why a keep-alive task ended.
+enum KeepAliveEnd {
+    /// etcd does not have the lease any more.
+    Lost,
+    /// The stream failed, or etcd stopped acknowledging; the lease may still be alive.
+    Broken(String),
+}
+
+/// A task that renews one lease every third of its TTL, apart from the session's task so that
+/// a slow write never delays a renewal. Aborted when dropped.
+struct KeepAlive {
+    end: oneshot::Receiver<KeepAliveEnd>,
+    task: JoinHandle<()>,
+}
+
+impl KeepAlive {
+    fn start(keeper: LeaseKeeper, stream: LeaseKeepAliveStream, ttl: Duration) -> KeepAlive {
+        let (tx, end) = oneshot::channel();
+        let task = tokio::spawn(async move {
+            let _ = tx.send(keep_alive(keeper, stream, ttl).await);
+        });
+        KeepAlive { end, task }
+    }
+}
+
+impl Drop for KeepAlive {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn keep_alive(
+    mut keeper: LeaseKeeper,
+    mut stream: LeaseKeepAliveStream,
+    ttl: Duration,
+) -> KeepAliveEnd {
+    let mut renew = tokio::time::interval((ttl / 3).max(Duration::from_millis(100)));
+    renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut acked = Instant::now();
+    loop {
+        tokio::select! {
+            _ = renew.tick() => {
+                // A connection can die without an error; etcd's silence says so.
+                if acked.elapsed() > ttl {
+                    return KeepAliveEnd::Broken("no renewal acknowledged for a whole TTL".into());
+                }
+                if let Err(e) = keeper.keep_alive().await {
+                    return KeepAliveEnd::Broken(e.to_string());
+                }
+            }
+            answer = stream.message() => match answer {
+                Ok(Some(answer)) if answer.ttl() <= 0 => return KeepAliveEnd::Lost,
+                Ok(Some(_)) => acked = Instant::now(),
+                Ok(None) => return KeepAliveEnd::Broken("the keep-alive stream ended".into()),
+                Err(e) => return KeepAliveEnd::Broken(e.to_string()),
+            },
+        }
+    }
+}
+
+async fn next_keep_alive_end(keeper: &mut Option<KeepAlive>) -> KeepAliveEnd {
     match keeper {
-        Some((_, stream, _)) => stream.message().await,
+        Some(k) => (&mut k.end)
+            .await
+            .unwrap_or_else(|_| KeepAliveEnd::Broken("the keep-alive task ended".into())),
         None => std::future::pending().await,
     }
 }

@@ -1,0 +1,374 @@
+//! The etcd backend against real etcd processes: a three-member etcd losing a member, etcd
+//! restarting (with its data, and empty) under running nodes, a watch that falls behind a
+//! compaction, and a lease that etcd drops. The behaviour every backend shares is in
+//! `tests/conformance.rs`.
+#![cfg(feature = "etcd")]
+
+mod backends;
+mod common;
+
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::time::Duration;
+
+use backends::etcd::Etcd;
+use common::*;
+use meshage::{EtcdCluster, EtcdConfig, HashRing, Node};
+
+const STREAM: &str = "echo";
+
+/// Bounds every test. Logs go to the test's output when `RUST_LOG` is set.
+async fn bounded(test: impl Future<Output = ()>) {
+    if let Ok(filter) = tracing_subscriber::EnvFilter::try_from_default_env() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_test_writer()
+            .try_init();
+    }
+    tokio::time::timeout(Duration::from_secs(120), test)
+        .await
+        .expect("the test finishes within 120 s");
+}
+
+fn cluster(urls: &[String], ttl: Duration) -> EtcdCluster {
+    EtcdCluster::new(urls).unwrap().with_config(EtcdConfig {
+        lease_ttl: ttl,
+        ..EtcdConfig::default()
+    })
+}
+
+async fn node(urls: &[String], ttl: Duration) -> Node {
+    meshage::init(cluster(urls, ttl), "127.0.0.1:0")
+        .register(STREAM, echo_by)
+        .start()
+        .await
+        .expect("node starts")
+}
+
+fn ids(node: &Node) -> BTreeSet<String> {
+    node.router()
+        .table()
+        .services_of(STREAM)
+        .map(|s| s.id.to_string())
+        .collect()
+}
+
+fn own(node: &Node) -> Vec<String> {
+    node.router()
+        .local_services()
+        .iter()
+        .map(|s| s.id.to_string())
+        .collect()
+}
+
+/// Waits until every node routes to exactly the services the nodes run.
+async fn wait_exact(nodes: &[&Node], within: Duration, what: &str) -> Duration {
+    let expected: BTreeSet<String> = nodes.iter().flat_map(|n| own(n)).collect();
+    wait_until(within, what, || nodes.iter().all(|n| ids(n) == expected)).await
+}
+
+/// Every key sent through each node is answered by the ring's owner.
+async fn assert_routes_by_the_ring(nodes: &[&Node]) {
+    let all: Vec<String> = ids(nodes[0]).into_iter().collect();
+    let ring = HashRing::new(&all);
+    let http = Http::default();
+    for i in 0..30 {
+        let key = format!("k{i}");
+        let node = nodes[i % nodes.len()];
+        let answer = http
+            .post(&format!("{}/api/{STREAM}/{key}", node.endpoint()), "{}")
+            .await;
+        assert_eq!(answer.status, 200, "{key}: {:?}", answer.body);
+        assert_eq!(answer.service_id().as_deref(), ring.get(&key), "{key}");
+    }
+}
+
+/// The lease that holds a node's member key.
+async fn lease_of(url: &str, node: &Node) -> Option<i64> {
+    let mut client = etcd_client::Client::connect([url], None).await.ok()?;
+    let key = format!("/meshage/meshage/members/{}", node.id());
+    let answer = client.get(key, None).await.ok()?;
+    answer.kvs().first().map(|kv| kv.lease())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_carry_on_when_one_of_three_etcd_members_stops() {
+    bounded(async {
+        let Some(mut etcd) = Etcd::start(3).await else {
+            return;
+        };
+        let urls = etcd.urls();
+        let ttl = Duration::from_secs(2);
+        let a = node(&urls, ttl).await;
+        let b = node(&[urls[1].clone(), urls[2].clone(), urls[0].clone()], ttl).await;
+        wait_exact(
+            &[&a, &b],
+            Duration::from_secs(10),
+            "two nodes see each other",
+        )
+        .await;
+
+        etcd.member(0).stop();
+        // Both nodes keep registering through the members that are left...
+        a.router()
+            .register(STREAM, meshage::handler_fn(echo_by))
+            .await
+            .expect("register with one etcd member down");
+        b.router()
+            .register(STREAM, meshage::handler_fn(echo_by))
+            .await
+            .expect("register with one etcd member down");
+        // ...and a node whose first endpoint is the stopped member joins.
+        let c = node(&urls, ttl).await;
+        let took = wait_exact(
+            &[&a, &b, &c],
+            Duration::from_secs(15),
+            "all services, one member down",
+        )
+        .await;
+        eprintln!("converged {took:?} with one etcd member down");
+        assert_routes_by_the_ring(&[&a, &b, &c]).await;
+
+        // A node crashing is still noticed: its lease expires in the two members left.
+        let gone = own(&b);
+        b.kill();
+        let took = wait_exact(
+            &[&a, &c],
+            Duration::from_secs(10),
+            "the crashed node's lease expires",
+        )
+        .await;
+        eprintln!("crashed node dropped after {took:?}");
+        assert!(gone.iter().all(|id| !ids(&a).contains(id)));
+        a.shutdown().await.unwrap();
+        c.shutdown().await.unwrap();
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_register_again_when_etcd_restarts_empty() {
+    bounded(async {
+        let Some(mut etcd) = Etcd::start(1).await else {
+            return;
+        };
+        let urls = etcd.urls();
+        let ttl = Duration::from_secs(2);
+        let a = node(&urls, ttl).await;
+        let b = node(&urls, ttl).await;
+        wait_exact(
+            &[&a, &b],
+            Duration::from_secs(10),
+            "two nodes see each other",
+        )
+        .await;
+
+        etcd.member(0).stop();
+        // While etcd is away a registration cannot be written; it is kept and written later.
+        let late = a
+            .router()
+            .register(STREAM, meshage::handler_fn(echo_by))
+            .await;
+        assert!(late.is_err(), "a registration with etcd down reports it");
+        // The last known view stays in force meanwhile.
+        assert_eq!(ids(&b).len(), 2);
+
+        etcd.member(0).restart_empty().await;
+        let took = wait_exact(
+            &[&a, &b],
+            Duration::from_secs(20),
+            "both nodes are registered in the new etcd",
+        )
+        .await;
+        eprintln!("re-registered {took:?} after etcd came back empty");
+        assert_eq!(
+            ids(&a).len(),
+            3,
+            "the registration made while etcd was down is there"
+        );
+        assert!(lease_of(&urls[0], &a).await.is_some());
+        assert_routes_by_the_ring(&[&a, &b]).await;
+        a.shutdown().await.unwrap();
+        b.shutdown().await.unwrap();
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_resume_when_etcd_restarts_with_its_data() {
+    bounded(async {
+        let Some(mut etcd) = Etcd::start(1).await else {
+            return;
+        };
+        let urls = etcd.urls();
+        // A long TTL: the leases outlive the restart, so the nodes must resume, not re-register.
+        let ttl = Duration::from_secs(10);
+        let a = node(&urls, ttl).await;
+        let b = node(&urls, ttl).await;
+        wait_exact(
+            &[&a, &b],
+            Duration::from_secs(10),
+            "two nodes see each other",
+        )
+        .await;
+        let lease = lease_of(&urls[0], &a).await.expect("a's lease");
+
+        etcd.member(0).stop();
+        etcd.member(0).restart().await;
+        // A node that joins after the restart is seen through the resumed watches.
+        let c = node(&urls, ttl).await;
+        wait_exact(
+            &[&a, &b, &c],
+            Duration::from_secs(15),
+            "the watches resumed",
+        )
+        .await;
+        assert_eq!(
+            lease_of(&urls[0], &a).await,
+            Some(lease),
+            "a kept its lease"
+        );
+        // And so is one that leaves.
+        c.shutdown().await.unwrap();
+        wait_exact(
+            &[&a, &b],
+            Duration::from_secs(5),
+            "the leaving node is gone",
+        )
+        .await;
+        a.shutdown().await.unwrap();
+        b.shutdown().await.unwrap();
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_that_fell_behind_a_compaction_reloads() {
+    bounded(async {
+        let Some(mut etcd) = Etcd::start(3).await else {
+            return;
+        };
+        let urls = etcd.urls();
+        let ttl = Duration::from_secs(10);
+        // x talks to the first member only; the others to the second and third.
+        let x = node(&urls[..1], ttl).await;
+        let rest = [urls[1].clone(), urls[2].clone()];
+        let y = node(&rest, ttl).await;
+        wait_exact(&[&x, &y], Duration::from_secs(10), "x and y see each other").await;
+
+        etcd.member(0).stop();
+        // Changes x cannot see: a service added, a node that comes and goes, then the history
+        // of all of it compacted away.
+        y.router()
+            .register(STREAM, meshage::handler_fn(echo_by))
+            .await
+            .unwrap();
+        let z = node(&rest, ttl).await;
+        let z_services = own(&z);
+        // (x's keys stay until its lease expires: x is cut off, not gone.)
+        wait_until(Duration::from_secs(10), "y sees z", || {
+            z_services.iter().all(|id| ids(&y).contains(id))
+        })
+        .await;
+        z.shutdown().await.unwrap();
+        wait_until(Duration::from_secs(10), "y sees z leave", || {
+            z_services.iter().all(|id| !ids(&y).contains(id))
+        })
+        .await;
+        let mut client = etcd_client::Client::connect(&rest, None).await.unwrap();
+        let revision = client
+            .get("/", None)
+            .await
+            .unwrap()
+            .header()
+            .unwrap()
+            .revision();
+        client
+            .compact(
+                revision,
+                Some(etcd_client::CompactionOptions::new().with_physical()),
+            )
+            .await
+            .unwrap();
+
+        etcd.member(0).restart().await;
+        let took = wait_exact(
+            &[&x, &y],
+            Duration::from_secs(20),
+            "x catches up after the compaction",
+        )
+        .await;
+        eprintln!("x caught up {took:?} after its etcd member came back");
+        assert_routes_by_the_ring(&[&x, &y]).await;
+        x.shutdown().await.unwrap();
+        y.shutdown().await.unwrap();
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_lease_is_dropped_registers_again() {
+    bounded(async {
+        let Some(etcd) = Etcd::start(1).await else {
+            return;
+        };
+        let urls = etcd.urls();
+        let ttl = Duration::from_secs(5);
+        let a = node(&urls, ttl).await;
+        let b = node(&urls, ttl).await;
+        wait_exact(
+            &[&a, &b],
+            Duration::from_secs(10),
+            "two nodes see each other",
+        )
+        .await;
+        let lease = lease_of(&urls[0], &a).await.expect("a's lease");
+
+        // As if the lease had expired while a was cut off: etcd deletes a's keys.
+        let mut client = etcd_client::Client::connect(&urls, None).await.unwrap();
+        client.lease_revoke(lease).await.unwrap();
+        let took = wait_until_async(
+            Duration::from_secs(5),
+            "a writes its keys under a new lease",
+            || async { lease_of(&urls[0], &a).await.is_some_and(|l| l != lease) },
+        )
+        .await;
+        eprintln!("registered again {took:?} after the lease was revoked");
+        wait_exact(
+            &[&a, &b],
+            Duration::from_secs(5),
+            "b sees a's service again",
+        )
+        .await;
+        a.shutdown().await.unwrap();
+        b.shutdown().await.unwrap();
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn joining_fails_when_etcd_is_out_of_reach() {
+    bounded(async {
+        // A port nothing listens on.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let started = std::time::Instant::now();
+        let result = meshage::init(
+            cluster(&[format!("127.0.0.1:{port}")], Duration::from_secs(2)),
+            "127.0.0.1:0",
+        )
+        .start()
+        .await;
+        let error = result.err().expect("the node does not start");
+        eprintln!("join failed after {:?}: {error}", started.elapsed());
+        assert!(
+            format!("{error:#}").contains("etcd"),
+            "the error names etcd: {error}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(10));
+    })
+    .await;
+}
