@@ -583,7 +583,12 @@ impl Cluster for ConsulCluster {
 /// answers, and keys would go to services that no longer exist.
 async fn remove_leftovers(agent: &Agent, local: &LocalNode, config: &ConsulConfig) {
     let services = match agent
-        .call(Method::GET, "/v1/agent/services", None, config.request_timeout)
+        .call(
+            Method::GET,
+            "/v1/agent/services",
+            None,
+            config.request_timeout,
+        )
         .await
         .and_then(|a| {
             serde_json::from_slice::<BTreeMap<String, Value>>(&a.body).map_err(|e| e.to_string())
@@ -613,7 +618,9 @@ async fn remove_leftovers(agent: &Agent, local: &LocalNode, config: &ConsulConfi
                 .call(Method::PUT, &path, None, config.request_timeout)
                 .await
             {
-                Ok(_) => info!(service = %id, endpoint = %local.endpoint, "deregistered a leftover of an earlier run at this address"),
+                Ok(_) => {
+                    info!(service = %id, endpoint = %local.endpoint, "deregistered a leftover of an earlier run at this address")
+                }
                 Err(e) => warn!(service = %id, error = %e, "cannot deregister a leftover service"),
             }
         }

@@ -419,12 +419,7 @@ fn register(shared: &Arc<Shared>, body: &[u8]) -> Response<Full<Bytes>> {
         check,
         runner,
     };
-    shared
-        .state
-        .lock()
-        .unwrap()
-        .services
-        .insert(id, registered);
+    shared.state.lock().unwrap().services.insert(id, registered);
     shared.bump();
     text(StatusCode::OK, "")
 }
@@ -540,7 +535,12 @@ impl Agent {
     }
 
     /// Calls the agent's API with its token; the answer's body as JSON (null when empty).
-    pub async fn call(&self, method: Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
         let token = self.token();
         let mut headers: Vec<(&str, &str)> = Vec::new();
         if let Some(token) = &token {
