@@ -34,6 +34,13 @@ pub struct LocalNode {
     pub endpoint: String,
 }
 
+/// Membership traffic of one node since it joined.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Traffic {
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+}
+
 /// One service a node advertises: a registered handler on a stream.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 pub struct ServiceEntry {
@@ -117,6 +124,10 @@ pub trait Membership: Send + Sync + 'static {
     async fn shutdown(&self) -> Result<(), ClusterError>;
     /// The address peers use to join through this node (a gossip seed), when there is one.
     fn seed_address(&self) -> Option<String> {
+        None
+    }
+    /// Bytes this node has sent and received for membership, where the backend counts them.
+    fn traffic(&self) -> Option<Traffic> {
         None
     }
     /// Stops at once without telling anyone, as a crash would (tests of failure detection).

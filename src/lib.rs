@@ -55,7 +55,7 @@ mod upstream;
 pub use address::{hostname, parse_seed, Address, AddressError, PortSpec};
 pub use cluster::{
     Cluster, ClusterError, ClusterView, GossipCluster, GossipConfig, LocalNode, Member,
-    MemberState, Membership, ServiceEntry, NO_SEEDS,
+    MemberState, Membership, ServiceEntry, Traffic, NO_SEEDS,
 };
 #[cfg(feature = "consul")]
 pub use cluster::{ConsulCluster, ConsulConfig};

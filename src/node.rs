@@ -268,6 +268,11 @@ impl Node {
         self.local_addr
     }
 
+    /// Bytes this node has sent and received for membership (gossip counts them).
+    pub fn membership_traffic(&self) -> Option<crate::cluster::Traffic> {
+        self.membership.traffic()
+    }
+
     /// The address other nodes can name as a seed to join through this one (gossip only).
     pub fn seed_address(&self) -> Option<String> {
         self.membership.seed_address()

@@ -13,17 +13,20 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
-use chitchat::transport::UdpTransport;
+use chitchat::transport::{RecvOutcome, SendOutcome, Socket, Transport, UdpTransport};
+use chitchat::ChitchatEnvelope;
 use chitchat::{
     spawn_chitchat, ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig, NodeState,
     ProtocolVersion,
 };
+use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
 use super::{
     Cluster, ClusterError, ClusterView, LocalNode, Member, MemberState, Membership, ServiceEntry,
+    Traffic,
 };
 use crate::address::{parse_seed, Address};
 
@@ -168,7 +171,11 @@ impl Cluster for GossipCluster {
             (KEY_HTTP.to_string(), local.endpoint.clone()),
             (KEY_STATUS.to_string(), "live".to_string()),
         ];
-        let handle = spawn_chitchat(chitchat_config, initial, &UdpTransport)
+        let traffic = Arc::new(TrafficCounters::default());
+        let transport = CountingTransport {
+            counters: traffic.clone(),
+        };
+        let handle = spawn_chitchat(chitchat_config, initial, &transport)
             .await
             .map_err(|e| ClusterError::Backend(format!("gossip on {listen_addr}: {e}")))?;
         info!(%listen_addr, %advertise_addr, seeds = ?seed_nodes, "gossip started");
@@ -181,6 +188,7 @@ impl Cluster for GossipCluster {
             watcher,
             config,
             seed_address: advertise_addr.to_string(),
+            traffic,
         }))
     }
 }
@@ -257,6 +265,7 @@ struct GossipMembership {
     watcher: JoinHandle<()>,
     config: GossipConfig,
     seed_address: String,
+    traffic: Arc<TrafficCounters>,
 }
 
 impl GossipMembership {
@@ -322,6 +331,13 @@ impl Membership for GossipMembership {
         Some(self.seed_address.clone())
     }
 
+    fn traffic(&self) -> Option<Traffic> {
+        Some(Traffic {
+            bytes_sent: self.traffic.sent.load(Ordering::Relaxed),
+            bytes_received: self.traffic.received.load(Ordering::Relaxed),
+        })
+    }
+
     fn abort(&self) {
         self.watcher.abort();
         if let Ok(mut guard) = self.handle.try_lock() {
@@ -335,5 +351,59 @@ impl Membership for GossipMembership {
 impl Drop for GossipMembership {
     fn drop(&mut self) {
         Membership::abort(self);
+    }
+}
+
+/// Bytes of gossip sent and received, counted at the UDP socket.
+#[derive(Debug, Default)]
+struct TrafficCounters {
+    sent: AtomicU64,
+    received: AtomicU64,
+}
+
+/// chitchat's UDP transport, counting bytes.
+struct CountingTransport {
+    counters: Arc<TrafficCounters>,
+}
+
+#[async_trait]
+impl Transport for CountingTransport {
+    async fn open(&self, listen_addr: SocketAddr) -> anyhow::Result<Box<dyn Socket>> {
+        Ok(Box::new(CountingSocket {
+            inner: UdpTransport.open(listen_addr).await?,
+            counters: self.counters.clone(),
+        }))
+    }
+}
+
+struct CountingSocket {
+    inner: Box<dyn Socket>,
+    counters: Arc<TrafficCounters>,
+}
+
+#[async_trait]
+impl Socket for CountingSocket {
+    fn local_addr(&self) -> anyhow::Result<SocketAddr> {
+        self.inner.local_addr()
+    }
+
+    async fn send(
+        &mut self,
+        to: SocketAddr,
+        envelope: ChitchatEnvelope,
+    ) -> anyhow::Result<SendOutcome> {
+        let outcome = self.inner.send(to, envelope).await?;
+        self.counters
+            .sent
+            .fetch_add(outcome.num_bytes_sent as u64, Ordering::Relaxed);
+        Ok(outcome)
+    }
+
+    async fn recv(&mut self) -> anyhow::Result<RecvOutcome> {
+        let outcome = self.inner.recv().await?;
+        self.counters
+            .received
+            .fetch_add(outcome.num_bytes_received as u64, Ordering::Relaxed);
+        Ok(outcome)
     }
 }
