@@ -103,7 +103,7 @@ async fn simulate(n: usize) {
 
 /// The share of 10,000 keys whose owner changes when one service joins or leaves a ring of n.
 fn key_movement(n: usize) {
-    let ids: Vec<String> = (0..=n).map(|i| uuid_like(i)).collect();
+    let ids: Vec<String> = (0..=n).map(uuid_like).collect();
     let before = HashRing::new(&ids[..n]);
     let joined = HashRing::new(&ids[..=n]);
     let left = HashRing::new(&ids[..n - 1]);
