@@ -1,0 +1,465 @@
+//! The Consul backend: registrations in the original's format, joining the first seed, ACL
+//! tokens, and a meshage node and an original node in one Consul sending every key to the same
+//! service. Runs against the in-process stand-in agent (`tests/backends/consul.rs`), or against
+//! a real agent when `CONSUL_HTTP_ADDR` is set (tests that need the stand-in's records say so
+//! and skip). The behaviour every backend shares is in `tests/conformance.rs`.
+#![cfg(feature = "consul")]
+
+mod backends;
+mod common;
+
+use std::collections::{BTreeSet, HashMap};
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use backends::consul::{parse_go_duration, Agent, ConsulStandIn};
+use bytes::Bytes;
+use common::*;
+use http::{Method, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use meshage::{ConsulCluster, ConsulConfig, HashRing, Node, NO_SEEDS};
+use serde_json::{json, Value};
+
+/// Bounds every test. Logs go to the test's output when `RUST_LOG` is set.
+async fn bounded(test: impl Future<Output = ()>) {
+    if let Ok(filter) = tracing_subscriber::EnvFilter::try_from_default_env() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_test_writer()
+            .try_init();
+    }
+    tokio::time::timeout(Duration::from_secs(90), test)
+        .await
+        .expect("the test finishes within 90 s");
+}
+
+fn stream_name() -> String {
+    format!("echo-{}", &uuid::Uuid::new_v4().to_string()[..8])
+}
+
+fn config(agent: &Agent) -> ConsulConfig {
+    ConsulConfig {
+        token: agent.token(),
+        check_interval: Duration::from_secs(1),
+        ..ConsulConfig::default()
+    }
+}
+
+async fn node(agent: &Agent, stream: &str) -> Node {
+    let cluster = ConsulCluster::new(agent.addr(), NO_SEEDS)
+        .unwrap()
+        .with_config(config(agent));
+    meshage::init(cluster, "127.0.0.1:0")
+        .register(stream, echo_by)
+        .start()
+        .await
+        .expect("node starts")
+}
+
+fn ids(node: &Node, stream: &str) -> BTreeSet<String> {
+    node.router()
+        .table()
+        .services_of(stream)
+        .map(|s| s.id.to_string())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn services_are_registered_as_the_original_registers_them() {
+    bounded(async {
+        let agent = Agent::start(None).await;
+        let stream = stream_name();
+        let node = node(&agent, &stream).await;
+        let id = node.router().local_services()[0].id.to_string();
+        let endpoint = node.endpoint().to_owned();
+        let port = node.local_addr().port();
+
+        let (status, services) = agent.call(Method::GET, "/v1/agent/services", None).await;
+        assert_eq!(status, 200);
+        let service = &services[&id];
+        assert_eq!(service["ID"], id.as_str());
+        assert_eq!(service["Service"], stream.as_str());
+        assert_eq!(service["Address"], "127.0.0.1");
+        assert_eq!(service["Port"], port);
+        assert_eq!(
+            service["Tags"],
+            json!([format!("endpoint~http~{endpoint}")])
+        );
+        assert_eq!(service["Meta"]["meshage-node"], node.id());
+
+        let (_, checks) = agent.call(Method::GET, "/v1/agent/checks", None).await;
+        let check = checks
+            .as_object()
+            .unwrap()
+            .values()
+            .find(|c| c["ServiceID"] == id.as_str())
+            .expect("the service has a check");
+        if agent.stand_in().is_some() {
+            let definition = &check["Definition"];
+            assert_eq!(definition["HTTP"], format!("{endpoint}/api/health"));
+            assert_eq!(
+                definition["Interval"].as_str().and_then(parse_go_duration),
+                Some(Duration::from_secs(1))
+            );
+            assert_eq!(
+                definition["DeregisterCriticalServiceAfter"]
+                    .as_str()
+                    .and_then(parse_go_duration),
+                Some(Duration::from_secs(60))
+            );
+        }
+        // The agent runs the check against the node's /api/health, and it passes.
+        wait_until_async(Duration::from_secs(10), "the check passes", || async {
+            let (_, checks) = agent.call(Method::GET, "/v1/agent/checks", None).await;
+            checks
+                .as_object()
+                .unwrap()
+                .values()
+                .any(|c| c["ServiceID"] == id.as_str() && c["Status"] == "passing")
+        })
+        .await;
+
+        node.shutdown().await.unwrap();
+        let (_, services) = agent.call(Method::GET, "/v1/agent/services", None).await;
+        assert!(services.get(&id).is_none(), "deregistered on shutdown");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_joins_the_first_seed() {
+    bounded(async {
+        let agent = Agent::start(None).await;
+        let Some(stand_in) = agent.stand_in() else {
+            eprintln!("SKIPPED against a real agent: joining needs the stand-in's record");
+            return;
+        };
+        let cluster = ConsulCluster::new(agent.addr(), ["10.1.1.1:8301", "10.1.1.2:8301"])
+            .unwrap()
+            .with_config(config(&agent));
+        let node = meshage::init(cluster, "127.0.0.1:0").start().await.unwrap();
+        assert_eq!(stand_in.joins(), ["10.1.1.1:8301"]);
+        node.shutdown().await.unwrap();
+
+        // Without seeds there is nothing to join.
+        let other = ConsulStandIn::start(None).await;
+        let cluster = ConsulCluster::new(other.addr, NO_SEEDS).unwrap();
+        let node = meshage::init(cluster, "127.0.0.1:0").start().await.unwrap();
+        assert!(other.joins().is_empty());
+        node.shutdown().await.unwrap();
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_acl_token_is_sent_with_every_request() {
+    bounded(async {
+        if std::env::var("CONSUL_HTTP_ADDR").is_ok_and(|a| !a.is_empty()) {
+            eprintln!("SKIPPED against a real agent: it needs an agent whose ACLs the test sets");
+            return;
+        }
+        let agent = ConsulStandIn::start(Some("s3cr3t")).await;
+        let stream = stream_name();
+        let without = meshage::init(
+            ConsulCluster::new(agent.addr, ["10.1.1.1:8301"]).unwrap(),
+            "127.0.0.1:0",
+        )
+        .register(stream.clone(), echo_by)
+        .start()
+        .await;
+        let error = without.err().expect("no token, no join");
+        assert!(
+            error.to_string().contains("403"),
+            "the error says why: {error}"
+        );
+        assert!(agent.joins().is_empty());
+
+        let with = meshage::init(
+            ConsulCluster::new(agent.addr, ["10.1.1.1:8301"])
+                .unwrap()
+                .with_config(ConsulConfig {
+                    token: Some("s3cr3t".into()),
+                    check_interval: Duration::from_secs(1),
+                    ..ConsulConfig::default()
+                }),
+            "127.0.0.1:0",
+        )
+        .register(stream.clone(), echo_by)
+        .start()
+        .await
+        .expect("the token opens the agent");
+        assert_eq!(agent.joins(), ["10.1.1.1:8301"]);
+        let id = with.router().local_services()[0].id.to_string();
+        wait_until(
+            Duration::from_secs(10),
+            "the registered service passes",
+            || agent.status(&id).as_deref() == Some("passing"),
+        )
+        .await;
+        with.shutdown().await.unwrap();
+        assert_eq!(agent.status(&id), None, "deregistered with the token");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn joining_fails_when_the_agent_is_out_of_reach() {
+    bounded(async {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let cluster = ConsulCluster::new(format!("127.0.0.1:{port}"), NO_SEEDS).unwrap();
+        let error = meshage::init(cluster, "127.0.0.1:0")
+            .start()
+            .await
+            .err()
+            .expect("the node does not start");
+        assert!(error.to_string().contains("Consul"), "{error}");
+    })
+    .await;
+}
+
+/// A node of the original 0.3.8 as far as other nodes see it: `/api/health`, and
+/// `POST /api/{stream}/{key}` answered with what the handler returns. It records the keys it
+/// was sent and the `X-Service-ID` each named.
+struct OriginalNode {
+    endpoint: String,
+    id: String,
+    received: Arc<Mutex<Vec<(String, String)>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl OriginalNode {
+    async fn start(stream: &str) -> OriginalNode {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let endpoint = format!("http://{}", listener.local_addr().unwrap());
+        let id = uuid::Uuid::new_v4().to_string();
+        let received: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
+        let prefix = format!("/api/{stream}/");
+        let (record, me) = (received.clone(), id.clone());
+        let task = tokio::spawn(async move {
+            let mut connections = tokio::task::JoinSet::new();
+            loop {
+                let Ok((mut socket, _)) = listener.accept().await else {
+                    return;
+                };
+                let (record, me, prefix) = (record.clone(), me.clone(), prefix.clone());
+                connections.spawn(async move {
+                    if !node_accepts(&mut socket).await {
+                        return;
+                    }
+                    let service =
+                        service_fn(move |request: http::Request<hyper::body::Incoming>| {
+                            let (record, me, prefix) = (record.clone(), me.clone(), prefix.clone());
+                            async move {
+                                let path = request.uri().path().to_owned();
+                                let target = request
+                                    .headers()
+                                    .get("x-service-id")
+                                    .and_then(|v| v.to_str().ok())
+                                    .unwrap_or("")
+                                    .to_owned();
+                                let body = request.into_body().collect().await.unwrap().to_bytes();
+                                let answer = if path == "/api/health" {
+                                    json!({"status": "up"})
+                                } else if let Some(key) = path.strip_prefix(&prefix) {
+                                    record.lock().unwrap().push((key.to_owned(), target));
+                                    let data: Value =
+                                        serde_json::from_slice(&body).unwrap_or(Value::Null);
+                                    json!({"echoed": data, "by": me, "key": key})
+                                } else {
+                                    return Ok::<_, Infallible>(
+                                        hyper::Response::builder()
+                                            .status(404)
+                                            .body(Full::new(Bytes::from_static(b"{}")))
+                                            .unwrap(),
+                                    );
+                                };
+                                Ok(hyper::Response::builder()
+                                    .header("content-type", "application/json")
+                                    .body(Full::new(Bytes::from(answer.to_string())))
+                                    .unwrap())
+                            }
+                        });
+                    let _ = http1::Builder::new()
+                        .serve_connection(TokioIo::new(socket), service)
+                        .await;
+                });
+                while connections.try_join_next().is_some() {}
+            }
+        });
+        OriginalNode {
+            endpoint,
+            id,
+            received,
+            task,
+        }
+    }
+
+    /// Registers with the agent exactly as the original's `ConsulCluster` registers a service.
+    async fn register(&self, agent: &Agent, stream: &str) {
+        let url = url_parts(&self.endpoint);
+        let (status, body) = agent
+            .call(
+                Method::PUT,
+                "/v1/agent/service/register",
+                Some(json!({
+                    "ID": self.id,
+                    "Name": stream,
+                    "Address": url.0,
+                    "Port": url.1,
+                    "Tags": [format!("endpoint~http~{}", self.endpoint)],
+                    "Check": {
+                        "HTTP": format!("{}/api/health", self.endpoint),
+                        "Interval": "5s",
+                        "Status": "critical",
+                    },
+                })),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+}
+
+/// The methods Node.js's HTTP parser knows (`http.METHODS`).
+const NODE_METHODS: &[&str] = &[
+    "ACL", "BIND", "CHECKOUT", "CONNECT", "COPY", "DELETE", "GET", "HEAD", "LINK", "LOCK",
+    "M-SEARCH", "MERGE", "MKACTIVITY", "MKCALENDAR", "MKCOL", "MOVE", "NOTIFY", "OPTIONS",
+    "PATCH", "POST", "PROPFIND", "PROPPATCH", "PURGE", "PUT", "QUERY", "REBIND", "REPORT",
+    "SEARCH", "SOURCE", "SUBSCRIBE", "TRACE", "UNBIND", "UNLINK", "UNLOCK", "UNSUBSCRIBE",
+];
+
+/// Answers a connection's first bytes as the original's server (Node.js) does: a request
+/// that does not start with a method it knows gets `400 Bad Request` at once and the
+/// connection closes (Node's default `clientError` answer). hyper alone would wait for the end
+/// of the line instead. Whether the connection goes on to HTTP.
+async fn node_accepts(socket: &mut tokio::net::TcpStream) -> bool {
+    use tokio::io::AsyncWriteExt;
+    let mut buf = [0u8; 16];
+    loop {
+        let Ok(n) = socket.peek(&mut buf).await else {
+            return false;
+        };
+        if n == 0 {
+            return false;
+        }
+        let seen = &buf[..n];
+        let fits = |m: &&str| {
+            let line = format!("{m} ");
+            let line = line.as_bytes();
+            line.starts_with(seen) || seen.starts_with(line)
+        };
+        if !NODE_METHODS.iter().any(fits) {
+            let _ = socket
+                .write_all(b"HTTP/1.1 400 Bad Request\r\nConnection: close\r\n\r\n")
+                .await;
+            return false;
+        }
+        if NODE_METHODS
+            .iter()
+            .any(|m| seen.starts_with(format!("{m} ").as_bytes()))
+        {
+            return true;
+        }
+        // Not enough bytes to tell yet.
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+impl Drop for OriginalNode {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn url_parts(endpoint: &str) -> (String, u16) {
+    let rest = endpoint.trim_start_matches("http://");
+    let (host, port) = rest.rsplit_once(':').unwrap();
+    (host.to_owned(), port.parse().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn meshage_and_original_nodes_in_one_consul_send_every_key_to_the_same_service() {
+    bounded(async {
+        let agent = Agent::start(None).await;
+        let stream = stream_name();
+        let original = OriginalNode::start(&stream).await;
+        original.register(&agent, &stream).await;
+        let a = node(&agent, &stream).await;
+        let b = node(&agent, &stream).await;
+
+        let mut all: Vec<String> = vec![original.id.clone()];
+        all.extend(a.router().local_services().iter().map(|s| s.id.to_string()));
+        all.extend(b.router().local_services().iter().map(|s| s.id.to_string()));
+        let expected: BTreeSet<String> = all.iter().cloned().collect();
+        let took = wait_until(
+            Duration::from_secs(15),
+            "both meshage nodes route to all three services, the original's included",
+            || ids(&a, &stream) == expected && ids(&b, &stream) == expected,
+        )
+        .await;
+        eprintln!("the mixed cluster converged after {took:?}");
+        let table = a.router().table();
+        let theirs = table.service(&original.id).unwrap();
+        assert_eq!(
+            &*theirs.endpoint, original.endpoint,
+            "the endpoint comes from the tag"
+        );
+
+        // The ring over all ids, as both the original and meshage build it.
+        let ring = HashRing::new(&all);
+        let http = Http::default();
+        let mut to_original = HashMap::new();
+        for i in 0..60 {
+            let key = format!("user-{i}");
+            let owner = ring.get(&key).unwrap();
+            let via = if i % 2 == 0 { &a } else { &b };
+            let answer = http
+                .post(
+                    &format!("{}/api/{stream}/{key}", via.endpoint()),
+                    r#"{"n":1}"#,
+                )
+                .await;
+            assert_eq!(answer.status, 200, "{key}: {:?}", answer.body);
+            assert_eq!(
+                answer.json()["by"],
+                owner,
+                "key {key} via {}",
+                via.endpoint()
+            );
+            assert_eq!(answer.json()["echoed"], json!({"n": 1}));
+            if owner == original.id {
+                to_original.insert(key, owner.to_owned());
+            }
+        }
+        assert!(
+            !to_original.is_empty(),
+            "some of 60 keys are the original's"
+        );
+        let received: HashMap<String, String> =
+            original.received.lock().unwrap().iter().cloned().collect();
+        assert_eq!(
+            received, to_original,
+            "the original got exactly its keys, each naming it in X-Service-ID"
+        );
+
+        let (status, _) = agent
+            .call(
+                Method::PUT,
+                &format!("/v1/agent/service/deregister/{}", original.id),
+                None,
+            )
+            .await;
+        assert_eq!(status, 200);
+        a.shutdown().await.unwrap();
+        b.shutdown().await.unwrap();
+    })
+    .await;
+}
