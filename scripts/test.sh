@@ -10,6 +10,10 @@ command -v curl >/dev/null 2>&1 || need_apt+=(curl)
 # The handler tests run the example handlers: examples/handler.py and examples/handler.js.
 command -v python3 >/dev/null 2>&1 || need_apt+=(python3)
 command -v node >/dev/null 2>&1 || need_apt+=(nodejs)
+# The etcd feature: etcd-client compiles its protocol with protoc; its tests run real etcd.
+command -v protoc >/dev/null 2>&1 || need_apt+=(protobuf-compiler)
+[ -f /usr/include/google/protobuf/descriptor.proto ] || need_apt+=(libprotobuf-dev)
+command -v etcd >/dev/null 2>&1 || need_apt+=(etcd-server)
 if [ ${#need_apt[@]} -gt 0 ]; then
     echo "==> installing ${need_apt[*]}"
     export DEBIAN_FRONTEND=noninteractive
@@ -22,6 +26,7 @@ echo "==> cargo fmt --check"
 cargo fmt --all -- --check
 echo "==> cargo clippy (warnings denied)"
 cargo clippy --all-targets --locked -- -D warnings
-echo "==> cargo test"
-cargo test --all-targets --locked
-cargo test --doc --locked
+cargo clippy --all-targets --all-features --locked -- -D warnings
+echo "==> cargo test (every feature: the etcd and Consul backends too)"
+cargo test --all-targets --all-features --locked
+cargo test --doc --all-features --locked

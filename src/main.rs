@@ -10,7 +10,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use meshage::client::{read_message, ClientError, MeshClient};
 use meshage::{
-    GossipCluster, HandlerError, HandlerSpec, HealthConfig, HttpUpstream, Message, Node,
+    Cluster, GossipCluster, HandlerError, HandlerSpec, HealthConfig, HttpUpstream, Message, Node,
     NodeConfig, UpstreamConfig, NO_SEEDS,
 };
 use serde_json::{json, Value};
@@ -39,18 +39,25 @@ enum Command {
 
 #[derive(Args)]
 struct NodeArgs {
-    /// Membership backend. Only `gossip` is built in.
+    /// Membership backend: `gossip` (built in), `etcd` or `consul` (with the cargo features of
+    /// those names).
     #[arg(long, env = "CLUSTER_TYPE", default_value = "gossip")]
     cluster_type: String,
-    /// Host to gossip on (default: all interfaces, advertising the machine's hostname).
+    /// gossip: host to gossip on (default: all interfaces, advertising the machine's hostname).
+    /// etcd: host of the etcd client URL; consul: host of the agent's HTTP API (default
+    /// 127.0.0.1 for both).
     #[arg(long, env = "CLUSTER_HOST")]
     cluster_host: Option<String>,
-    /// Port to gossip on (a number, `find`, or `N/find`).
-    #[arg(long, env = "CLUSTER_PORT", default_value = "9742")]
-    cluster_port: String,
-    /// Comma-separated seeds (`host:port`, or a port on 127.0.0.1). Env: SEEDS or SEED.
+    /// gossip: port to gossip on (a number, `find`, or `N/find`; default 9742). etcd: client
+    /// port (default 2379); consul: the agent's HTTP port (default 8500).
+    #[arg(long, env = "CLUSTER_PORT")]
+    cluster_port: Option<String>,
+    /// Comma-separated. gossip: seeds (`host:port`, or a port on 127.0.0.1); etcd: more
+    /// endpoints; consul: the address the agent joins (the first). Env: SEEDS or SEED.
     #[arg(long, env = "SEEDS", value_delimiter = ',')]
     seeds: Vec<String>,
+    #[command(flatten)]
+    backend: BackendArgs,
     /// Host to serve HTTP on (default: all interfaces, advertising the machine's hostname).
     #[arg(long, env = "HTTP_HOST")]
     http_host: Option<String>,
@@ -94,6 +101,104 @@ struct NodeArgs {
     drain_timeout: f64,
 }
 
+/// Settings of the etcd and Consul backends.
+#[derive(Args)]
+#[cfg_attr(not(all(feature = "etcd", feature = "consul")), allow(dead_code))]
+struct BackendArgs {
+    /// etcd: keys live under PREFIX/meshage/.
+    #[arg(long, env = "MESHAGE_ETCD_PREFIX", default_value = "/meshage")]
+    etcd_prefix: String,
+    /// etcd: seconds of the node's lease; a crashed node's services vanish after it.
+    #[arg(long, env = "MESHAGE_LEASE_TTL", default_value_t = 5.0)]
+    lease_ttl: f64,
+    /// consul: ACL token, sent as X-Consul-Token.
+    #[arg(long, env = "CONSUL_HTTP_TOKEN", hide_env_values = true)]
+    consul_token: Option<String>,
+    /// consul: seconds between the agent's health checks of each service.
+    #[arg(long, env = "MESHAGE_CHECK_INTERVAL", default_value_t = 5.0)]
+    check_interval: f64,
+    /// consul: seconds a service may stay critical before the agent deregisters it (Consul's
+    /// minimum is 60).
+    #[arg(long, env = "MESHAGE_DEREGISTER_AFTER", default_value_t = 60.0)]
+    deregister_after: f64,
+}
+
+/// `host:port` of an engine: CLUSTER_HOST (default 127.0.0.1) and CLUSTER_PORT.
+fn engine_address(host: Option<&str>, port: Option<&str>, default_port: u16) -> String {
+    let host = host.filter(|h| !h.is_empty()).unwrap_or("127.0.0.1");
+    match port.filter(|p| !p.is_empty()) {
+        Some(port) => format!("{host}:{port}"),
+        None => format!("{host}:{default_port}"),
+    }
+}
+
+/// The membership backend CLUSTER_TYPE names.
+fn cluster_backend(
+    kind: &str,
+    host: Option<&str>,
+    port: Option<&str>,
+    seeds: Vec<String>,
+    flags: &BackendArgs,
+) -> Result<Box<dyn Cluster>> {
+    match kind {
+        "gossip" => Ok(Box::new(
+            GossipCluster::new(address(host, port.unwrap_or("9742")), seeds)
+                .context("bad cluster address")?,
+        )),
+        "etcd" => etcd_backend(engine_address(host, port, 2379), seeds, flags),
+        "consul" => consul_backend(engine_address(host, port, 8500), seeds, flags),
+        other => bail!("unknown CLUSTER_TYPE `{other}`: use gossip, etcd or consul"),
+    }
+}
+
+#[cfg(feature = "etcd")]
+fn etcd_backend(
+    address: String,
+    seeds: Vec<String>,
+    flags: &BackendArgs,
+) -> Result<Box<dyn Cluster>> {
+    let config = meshage::EtcdConfig {
+        prefix: flags.etcd_prefix.clone(),
+        lease_ttl: seconds("lease-ttl", flags.lease_ttl)?,
+        ..meshage::EtcdConfig::default()
+    };
+    let endpoints = std::iter::once(address).chain(seeds);
+    Ok(Box::new(
+        meshage::EtcdCluster::new(endpoints)
+            .context("bad etcd endpoint")?
+            .with_config(config),
+    ))
+}
+
+#[cfg(not(feature = "etcd"))]
+fn etcd_backend(_: String, _: Vec<String>, _: &BackendArgs) -> Result<Box<dyn Cluster>> {
+    bail!("CLUSTER_TYPE `etcd` is not in this build: build with `cargo build --release --features etcd,consul`")
+}
+
+#[cfg(feature = "consul")]
+fn consul_backend(
+    address: String,
+    seeds: Vec<String>,
+    flags: &BackendArgs,
+) -> Result<Box<dyn Cluster>> {
+    let config = meshage::ConsulConfig {
+        token: flags.consul_token.clone().filter(|t| !t.is_empty()),
+        check_interval: seconds("check-interval", flags.check_interval)?,
+        deregister_critical_after: seconds("deregister-after", flags.deregister_after)?,
+        ..meshage::ConsulConfig::default()
+    };
+    Ok(Box::new(
+        meshage::ConsulCluster::new(address, seeds)
+            .context("bad Consul agent address")?
+            .with_config(config),
+    ))
+}
+
+#[cfg(not(feature = "consul"))]
+fn consul_backend(_: String, _: Vec<String>, _: &BackendArgs) -> Result<Box<dyn Cluster>> {
+    bail!("CLUSTER_TYPE `consul` is not in this build: build with `cargo build --release --features etcd,consul`")
+}
+
 fn address(host: Option<&str>, port: &str) -> String {
     match host {
         Some(host) if !host.is_empty() => format!("{host}:{port}"),
@@ -107,12 +212,6 @@ fn seconds(name: &str, value: f64) -> Result<Duration> {
 }
 
 async fn run_node(args: NodeArgs) -> Result<()> {
-    if args.cluster_type != "gossip" {
-        bail!(
-            "CLUSTER_TYPE `{}` is not available in this build (only `gossip`)",
-            args.cluster_type
-        );
-    }
     let mut seeds = args.seeds;
     if seeds.is_empty() {
         if let Ok(seed) = std::env::var("SEED") {
@@ -123,11 +222,13 @@ async fn run_node(args: NodeArgs) -> Result<()> {
         .http_port
         .or_else(|| std::env::var("SERVICE_PORT").ok())
         .unwrap_or_else(|| "8080".to_owned());
-    let cluster = GossipCluster::new(
-        address(args.cluster_host.as_deref(), &args.cluster_port),
+    let cluster = cluster_backend(
+        &args.cluster_type,
+        args.cluster_host.as_deref(),
+        args.cluster_port.as_deref(),
         seeds,
-    )
-    .context("bad cluster address")?;
+        &args.backend,
+    )?;
     let config = NodeConfig {
         request_timeout: seconds("request-timeout", args.request_timeout)?,
         body_limit: args.body_limit,
@@ -153,12 +254,15 @@ async fn run_node(args: NodeArgs) -> Result<()> {
         builder = builder.register_upstream(stream, upstream);
     }
     let node = builder.start().await?;
+    let membership = node.seed_address().map_or_else(
+        || format!("{} membership", args.cluster_type),
+        |seed| format!("gossip on {seed}"),
+    );
     println!(
-        "meshage node {} serving {} (bound {}), gossip on {}",
+        "meshage node {} serving {} (bound {}), {membership}",
         node.id(),
         node.endpoint(),
         node.local_addr(),
-        node.seed_address().unwrap_or_default()
     );
     wait_for_signal().await?;
     info!("stopping: leaving the cluster and draining");

@@ -372,3 +372,64 @@ async fn joining_fails_when_etcd_is_out_of_reach() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_meshage_binary_runs_on_etcd() {
+    bounded(async {
+        let Some(etcd) = Etcd::start(1).await else {
+            return;
+        };
+        let port = etcd.members[0].client_port.to_string();
+        let start = |name: &str| {
+            let mut command = common::process::meshage_command();
+            command
+                .args(["node", "--http-host", "127.0.0.1", "--http-port", "0"])
+                .args(["--echo", STREAM])
+                .env("CLUSTER_TYPE", "etcd")
+                .env("CLUSTER_HOST", "127.0.0.1")
+                .env("CLUSTER_PORT", &port)
+                .env("MESHAGE_LEASE_TTL", "2");
+            let proc = common::process::Proc::spawn(name, command);
+            let line = proc.wait_line(Duration::from_secs(20), |l| l.starts_with("meshage node "));
+            assert!(line.ends_with("etcd membership"), "{line}");
+            let endpoint = line
+                .split_whitespace()
+                .skip_while(|w| *w != "serving")
+                .nth(1)
+                .unwrap()
+                .to_owned();
+            (proc, endpoint)
+        };
+        let (_a, a) = start("node a");
+        let (mut b_proc, b) = start("node b");
+        let http = Http::default();
+        let services = |endpoint: String| {
+            let http = http.clone();
+            async move {
+                let answer = http.get(&format!("{endpoint}/api/services")).await;
+                answer.json().as_array().map_or(0, Vec::len)
+            }
+        };
+        wait_until_async(
+            Duration::from_secs(10),
+            "each node lists both services",
+            || async { services(a.clone()).await == 2 && services(b.clone()).await == 2 },
+        )
+        .await;
+        let answer = http
+            .post(&format!("{b}/api/{STREAM}/some-key"), r#"{"x":1}"#)
+            .await;
+        assert_eq!(answer.status, 200);
+        assert_eq!(answer.json(), serde_json::json!({"echoed": {"x": 1}}));
+
+        b_proc.kill();
+        let took = wait_until_async(
+            Duration::from_secs(8),
+            "the killed node's lease expires",
+            || async { services(a.clone()).await == 1 },
+        )
+        .await;
+        eprintln!("a killed meshage process was dropped after {took:?}");
+    })
+    .await;
+}
