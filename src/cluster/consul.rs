@@ -450,10 +450,10 @@ impl Watcher {
             });
         }
         for stream in streams {
-            if !children.contains_key(&stream) {
-                debug!(%stream, "watching a stream's instances");
-                let task = tokio::spawn(self.clone().stream(stream.clone()));
-                children.insert(stream, AbortOnDrop(task));
+            if let std::collections::hash_map::Entry::Vacant(entry) = children.entry(stream) {
+                debug!(stream = %entry.key(), "watching a stream's instances");
+                let task = tokio::spawn(self.clone().stream(entry.key().clone()));
+                entry.insert(AbortOnDrop(task));
             }
         }
     }
