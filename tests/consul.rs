@@ -494,3 +494,90 @@ async fn meshage_and_original_nodes_in_one_consul_send_every_key_to_the_same_ser
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_meshage_binary_runs_on_consul() {
+    bounded(async {
+        // The stand-in asks for a token, so the binary must pass CONSUL_HTTP_TOKEN on.
+        let agent = match std::env::var("CONSUL_HTTP_ADDR") {
+            Ok(addr) if !addr.is_empty() => Agent::start(None).await,
+            _ => Agent::StandIn(ConsulStandIn::start(Some("t0ken")).await),
+        };
+        let url = agent.url();
+        let (host, port) = url_parts(&url);
+        let stream = stream_name();
+        let start = |name: &str| {
+            let mut command = common::process::meshage_command();
+            command
+                .args(["node", "--http-host", "127.0.0.1", "--http-port", "0"])
+                .args(["--echo", &stream, "--check-interval", "1"])
+                .env("CLUSTER_TYPE", "consul")
+                .env("CLUSTER_HOST", &host)
+                .env("CLUSTER_PORT", port.to_string());
+            if let Some(token) = agent.token() {
+                command.env("CONSUL_HTTP_TOKEN", token);
+            }
+            let proc = common::process::Proc::spawn(name, command);
+            let line = proc.wait_line(Duration::from_secs(20), |l| l.starts_with("meshage node "));
+            assert!(line.ends_with("consul membership"), "{line}");
+            let endpoint = line
+                .split_whitespace()
+                .skip_while(|w| *w != "serving")
+                .nth(1)
+                .unwrap()
+                .to_owned();
+            (proc, endpoint)
+        };
+        let (_a, a) = start("node a");
+        let (mut b_proc, b) = start("node b");
+        let (_, services) = agent.call(Method::GET, "/v1/agent/services", None).await;
+        let tags: BTreeSet<String> = services
+            .as_object()
+            .unwrap()
+            .values()
+            .filter(|s| s["Service"] == stream.as_str())
+            .map(|s| s["Tags"][0].as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(
+            tags,
+            BTreeSet::from([format!("endpoint~http~{a}"), format!("endpoint~http~{b}")])
+        );
+        let http = Http::default();
+        let listed = |endpoint: String| {
+            let http = http.clone();
+            async move {
+                let answer = http.get(&format!("{endpoint}/api/services")).await;
+                answer.json().as_array().map_or(0, Vec::len)
+            }
+        };
+        wait_until_async(
+            Duration::from_secs(10),
+            "each node lists both services",
+            || async { listed(a.clone()).await == 2 && listed(b.clone()).await == 2 },
+        )
+        .await;
+        b_proc.kill();
+        let took = wait_until_async(
+            Duration::from_secs(10),
+            "the killed node's check fails and its service leaves",
+            || async { listed(a.clone()).await == 1 },
+        )
+        .await;
+        eprintln!("a killed meshage process was dropped after {took:?}");
+        // The killed node never deregistered: its service stays, critical, until the agent
+        // reaps it. Clean up for a shared real agent.
+        let (_, services) = agent.call(Method::GET, "/v1/agent/services", None).await;
+        for (id, service) in services.as_object().unwrap() {
+            if service["Service"] == stream.as_str() {
+                agent
+                    .call(
+                        Method::PUT,
+                        &format!("/v1/agent/service/deregister/{id}"),
+                        None,
+                    )
+                    .await;
+            }
+        }
+    })
+    .await;
+}
