@@ -581,3 +581,69 @@ async fn the_meshage_binary_runs_on_consul() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn services_are_registered_again_when_the_agent_restarts_without_them() {
+    bounded(async {
+        if std::env::var("CONSUL_HTTP_ADDR").is_ok_and(|a| !a.is_empty()) {
+            eprintln!("SKIPPED against a real agent: the test restarts the stand-in");
+            return;
+        }
+        let agent = ConsulStandIn::start(None).await;
+        let addr = agent.addr.to_string();
+        let stream = stream_name();
+        let cluster = ConsulCluster::new(&addr, NO_SEEDS)
+            .unwrap()
+            .with_config(ConsulConfig {
+                check_interval: Duration::from_secs(1),
+                resync_interval: Duration::from_millis(200),
+                ..ConsulConfig::default()
+            });
+        let node = meshage::init(cluster, "127.0.0.1:0")
+            .register(stream.clone(), echo_by)
+            .start()
+            .await
+            .unwrap();
+        let first = node.router().local_services()[0].id.to_string();
+        wait_until(Duration::from_secs(5), "the service passes", || {
+            agent.status(&first).as_deref() == Some("passing")
+        })
+        .await;
+
+        // The agent goes away; a registration meanwhile fails, and says so.
+        drop(agent);
+        let late = node
+            .router()
+            .register(stream.clone(), meshage::handler_fn(echo_by))
+            .await;
+        assert!(late.is_err(), "registering with the agent away reports it");
+        let second = node
+            .router()
+            .local_services()
+            .iter()
+            .map(|s| s.id.to_string())
+            .find(|id| *id != first)
+            .unwrap();
+
+        // It comes back with no state: both services are registered again.
+        let agent = ConsulStandIn::start_on(&addr, None).await;
+        let took = wait_until(
+            Duration::from_secs(10),
+            "both services are registered with the new agent and pass",
+            || {
+                agent.status(&first).as_deref() == Some("passing")
+                    && agent.status(&second).as_deref() == Some("passing")
+            },
+        )
+        .await;
+        eprintln!("registered again {took:?} after the agent came back");
+        wait_until(Duration::from_secs(5), "the node routes to both", || {
+            ids(&node, &stream) == BTreeSet::from([first.clone(), second.clone()])
+        })
+        .await;
+        node.shutdown().await.unwrap();
+        assert_eq!(agent.status(&first), None);
+        assert_eq!(agent.status(&second), None);
+    })
+    .await;
+}

@@ -15,6 +15,9 @@
 //!   original parses it; its member is the node id in `Meta`, or for an original node (no meta)
 //!   the endpoint itself.
 //! - Every request carries `X-Consul-Token` when a token is configured.
+//! - Every `resync_interval` the node checks that the agent still has its services and
+//!   registers again what it lost (an agent restarted without its state) or what failed to
+//!   register while the agent was out of reach.
 //!
 //! On joining, services that an earlier run at this node's address left registered (it crashed)
 //! are deregistered: their checks would pass again once the address answers.
@@ -67,6 +70,9 @@ pub struct ConsulConfig {
     pub request_timeout: Duration,
     /// Longest wait between two attempts after the agent failed to answer.
     pub max_backoff: Duration,
+    /// How often the node checks that the agent still has its services (an agent that lost
+    /// its state, a registration that failed) and registers them again.
+    pub resync_interval: Duration,
 }
 
 impl Default for ConsulConfig {
@@ -78,6 +84,7 @@ impl Default for ConsulConfig {
             wait: Duration::from_secs(30),
             request_timeout: Duration::from_secs(5),
             max_backoff: Duration::from_secs(2),
+            resync_interval: Duration::from_secs(10),
         }
     }
 }
@@ -564,16 +571,20 @@ impl Cluster for ConsulCluster {
             shared: shared.clone(),
             config: config.clone(),
         });
-        let task = tokio::spawn(watcher.catalog(first));
+        let watching = tokio::spawn(watcher.catalog(first));
         info!(agent = %agent.base, "Consul membership started");
-        Ok(Arc::new(ConsulMembership {
+        let registrar = Arc::new(Registrar {
             agent,
             local,
             config,
             shared,
+            books: tokio::sync::Mutex::new(Books::default()),
+        });
+        let resyncing = tokio::spawn(registrar.clone().resync());
+        Ok(Arc::new(ConsulMembership {
+            registrar,
             view: view_rx,
-            registered: tokio::sync::Mutex::new(BTreeMap::new()),
-            task: Mutex::new(Some(task)),
+            tasks: Mutex::new(vec![watching, resyncing]),
         }))
     }
 }
@@ -627,19 +638,24 @@ async fn remove_leftovers(agent: &Agent, local: &LocalNode, config: &ConsulConfi
     }
 }
 
-struct ConsulMembership {
+/// This node's registrations: what it wants registered and what the agent has.
+#[derive(Default)]
+struct Books {
+    desired: BTreeMap<Arc<str>, Arc<str>>,
+    registered: BTreeMap<Arc<str>, Arc<str>>,
+}
+
+/// Keeps the agent's registrations of this node equal to what the node advertises.
+struct Registrar {
     agent: Agent,
     local: LocalNode,
     config: ConsulConfig,
     shared: Arc<Shared>,
-    view: watch::Receiver<Arc<ClusterView>>,
-    /// What the agent has registered for this node: id to stream. The lock orders advertise
-    /// calls.
-    registered: tokio::sync::Mutex<BTreeMap<Arc<str>, Arc<str>>>,
-    task: Mutex<Option<JoinHandle<()>>>,
+    /// The lock orders advertise calls, leaving and resyncs.
+    books: tokio::sync::Mutex<Books>,
 }
 
-impl ConsulMembership {
+impl Registrar {
     async fn deregister(&self, id: &str) -> Result<(), String> {
         let mut path = String::from("/v1/agent/service/deregister/");
         encode_segment(id, &mut path);
@@ -649,45 +665,19 @@ impl ConsulMembership {
             .map(|_| ())
     }
 
-    /// Deregisters every service of this node; the first error, after trying them all.
-    async fn deregister_all(&self) -> Result<(), ClusterError> {
-        let mut registered = self.registered.lock().await;
-        let mut first_error = None;
-        for id in std::mem::take(&mut *registered).into_keys() {
-            if let Err(e) = self.deregister(&id).await {
-                warn!(service = %id, error = %e, "could not deregister a service");
-                first_error.get_or_insert(e);
-            }
-        }
-        match first_error {
-            None => Ok(()),
-            Some(e) => Err(ClusterError::Backend(format!("Consul: {e}"))),
-        }
-    }
-
-    fn stop_watching(&self) {
-        if let Some(task) = self.task.lock().ok().and_then(|mut t| t.take()) {
-            task.abort();
-        }
-    }
-}
-
-#[async_trait]
-impl Membership for ConsulMembership {
-    async fn advertise(&self, services: &[ServiceEntry]) -> Result<(), ClusterError> {
-        let mut registered = self.registered.lock().await;
-        let wanted: BTreeMap<Arc<str>, Arc<str>> = services
+    /// Registers what is desired and not registered, deregisters what is registered and not
+    /// desired. Stops at the first failure; what it did is in the books.
+    async fn sync(&self, books: &mut Books) -> Result<(), ClusterError> {
+        let fail = |e: String| ClusterError::Backend(format!("Consul: {e}"));
+        let missing: Vec<(Arc<str>, Arc<str>)> = books
+            .desired
             .iter()
-            .map(|s| (s.id.clone(), s.stream.clone()))
+            .filter(|(id, stream)| books.registered.get(*id) != Some(*stream))
+            .map(|(id, stream)| (id.clone(), stream.clone()))
             .collect();
-        let mut result = Ok(());
-        for (id, stream) in &wanted {
-            if registered.get(id) == Some(stream) {
-                continue;
-            }
-            let body = registration(&self.local, id, stream, &self.config);
-            match self
-                .agent
+        for (id, stream) in missing {
+            let body = registration(&self.local, &id, &stream, &self.config);
+            self.agent
                 .call(
                     Method::PUT,
                     "/v1/agent/service/register",
@@ -695,43 +685,108 @@ impl Membership for ConsulMembership {
                     self.config.request_timeout,
                 )
                 .await
-            {
-                Ok(_) => {
-                    registered.insert(id.clone(), stream.clone());
-                }
-                Err(e) => {
-                    result = Err(ClusterError::Backend(format!("Consul: {e}")));
-                    break;
-                }
-            }
+                .map_err(fail)?;
+            books.registered.insert(id, stream);
         }
-        if result.is_ok() {
-            let stale: Vec<Arc<str>> = registered
-                .keys()
-                .filter(|id| !wanted.contains_key(*id))
-                .cloned()
-                .collect();
-            for id in stale {
-                match self.deregister(&id).await {
-                    Ok(()) => {
-                        registered.remove(&id);
-                    }
-                    Err(e) => {
-                        result = Err(ClusterError::Backend(format!("Consul: {e}")));
-                        break;
-                    }
-                }
-            }
+        let stale: Vec<Arc<str>> = books
+            .registered
+            .keys()
+            .filter(|id| !books.desired.contains_key(*id))
+            .cloned()
+            .collect();
+        for id in stale {
+            self.deregister(&id).await.map_err(fail)?;
+            books.registered.remove(&id);
         }
-        let own: Vec<ServiceEntry> = registered
+        Ok(())
+    }
+
+    /// Makes `desired` this node's services, in its own view at once and with the agent.
+    async fn set(&self, desired: BTreeMap<Arc<str>, Arc<str>>) -> Result<(), ClusterError> {
+        let mut books = self.books.lock().await;
+        let own: Vec<ServiceEntry> = desired
             .iter()
             .map(|(id, stream)| ServiceEntry {
                 id: id.clone(),
                 stream: stream.clone(),
             })
             .collect();
+        books.desired = desired;
         self.shared.update(|state| state.own.services = own);
-        result
+        self.sync(&mut books).await
+    }
+
+    /// Every `resync_interval`: registers again what the agent no longer has (it lost its
+    /// state, or a registration failed) and finishes what an earlier sync left undone.
+    async fn resync(self: Arc<Self>) {
+        loop {
+            tokio::time::sleep(self.config.resync_interval).await;
+            let mut books = self.books.lock().await;
+            if books.desired.is_empty() && books.registered.is_empty() {
+                continue;
+            }
+            let listed = self
+                .agent
+                .call(
+                    Method::GET,
+                    "/v1/agent/services",
+                    None,
+                    self.config.request_timeout,
+                )
+                .await
+                .and_then(|a| {
+                    serde_json::from_slice::<BTreeMap<String, Value>>(&a.body)
+                        .map_err(|e| e.to_string())
+                });
+            let agent_has = match listed {
+                Ok(services) => services,
+                Err(e) => {
+                    debug!(error = %e, "cannot list the agent's services; resyncing later");
+                    continue;
+                }
+            };
+            let lost: Vec<Arc<str>> = books
+                .registered
+                .keys()
+                .filter(|id| !agent_has.contains_key(&***id))
+                .cloned()
+                .collect();
+            for id in lost {
+                warn!(service = %id, "the agent lost this service; registering it again");
+                books.registered.remove(&id);
+            }
+            if let Err(e) = self.sync(&mut books).await {
+                warn!(error = %e, "resyncing with the agent failed; trying again later");
+            }
+        }
+    }
+}
+
+struct ConsulMembership {
+    registrar: Arc<Registrar>,
+    view: watch::Receiver<Arc<ClusterView>>,
+    /// The watchers and the resync task.
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl ConsulMembership {
+    fn stop_tasks(&self) {
+        if let Ok(mut tasks) = self.tasks.lock() {
+            for task in tasks.drain(..) {
+                task.abort();
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Membership for ConsulMembership {
+    async fn advertise(&self, services: &[ServiceEntry]) -> Result<(), ClusterError> {
+        let desired = services
+            .iter()
+            .map(|s| (s.id.clone(), s.stream.clone()))
+            .collect();
+        self.registrar.set(desired).await
     }
 
     fn view(&self) -> watch::Receiver<Arc<ClusterView>> {
@@ -739,25 +794,26 @@ impl Membership for ConsulMembership {
     }
 
     async fn leave(&self) -> Result<(), ClusterError> {
-        self.shared
+        self.registrar
+            .shared
             .update(|state| state.own.state = MemberState::Leaving);
-        self.deregister_all().await
+        self.registrar.set(BTreeMap::new()).await
     }
 
     async fn shutdown(&self) -> Result<(), ClusterError> {
-        self.stop_watching();
+        self.stop_tasks();
         // Normally leave deregistered everything already.
-        self.deregister_all().await
+        self.registrar.set(BTreeMap::new()).await
     }
 
     fn abort(&self) {
-        self.stop_watching();
+        self.stop_tasks();
     }
 }
 
 impl Drop for ConsulMembership {
     fn drop(&mut self) {
-        self.stop_watching();
+        self.stop_tasks();
     }
 }
 

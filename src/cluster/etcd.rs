@@ -383,7 +383,6 @@ impl Session {
             .id();
         self.keeper = None;
         self.written.clear();
-        self.lease = Some(lease);
         let mut ops = vec![TxnOp::put(
             self.member_key.clone(),
             self.entry(None),
@@ -406,7 +405,10 @@ impl Session {
                 Some(PutOptions::new().with_lease(lease)),
             ));
         }
+        // Until every write is in, the lease is not this node's: a failure grants another, and
+        // this one expires with whatever it holds.
         self.commit(ops).await?;
+        self.lease = Some(lease);
         self.written = wanted;
         debug!(
             lease,

@@ -134,7 +134,23 @@ pub struct ConsulStandIn {
 impl ConsulStandIn {
     /// Starts on a free loopback port; with `token`, every request must carry it.
     pub async fn start(token: Option<&str>) -> ConsulStandIn {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        ConsulStandIn::start_on("127.0.0.1:0", token).await
+    }
+
+    /// Starts on `addr`: a restarted agent, with no state, where the old one was. Rebinding a
+    /// port that was just let go is retried for a while.
+    pub async fn start_on(addr: &str, token: Option<&str>) -> ConsulStandIn {
+        let mut tries = 0;
+        let listener = loop {
+            match tokio::net::TcpListener::bind(addr).await {
+                Ok(l) => break l,
+                Err(_) if tries < 100 => {
+                    tries += 1;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(e) => panic!("cannot bind {addr}: {e}"),
+            }
+        };
         let addr = listener.local_addr().unwrap();
         let mut http = Http::default();
         http.timeout = Duration::from_secs(10);
