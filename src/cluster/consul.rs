@@ -385,12 +385,12 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// Follows Consul's index rules: a missing or zero index becomes 1, one that went backwards
-/// starts over from 0.
+/// Follows Consul's index rules: a missing or zero index becomes 1 (a zero would make every
+/// query return at once), one that went backwards starts over from 0.
 fn next_index(previous: u64, answered: Option<u64>) -> u64 {
     match answered {
-        Some(i) if i < previous => 0,
         Some(0) | None => 1,
+        Some(i) if i < previous => 0,
         Some(i) => i,
     }
 }
@@ -878,6 +878,18 @@ mod tests {
             ["echo"]
         );
     }
+
+    #[test]
+    fn agent_addresses_parse_to_urls() {
+        let agent = |a: &str| ConsulCluster::new(a, NO_SEEDS_HERE).map(|c| c.agent().to_owned());
+        assert_eq!(agent("127.0.0.1:8500").unwrap(), "http://127.0.0.1:8500");
+        assert_eq!(agent("http://consul:8500").unwrap(), "http://consul:8500");
+        assert_eq!(agent("8500").unwrap(), "http://127.0.0.1:8500");
+        assert!(agent("https://consul:8501").is_err());
+        assert!(agent("consul:find").is_err());
+    }
+
+    const NO_SEEDS_HERE: [&str; 0] = [];
 
     #[test]
     fn indexes_follow_consuls_rules() {
