@@ -8,6 +8,8 @@
 //! | `GET|POST /api/health` | `{"status":"up"}` (503 `leaving` while the node stops) |
 //! | `GET /api/members` | every node this one knows: id, endpoint, state, services |
 //! | `GET /api/locate/{stream}/{key}` | the service and node that own the key; nothing runs |
+//! | `GET /api/status` | what the status page shows (see `status.rs`) |
+//! | `GET /` and `GET /metrics` | the status page; Prometheus metrics |
 //!
 //! The key is everything after `/api/{stream}/`, percent-decoded, so it may hold `/`.
 //! Other methods on the message routes are 405. Every error is JSON `{"error": "..."}`.
@@ -15,7 +17,8 @@
 //! `broadcast`, `locate` and `members` are reserved words: a stream with one of these names
 //! cannot be sent to over HTTP (`/api/members/...` is a 404), though the library's router
 //! reaches it and `/api/broadcast/{stream}/...` broadcasts to it. `health` and `services` are
-//! reserved only as whole paths: `/api/health/{key}` is a send to the stream `health`.
+//! reserved only as whole paths: `/api/health/{key}` is a send to the stream `health`; so is
+//! `status`. Every message answer carries the request's trace id in `X-Meshage-Trace`.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -41,8 +44,11 @@ use crate::cluster::ClusterView;
 use crate::forward::{HOP_HEADER, SERVICE_ID_HEADER};
 use crate::link;
 use crate::message::Payload;
+use crate::metrics::Route;
+use crate::observe::{TraceId, TRACE_HEADER};
 use crate::path::decode_segment;
 use crate::router::{RouteError, Router};
+use crate::status;
 
 /// What the HTTP layer needs besides the router.
 pub(crate) struct ApiState {
@@ -113,14 +119,13 @@ pub(crate) async fn handle(
 ) -> Result<Response<Body>, Infallible> {
     let path = request.uri().path();
     let Some(rest) = path.strip_prefix("/api/") else {
-        return Ok(error_response(
-            StatusCode::NOT_FOUND,
-            &format!("no route for {} {path}", request.method()),
-        ));
+        // The status page, the metrics, or 404.
+        return Ok(status::serve(&state, request.method(), path));
     };
     let response = match rest {
         "health" => health(&state, request.method()),
         "services" => services(&state, request.method()),
+        "status" => status::api_status(&state, request.method()),
         "members" => members(&state, request.method()),
         r if r.starts_with("members/") => error_response(
             StatusCode::NOT_FOUND,
@@ -283,6 +288,41 @@ async fn message(
             return error_response(StatusCode::BAD_REQUEST, &format!("bad path: {e}"));
         }
     };
+    let route = if broadcast {
+        Route::Broadcast
+    } else if request.headers().contains_key(HOP_HEADER) {
+        Route::Received
+    } else {
+        Route::Unrouted
+    };
+    let trace = request
+        .headers()
+        .get(TRACE_HEADER)
+        .and_then(|v| TraceId::parse(v.as_bytes()));
+    let mut scope = state.router.observe(&stream, &key, route, trace);
+    let trace = scope.trace();
+    let mut response = scope
+        .run(respond(state, request, broadcast, &stream, &key))
+        .await;
+    let owner = response
+        .headers()
+        .get(SERVICE_ID_HEADER)
+        .and_then(|v| v.to_str().ok());
+    scope.finish(response.status(), owner);
+    if let Ok(v) = HeaderValue::from_bytes(&trace.hex()) {
+        response.headers_mut().insert(TRACE_HEADER, v);
+    }
+    response
+}
+
+/// Reads a message's body and routes it.
+async fn respond(
+    state: &ApiState,
+    request: Request<Incoming>,
+    broadcast: bool,
+    stream: &str,
+    key: &str,
+) -> Response<Body> {
     let deadline = Instant::now() + state.router.config().request_timeout;
     let headers = request.headers();
     let declared_too_long = headers
@@ -321,7 +361,7 @@ async fn message(
     if broadcast {
         return match state
             .router
-            .broadcast_payload(&stream, &key, payload, deadline)
+            .broadcast_payload(stream, key, payload, deadline)
             .await
         {
             Ok(entries) => value_response(StatusCode::OK, &Value::Array(entries)),
@@ -330,7 +370,7 @@ async fn message(
     }
     match state
         .router
-        .route(&stream, &key, target.as_deref(), hop, payload, deadline)
+        .route(stream, key, target.as_deref(), hop, payload, deadline)
         .await
     {
         Ok(routed) => {
@@ -474,20 +514,27 @@ async fn is_link(stream: &tokio::net::TcpStream) -> bool {
 async fn link_request(state: Arc<ApiState>, request: link::LinkRequest) -> (StatusCode, Bytes) {
     let timeout = request.timeout.min(state.router.config().request_timeout);
     let deadline = Instant::now() + timeout;
-    let result = state
+    let trace = TraceId::from_u64(request.trace);
+    let mut scope = state
         .router
-        .route(
+        .observe(&request.stream, &request.key, Route::Received, trace);
+    let result = scope
+        .run(state.router.route(
             &request.stream,
             &request.key,
             Some(&request.service_id),
             true,
             request.payload,
             deadline,
-        )
+        ))
         .await;
     match result {
-        Ok(routed) => (routed.reply.status, routed.reply.body),
+        Ok(routed) => {
+            scope.finish(routed.reply.status, Some(&routed.service_id));
+            (routed.reply.status, routed.reply.body)
+        }
         Err(e) => {
+            scope.finish(e.status(), None);
             let body = serde_json::to_vec(&json!({ "error": e.to_string() })).unwrap_or_default();
             (e.status(), Bytes::from(body))
         }

@@ -3,7 +3,8 @@
 //! A forward is `POST {endpoint}/api/{stream}/{key}` naming its target in `X-Service-ID`, as the
 //! original forwards, so original nodes understand ours and the reverse. It also carries
 //! `X-Meshage-Hop: 1`: a node that receives it runs the named service if it has it and never
-//! forwards it again, so no loop forms while tables disagree. The body bytes go as they came.
+//! forwards it again, so no loop forms while tables disagree. `X-Meshage-Trace` carries the
+//! request's trace id. The body bytes go as they came.
 
 use std::time::{Duration, Instant};
 
@@ -148,6 +149,12 @@ impl Forwarder {
         encode_segment(key, &mut encoded);
         if let Ok(v) = HeaderValue::from_str(&encoded) {
             builder = builder.header("x-partition-key", v);
+        }
+        // The trace id of the request, so that the owner logs it under the same id.
+        if let Some(trace) = crate::observe::current_trace() {
+            if let Ok(v) = HeaderValue::from_bytes(&trace.hex()) {
+                builder = builder.header(crate::observe::TRACE_HEADER, v);
+            }
         }
         let request = builder
             .body(Full::new(payload.body.clone()))

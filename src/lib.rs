@@ -37,6 +37,9 @@
 //! - `api`: the HTTP API; `node`: start and graceful shutdown.
 //! - `upstream`: handlers in any language: an HTTP endpoint as a handler, with health checks.
 //! - `client`: a client of a node's HTTP API, behind the `meshage` command's client commands.
+//! - `metrics`: the node's Prometheus metrics in atomics, and their text exposition.
+//! - `observe`: one request's trace id, span, and count by route and outcome.
+//! - `status`: the live status page (`GET /`), its data (`GET /api/status`), membership events.
 
 mod address;
 mod api;
@@ -45,10 +48,13 @@ pub mod cluster;
 mod forward;
 mod link;
 mod message;
+mod metrics;
 mod node;
+mod observe;
 mod path;
 mod ring;
 mod router;
+mod status;
 mod table;
 mod upstream;
 
@@ -67,6 +73,7 @@ pub use message::{
     Reply, SharedHandler,
 };
 pub use node::{init, Node, NodeBuilder, NodeConfig, StartError};
+pub use observe::TRACE_HEADER;
 pub use ring::HashRing;
 pub use router::{RouteError, Routed, Router, RouterConfig};
 pub use table::{ServiceInfo, ServiceTable};

@@ -9,8 +9,9 @@
 //! the sender falls back to HTTP for it.
 //!
 //! Frames are length-prefixed: `u32 len` then `len` bytes.
-//! Request: `u8 1, u64 id, u32 timeout_ms, u16 stream_len, u32 key_len, u16 service_len,
-//! u16 content_type_len`, the four strings, then the body.
+//! Request: `u8 1, u64 id, u64 trace, u32 timeout_ms, u16 stream_len, u32 key_len,
+//! u16 service_len, u16 content_type_len`, the four strings, then the body. `trace` is the
+//! request's trace id (0 for none), so that both nodes log the request under one id.
 //! Response: `u8 2, u64 id, u16 status`, then the body.
 
 use std::collections::HashMap;
@@ -32,8 +33,8 @@ use crate::forward::ForwardError;
 use crate::message::{Payload, Reply};
 
 /// The first bytes a link client sends; the server answers with [`PREFACE_ACK`].
-pub const PREFACE: &[u8; 8] = b"MESHLNK1";
-const PREFACE_ACK: &[u8; 8] = b"MESHACK1";
+pub const PREFACE: &[u8; 8] = b"MESHLNK2";
+const PREFACE_ACK: &[u8; 8] = b"MESHACK2";
 const KIND_REQUEST: u8 = 1;
 const KIND_RESPONSE: u8 = 2;
 /// Frames above this size end the connection (a broken or hostile peer).
@@ -45,6 +46,8 @@ const WRITE_BATCH: usize = 256 * 1024;
 #[derive(Debug)]
 pub struct LinkRequest {
     pub id: u64,
+    /// The request's trace id; 0 when it has none.
+    pub trace: u64,
     pub timeout: Duration,
     pub stream: String,
     pub key: String,
@@ -56,6 +59,7 @@ pub struct LinkRequest {
 fn encode_request(
     buf: &mut BytesMut,
     id: u64,
+    trace: u64,
     timeout: Duration,
     stream: &str,
     key: &str,
@@ -72,6 +76,7 @@ fn encode_request(
         ));
     }
     let len = 1
+        + 8
         + 8
         + 4
         + 2
@@ -92,6 +97,7 @@ fn encode_request(
     buf.put_u32(len as u32);
     buf.put_u8(KIND_REQUEST);
     buf.put_u64(id);
+    buf.put_u64(trace);
     buf.put_u32(timeout.as_millis().min(u32::MAX as u128) as u32);
     buf.put_u16(stream.len() as u16);
     buf.put_u32(key.len() as u32);
@@ -123,10 +129,11 @@ fn take_string(frame: &mut Bytes, len: usize) -> Option<String> {
 }
 
 fn decode_request(mut frame: Bytes) -> Option<LinkRequest> {
-    if frame.len() < 1 + 8 + 4 + 2 + 4 + 2 + 2 || frame.get_u8() != KIND_REQUEST {
+    if frame.len() < 1 + 8 + 8 + 4 + 2 + 4 + 2 + 2 || frame.get_u8() != KIND_REQUEST {
         return None;
     }
     let id = frame.get_u64();
+    let trace = frame.get_u64();
     let timeout = Duration::from_millis(frame.get_u32() as u64);
     let stream_len = frame.get_u16() as usize;
     let key_len = frame.get_u32() as usize;
@@ -138,6 +145,7 @@ fn decode_request(mut frame: Bytes) -> Option<LinkRequest> {
     let content_type = take_string(&mut frame, ct_len)?;
     Some(LinkRequest {
         id,
+        trace,
         timeout,
         stream,
         key,
@@ -276,9 +284,11 @@ impl Links {
         let id = conn.next_id.fetch_add(1, Ordering::Relaxed);
         let timeout = deadline.saturating_duration_since(Instant::now());
         let mut frame = BytesMut::new();
+        let trace = crate::observe::current_trace().map_or(0, |t| t.as_u64());
         encode_request(
             &mut frame,
             id,
+            trace,
             timeout,
             stream,
             key,
@@ -513,6 +523,7 @@ mod tests {
         encode_request(
             &mut buf,
             7,
+            0xfeed,
             Duration::from_millis(1500),
             "echo",
             "a/b ключ",
@@ -523,7 +534,7 @@ mod tests {
         .unwrap();
         encode_response(&mut buf, 9, StatusCode::CONFLICT, b"{}");
         let request = decode_request(next_frame(&mut buf).unwrap().unwrap()).unwrap();
-        assert_eq!(request.id, 7);
+        assert_eq!((request.id, request.trace), (7, 0xfeed));
         assert_eq!(request.timeout, Duration::from_millis(1500));
         assert_eq!(
             (request.stream.as_str(), request.key.as_str()),

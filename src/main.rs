@@ -99,6 +99,9 @@ struct NodeArgs {
     /// Seconds a stopping node lets open requests finish.
     #[arg(long, env = "MESHAGE_DRAIN_TIMEOUT", default_value_t = 10.0)]
     drain_timeout: f64,
+    /// Log lines as `text` or as `json` objects (one a line, with the request span's fields).
+    #[arg(long, env = "MESHAGE_LOG_FORMAT", value_enum, default_value = "text")]
+    log_format: LogFormat,
 }
 
 /// Settings of the etcd and Consul backends.
@@ -197,6 +200,12 @@ fn consul_backend(
 #[cfg(not(feature = "consul"))]
 fn consul_backend(_: String, _: Vec<String>, _: &BackendArgs) -> Result<Box<dyn Cluster>> {
     bail!("CLUSTER_TYPE `consul` is not in this build: build with `cargo build --release --features etcd,consul`")
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 fn address(host: Option<&str>, port: &str) -> String {
@@ -368,14 +377,22 @@ async fn run_demo() -> Result<()> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,chitchat=warn")),
         )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+        .with_writer(std::io::stderr);
+    match &cli.command {
+        Command::Node(args) if args.log_format == LogFormat::Json => logs
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .init(),
+        _ => logs
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+    }
     // MESHAGE_THREADS sets the number of worker threads (default: one per core).
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     if let Some(threads) = std::env::var("MESHAGE_THREADS")

@@ -228,6 +228,7 @@ async fn follow_membership(membership: Arc<dyn Membership>, router: Router) {
     let mut view = membership.view();
     loop {
         let current = view.borrow_and_update().clone();
+        router.metrics().events.observe(&current);
         router.apply_view(current);
         if view.changed().await.is_err() {
             debug!("membership view closed; table follower ends");

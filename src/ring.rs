@@ -194,6 +194,44 @@ impl HashRing {
             .count()
     }
 
+    /// The share of the 2^32 hash space each server owns, in
+    /// [`servers`](Self::servers) order; the shares add up to 1 (an empty
+    /// ring has none). A point owns the hashes above the point before it, up
+    /// to and including its own value; the first point also owns the hashes
+    /// above the last point and 0, where [`get`](Self::get) falls back to it.
+    pub fn shares(&self) -> Vec<f64> {
+        let mut owned = vec![0u64; self.servers.len()];
+        let Some(&last) = self.values.last() else {
+            return owned.into_iter().map(|_| 0.0).collect();
+        };
+        let mut prev: Option<u32> = None;
+        for (&value, &owner) in self.values.iter().zip(&*self.owners) {
+            owned[owner as usize] += match prev {
+                Some(prev) => u64::from(value - prev),
+                None => u64::from(value) + 1 + (u64::from(u32::MAX) - u64::from(last)),
+            };
+            prev = Some(value);
+        }
+        owned
+            .into_iter()
+            .map(|n| n as f64 / (1u64 << 32) as f64)
+            .collect()
+    }
+
+    /// The ring's points in ascending order: each point's value and the
+    /// index in [`servers`](Self::servers) of the server that owns it.
+    pub fn ring_points(&self) -> impl Iterator<Item = (u32, usize)> + '_ {
+        self.values
+            .iter()
+            .zip(&*self.owners)
+            .map(|(&value, &owner)| (value, owner as usize))
+    }
+
+    /// Where `key` falls on any ring: the hash its owner is looked up by.
+    pub fn position(key: &str) -> u32 {
+        hash_key(key)
+    }
+
     /// `hashring`'s `find`, replicated exactly (including its fall-back to
     /// position 0). Must only be called on a non-empty ring.
     ///
@@ -284,6 +322,42 @@ mod tests {
 
     fn keys() -> impl Iterator<Item = String> {
         (0..5_000).map(|i| format!("key-{i}"))
+    }
+
+    #[test]
+    fn shares_cover_the_hash_space_as_lookups_do() {
+        assert!(HashRing::default().shares().is_empty());
+        let ring = HashRing::new(ids(3));
+        let shares = ring.shares();
+        assert_eq!(shares.len(), 3);
+        assert!(
+            (shares.iter().sum::<f64>() - 1.0).abs() < 1e-12,
+            "{shares:?}"
+        );
+        // 20 000 keys land on each server about as often as its share says.
+        let mut hits = [0usize; 3];
+        for i in 0..20_000 {
+            hits[ring.get_index(&format!("k{i}")).unwrap()] += 1;
+        }
+        for (share, hits) in shares.iter().zip(hits) {
+            let seen = hits as f64 / 20_000.0;
+            assert!(
+                (seen - share).abs() < 0.02,
+                "share {share} but {seen} of keys"
+            );
+        }
+        // A key's position names the point that owns it: the first at or above it.
+        let points: Vec<(u32, usize)> = ring.ring_points().collect();
+        assert_eq!(points.len(), ring.points());
+        for key in keys().take(500) {
+            let at = HashRing::position(&key);
+            let owner = points
+                .iter()
+                .find(|(value, _)| *value >= at)
+                .unwrap_or(&points[0])
+                .1;
+            assert_eq!(Some(owner), ring.get_index(&key), "{key}");
+        }
     }
 
     #[test]

@@ -20,6 +20,8 @@ use tracing::{debug, warn};
 use crate::cluster::{ClusterView, Member, MemberState, Membership, ServiceEntry};
 use crate::forward::{not_executed, ForwardError, Forwarder};
 use crate::message::{HandlerError, Header, Message, Payload, Reply, SharedHandler};
+use crate::metrics::{Metrics, Route};
+use crate::observe::{self, RequestScope};
 use crate::table::ServiceTable;
 
 /// A service registered on this node.
@@ -113,6 +115,8 @@ struct Inner {
     /// The backend's latest view, kept to rebuild the table when local services change.
     view: ArcSwap<ClusterView>,
     version: AtomicU64,
+    /// This node's metrics and membership events (see `metrics.rs`).
+    metrics: Metrics,
 }
 
 impl Router {
@@ -137,8 +141,23 @@ impl Router {
                 leaving: AtomicBool::new(false),
                 view: ArcSwap::from_pointee(ClusterView::default()),
                 version: AtomicU64::new(0),
+                metrics: Metrics::default(),
             }),
         }
+    }
+
+    pub(crate) fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+
+    /// `http://host:port` of this node.
+    pub(crate) fn endpoint(&self) -> &str {
+        &self.inner.endpoint
+    }
+
+    /// Bytes the membership backend sent and received, where it counts them.
+    pub(crate) fn membership_traffic(&self) -> Option<crate::cluster::Traffic> {
+        self.inner.membership.traffic()
     }
 
     /// The id of this node.
@@ -345,35 +364,69 @@ impl Router {
         Instant::now() + self.inner.config.request_timeout
     }
 
+    /// Starts observing a request that enters this node (see `observe.rs`).
+    pub(crate) fn observe(
+        &self,
+        stream: &str,
+        key: &str,
+        route: Route,
+        trace: Option<observe::TraceId>,
+    ) -> RequestScope<'_> {
+        let table = self.inner.table.load();
+        RequestScope::new(&self.inner.metrics, &table, stream, key, route, trace)
+    }
+
     /// Sends a message to the service that owns its partition key and returns the answer.
     pub async fn send(&self, message: Message) -> Result<Value, RouteError> {
         let payload = Payload::json(&message.data);
-        let routed = self
-            .route(
+        let mut scope = self.observe(
+            &message.stream,
+            &message.partition_key,
+            Route::Unrouted,
+            None,
+        );
+        let routed = scope
+            .run(self.route(
                 &message.stream,
                 &message.partition_key,
                 None,
                 false,
                 payload,
                 self.deadline(),
-            )
-            .await?;
-        answer_value(routed.reply)
+            ))
+            .await;
+        match &routed {
+            Ok(r) => scope.finish(r.reply.status, Some(&r.service_id)),
+            Err(e) => scope.finish(e.status(), None),
+        }
+        answer_value(routed?.reply)
     }
 
     /// Sends a message to every service of its stream; one entry per service, failures as
     /// `{"error": ..., "serviceId": ..., "status": ...}` entries.
     pub async fn broadcast(&self, message: Message) -> Result<Vec<Value>, RouteError> {
         let payload = Payload::json(&message.data);
-        let results = self
-            .broadcast_payload(
+        let mut scope = self.observe(
+            &message.stream,
+            &message.partition_key,
+            Route::Broadcast,
+            None,
+        );
+        let results = scope
+            .run(self.broadcast_payload(
                 &message.stream,
                 &message.partition_key,
                 payload,
                 self.deadline(),
-            )
-            .await?;
-        Ok(results)
+            ))
+            .await;
+        scope.finish(
+            results
+                .as_ref()
+                .map_or_else(|e| e.status(), |_| StatusCode::OK),
+            None,
+        );
+        results
     }
 
     /// Routes one request. `target` names a service (the `X-Service-ID` header); `hop` says the
@@ -439,6 +492,7 @@ impl Router {
             {
                 Err(RouteError::NotHere(_)) if tried.is_none() => {
                     debug!(%service_id, "owner no longer runs the service; looking the key up again");
+                    observe::rerouted();
                     tried = Some(service_id);
                 }
                 other => return other,
@@ -462,7 +516,10 @@ impl Router {
         };
         let _ = stream;
         let timeout = deadline.saturating_duration_since(Instant::now());
-        match tokio::time::timeout(timeout, local.handler.handle(payload, header)).await {
+        let started = Instant::now();
+        let outcome = tokio::time::timeout(timeout, local.handler.handle(payload, header)).await;
+        observe::handled(started);
+        match outcome {
             Ok(Ok(reply)) => Ok(Routed { service_id, reply }),
             // An error answer, like one that comes back from a forward: it keeps the id of the
             // service that gave it.
@@ -491,11 +548,13 @@ impl Router {
         payload: &Payload,
         deadline: Instant,
     ) -> Result<Routed, RouteError> {
+        let started = Instant::now();
         let result = self
             .inner
             .forwarder
             .forward(endpoint, stream, key, &service_id, payload, deadline)
             .await;
+        observe::forwarded(started);
         match result {
             Ok(reply) if not_executed(&reply) => Err(RouteError::NotHere(service_id.to_string())),
             Ok(reply) => Ok(Routed { service_id, reply }),

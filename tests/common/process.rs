@@ -169,7 +169,18 @@ pub fn meshage_command() -> Command {
 
 /// Starts `meshage node` joining through `seeds`, with `args` added.
 pub fn meshage_node(name: &str, seeds: &[&str], args: &[&str]) -> NodeProc {
+    meshage_node_env(name, seeds, args, &[])
+}
+
+/// [`meshage_node`] with environment variables set (or overridden, such as `RUST_LOG`).
+pub fn meshage_node_env(
+    name: &str,
+    seeds: &[&str],
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> NodeProc {
     let mut command = meshage_command();
+    command.envs(env.iter().copied());
     command.args([
         "node",
         "--http-host",

@@ -1,0 +1,288 @@
+//! Observing one request: its trace id, its span, the in-flight gauge and its count by route
+//! and outcome.
+//!
+//! A request that enters a node (over HTTP, over a peer link, or through the library's router)
+//! gets a [`RequestScope`]. The scope runs the request's future inside a `debug`-level span
+//! (`request` with `trace`, `stream`, `key_hash`, then `route` and `owner`) and inside a
+//! task-local [`Current`] context. The deep ends of routing, where a handler runs or a forward
+//! leaves, read that context instead of taking more arguments: they record their latency on the
+//! stream's histogram and say which way the request went, and the forwarders copy the trace id
+//! into the `X-Meshage-Trace` header or the link frame, so that the owner's logs of the request
+//! carry the same id as the sender's.
+//!
+//! The trace id is 64 bits, written as 16 hex digits. A client may choose it by sending
+//! `X-Meshage-Trace` (1 to 16 hex digits); otherwise the node makes one. Every message answer
+//! carries it back in the same header.
+
+use std::cell::Cell;
+use std::fmt;
+use std::future::Future;
+use std::hash::{BuildHasher, Hasher};
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::StatusCode;
+use tracing::field::Empty;
+use tracing::{debug, debug_span, Instrument, Span};
+
+use crate::metrics::{Metrics, Outcome, Route, StreamMetrics};
+use crate::ring::HashRing;
+use crate::table::ServiceTable;
+
+/// Header carrying a request's trace id, to the owner on a forward and back to the client.
+pub const TRACE_HEADER: &str = "x-meshage-trace";
+
+/// A request's trace id; never 0 (0 stands for "none" in a link frame).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct TraceId(u64);
+
+impl TraceId {
+    /// A fresh, random id.
+    pub(crate) fn new() -> TraceId {
+        thread_local! {
+            static STATE: Cell<u64> = Cell::new(std::collections::hash_map::RandomState::new().build_hasher().finish());
+        }
+        // splitmix64 over a per-thread random start: unique per thread, unpredictable enough
+        // to tell requests apart across nodes, and no lock or system call.
+        let mut z = STATE.with(|s| {
+            let next = s.get().wrapping_add(0x9E37_79B9_7F4A_7C15);
+            s.set(next);
+            next
+        });
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        TraceId((z ^ (z >> 31)).max(1))
+    }
+
+    /// The id in a header value or frame field: 1 to 16 hex digits, not all zero.
+    pub(crate) fn parse(text: &[u8]) -> Option<TraceId> {
+        if text.is_empty() || text.len() > 16 {
+            return None;
+        }
+        let text = std::str::from_utf8(text).ok()?;
+        u64::from_str_radix(text, 16)
+            .ok()
+            .filter(|&id| id != 0)
+            .map(TraceId)
+    }
+
+    pub(crate) fn from_u64(id: u64) -> Option<TraceId> {
+        (id != 0).then_some(TraceId(id))
+    }
+
+    pub(crate) fn as_u64(self) -> u64 {
+        self.0
+    }
+
+    /// The 16 hex digits, without allocating.
+    pub(crate) fn hex(self) -> [u8; 16] {
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        let mut out = [0u8; 16];
+        for (i, byte) in out.iter_mut().enumerate() {
+            *byte = DIGITS[((self.0 >> (60 - 4 * i)) & 0xf) as usize];
+        }
+        out
+    }
+}
+
+impl fmt::Display for TraceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:016x}", self.0)
+    }
+}
+
+/// What the deep ends of routing know about the request they serve.
+struct Current {
+    trace: TraceId,
+    stream: Arc<StreamMetrics>,
+    route: Cell<Route>,
+}
+
+tokio::task_local! {
+    static CURRENT: Current;
+}
+
+/// The trace id of the request this task is serving, if any.
+pub(crate) fn current_trace() -> Option<TraceId> {
+    CURRENT.try_with(|c| c.trace).ok()
+}
+
+/// Whether `route` may replace `current`: broadcast and received are fixed by the entry; a
+/// send is local or forwarded according to what happened last (a forward answered 421 and
+/// then run here is local).
+fn settle(current: &Cell<Route>, route: Route) {
+    if !matches!(current.get(), Route::Broadcast | Route::Received) {
+        current.set(route);
+    }
+}
+
+/// A local handler ran for `since` until now.
+pub(crate) fn handled(since: Instant) {
+    let _ = CURRENT.try_with(|c| {
+        c.stream.handling.observe(since.elapsed());
+        settle(&c.route, Route::Local);
+    });
+}
+
+/// A forward took from `since` until now.
+pub(crate) fn forwarded(since: Instant) {
+    let _ = CURRENT.try_with(|c| {
+        c.stream.forwarding.observe(since.elapsed());
+        settle(&c.route, Route::Forwarded);
+    });
+}
+
+/// The owner answered 421 and the key is looked up again.
+pub(crate) fn rerouted() {
+    let _ = CURRENT.try_with(|c| c.stream.rerouted());
+}
+
+/// Hex of the key's place on the ring: enough to tell keys apart in logs without the key.
+struct KeyHash<'a>(&'a str);
+
+impl fmt::Display for KeyHash<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:08x}", HashRing::position(self.0))
+    }
+}
+
+/// One request entering this node; see the module docs. Counts it in flight until dropped.
+pub(crate) struct RequestScope<'a> {
+    metrics: &'a Metrics,
+    stream: Arc<StreamMetrics>,
+    trace: TraceId,
+    route: Route,
+    span: Span,
+}
+
+impl<'a> RequestScope<'a> {
+    /// Starts observing a request for `key` on `stream`. `route` is `Broadcast` or `Received`
+    /// when the entry knows it, else `Unrouted` until a handler or a forward settles it.
+    /// `trace` is the id it arrived with, if any.
+    pub(crate) fn new(
+        metrics: &'a Metrics,
+        table: &ServiceTable,
+        stream: &str,
+        key: &str,
+        route: Route,
+        trace: Option<TraceId>,
+    ) -> Self {
+        let trace = trace.unwrap_or_else(TraceId::new);
+        let span = debug_span!(
+            "request",
+            trace = %trace,
+            stream = %stream,
+            key_hash = %KeyHash(key),
+            route = Empty,
+            owner = Empty,
+        );
+        metrics.request_started();
+        RequestScope {
+            metrics,
+            stream: metrics.stream(stream, || table.stream(stream).is_some()),
+            trace,
+            route,
+            span,
+        }
+    }
+
+    pub(crate) fn trace(&self) -> TraceId {
+        self.trace
+    }
+
+    /// Runs the request inside its span and context.
+    pub(crate) async fn run<F: Future>(&mut self, request: F) -> F::Output {
+        let current = Current {
+            trace: self.trace,
+            stream: self.stream.clone(),
+            route: Cell::new(self.route),
+        };
+        let (output, route) = CURRENT
+            .scope(current, async {
+                let output = request.await;
+                (output, CURRENT.with(|c| c.route.get()))
+            })
+            .instrument(self.span.clone())
+            .await;
+        self.route = route;
+        output
+    }
+
+    /// Counts the request by its route and `status`, and logs it at `debug` with the service
+    /// that answered.
+    pub(crate) fn finish(self, status: StatusCode, owner: Option<&str>) {
+        self.stream.count(self.route, Outcome::of(status));
+        if !self.span.is_disabled() {
+            self.span.record("route", self.route.label());
+            if let Some(owner) = owner {
+                self.span.record("owner", owner);
+            }
+            debug!(parent: &self.span, status = status.as_u16(), "request done");
+        }
+    }
+}
+
+impl Drop for RequestScope<'_> {
+    fn drop(&mut self) {
+        self.metrics.request_ended();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trace_ids_round_trip_and_reject_junk() {
+        let id = TraceId::new();
+        assert_ne!(id, TraceId::new());
+        assert_eq!(TraceId::parse(&id.hex()), Some(id));
+        assert_eq!(id.to_string().as_bytes(), id.hex());
+        assert_eq!(TraceId::parse(b"00ff").map(TraceId::as_u64), Some(255));
+        for junk in [&b""[..], b"0", b"xyz", b"00000000000000000", b"12 4"] {
+            assert_eq!(TraceId::parse(junk), None, "{junk:?}");
+        }
+        assert_eq!(TraceId::from_u64(0), None);
+    }
+
+    #[tokio::test]
+    async fn a_scope_counts_its_request_by_what_routing_did() {
+        let metrics = Metrics::default();
+        let table = ServiceTable::default();
+        let mut scope = RequestScope::new(&metrics, &table, "echo", "k", Route::Unrouted, None);
+        let trace = scope.trace();
+        assert_eq!(metrics.in_flight(), 1);
+        let seen = scope
+            .run(async {
+                forwarded(Instant::now());
+                rerouted();
+                handled(Instant::now());
+                current_trace()
+            })
+            .await;
+        assert_eq!(seen, Some(trace));
+        scope.finish(StatusCode::OK, Some("svc"));
+        assert_eq!(metrics.in_flight(), 0);
+        // "echo" is not in the (empty) table: it counts under the catch-all.
+        let other = metrics.stream("echo", || false);
+        assert_eq!(
+            other.requests(Route::Local, Outcome::Ok),
+            1,
+            "rerouted, then ran here"
+        );
+        assert_eq!(
+            (
+                other.handling.count(),
+                other.forwarding.count(),
+                other.reroutes()
+            ),
+            (1, 1, 1)
+        );
+        assert_eq!(current_trace(), None, "outside a scope there is no trace");
+
+        let mut scope = RequestScope::new(&metrics, &table, "echo", "k", Route::Broadcast, None);
+        scope.run(async { handled(Instant::now()) }).await;
+        scope.finish(StatusCode::BAD_GATEWAY, None);
+        assert_eq!(other.requests(Route::Broadcast, Outcome::ServerError), 1);
+    }
+}
