@@ -368,3 +368,26 @@ async fn keys_spread_evenly_enough() {
         node.shutdown().await.unwrap();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_does_not_wait_for_idle_connections() {
+    // Idle keep-alive HTTP connections from a client, and idle peer links from the other nodes,
+    // must not hold a stopping node for its whole drain timeout (10 s by default).
+    let mut nodes = echo_cluster(3).await;
+    let http = Http::default();
+    for i in 0..60 {
+        for node in &nodes {
+            let answer = http.post(&format!("{}/api/echo/idle-{i}", node.endpoint()), "{}").await;
+            assert_eq!(answer.status, 200);
+        }
+    }
+    let stopping = nodes.pop().unwrap();
+    let started = Instant::now();
+    stopping.shutdown().await.unwrap();
+    let took = started.elapsed();
+    eprintln!("shutdown with idle connections took {took:?}");
+    assert!(took < Duration::from_secs(5), "shutdown waited {took:?} for idle connections");
+    for node in nodes {
+        node.shutdown().await.unwrap();
+    }
+}
