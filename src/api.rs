@@ -41,13 +41,13 @@ use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
 use crate::cluster::ClusterView;
-use crate::forward::{HOP_HEADER, SERVICE_ID_HEADER};
+use crate::forward::{is_idempotent, requested_timeout, HOP_HEADER, SERVICE_ID_HEADER};
 use crate::link;
 use crate::message::Payload;
 use crate::metrics::Route;
 use crate::observe::{TraceId, TRACE_HEADER};
 use crate::path::decode_segment;
-use crate::router::{RouteError, Router};
+use crate::router::{RouteError, RouteRequest, Router};
 use crate::status;
 
 /// What the HTTP layer needs besides the router.
@@ -57,6 +57,31 @@ pub(crate) struct ApiState {
     pub body_limit: usize,
     /// The membership view, for `/api/members`.
     pub view: watch::Receiver<Arc<ClusterView>>,
+    /// Messages being answered now, over HTTP and peer links.
+    pub in_flight: AtomicUsize,
+    /// Above this many messages in flight, new ones are answered 503 at once, so that a node
+    /// under more load than it can take sheds it instead of queueing without bound.
+    pub max_in_flight: usize,
+}
+
+/// One of the node's in-flight slots, given back on drop.
+pub(crate) struct Slot<'a>(&'a AtomicUsize);
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl ApiState {
+    /// Takes an in-flight slot for one message, or fails when the node is at its limit.
+    pub(crate) fn admit(&self) -> Result<Slot<'_>, RouteError> {
+        if self.in_flight.fetch_add(1, Ordering::AcqRel) >= self.max_in_flight {
+            self.in_flight.fetch_sub(1, Ordering::AcqRel);
+            return Err(RouteError::Overloaded(self.max_in_flight));
+        }
+        Ok(Slot(&self.in_flight))
+    }
 }
 
 /// Stream names the HTTP API keeps for itself; see the module docs.
@@ -98,7 +123,10 @@ fn method_not_allowed(allow: &'static str) -> Response<Body> {
 
 fn route_error_response(e: &RouteError) -> Response<Body> {
     let mut response = error_response(e.status(), &e.to_string());
-    if e.status() == StatusCode::MISDIRECTED_REQUEST || e.status() == StatusCode::BAD_GATEWAY {
+    if matches!(
+        e.status(),
+        StatusCode::MISDIRECTED_REQUEST | StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE
+    ) {
         response
             .headers_mut()
             .insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
@@ -282,6 +310,10 @@ async fn message(
     if request.method() != Method::POST {
         return method_not_allowed("POST");
     }
+    let _slot = match state.admit() {
+        Ok(slot) => slot,
+        Err(e) => return route_error_response(&e),
+    };
     let (stream, key) = match (decode_segment(stream), decode_segment(key)) {
         (Ok(s), Ok(k)) => (s, k),
         (Err(e), _) | (_, Err(e)) => {
@@ -323,8 +355,12 @@ async fn respond(
     stream: &str,
     key: &str,
 ) -> Response<Body> {
-    let deadline = Instant::now() + state.router.config().request_timeout;
     let headers = request.headers();
+    let deadline = match requested_timeout(headers, state.router.config().request_timeout) {
+        Ok(timeout) => Instant::now() + timeout,
+        Err(message) => return error_response(StatusCode::BAD_REQUEST, &message),
+    };
+    let idempotent = is_idempotent(headers);
     let declared_too_long = headers
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -368,15 +404,25 @@ async fn respond(
             Err(e) => route_error_response(&e),
         };
     }
-    match state
-        .router
-        .route(stream, key, target.as_deref(), hop, payload, deadline)
-        .await
-    {
+    let request = RouteRequest {
+        stream,
+        key,
+        target: target.as_deref(),
+        hop,
+        idempotent,
+        deadline,
+    };
+    match state.router.route(request, payload).await {
         Ok(routed) => {
             let mut response = json_response(routed.reply.status, routed.reply.body);
             if let Ok(v) = HeaderValue::from_str(&routed.service_id) {
                 response.headers_mut().insert(SERVICE_ID_HEADER, v);
+            }
+            if routed.reply.status == StatusCode::SERVICE_UNAVAILABLE {
+                // The owner shed it (or its handler is unavailable): a client may come back.
+                response
+                    .headers_mut()
+                    .insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
             response
         }
@@ -431,7 +477,7 @@ pub(crate) async fn serve(
             },
             _ = stopped(&mut stop) => break,
         };
-        let _ = stream.set_nodelay(true);
+        link::tune(&stream);
         let state = state.clone();
         let mut killed = killed.clone();
         let watcher = graceful.watcher();
@@ -512,31 +558,36 @@ async fn is_link(stream: &tokio::net::TcpStream) -> bool {
 /// Runs one request that arrived over a peer link: it names its service and is never
 /// forwarded again.
 async fn link_request(state: Arc<ApiState>, request: link::LinkRequest) -> (StatusCode, Bytes) {
+    let error = |e: RouteError| {
+        let body = serde_json::to_vec(&json!({ "error": e.to_string() })).unwrap_or_default();
+        (e.status(), Bytes::from(body))
+    };
+    let _slot = match state.admit() {
+        Ok(slot) => slot,
+        Err(e) => return error(e),
+    };
     let timeout = request.timeout.min(state.router.config().request_timeout);
     let deadline = Instant::now() + timeout;
+    let route = RouteRequest {
+        stream: &request.stream,
+        key: &request.key,
+        target: Some(&request.service_id),
+        hop: true,
+        idempotent: false,
+        deadline,
+    };
     let trace = TraceId::from_u64(request.trace);
     let mut scope = state
         .router
         .observe(&request.stream, &request.key, Route::Received, trace);
-    let result = scope
-        .run(state.router.route(
-            &request.stream,
-            &request.key,
-            Some(&request.service_id),
-            true,
-            request.payload,
-            deadline,
-        ))
-        .await;
-    match result {
+    match scope.run(state.router.route(route, request.payload)).await {
         Ok(routed) => {
             scope.finish(routed.reply.status, Some(&routed.service_id));
             (routed.reply.status, routed.reply.body)
         }
         Err(e) => {
             scope.finish(e.status(), None);
-            let body = serde_json::to_vec(&json!({ "error": e.to_string() })).unwrap_or_default();
-            (e.status(), Bytes::from(body))
+            error(e)
         }
     }
 }

@@ -4,7 +4,11 @@
 //! original forwards, so original nodes understand ours and the reverse. It also carries
 //! `X-Meshage-Hop: 1`: a node that receives it runs the named service if it has it and never
 //! forwards it again, so no loop forms while tables disagree. `X-Meshage-Trace` carries the
-//! request's trace id. The body bytes go as they came.
+//! request's trace id, and `X-Request-Timeout` the milliseconds left of the request's deadline,
+//! so that the owner gives up when the sender does. The body bytes go as they came.
+//!
+//! A failed forward says whether the owner can have seen the request ([`ForwardError`]): the
+//! router resends only what never left this node, unless the caller marked it idempotent.
 
 use std::time::{Duration, Instant};
 
@@ -24,6 +28,43 @@ use crate::path::encode_segment;
 pub const SERVICE_ID_HEADER: &str = "x-service-id";
 /// Header marking a request that was already forwarded once.
 pub const HOP_HEADER: &str = "x-meshage-hop";
+/// Header bounding a whole request, retries and forwarding included: milliseconds, a whole
+/// number from 1 up. A node never waits longer than its own request timeout, whatever it says.
+pub const TIMEOUT_HEADER: &str = "x-request-timeout";
+/// Header marking a request as safe to run twice (`true` or `1`): a forward that failed after
+/// the request may have reached its owner is then resent to the next owner.
+pub const IDEMPOTENT_HEADER: &str = "x-idempotent";
+/// A request that carries an idempotency key is idempotent too: the caller deduplicates.
+pub const IDEMPOTENCY_KEY_HEADER: &str = "idempotency-key";
+
+/// The timeout a request asks for in [`TIMEOUT_HEADER`], capped at `limit`; `limit` when it
+/// asks for none. Fails, with a message for the caller, on a value that is not a whole number
+/// of milliseconds from 1 up.
+pub fn requested_timeout(headers: &http::HeaderMap, limit: Duration) -> Result<Duration, String> {
+    let Some(value) = headers.get(TIMEOUT_HEADER) else {
+        return Ok(limit);
+    };
+    match value
+        .to_str()
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+    {
+        Some(ms) if ms > 0 => Ok(Duration::from_millis(ms).min(limit)),
+        _ => Err(format!(
+            "{TIMEOUT_HEADER} must be a whole number of milliseconds from 1 up, not {value:?}"
+        )),
+    }
+}
+
+/// Whether the caller marked the request idempotent ([`IDEMPOTENT_HEADER`] or
+/// [`IDEMPOTENCY_KEY_HEADER`]).
+pub fn is_idempotent(headers: &http::HeaderMap) -> bool {
+    headers.contains_key(IDEMPOTENCY_KEY_HEADER)
+        || headers.get(IDEMPOTENT_HEADER).is_some_and(|v| {
+            let v = v.as_bytes();
+            v.eq_ignore_ascii_case(b"true") || v == b"1"
+        })
+}
 
 /// Why a forward failed.
 #[derive(Debug, thiserror::Error)]
@@ -31,12 +72,34 @@ pub enum ForwardError {
     /// No connection could be made: the owner never saw the request.
     #[error("connect failed: {0}")]
     Connect(String),
-    /// The request may have reached the owner, but no complete answer came back.
+    /// The connection broke before the request was written: the owner never saw it.
+    #[error("{0}")]
+    Unsent(String),
+    /// The connection broke after the request was written: the owner may have run it.
+    #[error("{0}")]
+    Lost(String),
+    /// The request may have reached the owner, but no usable answer came back.
     #[error("{0}")]
     Failed(String),
     /// No answer before the deadline.
     #[error("no answer within {0:?}")]
     Timeout(Duration),
+}
+
+impl ForwardError {
+    /// Whether the owner cannot have received the request, so that sending it to another
+    /// service cannot run it twice.
+    pub fn never_delivered(&self) -> bool {
+        matches!(self, ForwardError::Connect(_) | ForwardError::Unsent(_))
+    }
+
+    /// Whether the connection to the node failed (rather than one answer): the node is suspect.
+    pub fn connection_failed(&self) -> bool {
+        matches!(
+            self,
+            ForwardError::Connect(_) | ForwardError::Unsent(_) | ForwardError::Lost(_)
+        )
+    }
 }
 
 /// How a node forwards to its peers.
@@ -99,6 +162,13 @@ impl Forwarder {
         }
     }
 
+    /// Ends the open peer link to the node at `endpoint` (`http://host:port`), which is gone.
+    pub fn forget(&self, endpoint: &str) {
+        if let (Some(links), Some(authority)) = (&self.links, endpoint.strip_prefix("http://")) {
+            links.close(authority);
+        }
+    }
+
     /// Sends `payload` to `service_id` on the node at `endpoint` and returns its answer, whatever
     /// its status. Fails when no complete answer arrives before `deadline`.
     pub async fn forward(
@@ -132,6 +202,14 @@ impl Forwarder {
             .header(SERVICE_ID_HEADER, service_id)
             .header(HOP_HEADER, "1")
             .header(
+                TIMEOUT_HEADER,
+                deadline
+                    .saturating_duration_since(Instant::now())
+                    .as_millis()
+                    .max(1)
+                    .to_string(),
+            )
+            .header(
                 CONTENT_TYPE,
                 payload
                     .content_type
@@ -163,17 +241,29 @@ impl Forwarder {
         let timeout = deadline.saturating_duration_since(Instant::now());
         let exchange = async {
             let response = self.client.request(request).await.map_err(|e| {
+                let canceled = std::error::Error::source(&e)
+                    .and_then(|s| s.downcast_ref::<hyper::Error>())
+                    .is_some_and(hyper::Error::is_canceled);
                 if e.is_connect() {
                     ForwardError::Connect(error_chain(&e))
+                } else if canceled {
+                    // The pooled connection closed before the request went out.
+                    ForwardError::Unsent(error_chain(&e))
                 } else {
-                    ForwardError::Failed(error_chain(&e))
+                    ForwardError::Lost(error_chain(&e))
                 }
             })?;
             let status = response.status();
             let body = Limited::new(response.into_body(), self.max_response)
                 .collect()
                 .await
-                .map_err(|e| ForwardError::Failed(format!("reading the answer: {e}")))?
+                .map_err(|e| {
+                    if e.is::<http_body_util::LengthLimitError>() {
+                        ForwardError::Failed(format!("reading the answer: {e}"))
+                    } else {
+                        ForwardError::Lost(format!("reading the answer: {e}"))
+                    }
+                })?
                 .to_bytes();
             Ok::<_, ForwardError>(Reply { status, body })
         };

@@ -31,8 +31,10 @@
 //! - `message`: messages, headers, handlers.
 //! - `cluster`: the membership traits; `cluster/gossip` the built-in backend on chitchat;
 //!   `cluster/etcd` and `cluster/consul` backends on those engines (features `etcd`, `consul`).
-//! - `router`: key to owner from the current table; send and broadcast.
-//! - `forward`: the pooled HTTP client to peers and the single-hop rule.
+//! - `router`: key to owner from the current table; send and broadcast; safe retries with
+//!   re-lookup, suspect owners.
+//! - `forward`: the pooled HTTP client to peers, the single-hop rule, and what a failed forward
+//!   says about delivery; `link`: the multiplexed binary link between meshage nodes.
 //! - `path`: strict percent-encoding of path segments.
 //! - `api`: the HTTP API; `node`: start and graceful shutdown.
 //! - `upstream`: handlers in any language: an HTTP endpoint as a handler, with health checks.
@@ -67,7 +69,10 @@ pub use cluster::{
 pub use cluster::{ConsulCluster, ConsulConfig};
 #[cfg(feature = "etcd")]
 pub use cluster::{EtcdCluster, EtcdConfig};
-pub use forward::{PeerProtocol, HOP_HEADER, SERVICE_ID_HEADER};
+pub use forward::{
+    PeerProtocol, HOP_HEADER, IDEMPOTENCY_KEY_HEADER, IDEMPOTENT_HEADER, SERVICE_ID_HEADER,
+    TIMEOUT_HEADER,
+};
 pub use message::{
     handler_fn, typed_handler_fn, BoxFuture, Handler, HandlerError, Header, Message, Payload,
     Reply, SharedHandler,
@@ -75,7 +80,7 @@ pub use message::{
 pub use node::{init, Node, NodeBuilder, NodeConfig, StartError};
 pub use observe::TRACE_HEADER;
 pub use ring::HashRing;
-pub use router::{RouteError, Routed, Router, RouterConfig};
+pub use router::{RouteError, Routed, Router, RouterConfig, SendOptions};
 pub use table::{ServiceInfo, ServiceTable};
 pub use upstream::{
     parse_handlers_file, HandlerSpec, HealthConfig, HttpUpstream, UpstreamConfig, UpstreamError,

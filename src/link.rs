@@ -13,6 +13,15 @@
 //! u16 service_len, u16 content_type_len`, the four strings, then the body. `trace` is the
 //! request's trace id (0 for none), so that both nodes log the request under one id.
 //! Response: `u8 2, u64 id, u16 status`, then the body.
+//! Go-away: `u8 3`, from a server that is stopping. It answers every request it reads from then
+//! on with 421 without running it, and closes the link once the client has closed its half; the
+//! client sends nothing new on the link and closes its half at once. So no request is ever lost
+//! between the two: each one the client wrote gets an answer, and each one it did not write it
+//! knows was never sent.
+//!
+//! The client tells its callers what became of a request that got no answer: never written
+//! (the link ended while it was queued, so it may go elsewhere) or written and then lost (the
+//! peer may have run it).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -37,6 +46,12 @@ pub const PREFACE: &[u8; 8] = b"MESHLNK2";
 const PREFACE_ACK: &[u8; 8] = b"MESHACK2";
 const KIND_REQUEST: u8 = 1;
 const KIND_RESPONSE: u8 = 2;
+const KIND_GOAWAY: u8 = 3;
+/// The body of the 421 a stopping server answers with.
+pub const LEAVING_BODY: &[u8] = br#"{"error":"node is leaving"}"#;
+/// How long a stopping server keeps a link whose client neither closes it nor sends anything
+/// (a client that does not know the go-away frame).
+const STOPPING_IDLE: Duration = Duration::from_secs(2);
 /// Frames above this size end the connection (a broken or hostile peer).
 const MAX_FRAME: usize = 64 * 1024 * 1024;
 /// Queued frames are written together up to about this many bytes.
@@ -121,6 +136,11 @@ fn encode_response(buf: &mut BytesMut, id: u64, status: StatusCode, body: &[u8])
     buf.put_slice(body);
 }
 
+fn encode_goaway(buf: &mut BytesMut) {
+    buf.put_u32(1);
+    buf.put_u8(KIND_GOAWAY);
+}
+
 fn take_string(frame: &mut Bytes, len: usize) -> Option<String> {
     if frame.len() < len {
         return None;
@@ -189,36 +209,103 @@ fn next_frame(buf: &mut BytesMut) -> Result<Option<Bytes>, ()> {
     Ok(Some(buf.split_to(len).freeze()))
 }
 
-/// Writes queued frames, many per system call, until the queue closes or a write fails.
+/// What became of a request queued on a link, when no answer came. A waiter whose sender is
+/// dropped without a word lost its request after it was written: the peer may have run it.
+enum Outcome {
+    Reply(Reply),
+    /// The link ended before the request was written: the peer never saw it.
+    Unsent,
+}
+
+type Pending = Mutex<HashMap<u64, oneshot::Sender<Outcome>>>;
+
+/// State shared by one link's sender side, its writer and its reader.
+struct Shared {
+    pending: Pending,
+    /// No new requests go on this link (it broke, or the peer is stopping).
+    closed: AtomicBool,
+    /// Ends the link at once: requests still queued come back unsent, written ones fail.
+    broken: watch::Sender<bool>,
+    /// The peer said it is stopping: the writer sends back what is still queued (unsent) and
+    /// closes its half; the reader waits for the answers to everything written.
+    finish: watch::Sender<bool>,
+}
+
+impl Shared {
+    fn fail_unsent(&self, id: u64) {
+        if let Some(waiter) = self.pending.lock().unwrap().remove(&id) {
+            let _ = waiter.send(Outcome::Unsent);
+        }
+    }
+}
+
+/// Writes queued frames, many per system call, until the queue closes, the peer says it is
+/// stopping, or the link breaks. Frames it never wrote are answered [`Outcome::Unsent`], so that
+/// their senders know the peer never saw them.
 async fn write_frames(
     mut writer: tokio::net::tcp::OwnedWriteHalf,
-    mut queue: mpsc::UnboundedReceiver<Bytes>,
+    mut queue: mpsc::UnboundedReceiver<(u64, Bytes)>,
+    shared: Arc<Shared>,
 ) {
+    let mut broken = shared.broken.subscribe();
+    let mut finish = shared.finish.subscribe();
     let mut batch = BytesMut::with_capacity(64 * 1024);
-    while let Some(frame) = queue.recv().await {
-        batch.extend_from_slice(&frame);
+    let graceful = loop {
+        let first = tokio::select! {
+            biased;
+            _ = crate::api::stopped(&mut broken) => break false,
+            _ = crate::api::stopped(&mut finish) => break true,
+            frame = queue.recv() => match frame {
+                Some((_, frame)) => frame,
+                None => break true,
+            },
+        };
+        batch.extend_from_slice(&first);
         while batch.len() < WRITE_BATCH {
             match queue.try_recv() {
-                Ok(frame) => batch.extend_from_slice(&frame),
+                Ok((_, frame)) => batch.extend_from_slice(&frame),
                 Err(_) => break,
             }
         }
-        if writer.write_all(&batch).await.is_err() {
-            return;
+        let written = tokio::select! {
+            written = writer.write_all(&batch) => written.is_ok(),
+            _ = crate::api::stopped(&mut broken) => false,
+        };
+        if !written {
+            break false;
         }
         batch.clear();
+    };
+    shared.closed.store(true, Ordering::Release);
+    queue.close();
+    while let Ok((id, _)) = queue.try_recv() {
+        shared.fail_unsent(id);
     }
-    let _ = writer.shutdown().await;
+    if graceful {
+        // The peer reads until this end of file, answering everything written before it.
+        let _ = writer.shutdown().await;
+    } else {
+        shared.broken.send_replace(true);
+    }
 }
-
-type Pending = Mutex<HashMap<u64, oneshot::Sender<Reply>>>;
 
 /// One open link to a peer.
 struct Conn {
-    queue: mpsc::UnboundedSender<Bytes>,
-    pending: Arc<Pending>,
+    queue: mpsc::UnboundedSender<(u64, Bytes)>,
+    shared: Arc<Shared>,
     next_id: AtomicU64,
-    closed: Arc<AtomicBool>,
+}
+
+impl Conn {
+    fn is_closed(&self) -> bool {
+        self.shared.closed.load(Ordering::Acquire)
+    }
+
+    /// Ends the link at once (its peer is gone).
+    fn abort(&self) {
+        self.shared.closed.store(true, Ordering::Release);
+        self.shared.broken.send_replace(true);
+    }
 }
 
 /// What is known of one peer address.
@@ -265,7 +352,22 @@ impl Links {
         found.expect("rcu ran at least once")
     }
 
+    /// Ends the open link to `authority`, if any, because the node there is gone: requests
+    /// waiting on it fail at once instead of at their deadlines.
+    pub fn close(&self, authority: &str) {
+        let Some(peer) = self.peers.load().get(authority).cloned() else {
+            return;
+        };
+        let conn = peer.conn.lock().unwrap().take();
+        if let Some(conn) = conn {
+            debug!(%authority, "closing the link to a node that is gone");
+            conn.abort();
+        }
+    }
+
     /// Sends one request to `authority` (`host:port`) and waits for its answer until `deadline`.
+    /// A request that never left this node fails with [`ForwardError::Unsent`] or
+    /// [`ForwardError::Connect`]; one that was written and then lost, with [`ForwardError::Lost`].
     #[allow(clippy::too_many_arguments)]
     pub async fn send(
         &self,
@@ -298,20 +400,25 @@ impl Links {
         )
         .map_err(LinkError::Forward)?;
         let (tx, rx) = oneshot::channel();
-        conn.pending.lock().unwrap().insert(id, tx);
-        if conn.queue.send(frame.freeze()).is_err() || conn.closed.load(Ordering::Acquire) {
-            conn.pending.lock().unwrap().remove(&id);
-            return Err(LinkError::Forward(ForwardError::Failed(
-                "link to the peer closed".into(),
+        conn.shared.pending.lock().unwrap().insert(id, tx);
+        // Once queued, the writer either writes the frame or answers it `Unsent`; a closed queue
+        // means the writer is done and never saw it.
+        if conn.queue.send((id, frame.freeze())).is_err() {
+            conn.shared.pending.lock().unwrap().remove(&id);
+            return Err(LinkError::Forward(ForwardError::Unsent(
+                "link to the peer closed before the request was written".into(),
             )));
         }
         match tokio::time::timeout(timeout, rx).await {
-            Ok(Ok(reply)) => Ok(reply),
-            Ok(Err(_)) => Err(LinkError::Forward(ForwardError::Failed(
+            Ok(Ok(Outcome::Reply(reply))) => Ok(reply),
+            Ok(Ok(Outcome::Unsent)) => Err(LinkError::Forward(ForwardError::Unsent(
+                "link to the peer closed before the request was written".into(),
+            ))),
+            Ok(Err(_)) => Err(LinkError::Forward(ForwardError::Lost(
                 "link to the peer closed before the answer".into(),
             ))),
             Err(_) => {
-                conn.pending.lock().unwrap().remove(&id);
+                conn.shared.pending.lock().unwrap().remove(&id);
                 Err(LinkError::Forward(ForwardError::Timeout(timeout)))
             }
         }
@@ -329,7 +436,7 @@ impl Links {
                 .lock()
                 .unwrap()
                 .as_ref()
-                .filter(|c| !c.closed.load(Ordering::Acquire))
+                .filter(|c| !c.is_closed())
                 .cloned()
         };
         if let Some(conn) = current() {
@@ -365,17 +472,34 @@ impl Links {
     }
 }
 
-/// Connects and exchanges the preface; `None` when the peer answers something else.
+/// Sets the options every connection between nodes (and from clients) gets: no Nagle delay,
+/// and on Linux linear retransmission timeouts while few packets are in flight, so that one
+/// segment lost several times in a row costs a few hundred milliseconds rather than the seconds
+/// of exponential backoff (request/answer traffic is such a "thin stream").
+pub(crate) fn tune(stream: &TcpStream) {
+    let _ = stream.set_nodelay(true);
+    #[cfg(target_os = "linux")]
+    {
+        let _ = socket2::SockRef::from(stream).set_tcp_thin_linear_timeouts(true);
+    }
+}
+
+/// Connects and exchanges the preface; `None` when the peer answers something else. A peer
+/// that closes the connection during the preface (a node stopping) is an error, not an HTTP
+/// peer.
 async fn connect(authority: &str) -> std::io::Result<Option<Arc<Conn>>> {
     let mut stream = TcpStream::connect(authority).await?;
-    stream.set_nodelay(true)?;
+    tune(&stream);
     stream.write_all(PREFACE).await?;
     let mut ack = [0u8; 8];
     let mut read = 0;
     while read < ack.len() {
         let n = stream.read(&mut ack[read..]).await?;
         if n == 0 {
-            return Ok(None);
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "the peer closed the connection during the link preface",
+            ));
         }
         read += n;
         if ack[..read] != PREFACE_ACK[..read] {
@@ -384,38 +508,54 @@ async fn connect(authority: &str) -> std::io::Result<Option<Arc<Conn>>> {
     }
     let (reader, writer) = stream.into_split();
     let (queue, rx) = mpsc::unbounded_channel();
-    let pending: Arc<Pending> = Arc::default();
-    let closed = Arc::new(AtomicBool::new(false));
-    tokio::spawn(write_frames(writer, rx));
-    tokio::spawn(read_responses(reader, pending.clone(), closed.clone()));
+    let shared = Arc::new(Shared {
+        pending: Mutex::default(),
+        closed: AtomicBool::new(false),
+        broken: watch::channel(false).0,
+        finish: watch::channel(false).0,
+    });
+    let writer = tokio::spawn(write_frames(writer, rx, shared.clone()));
+    let reading = shared.clone();
+    tokio::spawn(async move {
+        read_responses(reader, &reading).await;
+        let _ = writer.await;
+        // Whatever still waits was written: the peer may have run it.
+        reading.pending.lock().unwrap().clear();
+    });
     Ok(Some(Arc::new(Conn {
         queue,
-        pending,
+        shared,
         next_id: AtomicU64::new(1),
-        closed,
     })))
 }
 
-/// Hands each answer to its waiting request. On a broken link, every waiting request fails.
-async fn read_responses(
-    mut reader: tokio::net::tcp::OwnedReadHalf,
-    pending: Arc<Pending>,
-    closed: Arc<AtomicBool>,
-) {
+/// Hands each answer to its waiting request until the link ends; then breaks it, so that the
+/// writer stops too.
+async fn read_responses(mut reader: tokio::net::tcp::OwnedReadHalf, shared: &Shared) {
+    let mut broken = shared.broken.subscribe();
     let mut buf = BytesMut::with_capacity(64 * 1024);
     'read: loop {
-        match reader.read_buf(&mut buf).await {
+        let read = tokio::select! {
+            read = reader.read_buf(&mut buf) => read,
+            _ = crate::api::stopped(&mut broken) => break,
+        };
+        match read {
             Ok(0) | Err(_) => break,
             Ok(_) => {}
         }
         loop {
             match next_frame(&mut buf) {
+                Ok(Some(frame)) if frame.first() == Some(&KIND_GOAWAY) => {
+                    debug!("peer is stopping; its link takes no new requests");
+                    shared.closed.store(true, Ordering::Release);
+                    shared.finish.send_replace(true);
+                }
                 Ok(Some(frame)) => {
                     let Some((id, reply)) = decode_response(frame) else {
                         break 'read;
                     };
-                    if let Some(waiter) = pending.lock().unwrap().remove(&id) {
-                        let _ = waiter.send(reply);
+                    if let Some(waiter) = shared.pending.lock().unwrap().remove(&id) {
+                        let _ = waiter.send(Outcome::Reply(reply));
                     }
                 }
                 Ok(None) => break,
@@ -423,16 +563,16 @@ async fn read_responses(
             }
         }
     }
-    closed.store(true, Ordering::Release);
-    // Dropping the senders wakes every waiter with an error.
-    pending.lock().unwrap().clear();
+    shared.closed.store(true, Ordering::Release);
+    shared.broken.send_replace(true);
 }
 
 /// Serves one incoming link. Its requests run concurrently inside this one task, and the
 /// answers ready together leave in one write: no task or thread hand-off per request. Ends when
-/// the peer closes the link. Once `stop` fires, requests that arrive are answered 421 without
-/// running (the sender looks the key up again and goes elsewhere), and the link closes when it
-/// has been idle briefly with nothing left running.
+/// the peer closes the link. Once `stop` fires, it sends the go-away frame, requests that arrive
+/// are answered 421 without running (the sender looks the key up again and goes elsewhere), and
+/// the link closes when the client has closed its half and nothing is left running (or, for a
+/// client that ignores the go-away, after [`STOPPING_IDLE`] without a request).
 pub async fn serve<H, F>(mut stream: TcpStream, handle: H, mut stop: watch::Receiver<bool>)
 where
     H: Fn(LinkRequest) -> F,
@@ -454,6 +594,13 @@ where
     let mut idle_since = Instant::now();
     let mut buf = BytesMut::with_capacity(64 * 1024);
     let mut out = BytesMut::with_capacity(64 * 1024);
+    if stopping {
+        encode_goaway(&mut out);
+        if writer.write_all(&out).await.is_err() {
+            return;
+        }
+        out.clear();
+    }
     while open || !running.is_empty() {
         tokio::select! {
             Some((id, (status, body))) = running.next(), if !running.is_empty() => {
@@ -482,7 +629,7 @@ where
                             };
                             let id = request.id;
                             if stopping {
-                                encode_response(&mut out, id, StatusCode::MISDIRECTED_REQUEST, br#"{"error":"node is leaving"}"#);
+                                encode_response(&mut out, id, StatusCode::MISDIRECTED_REQUEST, LEAVING_BODY);
                             } else {
                                 let answer = handle(request);
                                 running.push(Box::pin(async move { (id, answer.await) }));
@@ -502,9 +649,17 @@ where
                     out.clear();
                 }
             }
-            _ = crate::api::stopped(&mut stop), if !stopping => stopping = true,
+            _ = crate::api::stopped(&mut stop), if !stopping => {
+                stopping = true;
+                encode_goaway(&mut out);
+                if writer.write_all(&out).await.is_err() {
+                    return;
+                }
+                out.clear();
+                idle_since = Instant::now();
+            }
             _ = tokio::time::sleep(Duration::from_millis(100)), if stopping && running.is_empty() => {
-                if idle_since.elapsed() >= Duration::from_millis(100) {
+                if idle_since.elapsed() >= STOPPING_IDLE {
                     break;
                 }
             }

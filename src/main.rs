@@ -102,6 +102,14 @@ struct NodeArgs {
     /// Log lines as `text` or as `json` objects (one a line, with the request span's fields).
     #[arg(long, env = "MESHAGE_LOG_FORMAT", value_enum, default_value = "text")]
     log_format: LogFormat,
+    /// Messages the node answers at once, from clients and peers; above it, 503 with Retry-After.
+    #[arg(long, env = "MESHAGE_MAX_IN_FLIGHT", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    max_in_flight: u64,
+    /// Seconds a peer whose connection failed stays off this node's rings, unless gossip
+    /// confirms it gone first.
+    #[arg(long, env = "MESHAGE_SUSPECT_TIMEOUT", default_value_t = 5.0)]
+    suspect_timeout: f64,
 }
 
 /// Settings of the etcd and Consul backends.
@@ -243,6 +251,8 @@ async fn run_node(args: NodeArgs) -> Result<()> {
         body_limit: args.body_limit,
         drain_timeout: seconds("drain-timeout", args.drain_timeout)?,
         peer_protocol: args.peer_protocol,
+        max_in_flight: usize::try_from(args.max_in_flight).unwrap_or(usize::MAX),
+        suspect_timeout: seconds("suspect-timeout", args.suspect_timeout)?,
         ..NodeConfig::default()
     };
     let mut builder =

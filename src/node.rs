@@ -30,6 +30,12 @@ pub struct NodeConfig {
     /// How forwards travel between nodes. Every meshage node accepts all of them; a peer that
     /// does not speak the link (an original node) is reached over HTTP/1.1 whatever this says.
     pub peer_protocol: PeerProtocol,
+    /// Messages this node answers at once (from clients and from peers); above it, new ones get
+    /// a 503 with `Retry-After` instead of a place in an unbounded queue.
+    pub max_in_flight: usize,
+    /// How long a peer whose connection failed stays off this node's rings, unless gossip
+    /// confirms it gone first (see [`RouterConfig::suspect_timeout`]).
+    pub suspect_timeout: Duration,
 }
 
 impl Default for NodeConfig {
@@ -40,6 +46,8 @@ impl Default for NodeConfig {
             body_limit: 1024 * 1024,
             drain_timeout: Duration::from_secs(10),
             peer_protocol: PeerProtocol::Link,
+            max_in_flight: 10_000,
+            suspect_timeout: RouterConfig::default().suspect_timeout,
         }
     }
 }
@@ -156,6 +164,7 @@ impl NodeBuilder {
             forwarder,
             RouterConfig {
                 request_timeout: config.request_timeout,
+                suspect_timeout: config.suspect_timeout,
             },
         );
         router.add_local(
@@ -175,6 +184,8 @@ impl NodeBuilder {
             router: router.clone(),
             body_limit: config.body_limit,
             view: membership.view(),
+            in_flight: Default::default(),
+            max_in_flight: config.max_in_flight,
         });
         let (stop_tx, stop_rx) = watch::channel(false);
         let (kill_tx, kill_rx) = watch::channel(false);

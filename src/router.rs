@@ -4,9 +4,18 @@
 //! The router holds two snapshots behind `ArcSwap`: the service table (replaced on every
 //! membership change) and the local registry (replaced on every registration). A request loads
 //! them without locks and never holds anything across network I/O.
+//!
+//! Under failure:
+//! - A forward that fails before the owner can have seen the request (no connection, a link
+//!   that broke before the request was written, a 421 answer) is sent again to the key's next
+//!   owner, until the request's deadline. One that may have reached the owner is sent again
+//!   only when the caller marked it idempotent; otherwise the answer is a 502 naming the owner.
+//! - A node whose connection failed becomes *suspect*: its services leave this node's rings at
+//!   once (a new table snapshot), until gossip confirms it gone or the suspicion expires. A
+//!   stream whose every service is suspect keeps them, so that it still answers.
 
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -19,6 +28,7 @@ use tracing::{debug, warn};
 
 use crate::cluster::{ClusterView, Member, MemberState, Membership, ServiceEntry};
 use crate::forward::{not_executed, ForwardError, Forwarder};
+use crate::link::LEAVING_BODY;
 use crate::message::{HandlerError, Header, Message, Payload, Reply, SharedHandler};
 use crate::metrics::{Metrics, Route};
 use crate::observe::{self, RequestScope};
@@ -47,6 +57,20 @@ pub enum RouteError {
         endpoint: String,
         reason: String,
     },
+    /// The connection to the owner failed after the request may have reached it; it was not
+    /// sent again because the caller did not mark it idempotent.
+    #[error(
+        "owner {service_id} at {endpoint} failed after the request may have reached it ({reason}); \
+         not resent, as it was not marked idempotent"
+    )]
+    Lost {
+        service_id: String,
+        endpoint: String,
+        reason: String,
+    },
+    /// This node has as many requests in flight as it accepts.
+    #[error("node is at its limit of {0} requests in flight; retry later")]
+    Overloaded(usize),
     #[error("no answer from service {service_id} within {after:?}")]
     Timeout { service_id: String, after: Duration },
     #[error("{0}")]
@@ -61,7 +85,10 @@ impl RouteError {
         match self {
             RouteError::UnknownStream(_) | RouteError::UnknownService(_) => StatusCode::NOT_FOUND,
             RouteError::NotHere(_) => StatusCode::MISDIRECTED_REQUEST,
-            RouteError::Unreachable { .. } | RouteError::BadAnswer(_) => StatusCode::BAD_GATEWAY,
+            RouteError::Unreachable { .. } | RouteError::Lost { .. } | RouteError::BadAnswer(_) => {
+                StatusCode::BAD_GATEWAY
+            }
+            RouteError::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
             RouteError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             RouteError::Handler(e) => e.status,
         }
@@ -78,16 +105,91 @@ pub struct Routed {
 /// Timeouts and limits of routing.
 #[derive(Debug, Clone)]
 pub struct RouterConfig {
-    /// Bounds a whole request: handling, or forwarding and the answer.
+    /// Bounds a whole request: handling, or forwarding and the answer, retries included.
     pub request_timeout: Duration,
+    /// How long a node whose connection failed stays off this node's rings, unless gossip
+    /// confirms it gone first. Longer than the failure detector takes, so that a dead node
+    /// does not come back before gossip drops it.
+    pub suspect_timeout: Duration,
 }
 
 impl Default for RouterConfig {
     fn default() -> Self {
         RouterConfig {
             request_timeout: Duration::from_secs(10),
+            suspect_timeout: Duration::from_secs(5),
         }
     }
+}
+
+/// Options of one [`Router::send_with`] or [`Router::broadcast_with`].
+#[derive(Debug, Clone, Default)]
+pub struct SendOptions {
+    /// Bounds the whole request, retries included; never longer than the node's request
+    /// timeout, which is also the default.
+    pub timeout: Option<Duration>,
+    /// The handler may safely run twice: a forward that failed after the request may have
+    /// reached the owner is sent to the next owner instead of failing with a 502.
+    pub idempotent: bool,
+}
+
+/// One request to route.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RouteRequest<'a> {
+    pub stream: &'a str,
+    pub key: &'a str,
+    /// A service the caller named (`X-Service-ID`), instead of the ring's choice.
+    pub target: Option<&'a str>,
+    /// The request was forwarded to us already: it must not be forwarded again.
+    pub hop: bool,
+    /// The caller allows a resend after the request may have reached the owner.
+    pub idempotent: bool,
+    pub deadline: Instant,
+}
+
+/// A service this node stopped choosing after a failure it saw itself.
+#[derive(Debug, Clone)]
+struct Suspect {
+    stream: Arc<str>,
+    endpoint: Arc<str>,
+    /// When it comes back to the rings unless gossip confirms it gone first.
+    until: Instant,
+    reason: Arc<str>,
+    /// It said it is leaving or no longer has the service: left out of broadcasts quietly.
+    leaving: bool,
+}
+
+/// The members of `view` without the services suspected at `now`, except where that would
+/// leave a stream with no service at all (it keeps its suspects then, and still answers).
+fn without_suspects(
+    mut members: Vec<Member>,
+    suspects: &HashMap<Arc<str>, Suspect>,
+    now: Instant,
+) -> Vec<Member> {
+    if suspects.is_empty() {
+        return members;
+    }
+    let suspected = |id: &str| suspects.get(id).is_some_and(|s| s.until > now);
+    let served: HashSet<Arc<str>> = members
+        .iter()
+        .filter(|m| m.state == MemberState::Live)
+        .flat_map(|m| m.services.iter())
+        .filter(|s| !suspected(&s.id))
+        .map(|s| s.stream.clone())
+        .collect();
+    for member in &mut members {
+        member
+            .services
+            .retain(|s| !suspected(&s.id) || !served.contains(&s.stream));
+    }
+    members
+}
+
+/// A forward attempt that got no answer.
+struct Failure {
+    error: RouteError,
+    /// Sending the request to the key's next owner cannot run it twice, or the caller allows it.
+    retry: bool,
 }
 
 /// Sends and broadcasts messages across the cluster. Cheap to clone.
@@ -114,6 +216,9 @@ struct Inner {
     leaving: AtomicBool,
     /// The backend's latest view, kept to rebuild the table when local services change.
     view: ArcSwap<ClusterView>,
+    /// Services off the rings after a failure seen here, by service id. Read when the table is
+    /// rebuilt and by broadcasts, never by a send that goes well.
+    suspects: ArcSwap<HashMap<Arc<str>, Suspect>>,
     version: AtomicU64,
     /// This node's metrics and membership events (see `metrics.rs`).
     metrics: Metrics,
@@ -140,6 +245,7 @@ impl Router {
                 endpoint,
                 leaving: AtomicBool::new(false),
                 view: ArcSwap::from_pointee(ClusterView::default()),
+                suspects: ArcSwap::from_pointee(HashMap::new()),
                 version: AtomicU64::new(0),
                 metrics: Metrics::default(),
             }),
@@ -170,9 +276,115 @@ impl Router {
         self.inner.table.load_full()
     }
 
-    /// Takes a new view from the membership backend and rebuilds the table from it.
+    /// Takes a new view from the membership backend and rebuilds the table from it. Suspects
+    /// that the view confirms (no longer live) are forgotten, and links to nodes that are gone
+    /// are closed, so that requests waiting on them fail now rather than at their deadlines.
     pub(crate) fn apply_view(&self, view: Arc<ClusterView>) {
+        let reachable = |view: &ClusterView| -> HashSet<String> {
+            view.members
+                .iter()
+                .filter(|m| m.state != MemberState::Dead)
+                .map(|m| m.endpoint.clone())
+                .collect()
+        };
+        let now_reachable = reachable(&view);
+        for gone in reachable(&self.inner.view.load()).difference(&now_reachable) {
+            debug!(endpoint = %gone, "node gone; closing its link");
+            self.inner.forwarder.forget(gone);
+        }
+        let live: HashSet<&str> = view
+            .members
+            .iter()
+            .filter(|m| m.state == MemberState::Live)
+            .flat_map(|m| m.services.iter().map(|s| &*s.id))
+            .collect();
+        if self
+            .inner
+            .suspects
+            .load()
+            .keys()
+            .any(|id| !live.contains(&**id))
+        {
+            self.inner.suspects.rcu(|current| {
+                let mut next = HashMap::clone(current);
+                next.retain(|id, _| live.contains(&**id));
+                next
+            });
+        }
         self.inner.view.store(view);
+        self.rebuild();
+    }
+
+    /// Takes the services of node `node_id` off the rings for a while: its connection failed
+    /// (`leaving` false) or it said that it is leaving.
+    fn suspect_node(&self, node_id: &str, reason: &str, leaving: bool) {
+        let view = self.inner.view.load();
+        let Some(member) = view.members.iter().find(|m| m.id == node_id) else {
+            return;
+        };
+        let services: Vec<(Arc<str>, Arc<str>)> = member
+            .services
+            .iter()
+            .map(|s| (s.id.clone(), s.stream.clone()))
+            .collect();
+        self.suspect(&services, &member.endpoint, reason, leaving);
+    }
+
+    /// Takes `services` (id, stream) of the node at `endpoint` off the rings for a while.
+    fn suspect(
+        &self,
+        services: &[(Arc<str>, Arc<str>)],
+        endpoint: &str,
+        reason: &str,
+        leaving: bool,
+    ) {
+        if services.is_empty() || *endpoint == *self.inner.endpoint {
+            return;
+        }
+        let until = Instant::now() + self.inner.config.suspect_timeout;
+        let (endpoint, reason): (Arc<str>, Arc<str>) = (Arc::from(endpoint), Arc::from(reason));
+        self.inner.suspects.rcu(|current| {
+            let mut next = HashMap::clone(current);
+            for (id, stream) in services {
+                next.insert(
+                    id.clone(),
+                    Suspect {
+                        stream: stream.clone(),
+                        endpoint: endpoint.clone(),
+                        until,
+                        reason: reason.clone(),
+                        leaving,
+                    },
+                );
+            }
+            next
+        });
+        warn!(%endpoint, services = services.len(), %reason, leaving,
+            "owner suspect: off the rings until gossip settles it or the suspicion expires");
+        self.rebuild();
+        // Back to the rings when the suspicion expires, unless gossip settled it first.
+        let inner: Weak<Inner> = Arc::downgrade(&self.inner);
+        let ttl = self.inner.config.suspect_timeout;
+        tokio::spawn(async move {
+            tokio::time::sleep(ttl).await;
+            if let Some(inner) = inner.upgrade() {
+                Router { inner }.expire_suspects();
+            }
+        });
+    }
+
+    /// Forgets the suspicions that have expired, and rebuilds the table when there were any.
+    fn expire_suspects(&self) {
+        let now = Instant::now();
+        if !self.inner.suspects.load().values().any(|s| s.until <= now) {
+            return;
+        }
+        self.inner.suspects.rcu(|current| {
+            let mut next = HashMap::clone(current);
+            next.retain(|_, s| s.until > now);
+            next
+        });
+        debug!("suspicions expired; their services are back on the rings");
         self.rebuild();
     }
 
@@ -209,6 +421,7 @@ impl Router {
             services: self.local_services(),
             last_heard: None,
         });
+        let members = without_suspects(members, &self.inner.suspects.load(), Instant::now());
         let version = self.inner.version.fetch_add(1, Ordering::AcqRel) + 1;
         let table = ServiceTable::build(version, &ClusterView { members });
         debug!(
@@ -360,8 +573,10 @@ impl Router {
             .await
     }
 
-    fn deadline(&self) -> Instant {
-        Instant::now() + self.inner.config.request_timeout
+    /// The deadline of a request that asks for `timeout`: never later than the node's own.
+    fn deadline(&self, timeout: Option<Duration>) -> Instant {
+        let limit = self.inner.config.request_timeout;
+        Instant::now() + timeout.map_or(limit, |t| t.min(limit))
     }
 
     /// Starts observing a request that enters this node (see `observe.rs`).
@@ -378,6 +593,15 @@ impl Router {
 
     /// Sends a message to the service that owns its partition key and returns the answer.
     pub async fn send(&self, message: Message) -> Result<Value, RouteError> {
+        self.send_with(message, SendOptions::default()).await
+    }
+
+    /// [`Router::send`] with a timeout of its own, or marked idempotent.
+    pub async fn send_with(
+        &self,
+        message: Message,
+        options: SendOptions,
+    ) -> Result<Value, RouteError> {
         let payload = Payload::json(&message.data);
         let mut scope = self.observe(
             &message.stream,
@@ -387,12 +611,15 @@ impl Router {
         );
         let routed = scope
             .run(self.route(
-                &message.stream,
-                &message.partition_key,
-                None,
-                false,
+                RouteRequest {
+                    stream: &message.stream,
+                    key: &message.partition_key,
+                    target: None,
+                    hop: false,
+                    idempotent: options.idempotent,
+                    deadline: self.deadline(options.timeout),
+                },
                 payload,
-                self.deadline(),
             ))
             .await;
         match &routed {
@@ -405,6 +632,16 @@ impl Router {
     /// Sends a message to every service of its stream; one entry per service, failures as
     /// `{"error": ..., "serviceId": ..., "status": ...}` entries.
     pub async fn broadcast(&self, message: Message) -> Result<Vec<Value>, RouteError> {
+        self.broadcast_with(message, SendOptions::default()).await
+    }
+
+    /// [`Router::broadcast`] with a timeout of its own. A broadcast never resends: each
+    /// service is asked once.
+    pub async fn broadcast_with(
+        &self,
+        message: Message,
+        options: SendOptions,
+    ) -> Result<Vec<Value>, RouteError> {
         let payload = Payload::json(&message.data);
         let mut scope = self.observe(
             &message.stream,
@@ -417,7 +654,7 @@ impl Router {
                 &message.stream,
                 &message.partition_key,
                 payload,
-                self.deadline(),
+                self.deadline(options.timeout),
             ))
             .await;
         scope.finish(
@@ -429,74 +666,95 @@ impl Router {
         results
     }
 
-    /// Routes one request. `target` names a service (the `X-Service-ID` header); `hop` says the
-    /// request was forwarded to us already, so it must not be forwarded again.
+    /// Routes one request: to the service it names, or to the ring's owner of its key. A forward
+    /// that fails before the owner can have seen the request is sent to the key's next owner
+    /// (an idempotent one also after), until the deadline; a service named by the caller is
+    /// asked once.
     pub(crate) async fn route(
         &self,
-        stream: &str,
-        key: &str,
-        target: Option<&str>,
-        hop: bool,
+        request: RouteRequest<'_>,
         payload: Payload,
-        deadline: Instant,
     ) -> Result<Routed, RouteError> {
-        if let Some(id) = target {
+        let RouteRequest {
+            stream,
+            key,
+            deadline,
+            ..
+        } = request;
+        if let Some(id) = request.target {
             if let Some(local) = self.inner.local.load().get(id) {
                 let service_id: Arc<str> = Arc::from(id);
                 return self
                     .run_local(service_id, local.clone(), stream, key, payload, deadline)
                     .await;
             }
-            if hop {
+            if request.hop {
                 return Err(RouteError::NotHere(id.to_owned()));
             }
-            let table = self.inner.table.load();
-            let service = table
+            let owner = self
+                .inner
+                .table
+                .load()
                 .service(id)
-                .ok_or_else(|| RouteError::UnknownService(id.to_owned()))?;
-            let (sid, endpoint) = (service.id.clone(), service.endpoint.clone());
-            drop(table);
+                .map(|s| (s.id.clone(), s.node_id.clone(), s.endpoint.clone()));
+            let Some((service_id, node_id, endpoint)) = owner else {
+                return Err(self.not_in_table(id));
+            };
             return self
-                .forward(&endpoint, sid, stream, key, &payload, deadline)
-                .await;
+                .forward(&endpoint, service_id, &node_id, request, &payload)
+                .await
+                .map_err(|failure| failure.error);
         }
 
-        // At most one re-lookup, and only after an answer that proves the request never ran.
-        let mut tried: Option<Arc<str>> = None;
+        let mut tried: Vec<Arc<str>> = Vec::new();
+        let mut last: Option<RouteError> = None;
         loop {
-            let (service_id, endpoint) = {
+            let (service_id, node_id, endpoint) = {
                 let table = self.inner.table.load();
                 let owner = table
                     .owner(stream, key)
                     .ok_or_else(|| RouteError::UnknownStream(stream.to_owned()))?;
-                (owner.id.clone(), owner.endpoint.clone())
+                (
+                    owner.id.clone(),
+                    owner.node_id.clone(),
+                    owner.endpoint.clone(),
+                )
             };
             if let Some(local) = self.inner.local.load().get(&service_id) {
                 return self
                     .run_local(service_id, local.clone(), stream, key, payload, deadline)
                     .await;
             }
-            if tried.as_ref() == Some(&service_id) {
-                return Err(RouteError::NotHere(service_id.to_string()));
+            if tried.contains(&service_id) {
+                // No other owner to try (every service of the stream is suspect).
+                return Err(last.unwrap_or_else(|| RouteError::NotHere(service_id.to_string())));
             }
             match self
-                .forward(
-                    &endpoint,
-                    service_id.clone(),
-                    stream,
-                    key,
-                    &payload,
-                    deadline,
-                )
+                .forward(&endpoint, service_id.clone(), &node_id, request, &payload)
                 .await
             {
-                Err(RouteError::NotHere(_)) if tried.is_none() => {
-                    debug!(%service_id, "owner no longer runs the service; looking the key up again");
+                Ok(routed) => return Ok(routed),
+                Err(Failure { error, retry }) if retry && Instant::now() < deadline => {
+                    debug!(%service_id, %error, "sending the request to the key's next owner");
                     observe::rerouted();
-                    tried = Some(service_id);
+                    tried.push(service_id);
+                    last = Some(error);
                 }
-                other => return other,
+                Err(failure) => return Err(failure.error),
             }
+        }
+    }
+
+    /// Why service `id`, named by the caller, is not in the table: suspect, or unknown.
+    fn not_in_table(&self, id: &str) -> RouteError {
+        match self.inner.suspects.load().get(id) {
+            Some(suspect) if suspect.leaving => RouteError::NotHere(id.to_owned()),
+            Some(suspect) => RouteError::Unreachable {
+                service_id: id.to_owned(),
+                endpoint: suspect.endpoint.to_string(),
+                reason: format!("suspect after: {}", suspect.reason),
+            },
+            None => RouteError::UnknownService(id.to_owned()),
         }
     }
 
@@ -539,41 +797,84 @@ impl Router {
         }
     }
 
+    /// Forwards one request to `service_id` on node `node_id` at `endpoint`. A failure says
+    /// whether the request may go to another owner; a failed connection makes the node suspect.
     async fn forward(
         &self,
         endpoint: &str,
         service_id: Arc<str>,
-        stream: &str,
-        key: &str,
+        node_id: &str,
+        request: RouteRequest<'_>,
         payload: &Payload,
-        deadline: Instant,
-    ) -> Result<Routed, RouteError> {
+    ) -> Result<Routed, Failure> {
         let started = Instant::now();
         let result = self
             .inner
             .forwarder
-            .forward(endpoint, stream, key, &service_id, payload, deadline)
+            .forward(
+                endpoint,
+                request.stream,
+                request.key,
+                &service_id,
+                payload,
+                request.deadline,
+            )
             .await;
         observe::forwarded(started);
         match result {
-            Ok(reply) if not_executed(&reply) => Err(RouteError::NotHere(service_id.to_string())),
+            Ok(reply) if not_executed(&reply) => {
+                if reply.body == LEAVING_BODY {
+                    self.suspect_node(node_id, "the node is leaving", true);
+                } else {
+                    let service = (service_id.clone(), Arc::from(request.stream));
+                    self.suspect(&[service], endpoint, "the node does not run it", true);
+                }
+                Err(Failure {
+                    error: RouteError::NotHere(service_id.to_string()),
+                    retry: true,
+                })
+            }
             Ok(reply) => Ok(Routed { service_id, reply }),
-            Err(ForwardError::Timeout(after)) => Err(RouteError::Timeout {
-                service_id: service_id.to_string(),
-                after,
+            Err(ForwardError::Timeout(after)) => Err(Failure {
+                error: RouteError::Timeout {
+                    service_id: service_id.to_string(),
+                    after,
+                },
+                retry: false,
             }),
             Err(e) => {
                 warn!(%service_id, %endpoint, error = %e, "forward failed");
-                Err(RouteError::Unreachable {
-                    service_id: service_id.to_string(),
-                    endpoint: endpoint.to_owned(),
-                    reason: e.to_string(),
-                })
+                if e.connection_failed() {
+                    self.suspect_node(node_id, &e.to_string(), false);
+                }
+                let (service_id, endpoint, reason) =
+                    (service_id.to_string(), endpoint.to_owned(), e.to_string());
+                if e.never_delivered() {
+                    Err(Failure {
+                        error: RouteError::Unreachable {
+                            service_id,
+                            endpoint,
+                            reason,
+                        },
+                        retry: true,
+                    })
+                } else {
+                    Err(Failure {
+                        error: RouteError::Lost {
+                            service_id,
+                            endpoint,
+                            reason,
+                        },
+                        retry: request.idempotent && e.connection_failed(),
+                    })
+                }
             }
         }
     }
 
-    /// Runs every service of `stream` at once; one JSON entry per service, in table order.
+    /// Runs every service of `stream` at once; one JSON entry per service, in table order, then
+    /// an error entry for each service this node suspects after a failed connection (it is not
+    /// asked again until the suspicion ends).
     pub(crate) async fn broadcast_payload(
         &self,
         stream: &str,
@@ -581,20 +882,47 @@ impl Router {
         payload: Payload,
         deadline: Instant,
     ) -> Result<Vec<Value>, RouteError> {
-        let targets: Vec<Arc<str>> = {
-            let table = self.inner.table.load();
-            let ids: Vec<Arc<str>> = table.services_of(stream).map(|s| s.id.clone()).collect();
-            if ids.is_empty() {
-                return Err(RouteError::UnknownStream(stream.to_owned()));
-            }
-            ids
+        let targets: Vec<Arc<str>> = self
+            .inner
+            .table
+            .load()
+            .services_of(stream)
+            .map(|s| s.id.clone())
+            .collect();
+        let now = Instant::now();
+        let mut suspects: Vec<Arc<str>> = self
+            .inner
+            .suspects
+            .load()
+            .iter()
+            .filter(|(id, s)| {
+                &*s.stream == stream && !s.leaving && s.until > now && !targets.contains(id)
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        suspects.sort();
+        if targets.is_empty() && suspects.is_empty() {
+            return Err(RouteError::UnknownStream(stream.to_owned()));
+        }
+        let error_entry = |id: &str, e: RouteError| {
+            json!({
+                "error": e.to_string(),
+                "serviceId": id,
+                "status": e.status().as_u16(),
+            })
         };
         let calls = targets.iter().map(|id| {
             let payload = payload.clone();
             async move {
-                let result = self
-                    .route(stream, key, Some(id), false, payload, deadline)
-                    .await;
+                let request = RouteRequest {
+                    stream,
+                    key,
+                    target: Some(id),
+                    hop: false,
+                    idempotent: false,
+                    deadline,
+                };
+                let result = self.route(request, payload).await;
                 match result.and_then(|routed| {
                     if routed.reply.status.is_success() {
                         answer_value(routed.reply)
@@ -603,15 +931,17 @@ impl Router {
                     }
                 }) {
                     Ok(value) => value,
-                    Err(e) => json!({
-                        "error": e.to_string(),
-                        "serviceId": &**id,
-                        "status": e.status().as_u16(),
-                    }),
+                    Err(e) => error_entry(id, e),
                 }
             }
         });
-        Ok(futures_util::future::join_all(calls).await)
+        let mut entries = futures_util::future::join_all(calls).await;
+        entries.extend(
+            suspects
+                .iter()
+                .map(|id| error_entry(id, self.not_in_table(id))),
+        );
+        Ok(entries)
     }
 }
 

@@ -1,0 +1,357 @@
+//! Behaviour under failure on one host (no root needed): the owner of a key dies and its keys
+//! go elsewhere at once, requests that may have reached it are resent only when marked
+//! idempotent, the deadline header bounds a request, a node sheds load above its in-flight cap,
+//! and a broadcast reports the node that failed. `tests/netns.rs` runs the same failures across
+//! network namespaces, in real processes.
+
+mod common;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use meshage::{HandlerError, Message, Node, NodeConfig, SendOptions};
+use serde_json::{json, Value};
+
+/// Three nodes on stream `work`, whose handler counts its runs in `runs`, names its service,
+/// and sleeps `sleep_ms` from the message first.
+async fn work_cluster(runs: Arc<AtomicUsize>, config: NodeConfig) -> Vec<Node> {
+    let mut nodes: Vec<Node> = Vec::new();
+    for _ in 0..3 {
+        let seeds: Vec<String> = nodes
+            .first()
+            .and_then(|n| n.seed_address())
+            .into_iter()
+            .collect();
+        let runs = runs.clone();
+        let node = meshage::init(gossip(&seeds), "127.0.0.1:0")
+            .register("work", move |data: Value, header: meshage::Header| {
+                let runs = runs.clone();
+                async move {
+                    runs.fetch_add(1, Ordering::SeqCst);
+                    let sleep = data["sleep_ms"].as_u64().unwrap_or(0);
+                    tokio::time::sleep(Duration::from_millis(sleep)).await;
+                    Ok::<_, HandlerError>(json!({ "by": &*header.service_id }))
+                }
+            })
+            .config(config.clone())
+            .start()
+            .await
+            .expect("node starts");
+        nodes.push(node);
+    }
+    wait_converged(&nodes, 3).await;
+    nodes
+}
+
+/// A key that `owner` owns, as `via` sees the ring.
+fn key_owned_by(via: &Node, owner: &Node) -> String {
+    let service = owner.router().local_services()[0].id.to_string();
+    (0..1000)
+        .map(|i| format!("key-{i}"))
+        .find(|k| via.router().table().owner("work", k).map(|s| &*s.id) == Some(&*service))
+        .expect("the owner owns one of 1000 keys")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_owners_keys_answer_at_once_without_waiting_for_gossip() {
+    let runs = counter();
+    let mut nodes = work_cluster(runs.clone(), NodeConfig::default()).await;
+    let dead = nodes.pop().unwrap();
+    let dead_service = dead.router().local_services()[0].id.to_string();
+    let key = key_owned_by(&nodes[0], &dead);
+    dead.kill();
+
+    // Gossip takes seconds to notice; the first failed connection is enough here.
+    let http = Http::default();
+    let started = Instant::now();
+    let answer = http
+        .post(&format!("{}/api/work/{key}", nodes[0].endpoint()), "{}")
+        .await;
+    assert_eq!(answer.status, 200, "{:?}", answer.body);
+    assert_ne!(answer.service_id().as_deref(), Some(dead_service.as_str()));
+    assert!(
+        nodes[0].router().table().service(&dead_service).is_none(),
+        "the dead owner is off the entry's rings"
+    );
+    for i in 0..100 {
+        let answer = http
+            .post(&format!("{}/api/work/k{i}", nodes[0].endpoint()), "{}")
+            .await;
+        assert_eq!(answer.status, 200, "k{i}: {:?}", answer.body);
+    }
+    eprintln!("101 keys answered {:?} after the kill", started.elapsed());
+    assert_eq!(count(&runs), 101, "each request ran once");
+    for node in nodes {
+        node.shutdown().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_that_may_have_run_is_resent_only_when_idempotent() {
+    let runs = counter();
+    let mut nodes = work_cluster(runs.clone(), NodeConfig::default()).await;
+    let owner = nodes.pop().unwrap();
+    let owner_service = owner.router().local_services()[0].id.to_string();
+    let key = key_owned_by(&nodes[0], &owner);
+
+    // Not idempotent: the owner dies while it runs the request; the answer is a 502 that
+    // names it, and nothing runs the request again.
+    let url = format!("{}/api/work/{key}", nodes[0].endpoint());
+    let http = Http::default();
+    let sending = {
+        let (http, url) = (http.clone(), url.clone());
+        tokio::spawn(async move { http.post(&url, r#"{"sleep_ms": 3000}"#).await })
+    };
+    wait_until(Duration::from_secs(5), "the owner runs the request", || {
+        count(&runs) == 1
+    })
+    .await;
+    owner.kill();
+    let answer = sending.await.unwrap();
+    assert_eq!(answer.status, 502, "{:?}", answer.body);
+    let error = answer.json()["error"].as_str().unwrap().to_owned();
+    assert!(error.contains(&owner_service), "{error}");
+    assert!(error.contains("not resent"), "{error}");
+    assert_eq!(count(&runs), 1);
+
+    // Idempotent: the same loss is resent to the key's next owner.
+    let restarted = {
+        let seeds = vec![nodes[0].seed_address().unwrap()];
+        let runs = runs.clone();
+        meshage::init(gossip(&seeds), "127.0.0.1:0")
+            .register("work", move |data: Value, header: meshage::Header| {
+                let runs = runs.clone();
+                async move {
+                    runs.fetch_add(1, Ordering::SeqCst);
+                    let sleep = data["sleep_ms"].as_u64().unwrap_or(0);
+                    tokio::time::sleep(Duration::from_millis(sleep)).await;
+                    Ok::<_, HandlerError>(json!({ "by": &*header.service_id }))
+                }
+            })
+            .start()
+            .await
+            .unwrap()
+    };
+    wait_until(
+        Duration::from_secs(10),
+        "the new node is on every ring",
+        || {
+            nodes.iter().all(|n| {
+                n.router()
+                    .table()
+                    .service(&restarted.router().local_services()[0].id)
+                    .is_some()
+            })
+        },
+    )
+    .await;
+    let key = key_owned_by(&nodes[0], &restarted);
+    let url = format!("{}/api/work/{key}", nodes[0].endpoint());
+    let before = count(&runs);
+    let sending = {
+        let (http, url) = (http.clone(), url.clone());
+        tokio::spawn(async move {
+            http.request(
+                http::Method::POST,
+                &url,
+                &[
+                    ("content-type", "application/json"),
+                    ("x-idempotent", "true"),
+                ],
+                r#"{"sleep_ms": 3000}"#,
+            )
+            .await
+            .unwrap()
+        })
+    };
+    wait_until(Duration::from_secs(5), "the owner runs the request", || {
+        count(&runs) == before + 1
+    })
+    .await;
+    let gone = restarted.router().local_services()[0].id.to_string();
+    restarted.kill();
+    let answer = sending.await.unwrap();
+    assert_eq!(answer.status, 200, "{:?}", answer.body);
+    assert_ne!(answer.service_id().as_deref(), Some(gone.as_str()));
+    assert_eq!(
+        count(&runs),
+        before + 2,
+        "it ran again elsewhere, as allowed"
+    );
+    for node in nodes {
+        node.shutdown().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_deadline_header_bounds_a_request_and_its_forward() {
+    let runs = counter();
+    let nodes = work_cluster(runs.clone(), NodeConfig::default()).await;
+    let http = Http::default();
+    let local_key = key_owned_by(&nodes[0], &nodes[0]);
+    let remote_key = key_owned_by(&nodes[0], &nodes[1]);
+    for key in [&local_key, &remote_key] {
+        let started = Instant::now();
+        let answer = http
+            .request(
+                http::Method::POST,
+                &format!("{}/api/work/{key}", nodes[0].endpoint()),
+                &[("x-request-timeout", "300")],
+                r#"{"sleep_ms": 5000}"#,
+            )
+            .await
+            .unwrap();
+        let took = started.elapsed();
+        assert_eq!(answer.status, 504, "{key}: {:?}", answer.body);
+        assert!(took < Duration::from_secs(3), "{key} took {took:?}");
+    }
+    for bad in ["0", "soon", "-5"] {
+        let answer = http
+            .request(
+                http::Method::POST,
+                &format!("{}/api/work/x", nodes[0].endpoint()),
+                &[("x-request-timeout", bad)],
+                "{}",
+            )
+            .await
+            .unwrap();
+        assert_eq!(answer.status, 400, "{bad}: {:?}", answer.body);
+        assert!(answer.json()["error"]
+            .as_str()
+            .unwrap()
+            .contains("x-request-timeout"));
+    }
+    // The library's option does the same.
+    let started = Instant::now();
+    let error = nodes[0]
+        .router()
+        .send_with(
+            Message::new("work", &*remote_key, json!({"sleep_ms": 5000})),
+            SendOptions {
+                timeout: Some(Duration::from_millis(300)),
+                ..SendOptions::default()
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(error.status(), 504, "{error}");
+    assert!(started.elapsed() < Duration::from_secs(3));
+    for node in nodes {
+        node.shutdown().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn above_its_in_flight_cap_a_node_answers_503_with_retry_after() {
+    let running = counter();
+    let started = running.clone();
+    let node = meshage::init(gossip(&[]), "127.0.0.1:0")
+        .register("slow", move |_data: Value, _h| {
+            started.fetch_add(1, Ordering::SeqCst);
+            async move {
+                tokio::time::sleep(Duration::from_millis(1500)).await;
+                Ok::<_, HandlerError>(json!("done"))
+            }
+        })
+        .config(NodeConfig {
+            max_in_flight: 2,
+            ..NodeConfig::default()
+        })
+        .start()
+        .await
+        .unwrap();
+    wait_converged(std::slice::from_ref(&node), 1).await;
+    let http = Http::default();
+    let url = format!("{}/api/slow/k", node.endpoint());
+    let busy: Vec<_> = (0..2)
+        .map(|_| {
+            let (http, url) = (http.clone(), url.clone());
+            tokio::spawn(async move { http.post(&url, "{}").await })
+        })
+        .collect();
+    wait_until(Duration::from_secs(5), "both slots are taken", || {
+        count(&running) == 2
+    })
+    .await;
+    let refused = http.post(&url, "{}").await;
+    assert_eq!(refused.status, 503, "{:?}", refused.body);
+    assert_eq!(count(&running), 2, "the refused request did not run");
+    assert_eq!(
+        refused
+            .headers
+            .get("retry-after")
+            .map(|v| v.to_str().unwrap()),
+        Some("1")
+    );
+    assert!(refused.json()["error"]
+        .as_str()
+        .unwrap()
+        .contains("limit of 2"));
+    for request in busy {
+        assert_eq!(request.await.unwrap().status, 200);
+    }
+    // The slots come back.
+    assert_eq!(http.post(&url, "{}").await.status, 200);
+    node.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broadcast_during_a_failure_reports_the_node_that_failed() {
+    let runs = counter();
+    let mut nodes = work_cluster(runs.clone(), NodeConfig::default()).await;
+    let dead = nodes.pop().unwrap();
+    let dead_service = dead.router().local_services()[0].id.to_string();
+    let key = key_owned_by(&nodes[0], &dead);
+    dead.kill();
+    // A send notices the failure first; the broadcast after it reports the node.
+    let http = Http::default();
+    assert_eq!(
+        http.post(&format!("{}/api/work/{key}", nodes[0].endpoint()), "{}")
+            .await
+            .status,
+        200
+    );
+    let answer = http
+        .post(
+            &format!("{}/api/broadcast/work/x", nodes[0].endpoint()),
+            "{}",
+        )
+        .await;
+    assert_eq!(answer.status, 200);
+    let entries = answer.json();
+    let entries = entries.as_array().unwrap();
+    assert_eq!(entries.len(), 3, "{entries:?}");
+    let answered: Vec<&Value> = entries.iter().filter(|e| e.get("by").is_some()).collect();
+    assert_eq!(answered.len(), 2, "{entries:?}");
+    let failed: Vec<&Value> = entries
+        .iter()
+        .filter(|e| e.get("error").is_some())
+        .collect();
+    assert_eq!(failed.len(), 1, "{entries:?}");
+    assert_eq!(failed[0]["serviceId"], dead_service.as_str());
+    assert_eq!(failed[0]["status"], 502);
+
+    // Without a send first, the broadcast tries the dead node itself and says so too.
+    let runs2 = counter();
+    let mut others = work_cluster(runs2, NodeConfig::default()).await;
+    let dead = others.pop().unwrap();
+    let dead_service = dead.router().local_services()[0].id.to_string();
+    dead.kill();
+    let entries = others[0]
+        .router()
+        .broadcast(Message::new("work", "x", json!({})))
+        .await
+        .unwrap();
+    assert_eq!(entries.len(), 3, "{entries:?}");
+    let failed: Vec<&Value> = entries
+        .iter()
+        .filter(|e| e.get("error").is_some())
+        .collect();
+    assert_eq!(failed.len(), 1, "{entries:?}");
+    assert_eq!(failed[0]["serviceId"], dead_service.as_str());
+    for node in nodes.into_iter().chain(others) {
+        node.shutdown().await.unwrap();
+    }
+}
