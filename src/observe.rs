@@ -149,7 +149,8 @@ impl fmt::Display for KeyHash<'_> {
 /// One request entering this node; see the module docs. Counts it in flight until dropped.
 pub(crate) struct RequestScope<'a> {
     metrics: &'a Metrics,
-    stream: Arc<StreamMetrics>,
+    /// The stream's series; lent to the request's context while it runs.
+    stream: Option<Arc<StreamMetrics>>,
     trace: TraceId,
     route: Route,
     span: Span,
@@ -179,7 +180,7 @@ impl<'a> RequestScope<'a> {
         metrics.request_started();
         RequestScope {
             metrics,
-            stream: metrics.stream(stream, || table.stream(stream).is_some()),
+            stream: Some(metrics.stream(stream, || table.stream(stream).is_some())),
             trace,
             route,
             span,
@@ -192,26 +193,29 @@ impl<'a> RequestScope<'a> {
 
     /// Runs the request inside its span and context.
     pub(crate) async fn run<F: Future>(&mut self, request: F) -> F::Output {
+        let Some(stream) = self.stream.take() else {
+            return request.await;
+        };
         let current = Current {
             trace: self.trace,
-            stream: self.stream.clone(),
+            stream,
             route: Cell::new(self.route),
         };
-        let (output, route) = CURRENT
-            .scope(current, async {
-                let output = request.await;
-                (output, CURRENT.with(|c| c.route.get()))
-            })
-            .instrument(self.span.clone())
-            .await;
-        self.route = route;
+        let mut scoped = std::pin::pin!(CURRENT.scope(current, request));
+        let output = scoped.as_mut().instrument(self.span.clone()).await;
+        if let Some(current) = scoped.as_mut().take_value() {
+            self.route = current.route.get();
+            self.stream = Some(current.stream);
+        }
         output
     }
 
     /// Counts the request by its route and `status`, and logs it at `debug` with the service
     /// that answered.
     pub(crate) fn finish(self, status: StatusCode, owner: Option<&str>) {
-        self.stream.count(self.route, Outcome::of(status));
+        if let Some(stream) = &self.stream {
+            stream.count(self.route, Outcome::of(status));
+        }
         if !self.span.is_disabled() {
             self.span.record("route", self.route.label());
             if let Some(owner) = owner {
