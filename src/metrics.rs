@@ -12,7 +12,7 @@
 
 use std::collections::HashMap;
 use std::fmt::Write;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -192,13 +192,15 @@ pub(crate) struct ClusterGauges<'a> {
     pub services: Vec<(&'a str, usize)>,
     pub table_version: u64,
     pub gossip: Option<Traffic>,
+    /// Messages the node is answering now (over HTTP and peer links), and its limit.
+    pub in_flight: usize,
+    pub max_in_flight: usize,
 }
 
 /// Every metric of one node. Owned by its router; cheap to share.
 pub(crate) struct Metrics {
     streams: ArcSwap<HashMap<Arc<str>, Arc<StreamMetrics>>>,
     other: Arc<StreamMetrics>,
-    in_flight: AtomicI64,
     /// Recent membership events, for the status page, and their counts by kind.
     pub(crate) events: EventLog,
 }
@@ -208,7 +210,6 @@ impl Default for Metrics {
         Metrics {
             streams: ArcSwap::from_pointee(HashMap::new()),
             other: Arc::new(StreamMetrics::new(OTHER_STREAM)),
-            in_flight: AtomicI64::new(0),
             events: EventLog::default(),
         }
     }
@@ -249,18 +250,6 @@ impl Metrics {
         streams.sort_by(|a, b| a.name.cmp(&b.name));
         streams.push(self.other.clone());
         streams
-    }
-
-    pub(crate) fn request_started(&self) {
-        self.in_flight.fetch_add(1, Ordering::Relaxed);
-    }
-
-    pub(crate) fn request_ended(&self) {
-        self.in_flight.fetch_sub(1, Ordering::Relaxed);
-    }
-
-    pub(crate) fn in_flight(&self) -> i64 {
-        self.in_flight.load(Ordering::Relaxed)
     }
 
     /// The text exposition of every metric.
@@ -305,9 +294,20 @@ impl Metrics {
             &mut out,
             "meshage_requests_in_flight",
             "gauge",
-            "Requests this node is working on now.",
+            "Messages this node is answering now, from clients and from peers.",
         );
-        let _ = writeln!(out, "meshage_requests_in_flight {}", self.in_flight());
+        let _ = writeln!(out, "meshage_requests_in_flight {}", cluster.in_flight);
+        header(
+            &mut out,
+            "meshage_requests_in_flight_limit",
+            "gauge",
+            "Messages this node answers at once; above it, new ones get a 503.",
+        );
+        let _ = writeln!(
+            out,
+            "meshage_requests_in_flight_limit {}",
+            cluster.max_in_flight
+        );
 
         histograms(
             &mut out,
@@ -480,6 +480,8 @@ mod tests {
                 bytes_sent: 10,
                 bytes_received: 20,
             }),
+            in_flight: 1,
+            max_in_flight: 100,
         }
     }
 
@@ -519,7 +521,6 @@ mod tests {
         odd.count(Route::Forwarded, Outcome::ServerError);
         odd.forwarding.observe(Duration::from_millis(3));
         odd.rerouted();
-        metrics.request_started();
         let text = metrics.render(&gauges());
         let stream = r#"stream="a\"b\\c""#;
         for line in [
@@ -533,6 +534,7 @@ mod tests {
             format!(r#"meshage_forwarding_duration_seconds_count{{{stream}}} 1"#),
             format!(r#"meshage_reroutes_total{{{stream}}} 1"#),
             "meshage_requests_in_flight 1".into(),
+            "meshage_requests_in_flight_limit 100".into(),
             r#"meshage_members{state="leaving"} 1"#.into(),
             r#"meshage_services{stream="echo"} 2"#.into(),
             "meshage_table_rebuilds_total 5".into(),

@@ -1,5 +1,4 @@
-//! Observing one request: its trace id, its span, the in-flight gauge and its count by route
-//! and outcome.
+//! Observing one request: its trace id, its span, and its count by route and outcome.
 //!
 //! A request that enters a node (over HTTP, over a peer link, or through the library's router)
 //! gets a [`RequestScope`]. The scope runs the request's future inside a `debug`-level span
@@ -146,9 +145,8 @@ impl fmt::Display for KeyHash<'_> {
     }
 }
 
-/// One request entering this node; see the module docs. Counts it in flight until dropped.
-pub(crate) struct RequestScope<'a> {
-    metrics: &'a Metrics,
+/// One request entering this node; see the module docs.
+pub(crate) struct RequestScope {
     /// The stream's series; lent to the request's context while it runs.
     stream: Option<Arc<StreamMetrics>>,
     trace: TraceId,
@@ -156,12 +154,12 @@ pub(crate) struct RequestScope<'a> {
     span: Span,
 }
 
-impl<'a> RequestScope<'a> {
+impl RequestScope {
     /// Starts observing a request for `key` on `stream`. `route` is `Broadcast` or `Received`
     /// when the entry knows it, else `Unrouted` until a handler or a forward settles it.
     /// `trace` is the id it arrived with, if any.
     pub(crate) fn new(
-        metrics: &'a Metrics,
+        metrics: &Metrics,
         table: &ServiceTable,
         stream: &str,
         key: &str,
@@ -177,9 +175,7 @@ impl<'a> RequestScope<'a> {
             route = Empty,
             owner = Empty,
         );
-        metrics.request_started();
         RequestScope {
-            metrics,
             stream: Some(metrics.stream(stream, || table.stream(stream).is_some())),
             trace,
             route,
@@ -226,12 +222,6 @@ impl<'a> RequestScope<'a> {
     }
 }
 
-impl Drop for RequestScope<'_> {
-    fn drop(&mut self) {
-        self.metrics.request_ended();
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -255,7 +245,6 @@ mod tests {
         let table = ServiceTable::default();
         let mut scope = RequestScope::new(&metrics, &table, "echo", "k", Route::Unrouted, None);
         let trace = scope.trace();
-        assert_eq!(metrics.in_flight(), 1);
         let seen = scope
             .run(async {
                 forwarded(Instant::now());
@@ -266,7 +255,6 @@ mod tests {
             .await;
         assert_eq!(seen, Some(trace));
         scope.finish(StatusCode::OK, Some("svc"));
-        assert_eq!(metrics.in_flight(), 0);
         // "echo" is not in the (empty) table: it counts under the catch-all.
         let other = metrics.stream("echo", || false);
         assert_eq!(

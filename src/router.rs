@@ -586,7 +586,7 @@ impl Router {
         key: &str,
         route: Route,
         trace: Option<observe::TraceId>,
-    ) -> RequestScope<'_> {
+    ) -> RequestScope {
         let table = self.inner.table.load();
         RequestScope::new(&self.inner.metrics, &table, stream, key, route, trace)
     }

@@ -11,6 +11,7 @@
 //! before; the last [`RECENT_EVENTS`] are kept.
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -293,6 +294,8 @@ fn metrics_text(state: &ApiState) -> String {
         services,
         table_version: table.version,
         gossip: state.router.membership_traffic(),
+        in_flight: state.in_flight.load(Ordering::Relaxed),
+        max_in_flight: state.max_in_flight,
     })
 }
 
@@ -411,7 +414,7 @@ pub(crate) fn api_status(state: &ApiState, method: &Method) -> Response<Body> {
         "version": env!("CARGO_PKG_VERSION"),
         "now": now,
         "tableVersion": table.version,
-        "inFlight": metrics.in_flight(),
+        "inFlight": state.in_flight.load(Ordering::Relaxed),
         "gossip": state.router.membership_traffic(),
         "members": members,
         "streams": streams,

@@ -186,6 +186,7 @@ async fn metrics_count_requests_by_stream_route_and_outcome() {
     assert!(get(&m, r#"meshage_gossip_bytes_total{direction="sent"}"#) > 0.0);
     assert!(get(&m, r#"meshage_gossip_bytes_total{direction="received"}"#) > 0.0);
     assert_eq!(get(&m, "meshage_requests_in_flight"), 0.0);
+    assert_eq!(get(&m, "meshage_requests_in_flight_limit"), 10_000.0);
 
     // What node 0 forwarded, the others received; node 0 ran the failing handler for node 1.
     let mut received = 0.0;
