@@ -151,7 +151,8 @@ pub(crate) struct StreamMetrics {
     pub(crate) handling: Histogram,
     /// Time a forward took, to the owner's answer.
     pub(crate) forwarding: Histogram,
-    /// Keys looked up again after the owner answered 421 (it no longer ran the service).
+    /// Requests sent again to the key's next owner after a forward that failed (a 421, a
+    /// failed connection, or any failure of an idempotent request).
     reroutes: AtomicU64,
 }
 
@@ -328,8 +329,8 @@ impl Metrics {
             &mut out,
             "meshage_reroutes_total",
             "counter",
-            "Keys looked up again because the owner answered 421 (it no longer ran the \
-             service); each is retried once on the new owner.",
+            "Requests sent again to the key's next owner after a forward failed (the owner \
+             answered 421, could not be reached, or failed an idempotent request).",
         );
         for s in streams.iter().filter(|s| s.reroutes() > 0) {
             let _ = writeln!(

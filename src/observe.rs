@@ -131,7 +131,7 @@ pub(crate) fn forwarded(since: Instant) {
     });
 }
 
-/// The owner answered 421 and the key is looked up again.
+/// A forward failed and the request goes to the key's next owner.
 pub(crate) fn rerouted() {
     let _ = CURRENT.try_with(|c| c.stream.rerouted());
 }
