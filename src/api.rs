@@ -536,7 +536,7 @@ pub(crate) async fn stopped(flag: &mut watch::Receiver<bool>) {
 
 /// Whether a new connection opens with the peer-link preface (else it is HTTP).
 async fn is_link(stream: &tokio::net::TcpStream) -> bool {
-    let mut head = [0u8; 8];
+    let mut head = [0u8; link::PREFACE.len()];
     let sniff = async {
         loop {
             let n = stream.peek(&mut head).await.unwrap_or(0);

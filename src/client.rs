@@ -20,6 +20,7 @@ use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
 
 use crate::api::RESERVED_STREAMS;
+use crate::forward::error_chain;
 use crate::path::encode_segment;
 
 /// Why a client call failed.
@@ -263,18 +264,6 @@ pub fn read_message(arg: Option<&str>, stdin: impl Read) -> Result<Bytes, Client
         )));
     }
     Ok(Bytes::from(bytes))
-}
-
-/// An error and its sources on one line.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
 
 #[cfg(test)]

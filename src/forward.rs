@@ -275,7 +275,7 @@ impl Forwarder {
 }
 
 /// An error and its sources on one line: hyper's top-level messages alone say little.
-fn error_chain(e: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {

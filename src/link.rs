@@ -41,8 +41,10 @@ use tracing::debug;
 use crate::forward::ForwardError;
 use crate::message::{Payload, Reply};
 
-/// The first bytes a link client sends; the server answers with [`PREFACE_ACK`].
-pub const PREFACE: &[u8; 8] = b"MESHLNK2";
+/// The first bytes a link client sends; the server answers with [`PREFACE_ACK`]. It ends like
+/// an HTTP request head, so an HTTP server that gets it answers 400 at once instead of waiting
+/// for the rest of a request line, and the client falls back to HTTP without delay.
+pub const PREFACE: &[u8; 12] = b"MESHLNK2\r\n\r\n";
 const PREFACE_ACK: &[u8; 8] = b"MESHACK2";
 const KIND_REQUEST: u8 = 1;
 const KIND_RESPONSE: u8 = 2;
@@ -578,7 +580,7 @@ where
     H: Fn(LinkRequest) -> F,
     F: std::future::Future<Output = (StatusCode, Bytes)> + Send + 'static,
 {
-    let mut preface = [0u8; 8];
+    let mut preface = [0u8; PREFACE.len()];
     if stream.read_exact(&mut preface).await.is_err() || &preface != PREFACE {
         return;
     }

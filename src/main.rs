@@ -112,6 +112,12 @@ struct NodeArgs {
     suspect_timeout: f64,
 }
 
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
 /// Settings of the etcd and Consul backends.
 #[derive(Args)]
 #[cfg_attr(not(all(feature = "etcd", feature = "consul")), allow(dead_code))]
@@ -208,12 +214,6 @@ fn consul_backend(
 #[cfg(not(feature = "consul"))]
 fn consul_backend(_: String, _: Vec<String>, _: &BackendArgs) -> Result<Box<dyn Cluster>> {
     bail!("CLUSTER_TYPE `consul` is not in this build: build with `cargo build --release --features etcd,consul`")
-}
-
-#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-enum LogFormat {
-    Text,
-    Json,
 }
 
 fn address(host: Option<&str>, port: &str) -> String {

@@ -17,6 +17,7 @@ use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
 use crate::api::RESERVED_STREAMS;
+use crate::forward::error_chain;
 use crate::forward::SERVICE_ID_HEADER;
 use crate::message::{BoxFuture, Handler, HandlerError, Header, Payload, Reply};
 use crate::path::encode_segment;
@@ -350,18 +351,6 @@ fn snippet(body: &[u8]) -> String {
         line.push('…');
     }
     line
-}
-
-/// An error and its sources on one line.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
 
 /// `STREAM=URL`, as given to `meshage node --handler` or on a line of a handlers file.

@@ -897,3 +897,69 @@ async fn a_started_node_answers_its_own_stream_at_once() {
     })
     .await;
 }
+
+/// A peer that speaks only HTTP, as an original node does: a plain hyper server answering the
+/// original's forward (`POST /api/{stream}/{key}` with `X-Service-ID`) with the echo.
+async fn plain_http_peer() -> (String, tokio::task::JoinHandle<()>) {
+    use hyper::server::conn::http1;
+    use hyper::service::service_fn;
+    use hyper_util::rt::TokioIo;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    let task = tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let service =
+                    service_fn(|request: http::Request<hyper::body::Incoming>| async move {
+                        use http_body_util::BodyExt;
+                        let service = request
+                            .headers()
+                            .get("x-service-id")
+                            .map(|v| v.to_str().unwrap().to_owned())
+                            .unwrap_or_default();
+                        let body = request.into_body().collect().await.unwrap().to_bytes();
+                        let data: serde_json::Value =
+                            serde_json::from_slice(&body).unwrap_or_default();
+                        let answer =
+                            serde_json::json!({ "echoed": data, "by": service, "original": true });
+                        Ok::<_, std::convert::Infallible>(http::Response::new(
+                            http_body_util::Full::new(bytes::Bytes::from(answer.to_string())),
+                        ))
+                    });
+                let _ = http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    (endpoint, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_without_the_link_is_reached_over_http_at_once() {
+    bounded(async {
+        let (far_endpoint, server) = plain_http_peer().await;
+        let node = node_beside(far_endpoint, NodeConfig::default()).await;
+        let http = Http::default();
+        for i in 0..3 {
+            let started = Instant::now();
+            let answer = http
+                .post(&url(&node, &format!("/api/far/k{i}")), r#"{"n":1}"#)
+                .await;
+            assert_eq!(answer.status, 200, "{:?}", answer.body);
+            let body = answer.json();
+            assert_eq!(body["original"], true);
+            assert_eq!(body["by"], FAR_SERVICE);
+            assert_eq!(body["echoed"], serde_json::json!({"n": 1}));
+            // The link preface is refused at once by an HTTP server: no wait for a timeout.
+            assert!(
+                started.elapsed() < Duration::from_secs(1),
+                "took {:?}",
+                started.elapsed()
+            );
+        }
+        node.shutdown().await.unwrap();
+        server.abort();
+    })
+    .await;
+}

@@ -377,7 +377,9 @@ async fn shutdown_does_not_wait_for_idle_connections() {
     let http = Http::default();
     for i in 0..60 {
         for node in &nodes {
-            let answer = http.post(&format!("{}/api/echo/idle-{i}", node.endpoint()), "{}").await;
+            let answer = http
+                .post(&format!("{}/api/echo/idle-{i}", node.endpoint()), "{}")
+                .await;
             assert_eq!(answer.status, 200);
         }
     }
@@ -386,7 +388,10 @@ async fn shutdown_does_not_wait_for_idle_connections() {
     stopping.shutdown().await.unwrap();
     let took = started.elapsed();
     eprintln!("shutdown with idle connections took {took:?}");
-    assert!(took < Duration::from_secs(5), "shutdown waited {took:?} for idle connections");
+    assert!(
+        took < Duration::from_secs(5),
+        "shutdown waited {took:?} for idle connections"
+    );
     for node in nodes {
         node.shutdown().await.unwrap();
     }
