@@ -77,7 +77,10 @@ fn unavailable() -> Option<String> {
 /// Whether the lab can run here. When it cannot, says why and returns false, so that the test
 /// skips; under CI (`CI=true`) it panics instead, since there the tests must run.
 pub fn available() -> bool {
-    let Some(why) = unavailable() else {
+    // Probed once per test binary: the tests run on parallel threads of one process, and two
+    // probes at once would race on the same namespace name.
+    static PROBE: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    let Some(why) = PROBE.get_or_init(unavailable).clone() else {
         return true;
     };
     if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
