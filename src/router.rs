@@ -439,18 +439,7 @@ impl Router {
 
     /// The services registered on this node.
     pub fn local_services(&self) -> Vec<ServiceEntry> {
-        let mut services: Vec<ServiceEntry> = self
-            .inner
-            .local
-            .load()
-            .iter()
-            .map(|(id, s)| ServiceEntry {
-                id: id.clone(),
-                stream: s.stream.clone(),
-            })
-            .collect();
-        services.sort();
-        services
+        sorted_entries(&self.inner.local.load())
     }
 
     /// Adds services to the local registry without advertising them.
@@ -538,16 +527,7 @@ impl Router {
 
     /// The services withdrawn from the cluster by [`Router::withdraw`].
     pub fn withdrawn_services(&self) -> Vec<ServiceEntry> {
-        let mut services: Vec<ServiceEntry> = self
-            .withdrawn()
-            .iter()
-            .map(|(id, s)| ServiceEntry {
-                id: id.clone(),
-                stream: s.stream.clone(),
-            })
-            .collect();
-        services.sort();
-        services
+        sorted_entries(&self.withdrawn())
     }
 
     /// Adds services that start withdrawn: registered, not advertised until restored.
@@ -970,4 +950,17 @@ fn error_of_reply(reply: &Reply) -> HandlerError {
         .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_owned))
         .unwrap_or_else(|| String::from_utf8_lossy(&reply.body).into_owned());
     HandlerError::with_status(reply.status, message)
+}
+
+/// A registry's services as entries, sorted by id.
+fn sorted_entries(registry: &HashMap<Arc<str>, LocalService>) -> Vec<ServiceEntry> {
+    let mut services: Vec<ServiceEntry> = registry
+        .iter()
+        .map(|(id, s)| ServiceEntry {
+            id: id.clone(),
+            stream: s.stream.clone(),
+        })
+        .collect();
+    services.sort();
+    services
 }
