@@ -263,6 +263,9 @@ async fn write_frames(
             },
         };
         batch.extend_from_slice(&first);
+        // Let the other requests that are running now queue their frames too, so that they
+        // leave in this write: one system call for many forwards under load.
+        tokio::task::yield_now().await;
         while batch.len() < WRITE_BATCH {
             match queue.try_recv() {
                 Ok((_, frame)) => batch.extend_from_slice(&frame),
