@@ -22,12 +22,12 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::header::{HeaderValue, ALLOW, CONTENT_LENGTH, CONTENT_TYPE};
+use http::header::{HeaderName, HeaderValue, ALLOW, CONTENT_TYPE};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
@@ -41,7 +41,10 @@ use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
 use crate::cluster::ClusterView;
-use crate::forward::{is_idempotent, requested_timeout, HOP_HEADER, SERVICE_ID_HEADER};
+use crate::forward::{
+    is_idempotent_value, parse_timeout, HOP_HEADER, IDEMPOTENCY_KEY_HEADER, IDEMPOTENT_HEADER,
+    SERVICE_ID_HEADER, TIMEOUT_HEADER,
+};
 use crate::link;
 use crate::message::Payload;
 use crate::metrics::Route;
@@ -145,31 +148,32 @@ pub(crate) async fn handle(
     state: Arc<ApiState>,
     request: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
-    let path = request.uri().path();
+    let (request, body) = request.into_parts();
+    let path = request.uri.path();
     let Some(rest) = path.strip_prefix("/api/") else {
         // The status page, the metrics, or 404.
-        return Ok(status::serve(&state, request.method(), path));
+        return Ok(status::serve(&state, &request.method, path));
     };
     let response = match rest {
-        "health" => health(&state, request.method()),
-        "services" => services(&state, request.method()),
-        "status" => status::api_status(&state, request.method()),
-        "members" => members(&state, request.method()),
+        "health" => health(&state, &request.method),
+        "services" => services(&state, &request.method),
+        "status" => status::api_status(&state, &request.method),
+        "members" => members(&state, &request.method),
         r if r.starts_with("members/") => error_response(
             StatusCode::NOT_FOUND,
             &format!(
                 "no route for {} {path}; `members` is reserved: GET /api/members lists the nodes",
-                request.method()
+                &request.method
             ),
         ),
         r if r == "locate" || r.starts_with("locate/") => {
             match r.strip_prefix("locate/").and_then(split_stream_key) {
-                Some((stream, key)) => locate(&state, request.method(), stream, key),
+                Some((stream, key)) => locate(&state, &request.method, stream, key),
                 None => error_response(
                     StatusCode::NOT_FOUND,
                     &format!(
                         "no route for {} {path}; use GET /api/locate/{{stream}}/{{partitionKey}}",
-                        request.method()
+                        &request.method
                     ),
                 ),
             }
@@ -181,14 +185,13 @@ pub(crate) async fn handle(
             };
             match split_stream_key(rest) {
                 Some((stream, key)) => {
-                    let (stream, key) = (stream.to_owned(), key.to_owned());
-                    message(&state, request, broadcast, &stream, &key).await
+                    message(&state, &request, body, broadcast, stream, key).await
                 }
                 None => error_response(
                     StatusCode::NOT_FOUND,
                     &format!(
                         "no route for {} {path}; messages go to /api/{{stream}}/{{partitionKey}}",
-                        request.method()
+                        &request.method
                     ),
                 ),
             }
@@ -285,7 +288,7 @@ fn locate(state: &ApiState, method: &Method, stream: &str, key: &str) -> Respons
     };
     let table = state.router.table();
     let Some(owner) = table.owner(&stream, &key) else {
-        return route_error_response(&RouteError::UnknownStream(stream));
+        return route_error_response(&RouteError::UnknownStream(stream.into_owned()));
     };
     let body = json!({
         "stream": &stream,
@@ -300,14 +303,68 @@ fn locate(state: &ApiState, method: &Method, stream: &str, key: &str) -> Respons
     value_response(StatusCode::OK, &body)
 }
 
+/// What the message routes read from a request's head, found in one pass over its headers
+/// (the first value of each counts, as with `HeaderMap::get`).
+#[derive(Default)]
+struct MessageHead<'a> {
+    /// Forwarded here by a peer over HTTP.
+    hop: bool,
+    trace: Option<&'a HeaderValue>,
+    content_length: Option<&'a HeaderValue>,
+    content_type: Option<&'a HeaderValue>,
+    /// The service the caller names in `X-Service-ID`.
+    target: Option<&'a HeaderValue>,
+    timeout: Option<&'a HeaderValue>,
+    idempotency_key: bool,
+    idempotent: Option<&'a HeaderValue>,
+}
+
+impl<'a> MessageHead<'a> {
+    fn read(headers: &'a http::HeaderMap) -> Self {
+        let mut head = MessageHead::default();
+        for (name, value) in headers {
+            let slot = match name.as_str() {
+                "content-type" => &mut head.content_type,
+                "content-length" => &mut head.content_length,
+                TRACE_HEADER => &mut head.trace,
+                SERVICE_ID_HEADER => &mut head.target,
+                TIMEOUT_HEADER => &mut head.timeout,
+                IDEMPOTENT_HEADER => &mut head.idempotent,
+                HOP_HEADER => {
+                    head.hop = true;
+                    continue;
+                }
+                IDEMPOTENCY_KEY_HEADER => {
+                    head.idempotency_key = true;
+                    continue;
+                }
+                _ => continue,
+            };
+            slot.get_or_insert(value);
+        }
+        head
+    }
+
+    /// Whether the caller marked the request safe to run twice; see [`is_idempotent_value`].
+    fn idempotent(&self) -> bool {
+        self.idempotency_key || self.idempotent.is_some_and(is_idempotent_value)
+    }
+}
+
+/// `X-Service-ID` on answers, parsed once.
+const SERVICE_ID_NAME: HeaderName = HeaderName::from_static(SERVICE_ID_HEADER);
+/// `X-Meshage-Trace` on answers, parsed once.
+const TRACE_NAME: HeaderName = HeaderName::from_static(TRACE_HEADER);
+
 async fn message(
     state: &ApiState,
-    request: Request<Incoming>,
+    request: &http::request::Parts,
+    body: Incoming,
     broadcast: bool,
     stream: &str,
     key: &str,
 ) -> Response<Body> {
-    if request.method() != Method::POST {
+    if request.method != Method::POST {
         return method_not_allowed("POST");
     }
     let _slot = match state.admit() {
@@ -320,82 +377,71 @@ async fn message(
             return error_response(StatusCode::BAD_REQUEST, &format!("bad path: {e}"));
         }
     };
+    let head = MessageHead::read(&request.headers);
     let route = if broadcast {
         Route::Broadcast
-    } else if request.headers().contains_key(HOP_HEADER) {
+    } else if head.hop {
         Route::Received
     } else {
         Route::Unrouted
     };
-    let trace = request
-        .headers()
-        .get(TRACE_HEADER)
-        .and_then(|v| TraceId::parse(v.as_bytes()));
+    let trace = head.trace.and_then(|v| TraceId::parse(v.as_bytes()));
     let mut scope = state.router.observe(&stream, &key, route, trace);
     let trace = scope.trace();
-    let mut response = scope
-        .run(respond(state, request, broadcast, &stream, &key))
+    let (mut response, owner) = scope
+        .run(respond(state, &head, body, broadcast, &stream, &key))
         .await;
-    let owner = response
-        .headers()
-        .get(SERVICE_ID_HEADER)
-        .and_then(|v| v.to_str().ok());
-    scope.finish(response.status(), owner);
+    scope.finish(response.status(), owner.as_deref());
     if let Ok(v) = HeaderValue::from_bytes(&trace.hex()) {
-        response.headers_mut().insert(TRACE_HEADER, v);
+        response.headers_mut().insert(TRACE_NAME, v);
     }
     response
 }
 
-/// Reads a message's body and routes it.
+/// Reads a message's body and routes it. Also says which service answered, if one did.
 async fn respond(
     state: &ApiState,
-    request: Request<Incoming>,
+    head: &MessageHead<'_>,
+    body: Incoming,
     broadcast: bool,
     stream: &str,
     key: &str,
-) -> Response<Body> {
-    let headers = request.headers();
-    let deadline = match requested_timeout(headers, state.router.config().request_timeout) {
+) -> (Response<Body>, Option<Arc<str>>) {
+    let limit = state.router.config().request_timeout;
+    let deadline = match parse_timeout(head.timeout, limit) {
         Ok(timeout) => Instant::now() + timeout,
-        Err(message) => return error_response(StatusCode::BAD_REQUEST, &message),
+        Err(message) => return (error_response(StatusCode::BAD_REQUEST, &message), None),
     };
-    let idempotent = is_idempotent(headers);
-    let declared_too_long = headers
-        .get(CONTENT_LENGTH)
+    let declared_too_long = head
+        .content_length
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok())
         .is_some_and(|len| len > state.body_limit as u64);
     if declared_too_long {
-        return too_large(state.body_limit);
+        return (too_large(state.body_limit), None);
     }
-    let content_type = headers
-        .get(CONTENT_TYPE)
+    let content_type = head
+        .content_type
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
-    let target = headers
-        .get(SERVICE_ID_HEADER)
+    let target = head
+        .target
         .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.is_empty())
-        .map(str::to_owned);
-    let hop = headers.contains_key(HOP_HEADER);
-    let body = match Limited::new(request.into_body(), state.body_limit)
-        .collect()
-        .await
-    {
+        .filter(|v| !v.is_empty());
+    let body = match Limited::new(body, state.body_limit).collect().await {
         Ok(collected) => collected.to_bytes(),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => return too_large(state.body_limit),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            return (too_large(state.body_limit), None)
+        }
         Err(e) => {
-            return error_response(
-                StatusCode::BAD_REQUEST,
-                &format!("cannot read the body: {e}"),
-            )
+            let message = format!("cannot read the body: {e}");
+            return (error_response(StatusCode::BAD_REQUEST, &message), None);
         }
     };
     let payload = Payload { body, content_type };
 
     if broadcast {
-        return match state
+        let response = match state
             .router
             .broadcast_payload(stream, key, payload, deadline)
             .await
@@ -403,20 +449,21 @@ async fn respond(
             Ok(entries) => value_response(StatusCode::OK, &Value::Array(entries)),
             Err(e) => route_error_response(&e),
         };
+        return (response, None);
     }
     let request = RouteRequest {
         stream,
         key,
-        target: target.as_deref(),
-        hop,
-        idempotent,
+        target,
+        hop: head.hop,
+        idempotent: head.idempotent(),
         deadline,
     };
     match state.router.route(request, payload).await {
         Ok(routed) => {
             let mut response = json_response(routed.reply.status, routed.reply.body);
             if let Ok(v) = HeaderValue::from_str(&routed.service_id) {
-                response.headers_mut().insert(SERVICE_ID_HEADER, v);
+                response.headers_mut().insert(SERVICE_ID_NAME, v);
             }
             if routed.reply.status == StatusCode::SERVICE_UNAVAILABLE {
                 // The owner shed it (or its handler is unavailable): a client may come back.
@@ -424,11 +471,11 @@ async fn respond(
                     .headers_mut()
                     .insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
-            response
+            (response, Some(routed.service_id))
         }
         Err(e) => {
             debug!(%stream, error = %e, "request failed");
-            route_error_response(&e)
+            (route_error_response(&e), None)
         }
     }
 }
@@ -442,11 +489,13 @@ fn too_large(limit: usize) -> Response<Body> {
 
 /// Serves the API on `listener` until `stop` turns true, then stops accepting and lets open
 /// requests (HTTP and peer links) finish for at most `drain`. `killed` drops everything at once.
+/// A client connection that starts no request for `idle` is closed (see [`watch_connection`]).
 pub(crate) async fn serve(
     listener: TcpListener,
     state: Arc<ApiState>,
     mut stop: watch::Receiver<bool>,
     drain: Duration,
+    idle: Duration,
     killed: watch::Receiver<bool>,
 ) {
     let graceful = GracefulShutdown::new();
@@ -455,7 +504,7 @@ pub(crate) async fn serve(
     http.http1()
         .timer(TokioTimer::new())
         .keep_alive(true)
-        .header_read_timeout(Duration::from_secs(30));
+        .header_read_timeout(None);
     http.http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(4096)
@@ -485,30 +534,56 @@ pub(crate) async fn serve(
         let stop = stop.clone();
         let (links_open, links_done) = (links_open.clone(), links_done.clone());
         tokio::spawn(async move {
-            let serve = async move {
-                if is_link(&stream).await {
-                    links_open.fetch_add(1, Ordering::AcqRel);
-                    link::serve(
-                        stream,
-                        move |request| link_request(state.clone(), request),
-                        stop,
-                    )
-                    .await;
-                    links_open.fetch_sub(1, Ordering::AcqRel);
-                    links_done.notify_waiters();
-                    return;
+            // A connection that has sent nothing by the time the node stops is closed: it holds
+            // a graceful-shutdown watcher, which would keep the drain waiting.
+            let mut stopping = stop.clone();
+            let link = tokio::select! {
+                link = is_link(&stream) => link,
+                _ = stopped(&mut stopping) => return,
+                _ = stopped(&mut killed) => return,
+            };
+            if link {
+                links_open.fetch_add(1, Ordering::AcqRel);
+                let serve = link::serve(
+                    stream,
+                    move |request| link_request(state.clone(), request),
+                    stop,
+                );
+                tokio::select! {
+                    _ = serve => {}
+                    _ = stopped(&mut killed) => debug!(%peer, "node killed; link dropped"),
                 }
-                let service = service_fn(move |request| handle(state.clone(), request));
-                let connection = http
-                    .serve_connection(TokioIo::new(stream), service)
-                    .into_owned();
+                links_open.fetch_sub(1, Ordering::AcqRel);
+                links_done.notify_waiters();
+                return;
+            }
+            let activity = Arc::new(Activity::default());
+            let counted = activity.clone();
+            let service = service_fn(move |request| {
+                let started = Activity::start(&counted);
+                let answer = handle(state.clone(), request);
+                async move {
+                    let response = answer.await;
+                    drop(started);
+                    response
+                }
+            });
+            let connection = http
+                .serve_connection(TokioIo::new(stream), service)
+                .into_owned();
+            // The connection runs in a task of its own, with nothing else to poll on each
+            // wake-up; this one watches it, and ends it when idle, stopping or killed.
+            let mut serving = tokio::spawn(async move {
                 if let Err(e) = watcher.watch(connection).await {
                     debug!(%peer, error = %e, "connection ended with an error");
                 }
-            };
+            });
             tokio::select! {
-                _ = serve => {}
-                _ = stopped(&mut killed) => debug!(%peer, "node killed; connection dropped"),
+                _ = &mut serving => {}
+                _ = watch_connection(&activity, idle, stop, &mut killed) => {
+                    serving.abort();
+                    debug!(%peer, "connection dropped");
+                }
             }
         });
     }
@@ -526,6 +601,68 @@ pub(crate) async fn serve(
     };
     if tokio::time::timeout(drain, drained).await.is_err() {
         warn!(?drain, "drain timed out; dropping open connections");
+    }
+}
+
+/// While the node stops, how often it looks for connections that have no request running.
+const STOPPING_CHECK: Duration = Duration::from_millis(50);
+
+/// What one HTTP connection is doing: requests started (high 32 bits, wrapping) and requests
+/// running (low 32 bits), in one atomic that only its own requests and its watcher touch.
+#[derive(Default)]
+struct Activity(AtomicU64);
+
+/// A request running on a connection; counted off when dropped.
+struct Started(Arc<Activity>);
+
+impl Activity {
+    fn start(this: &Arc<Activity>) -> Started {
+        this.0.fetch_add((1 << 32) | 1, Ordering::AcqRel);
+        Started(this.clone())
+    }
+
+    fn load(&self) -> u64 {
+        self.0.load(Ordering::Acquire)
+    }
+}
+
+impl Drop for Started {
+    fn drop(&mut self) {
+        self.0 .0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Completes when an HTTP connection should be dropped: the node is killed; it started no
+/// request for a whole `idle` period and runs none (an idle keep-alive connection,
+/// or a client that never finishes its request head); or the node is stopping and the
+/// connection has run nothing for two checks in a row. hyper's graceful shutdown closes idle
+/// keep-alive connections and lets busy ones finish their request, but it would wait for a
+/// connection that was opened and has not sent a request yet.
+async fn watch_connection(
+    activity: &Activity,
+    idle: Duration,
+    mut stop: watch::Receiver<bool>,
+    killed: &mut watch::Receiver<bool>,
+) {
+    let mut stopping = *stop.borrow();
+    let mut last = activity.load();
+    loop {
+        let period = if stopping { STOPPING_CHECK } else { idle };
+        tokio::select! {
+            _ = stopped(killed) => return,
+            _ = stopped(&mut stop), if !stopping => {
+                stopping = true;
+                last = activity.load();
+                continue;
+            }
+            _ = tokio::time::sleep(period) => {}
+        }
+        let now = activity.load();
+        let running = now & u64::from(u32::MAX);
+        if now == last && running == 0 {
+            return;
+        }
+        last = now;
     }
 }
 

@@ -37,11 +37,14 @@ pub const IDEMPOTENT_HEADER: &str = "x-idempotent";
 /// A request that carries an idempotency key is idempotent too: the caller deduplicates.
 pub const IDEMPOTENCY_KEY_HEADER: &str = "idempotency-key";
 
-/// The timeout a request asks for in [`TIMEOUT_HEADER`], capped at `limit`; `limit` when it
-/// asks for none. Fails, with a message for the caller, on a value that is not a whole number
-/// of milliseconds from 1 up.
-pub fn requested_timeout(headers: &http::HeaderMap, limit: Duration) -> Result<Duration, String> {
-    let Some(value) = headers.get(TIMEOUT_HEADER) else {
+/// The timeout a request asks for with `value`, the value of its [`TIMEOUT_HEADER`], capped at
+/// `limit`; `limit` when it asks for none. Fails, with a message for the caller, on a value
+/// that is not a whole number of milliseconds from 1 up.
+pub(crate) fn parse_timeout(
+    value: Option<&http::HeaderValue>,
+    limit: Duration,
+) -> Result<Duration, String> {
+    let Some(value) = value else {
         return Ok(limit);
     };
     match value
@@ -56,14 +59,11 @@ pub fn requested_timeout(headers: &http::HeaderMap, limit: Duration) -> Result<D
     }
 }
 
-/// Whether the caller marked the request idempotent ([`IDEMPOTENT_HEADER`] or
-/// [`IDEMPOTENCY_KEY_HEADER`]).
-pub fn is_idempotent(headers: &http::HeaderMap) -> bool {
-    headers.contains_key(IDEMPOTENCY_KEY_HEADER)
-        || headers.get(IDEMPOTENT_HEADER).is_some_and(|v| {
-            let v = v.as_bytes();
-            v.eq_ignore_ascii_case(b"true") || v == b"1"
-        })
+/// Whether a value of [`IDEMPOTENT_HEADER`] says yes (`true` or `1`). A request is idempotent
+/// when it says so, or when it carries an [`IDEMPOTENCY_KEY_HEADER`] (the caller deduplicates).
+pub(crate) fn is_idempotent_value(value: &http::HeaderValue) -> bool {
+    let v = value.as_bytes();
+    v.eq_ignore_ascii_case(b"true") || v == b"1"
 }
 
 /// Why a forward failed.

@@ -16,6 +16,11 @@ use meshage::{
 use serde_json::{json, Value};
 use tracing::{info, warn};
 
+/// mimalloc: a node makes many small, short-lived allocations per request, which it serves
+/// faster than glibc malloc does (see BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "meshage",
@@ -99,6 +104,9 @@ struct NodeArgs {
     /// Seconds a stopping node lets open requests finish.
     #[arg(long, env = "MESHAGE_DRAIN_TIMEOUT", default_value_t = 10.0)]
     drain_timeout: f64,
+    /// Seconds a client's HTTP connection may start no request before the node closes it.
+    #[arg(long, env = "MESHAGE_IDLE_TIMEOUT", default_value_t = 30.0)]
+    idle_timeout: f64,
     /// Log lines as `text` or as `json` objects (one a line, with the request span's fields).
     #[arg(long, env = "MESHAGE_LOG_FORMAT", value_enum, default_value = "text")]
     log_format: LogFormat,
@@ -250,6 +258,7 @@ async fn run_node(args: NodeArgs) -> Result<()> {
         request_timeout: seconds("request-timeout", args.request_timeout)?,
         body_limit: args.body_limit,
         drain_timeout: seconds("drain-timeout", args.drain_timeout)?,
+        idle_timeout: seconds("idle-timeout", args.idle_timeout)?,
         peer_protocol: args.peer_protocol,
         max_in_flight: usize::try_from(args.max_in_flight).unwrap_or(usize::MAX),
         suspect_timeout: seconds("suspect-timeout", args.suspect_timeout)?,

@@ -27,6 +27,10 @@ pub struct NodeConfig {
     pub body_limit: usize,
     /// How long a stopping node lets open requests finish.
     pub drain_timeout: Duration,
+    /// How long a client's HTTP connection may start no request before the node closes it: an
+    /// idle keep-alive connection, or a client that never finishes its request head. Checked
+    /// once per period, so such a connection lasts between one and two periods.
+    pub idle_timeout: Duration,
     /// How forwards travel between nodes. Every meshage node accepts all of them; a peer that
     /// does not speak the link (an original node) is reached over HTTP/1.1 whatever this says.
     pub peer_protocol: PeerProtocol,
@@ -45,6 +49,7 @@ impl Default for NodeConfig {
             connect_timeout: Duration::from_secs(2),
             body_limit: 1024 * 1024,
             drain_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(30),
             peer_protocol: PeerProtocol::Link,
             max_in_flight: 10_000,
             suspect_timeout: RouterConfig::default().suspect_timeout,
@@ -217,6 +222,7 @@ impl NodeBuilder {
             state.clone(),
             stop_rx,
             config.drain_timeout,
+            config.idle_timeout,
             kill_rx,
         ));
         info!(node = %node_id, %endpoint, %local_addr, "node started");

@@ -4,6 +4,8 @@
 //! encodes every byte outside the unreserved set, and a node rejects a path whose `%` is not
 //! followed by two hex digits or whose bytes are not UTF-8, instead of guessing.
 
+use std::borrow::Cow;
+
 /// Appends `segment` to `out`, percent-encoding every byte but `A-Z a-z 0-9 - . _ ~`.
 pub fn encode_segment(segment: &str, out: &mut String) {
     const HEX: &[u8; 16] = b"0123456789ABCDEF";
@@ -27,10 +29,11 @@ pub enum DecodeError {
     NotUtf8,
 }
 
-/// Decodes a percent-encoded path segment. `+` stays `+` (paths are not forms).
-pub fn decode_segment(segment: &str) -> Result<String, DecodeError> {
+/// Decodes a percent-encoded path segment. `+` stays `+` (paths are not forms). A segment
+/// without `%` comes back borrowed.
+pub fn decode_segment(segment: &str) -> Result<Cow<'_, str>, DecodeError> {
     if !segment.contains('%') {
-        return Ok(segment.to_owned());
+        return Ok(Cow::Borrowed(segment));
     }
     let bytes = segment.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
@@ -51,7 +54,9 @@ pub fn decode_segment(segment: &str) -> Result<String, DecodeError> {
             i += 1;
         }
     }
-    String::from_utf8(out).map_err(|_| DecodeError::NotUtf8)
+    String::from_utf8(out)
+        .map(Cow::Owned)
+        .map_err(|_| DecodeError::NotUtf8)
 }
 
 #[cfg(test)]

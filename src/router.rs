@@ -30,7 +30,7 @@ use tracing::{debug, warn};
 use crate::cluster::{ClusterView, Member, MemberState, Membership, ServiceEntry};
 use crate::forward::{not_executed, ForwardError, Forwarder};
 use crate::link::LEAVING_BODY;
-use crate::message::{HandlerError, Header, Message, Payload, Reply, SharedHandler};
+use crate::message::{BoxFuture, HandlerError, Header, Message, Payload, Reply, SharedHandler};
 use crate::metrics::{Metrics, Route};
 use crate::observe::{self, RequestScope};
 use crate::table::ServiceTable;
@@ -663,12 +663,14 @@ impl Router {
             ..
         } = request;
         if let Some(id) = request.target {
-            if let Some(local) = self.inner.local.load().get(id) {
+            let locals = self.inner.local.load();
+            if let Some(local) = locals.get(id) {
                 let service_id: Arc<str> = Arc::from(id);
-                return self
-                    .run_local(service_id, local.clone(), stream, key, payload, deadline)
-                    .await;
+                let answer = start_local(service_id.clone(), local, key, payload);
+                drop(locals);
+                return finish_local(service_id, answer, deadline).await;
             }
+            drop(locals);
             if request.hop {
                 return Err(RouteError::NotHere(id.to_owned()));
             }
@@ -690,35 +692,37 @@ impl Router {
         let mut tried: Vec<Arc<str>> = Vec::new();
         let mut last: Option<RouteError> = None;
         loop {
-            let (service_id, node_id, endpoint) = {
-                let table = self.inner.table.load();
-                let owner = table
-                    .owner(stream, key)
-                    .ok_or_else(|| RouteError::UnknownStream(stream.to_owned()))?;
-                (
-                    owner.id.clone(),
-                    owner.node_id.clone(),
-                    owner.endpoint.clone(),
-                )
+            // A local owner's handler starts while the snapshots are at hand. For a remote
+            // owner the table is kept (one reference count) for its node and endpoint.
+            let table = self.inner.table.load();
+            let Some(place) = table.owner_place(stream, key) else {
+                return Err(RouteError::UnknownStream(stream.to_owned()));
             };
-            if let Some(local) = self.inner.local.load().get(&service_id) {
-                return self
-                    .run_local(service_id, local.clone(), stream, key, payload, deadline)
-                    .await;
+            let owner = &table.services[place];
+            let locals = self.inner.local.load();
+            if let Some(local) = locals.get(&owner.id) {
+                let service_id = owner.id.clone();
+                let answer = start_local(service_id.clone(), local, key, payload);
+                drop((locals, table));
+                return finish_local(service_id, answer, deadline).await;
             }
-            if tried.contains(&service_id) {
+            drop(locals);
+            let table = arc_swap::Guard::into_inner(table);
+            let owner = &table.services[place];
+            let (service_id, node_id, endpoint) = (&owner.id, &*owner.node_id, &*owner.endpoint);
+            if tried.contains(service_id) {
                 // No other owner to try (every service of the stream is suspect).
                 return Err(last.unwrap_or_else(|| RouteError::NotHere(service_id.to_string())));
             }
             match self
-                .forward(&endpoint, service_id.clone(), &node_id, request, &payload)
+                .forward(endpoint, service_id.clone(), node_id, request, &payload)
                 .await
             {
                 Ok(routed) => return Ok(routed),
                 Err(Failure { error, retry }) if retry && Instant::now() < deadline => {
                     debug!(%service_id, %error, "sending the request to the key's next owner");
                     observe::rerouted();
-                    tried.push(service_id);
+                    tried.push(service_id.clone());
                     last = Some(error);
                 }
                 Err(failure) => return Err(failure.error),
@@ -736,51 +740,6 @@ impl Router {
                 reason: format!("suspect after: {}", suspect.reason),
             },
             None => RouteError::UnknownService(id.to_owned()),
-        }
-    }
-
-    async fn run_local(
-        &self,
-        service_id: Arc<str>,
-        local: LocalService,
-        stream: &str,
-        key: &str,
-        payload: Payload,
-        deadline: Instant,
-    ) -> Result<Routed, RouteError> {
-        let header = Header {
-            service_id: service_id.clone(),
-            stream: local.stream.clone(),
-            partition_key: Arc::from(key),
-        };
-        let _ = stream;
-        let started = Instant::now();
-        let timeout = deadline.saturating_duration_since(started);
-        let mut answer = local.handler.handle(payload, header);
-        // Most handlers answer on their first poll: only those that wait get a timer, which
-        // spares the timer wheel a registration per request.
-        let outcome = match (&mut answer).now_or_never() {
-            Some(result) => Ok(result),
-            None => tokio::time::timeout(timeout, answer).await,
-        };
-        observe::handled(started);
-        match outcome {
-            Ok(Ok(reply)) => Ok(Routed { service_id, reply }),
-            // An error answer, like one that comes back from a forward: it keeps the id of the
-            // service that gave it.
-            Ok(Err(e)) => Ok(Routed {
-                service_id,
-                reply: Reply {
-                    status: e.status,
-                    body: Bytes::from(
-                        serde_json::to_vec(&json!({ "error": e.message })).unwrap_or_default(),
-                    ),
-                },
-            }),
-            Err(_) => Err(RouteError::Timeout {
-                service_id: service_id.to_string(),
-                after: timeout,
-            }),
         }
     }
 
@@ -963,4 +922,55 @@ fn sorted_entries(registry: &HashMap<Arc<str>, LocalService>) -> Vec<ServiceEntr
         .collect();
     services.sort();
     services
+}
+
+/// Starts a local service's handler on a message: what it needs is moved into the future it
+/// returns, so the caller need not hold the service.
+fn start_local(
+    service_id: Arc<str>,
+    local: &LocalService,
+    key: &str,
+    payload: Payload,
+) -> BoxFuture<'static, Result<Reply, HandlerError>> {
+    let header = Header {
+        service_id,
+        stream: local.stream.clone(),
+        partition_key: Arc::from(key),
+    };
+    local.handler.handle(payload, header)
+}
+
+/// Waits for a local handler's answer until `deadline`, and records how long it took.
+async fn finish_local(
+    service_id: Arc<str>,
+    mut answer: BoxFuture<'static, Result<Reply, HandlerError>>,
+    deadline: Instant,
+) -> Result<Routed, RouteError> {
+    let started = Instant::now();
+    let timeout = deadline.saturating_duration_since(started);
+    // Most handlers answer on their first poll: only those that wait get a timer, which
+    // spares the timer wheel a registration per request.
+    let outcome = match (&mut answer).now_or_never() {
+        Some(result) => Ok(result),
+        None => tokio::time::timeout(timeout, answer).await,
+    };
+    observe::handled(started);
+    match outcome {
+        Ok(Ok(reply)) => Ok(Routed { service_id, reply }),
+        // An error answer, like one that comes back from a forward: it keeps the id of the
+        // service that gave it.
+        Ok(Err(e)) => Ok(Routed {
+            service_id,
+            reply: Reply {
+                status: e.status,
+                body: Bytes::from(
+                    serde_json::to_vec(&json!({ "error": e.message })).unwrap_or_default(),
+                ),
+            },
+        }),
+        Err(_) => Err(RouteError::Timeout {
+            service_id: service_id.to_string(),
+            after: timeout,
+        }),
+    }
 }

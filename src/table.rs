@@ -95,9 +95,15 @@ impl ServiceTable {
 
     /// The service that owns `key` on `stream`, or `None` when the stream has no service.
     pub fn owner(&self, stream: &str, key: &str) -> Option<&ServiceInfo> {
+        self.owner_place(stream, key)
+            .map(|place| &self.services[place])
+    }
+
+    /// Where the owner of `key` sits in [`ServiceTable::services`].
+    pub fn owner_place(&self, stream: &str, key: &str) -> Option<usize> {
         let entry = self.streams.get(stream)?;
         let index = entry.ring.get_index(key)?;
-        Some(&self.services[entry.services[index]])
+        Some(entry.services[index])
     }
 
     /// The services of `stream` with their ring.

@@ -396,3 +396,100 @@ async fn shutdown_does_not_wait_for_idle_connections() {
         node.shutdown().await.unwrap();
     }
 }
+
+/// Opens a raw connection to `node` and writes `bytes` (maybe nothing, maybe half a request).
+async fn raw_connection(node: &meshage::Node, bytes: &[u8]) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let authority = node.endpoint().trim_start_matches("http://").to_owned();
+    let mut stream = tokio::net::TcpStream::connect(authority).await.unwrap();
+    stream.write_all(bytes).await.unwrap();
+    stream
+}
+
+/// Reads until the node closes `stream` (end of file or reset); `Err` after `timeout`.
+async fn closed_within(stream: &mut tokio::net::TcpStream, timeout: Duration) -> Result<(), ()> {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 4096];
+    tokio::time::timeout(timeout, async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await
+    .map_err(|_| ())
+}
+
+const HALF_A_HEAD: &[u8] = b"POST /api/echo/k HTTP/1.1\r\nHost: x\r\n";
+const A_REQUEST: &[u8] =
+    b"POST /api/echo/k HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_does_not_wait_for_a_client_that_never_finishes_its_request() {
+    // hyper's graceful shutdown would wait for such a connection to send a whole request, and
+    // for one that sent nothing yet, so the node would stop only when its drain timeout (10 s
+    // by default) ran out.
+    let node = echo_node(&[]).await;
+    let mut half = raw_connection(&node, HALF_A_HEAD).await;
+    let mut silent = raw_connection(&node, b"").await;
+    let http = Http::default();
+    let answer = http
+        .post(&format!("{}/api/echo/k", node.endpoint()), "{}")
+        .await;
+    assert_eq!(answer.status, 200);
+    let started = Instant::now();
+    node.shutdown().await.unwrap();
+    let took = started.elapsed();
+    eprintln!("shutdown with a half-sent request head took {took:?}");
+    assert!(took < Duration::from_secs(3), "shutdown waited {took:?}");
+    closed_within(&mut half, Duration::from_secs(5))
+        .await
+        .expect("the half-open request's connection is closed");
+    closed_within(&mut silent, Duration::from_secs(5))
+        .await
+        .expect("the silent connection is closed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_client_connections_are_closed_and_busy_ones_kept() {
+    let idle_timeout = Duration::from_millis(300);
+    let node = echo_node_with(
+        &[],
+        NodeConfig {
+            idle_timeout,
+            ..NodeConfig::default()
+        },
+    )
+    .await;
+    // One connection sends a request and then nothing; one never finishes its request head.
+    let mut idle = raw_connection(&node, A_REQUEST).await;
+    let mut half = raw_connection(&node, HALF_A_HEAD).await;
+    // One keeps sending requests, a new one well within every idle period.
+    let mut busy = raw_connection(&node, b"").await;
+    let started = Instant::now();
+    while started.elapsed() < idle_timeout * 4 {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        busy.write_all(A_REQUEST).await.unwrap();
+        let mut buf = [0u8; 4096];
+        let n = busy.read(&mut buf).await.unwrap();
+        assert!(
+            buf[..n].starts_with(b"HTTP/1.1 200"),
+            "the busy connection was closed after {:?}",
+            started.elapsed()
+        );
+        tokio::time::sleep(idle_timeout / 6).await;
+    }
+    for (what, stream) in [("idle", &mut idle), ("half-sent", &mut half)] {
+        let waited = Instant::now();
+        closed_within(stream, Duration::from_secs(5))
+            .await
+            .unwrap_or_else(|_| panic!("the {what} connection is still open"));
+        eprintln!(
+            "{what} connection closed {:?} after the busy one's last request",
+            waited.elapsed()
+        );
+    }
+    node.shutdown().await.unwrap();
+}
