@@ -145,20 +145,20 @@ fn split_stream_key(rest: &str) -> Option<(&str, &str)> {
 
 /// Answers one request. Never fails: every error is a JSON response.
 pub(crate) async fn handle(
-    state: Arc<ApiState>,
+    state: &ApiState,
     request: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
     let (request, body) = request.into_parts();
     let path = request.uri.path();
     let Some(rest) = path.strip_prefix("/api/") else {
         // The status page, the metrics, or 404.
-        return Ok(status::serve(&state, &request.method, path));
+        return Ok(status::serve(state, &request.method, path));
     };
     let response = match rest {
-        "health" => health(&state, &request.method),
-        "services" => services(&state, &request.method),
-        "status" => status::api_status(&state, &request.method),
-        "members" => members(&state, &request.method),
+        "health" => health(state, &request.method),
+        "services" => services(state, &request.method),
+        "status" => status::api_status(state, &request.method),
+        "members" => members(state, &request.method),
         r if r.starts_with("members/") => error_response(
             StatusCode::NOT_FOUND,
             &format!(
@@ -168,7 +168,7 @@ pub(crate) async fn handle(
         ),
         r if r == "locate" || r.starts_with("locate/") => {
             match r.strip_prefix("locate/").and_then(split_stream_key) {
-                Some((stream, key)) => locate(&state, &request.method, stream, key),
+                Some((stream, key)) => locate(state, &request.method, stream, key),
                 None => error_response(
                     StatusCode::NOT_FOUND,
                     &format!(
@@ -184,9 +184,7 @@ pub(crate) async fn handle(
                 None => (false, rest),
             };
             match split_stream_key(rest) {
-                Some((stream, key)) => {
-                    message(&state, &request, body, broadcast, stream, key).await
-                }
+                Some((stream, key)) => message(state, &request, body, broadcast, stream, key).await,
                 None => error_response(
                     StatusCode::NOT_FOUND,
                     &format!(
@@ -557,16 +555,16 @@ pub(crate) async fn serve(
                 links_done.notify_waiters();
                 return;
             }
-            let activity = Arc::new(Activity::default());
+            // Each request clones this connection's own reference, not the node's shared one,
+            // so that two cores serving requests do not pass one reference count back and forth.
+            let activity = Arc::new(Activity {
+                state,
+                requests: AtomicU64::new(0),
+            });
             let counted = activity.clone();
             let service = service_fn(move |request| {
                 let started = Activity::start(&counted);
-                let answer = handle(state.clone(), request);
-                async move {
-                    let response = answer.await;
-                    drop(started);
-                    response
-                }
+                async move { handle(&started.0.state, request).await }
             });
             let connection = http
                 .serve_connection(TokioIo::new(stream), service)
@@ -607,28 +605,31 @@ pub(crate) async fn serve(
 /// While the node stops, how often it looks for connections that have no request running.
 const STOPPING_CHECK: Duration = Duration::from_millis(50);
 
-/// What one HTTP connection is doing: requests started (high 32 bits, wrapping) and requests
-/// running (low 32 bits), in one atomic that only its own requests and its watcher touch.
-#[derive(Default)]
-struct Activity(AtomicU64);
+/// One HTTP connection: the node's state, and what the connection is doing: requests started
+/// (high 32 bits, wrapping) and requests running (low 32 bits), in one atomic that only its own
+/// requests and its watcher touch.
+struct Activity {
+    state: Arc<ApiState>,
+    requests: AtomicU64,
+}
 
 /// A request running on a connection; counted off when dropped.
 struct Started(Arc<Activity>);
 
 impl Activity {
     fn start(this: &Arc<Activity>) -> Started {
-        this.0.fetch_add((1 << 32) | 1, Ordering::AcqRel);
+        this.requests.fetch_add((1 << 32) | 1, Ordering::AcqRel);
         Started(this.clone())
     }
 
     fn load(&self) -> u64 {
-        self.0.load(Ordering::Acquire)
+        self.requests.load(Ordering::Acquire)
     }
 }
 
 impl Drop for Started {
     fn drop(&mut self) {
-        self.0 .0.fetch_sub(1, Ordering::AcqRel);
+        self.0.requests.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
