@@ -28,7 +28,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use futures_util::stream::FuturesUnordered;
 use futures_util::{FutureExt, StreamExt};
@@ -217,9 +217,16 @@ enum Outcome {
     Reply(Reply),
     /// The link ended before the request was written: the peer never saw it.
     Unsent,
+    /// Its deadline passed without an answer.
+    Expired,
 }
 
-type Pending = Mutex<HashMap<u64, oneshot::Sender<Outcome>>>;
+/// Requests waiting for their answers: id → (waiter, deadline).
+type Pending = Mutex<HashMap<u64, (oneshot::Sender<Outcome>, Instant)>>;
+
+/// How often a link looks for requests past their deadlines, while any wait: a request's
+/// timeout fires up to this late, and no request registers a timer of its own.
+const EXPIRY_SWEEP: Duration = Duration::from_millis(5);
 
 /// State shared by one link's sender side, its writer and its reader.
 struct Shared {
@@ -231,12 +238,47 @@ struct Shared {
     /// The peer said it is stopping: the writer sends back what is still queued (unsent) and
     /// closes its half; the reader waits for the answers to everything written.
     finish: watch::Sender<bool>,
+    /// Signalled when a request starts waiting on an idle link, for [`expire`].
+    waiting: tokio::sync::Notify,
 }
 
 impl Shared {
     fn fail_unsent(&self, id: u64) {
-        if let Some(waiter) = self.pending.lock().unwrap().remove(&id) {
+        if let Some((waiter, _)) = self.pending.lock().unwrap().remove(&id) {
             let _ = waiter.send(Outcome::Unsent);
+        }
+    }
+}
+
+/// Answers [`Outcome::Expired`] to every request that waits past its deadline, until the link
+/// breaks. It sleeps while nothing waits.
+async fn expire(shared: Arc<Shared>) {
+    let mut broken = shared.broken.subscribe();
+    loop {
+        tokio::select! {
+            _ = crate::api::stopped(&mut broken) => return,
+            _ = shared.waiting.notified() => {}
+        }
+        loop {
+            tokio::select! {
+                _ = crate::api::stopped(&mut broken) => return,
+                _ = tokio::time::sleep(EXPIRY_SWEEP) => {}
+            }
+            let now = Instant::now();
+            let mut pending = shared.pending.lock().unwrap();
+            let expired: Vec<u64> = pending
+                .iter()
+                .filter(|(_, (_, deadline))| *deadline <= now)
+                .map(|(id, _)| *id)
+                .collect();
+            for id in expired {
+                if let Some((waiter, _)) = pending.remove(&id) {
+                    let _ = waiter.send(Outcome::Expired);
+                }
+            }
+            if pending.is_empty() {
+                break;
+            }
         }
     }
 }
@@ -302,6 +344,35 @@ struct Conn {
 }
 
 impl Conn {
+    /// Queues a request for the writer, its frame made by `encode` from the request's id, and
+    /// returns where its outcome will come.
+    fn submit(
+        &self,
+        encode: &mut impl FnMut(u64) -> Result<Bytes, LinkError>,
+        deadline: Instant,
+    ) -> Result<oneshot::Receiver<Outcome>, LinkError> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let frame = encode(id)?;
+        let (tx, rx) = oneshot::channel();
+        let first = {
+            let mut pending = self.shared.pending.lock().unwrap();
+            pending.insert(id, (tx, deadline));
+            pending.len() == 1
+        };
+        if first {
+            self.shared.waiting.notify_one();
+        }
+        // Once queued, the writer either writes the frame or answers it `Unsent`; a closed queue
+        // means the writer is done and never saw it.
+        if self.queue.send((id, frame)).is_err() {
+            self.shared.pending.lock().unwrap().remove(&id);
+            return Err(LinkError::Forward(ForwardError::Unsent(
+                "link to the peer closed before the request was written".into(),
+            )));
+        }
+        Ok(rx)
+    }
+
     fn is_closed(&self) -> bool {
         self.shared.closed.load(Ordering::Acquire)
     }
@@ -316,7 +387,7 @@ impl Conn {
 /// What is known of one peer address.
 #[derive(Default)]
 struct Peer {
-    conn: Mutex<Option<Arc<Conn>>>,
+    conn: ArcSwapOption<Conn>,
     connecting: tokio::sync::Mutex<()>,
     /// The peer answered the preface with something else: it speaks HTTP only.
     http_only: AtomicBool,
@@ -363,8 +434,7 @@ impl Links {
         let Some(peer) = self.peers.load().get(authority).cloned() else {
             return;
         };
-        let conn = peer.conn.lock().unwrap().take();
-        if let Some(conn) = conn {
+        if let Some(conn) = peer.conn.swap(None) {
             debug!(%authority, "closing the link to a node that is gone");
             conn.abort();
         }
@@ -383,49 +453,56 @@ impl Links {
         payload: &Payload,
         deadline: Instant,
     ) -> Result<Reply, LinkError> {
-        let peer = self.peer(authority);
-        if peer.http_only.load(Ordering::Relaxed) {
-            return Err(LinkError::Unsupported);
-        }
-        let conn = self.conn(authority, &peer, deadline).await?;
-        let id = conn.next_id.fetch_add(1, Ordering::Relaxed);
         let timeout = deadline.saturating_duration_since(Instant::now());
-        let mut frame = BytesMut::new();
         let trace = crate::observe::current_trace().map_or(0, |t| t.as_u64());
-        encode_request(
-            &mut frame,
-            id,
-            trace,
-            timeout,
-            stream,
-            key,
-            service_id,
-            payload.content_type.as_deref().unwrap_or(""),
-            &payload.body,
-        )
-        .map_err(LinkError::Forward)?;
-        let (tx, rx) = oneshot::channel();
-        conn.shared.pending.lock().unwrap().insert(id, tx);
-        // Once queued, the writer either writes the frame or answers it `Unsent`; a closed queue
-        // means the writer is done and never saw it.
-        if conn.queue.send((id, frame.freeze())).is_err() {
-            conn.shared.pending.lock().unwrap().remove(&id);
-            return Err(LinkError::Forward(ForwardError::Unsent(
-                "link to the peer closed before the request was written".into(),
-            )));
-        }
-        match tokio::time::timeout(timeout, rx).await {
-            Ok(Ok(Outcome::Reply(reply))) => Ok(reply),
-            Ok(Ok(Outcome::Unsent)) => Err(LinkError::Forward(ForwardError::Unsent(
+        let mut frame = BytesMut::new();
+        let mut encode = |id| {
+            encode_request(
+                &mut frame,
+                id,
+                trace,
+                timeout,
+                stream,
+                key,
+                service_id,
+                payload.content_type.as_deref().unwrap_or(""),
+                &payload.body,
+            )
+            .map(|()| frame.split().freeze())
+            .map_err(LinkError::Forward)
+        };
+        // The common case touches no reference count or lock shared with other threads but
+        // the link's own: the peer and its open link are read through arc-swap guards.
+        let sent = {
+            let peers = self.peers.load();
+            let open = peers.get(authority).and_then(|peer| {
+                let conn = peer.conn.load();
+                conn.as_ref()
+                    .filter(|c| !c.is_closed())
+                    .map(|c| c.submit(&mut encode, deadline))
+            });
+            open
+        };
+        let rx = match sent {
+            Some(sent) => sent?,
+            None => {
+                let peer = self.peer(authority);
+                if peer.http_only.load(Ordering::Relaxed) {
+                    return Err(LinkError::Unsupported);
+                }
+                let conn = self.conn(authority, &peer, deadline).await?;
+                conn.submit(&mut encode, deadline)?
+            }
+        };
+        match rx.await {
+            Ok(Outcome::Reply(reply)) => Ok(reply),
+            Ok(Outcome::Unsent) => Err(LinkError::Forward(ForwardError::Unsent(
                 "link to the peer closed before the request was written".into(),
             ))),
-            Ok(Err(_)) => Err(LinkError::Forward(ForwardError::Lost(
+            Ok(Outcome::Expired) => Err(LinkError::Forward(ForwardError::Timeout(timeout))),
+            Err(_) => Err(LinkError::Forward(ForwardError::Lost(
                 "link to the peer closed before the answer".into(),
             ))),
-            Err(_) => {
-                conn.shared.pending.lock().unwrap().remove(&id);
-                Err(LinkError::Forward(ForwardError::Timeout(timeout)))
-            }
         }
     }
 
@@ -436,14 +513,7 @@ impl Links {
         peer: &Peer,
         deadline: Instant,
     ) -> Result<Arc<Conn>, LinkError> {
-        let current = || {
-            peer.conn
-                .lock()
-                .unwrap()
-                .as_ref()
-                .filter(|c| !c.is_closed())
-                .cloned()
-        };
+        let current = || peer.conn.load_full().filter(|c| !c.is_closed());
         if let Some(conn) = current() {
             return Ok(conn);
         }
@@ -472,7 +542,7 @@ impl Links {
                 ))))
             }
         };
-        *peer.conn.lock().unwrap() = Some(conn.clone());
+        peer.conn.store(Some(conn.clone()));
         Ok(conn)
     }
 }
@@ -518,7 +588,9 @@ async fn connect(authority: &str) -> std::io::Result<Option<Arc<Conn>>> {
         closed: AtomicBool::new(false),
         broken: watch::channel(false).0,
         finish: watch::channel(false).0,
+        waiting: tokio::sync::Notify::new(),
     });
+    tokio::spawn(expire(shared.clone()));
     let writer = tokio::spawn(write_frames(writer, rx, shared.clone()));
     let reading = shared.clone();
     tokio::spawn(async move {
@@ -559,7 +631,7 @@ async fn read_responses(mut reader: tokio::net::tcp::OwnedReadHalf, shared: &Sha
                     let Some((id, reply)) = decode_response(frame) else {
                         break 'read;
                     };
-                    if let Some(waiter) = shared.pending.lock().unwrap().remove(&id) {
+                    if let Some((waiter, _)) = shared.pending.lock().unwrap().remove(&id) {
                         let _ = waiter.send(Outcome::Reply(reply));
                     }
                 }
@@ -723,5 +795,63 @@ mod tests {
         let mut huge = BytesMut::from(&u32::MAX.to_be_bytes()[..]);
         assert!(next_frame(&mut huge).is_err());
         assert!(decode_request(Bytes::from_static(b"\x01short")).is_none());
+    }
+
+    /// A peer that never answers: the request fails with a timeout soon after its deadline
+    /// (no timer of its own: the link's expiry sweep answers it), the link stays usable, and
+    /// nothing is left waiting on it.
+    #[tokio::test]
+    async fn a_request_past_its_deadline_times_out_and_leaves_nothing_behind() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let authority = listener.local_addr().unwrap().to_string();
+        let (_stop_tx, stop) = watch::channel(false);
+        tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            serve(
+                stream,
+                |request: LinkRequest| async move {
+                    if request.key == "silent" {
+                        std::future::pending::<()>().await;
+                    }
+                    (StatusCode::OK, request.payload.body)
+                },
+                stop,
+            )
+            .await;
+        });
+        let links = Links::new(Duration::from_secs(2));
+        let payload = Payload {
+            body: Bytes::from_static(b"{}"),
+            content_type: None,
+        };
+        let started = Instant::now();
+        let deadline = started + Duration::from_millis(200);
+        let send = links.send(&authority, "s", "silent", "svc", &payload, deadline);
+        let result = tokio::time::timeout(Duration::from_secs(5), send)
+            .await
+            .unwrap_or_else(|_| panic!("the request was still waiting 5 s after its deadline"));
+        let took = started.elapsed();
+        assert!(
+            matches!(result, Err(LinkError::Forward(ForwardError::Timeout(_)))),
+            "expected a timeout"
+        );
+        assert!(
+            took >= Duration::from_millis(200) && took < Duration::from_secs(2),
+            "timed out after {took:?}"
+        );
+        let answered = links
+            .send(
+                &authority,
+                "s",
+                "k",
+                "svc",
+                &payload,
+                Instant::now() + Duration::from_secs(5),
+            )
+            .await;
+        assert!(matches!(answered, Ok(ref reply) if reply.status == StatusCode::OK));
+        let peer = links.peer(&authority);
+        let conn = peer.conn.load_full().expect("the link is open");
+        assert!(conn.shared.pending.lock().unwrap().is_empty());
     }
 }
