@@ -1,13 +1,14 @@
 #!/usr/bin/env python3
 """Cluster benchmark: meshage against a bare server and nginx, in one run on one machine.
 
-Run with: python3 benches/cluster.py [--quick] [--out FILE]
+Run with: python3 benches/cluster.py [--quick] [--rounds N] [--duration S] [--out FILE]
 
 Builds release, starts three baselines and a 3-node meshage cluster on loopback, drives each with
 wrk (POST {"hello":"world"}, partition key varied per request, 4 and 64 connections, bounded
 duration) and prints one table: req/s, p50, p99, non-2xx answers, and each row's ratio to the bare
-server measured in the same run. It also reports each node's RSS (idle, peak, and over a soak in the
-full mode), the cluster's start-to-convergence time (median of several starts) and the time for
+server measured in the same run. With --rounds N every row runs N times, interleaved, and each
+figure is the median over the rounds, ratios taken within each round. It also reports each
+node's RSS (idle, peak, and over a soak in the full mode), the cluster's start-to-convergence time (median of several starts) and the time for
 the others to drop a SIGKILLed node. Installs wrk and nginx from Debian when missing.
 Every load is bounded: wrk runs for a fixed duration; every wait has a deadline.
 """
@@ -231,9 +232,13 @@ def main():
     ap.add_argument("--out", help="also write the report (markdown) to this file")
     ap.add_argument("--no-build", action="store_true")
     ap.add_argument("--peer-protocol", default="link", choices=["link", "http1", "http2"], help="how nodes forward to each other")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="run every row this many times, interleaved, and report medians (ratios are taken within each round)")
+    ap.add_argument("--duration", type=int, help="seconds per row (default 10, or 2 with --quick)")
     args = ap.parse_args()
     PEER_PROTOCOL = args.peer_protocol
-    duration = 2 if args.quick else 10
+    duration = args.duration or (2 if args.quick else 10)
+    rounds = max(1, args.rounds)
     starts = 3 if args.quick else 7
     conns = [4, 64]
 
@@ -280,20 +285,21 @@ def main():
         assert answer == {"echoed": {"hello": "world"}}, answer
         idle_rss = [rss_kb(p.pid) for p in nodes]
 
-        rows = []
-        for c in conns:
-            for name, url, prefix, keys in (
-                ("bare server", bare_url, "/api/echo/", files["mixed"]),
-                ("nginx consistent hash -> 3 bare", nginx_url, "/api/echo/", files["mixed"]),
-                ("meshage local", entry, "/api/echo/", files["local"]),
-                ("meshage forwarded", entry, "/api/echo/", files["forwarded"]),
-                ("meshage mixed", entry, "/api/echo/", files["mixed"]),
-                ("meshage broadcast (3 services)", entry, "/api/broadcast/echo/", files["mixed"]),
-            ):
-                log(f"wrk {name} c={c} {duration}s")
-                r = wrk(url, prefix, keys, c, duration)
-                r.update(name=name, conns=c)
-                rows.append(r)
+        runs = []
+        for rnd in range(rounds):
+            for c in conns:
+                for name, url, prefix, keys in (
+                    ("bare server", bare_url, "/api/echo/", files["mixed"]),
+                    ("nginx consistent hash -> 3 bare", nginx_url, "/api/echo/", files["mixed"]),
+                    ("meshage local", entry, "/api/echo/", files["local"]),
+                    ("meshage forwarded", entry, "/api/echo/", files["forwarded"]),
+                    ("meshage mixed", entry, "/api/echo/", files["mixed"]),
+                    ("meshage broadcast (3 services)", entry, "/api/broadcast/echo/", files["mixed"]),
+                ):
+                    log(f"round {rnd + 1}/{rounds}: wrk {name} c={c} {duration}s")
+                    r = wrk(url, prefix, keys, c, duration)
+                    r.update(name=name, conns=c, round=rnd)
+                    runs.append(r)
         peak_rss = [rss_kb(p.pid, "VmHWM") for p in nodes]
 
         soak = None
@@ -330,19 +336,44 @@ def main():
         procs.stop_all()
         shutil.rmtree(tmp, ignore_errors=True)
 
-    bare = {r["conns"]: r for r in rows if r["name"] == "bare server"}
-    nginx = {r["conns"]: r for r in rows if r["name"].startswith("nginx")}
+    # Ratios are taken within a round (the same minute on a shared machine), then the median of
+    # each figure over the rounds is reported.
+    base = {(r["round"], r["conns"], kind): r for r in runs
+            for kind in ("bare", "nginx") if r["name"].startswith("bare" if kind == "bare" else "nginx")}
+    rows = []
+    seen = []
+    for r in runs:
+        if (r["name"], r["conns"]) not in seen:
+            seen.append((r["name"], r["conns"]))
+    for name, c in seen:
+        mine = [r for r in runs if r["name"] == name and r["conns"] == c]
+
+        def med(f):
+            return statistics.median(f(r) for r in mine)
+
+        rows.append({
+            "name": name, "conns": c, "rps": med(lambda r: r["rps"]), "p50": med(lambda r: r["p50"]),
+            "p99": med(lambda r: r["p99"]), "bad": sum(r["bad"] for r in mine),
+            "x_bare": med(lambda r: r["rps"] / base[(r["round"], c, "bare")]["rps"]),
+            "x_nginx": med(lambda r: r["rps"] / base[(r["round"], c, "nginx")]["rps"]),
+            "p99_bare": med(lambda r: r["p99"] / base[(r["round"], c, "bare")]["p99"]),
+            "spread": (min(r["rps"] / base[(r["round"], c, "bare")]["rps"] for r in mine),
+                       max(r["rps"] / base[(r["round"], c, "bare")]["rps"] for r in mine)),
+        })
     out = []
-    out.append(f"meshage cluster benchmark ({'quick' if args.quick else 'full'}): {duration} s per row, wrk -t2, loopback, "
+    mode = "quick" if args.quick else "full"
+    medians = f"; median of {rounds} interleaved rounds" if rounds > 1 else ""
+    out.append(f"meshage cluster benchmark ({mode}): {duration} s per row{medians}, wrk -t2, loopback, "
                f"{os.cpu_count()} cores; load generator on the same cores; peers forward over {PEER_PROTOCOL}")
     out.append("")
-    out.append("| row | conns | req/s | p50 ms | p99 ms | non-2xx/errors | × bare | × nginx | p99 × bare |")
-    out.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    spread_head = " × bare min-max |" if rounds > 1 else ""
+    out.append("| row | conns | req/s | p50 ms | p99 ms | non-2xx/errors | × bare | × nginx | p99 × bare |" + spread_head)
+    out.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if rounds > 1 else ""))
     for r in rows:
-        b, n = bare[r["conns"]], nginx[r["conns"]]
+        spread = f" {r['spread'][0]:.2f}-{r['spread'][1]:.2f} |" if rounds > 1 else ""
         out.append(
             f"| {r['name']} | {r['conns']} | {r['rps']:,.0f} | {r['p50']:.2f} | {r['p99']:.2f} | {r['bad']} | "
-            f"{r['rps'] / b['rps']:.2f} | {r['rps'] / n['rps']:.2f} | {r['p99'] / b['p99']:.2f} |"
+            f"{r['x_bare']:.2f} | {r['x_nginx']:.2f} | {r['p99_bare']:.2f} |{spread}"
         )
     out.append("")
     out.append(f"- RSS per node, idle after start: {', '.join(f'{k / 1024:.1f} MB' for k in idle_rss)}; "
