@@ -5,12 +5,13 @@
 # has built release, or `cargo build --release --bin meshage --example bare_echo --example bench_keys`)
 #
 # MODE is `bare` (one bare echo server), `local` (a 3-node cluster, keys owned by the entry
-# node) or `fwd` (keys owned by the other two nodes). It drives the entry with wrk (POST
+# node), `fwd` (keys owned by the other two nodes) or `broadcast` (every key, to all 3 services). It drives the entry with wrk (POST
 # {"hello":"world"}, 2 threads, CONNS connections, default 64, for SECONDS, default 5, after a
 # 1 s warm-up) and prints req/s and the CPU time each process used, from /proc, per request.
 # MESHAGE_THREADS and other settings in the environment reach the nodes.
 set -euo pipefail
-MODE=${1:?usage: bash benches/cpu.sh bare|local|fwd [CONNS] [SECONDS]}
+MODE=${1:?usage: bash benches/cpu.sh bare|local|fwd|broadcast [CONNS] [SECONDS]}
+PREFIX=/api/echo/
 C=${2:-64}
 D=${3:-5}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -41,8 +42,13 @@ import json, sys, urllib.request
 node = json.load(urllib.request.urlopen('http://127.0.0.1:$H/api/health'))['node']
 s = json.load(sys.stdin)
 print(next(x['id'] for x in s if x['node'] == node), ','.join(x['id'] for x in s))")
-  case $MODE in local) SIDE=L ;; fwd) SIDE=R ;; *) echo "unknown mode $MODE" >&2; exit 2 ;; esac
-  "$B/examples/bench_keys" "$LOCAL" "$IDS" 3000 | awk -v s=$SIDE '$1 == s {print $2}' > "$TMP/keys"
+  case $MODE in
+    local) SIDE=L ;;
+    fwd) SIDE=R ;;
+    broadcast) SIDE=. PREFIX=/api/broadcast/echo/ ;;
+    *) echo "unknown mode $MODE" >&2; exit 2 ;;
+  esac
+  "$B/examples/bench_keys" "$LOCAL" "$IDS" 3000 | awk -v s="$SIDE" '$1 ~ s {print $2}' > "$TMP/keys"
 fi
 cat > "$TMP/keys.lua" <<LUA
 local keys = {}
@@ -50,7 +56,7 @@ for line in io.lines("$TMP/keys") do keys[#keys + 1] = line end
 local i = 0
 wrk.method = "POST"; wrk.body = '{"hello":"world"}'; wrk.headers["Content-Type"] = "application/json"
 function init(args) i = math.random(#keys) end
-function request() i = i % #keys + 1; return wrk.format(nil, "/api/echo/" .. keys[i]) end
+function request() i = i % #keys + 1; return wrk.format(nil, "$PREFIX" .. keys[i]) end
 LUA
 wrk -t2 -c"$C" -d1s -s "$TMP/keys.lua" "http://127.0.0.1:$H" >/dev/null
 before=(); for p in "${PIDS[@]}"; do before+=("$(ticks "$p")"); done

@@ -50,7 +50,7 @@ use crate::message::Payload;
 use crate::metrics::Route;
 use crate::observe::{TraceId, TRACE_HEADER};
 use crate::path::decode_segment;
-use crate::router::{RouteError, RouteRequest, Router};
+use crate::router::{Part, RouteError, RouteRequest, Router};
 use crate::status;
 
 /// What the HTTP layer needs besides the router.
@@ -444,7 +444,7 @@ async fn respond(
             .broadcast_payload(stream, key, payload, deadline)
             .await
         {
-            Ok(entries) => value_response(StatusCode::OK, &Value::Array(entries)),
+            Ok(parts) => json_response(StatusCode::OK, Bytes::from(Part::array(&parts))),
             Err(e) => route_error_response(&e),
         };
         return (response, None);

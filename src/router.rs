@@ -637,7 +637,8 @@ impl Router {
                 payload,
                 self.deadline(options.timeout),
             ))
-            .await;
+            .await
+            .map(|parts| parts.into_iter().map(Part::into_value).collect());
         scope.finish(
             results
                 .as_ref()
@@ -827,7 +828,7 @@ impl Router {
         key: &str,
         payload: Payload,
         deadline: Instant,
-    ) -> Result<Vec<Value>, RouteError> {
+    ) -> Result<Vec<Part>, RouteError> {
         let targets: Vec<Arc<str>> = self
             .inner
             .table
@@ -869,15 +870,9 @@ impl Router {
                     deadline,
                 };
                 let result = self.route(request, payload).await;
-                match result.and_then(|routed| {
-                    if routed.reply.status.is_success() {
-                        answer_value(routed.reply)
-                    } else {
-                        Err(RouteError::Handler(error_of_reply(&routed.reply)))
-                    }
-                }) {
-                    Ok(value) => value,
-                    Err(e) => error_entry(id, e),
+                match result.and_then(|routed| answer_json(routed.reply)) {
+                    Ok(json) => Part::Answer(json),
+                    Err(e) => Part::Error(error_entry(id, e)),
                 }
             }
         });
@@ -885,7 +880,7 @@ impl Router {
         entries.extend(
             suspects
                 .iter()
-                .map(|id| error_entry(id, self.not_in_table(id))),
+                .map(|id| Part::Error(error_entry(id, self.not_in_table(id)))),
         );
         Ok(entries)
     }
@@ -899,6 +894,65 @@ fn answer_value(reply: Reply) -> Result<Value, RouteError> {
     reply
         .to_value()
         .map_err(|e| RouteError::BadAnswer(e.to_string()))
+}
+
+/// The body of a successful reply, checked to be JSON without being parsed into a value
+/// (`null` for an empty one), or the error the reply carries.
+fn answer_json(reply: Reply) -> Result<Bytes, RouteError> {
+    if !reply.status.is_success() {
+        return Err(RouteError::Handler(error_of_reply(&reply)));
+    }
+    if reply.body.is_empty() {
+        return Ok(Bytes::from_static(b"null"));
+    }
+    serde_json::from_slice::<serde::de::IgnoredAny>(&reply.body)
+        .map_err(|e| RouteError::BadAnswer(e.to_string()))?;
+    Ok(reply.body)
+}
+
+/// One service's entry in a broadcast's answer.
+pub(crate) enum Part {
+    /// The service's answer: valid JSON, passed on as it came.
+    Answer(Bytes),
+    /// `{"error", "serviceId", "status"}` for a service that failed.
+    Error(Value),
+}
+
+impl Part {
+    fn into_value(self) -> Value {
+        match self {
+            // Checked to be JSON by `answer_json`.
+            Part::Answer(json) => serde_json::from_slice(&json).unwrap_or(Value::Null),
+            Part::Error(entry) => entry,
+        }
+    }
+
+    /// The answer of a broadcast over HTTP: the parts as a JSON array, each answer's bytes
+    /// copied as they came instead of parsed and written again.
+    pub(crate) fn array(parts: &[Part]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(2 + parts.iter().map(Part::len_hint).sum::<usize>());
+        out.push(b'[');
+        for (i, part) in parts.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            match part {
+                Part::Answer(json) => out.extend_from_slice(json),
+                Part::Error(entry) => {
+                    let _ = serde_json::to_writer(&mut out, entry);
+                }
+            }
+        }
+        out.push(b']');
+        out
+    }
+
+    fn len_hint(&self) -> usize {
+        match self {
+            Part::Answer(json) => json.len() + 1,
+            Part::Error(_) => 96,
+        }
+    }
 }
 
 /// A failed reply as a handler error: its status and the message of its `{"error": ...}` body.
@@ -972,5 +1026,48 @@ async fn finish_local(
             service_id: service_id.to_string(),
             after: timeout,
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ok(body: &'static str) -> Reply {
+        Reply {
+            status: StatusCode::OK,
+            body: Bytes::from_static(body.as_bytes()),
+        }
+    }
+
+    #[test]
+    fn a_broadcast_array_passes_answers_through_and_writes_errors() {
+        let answered = answer_json(ok(r#"{"n": 1, "s": "é"}"#)).unwrap();
+        let empty = answer_json(ok("")).unwrap();
+        let bad = answer_json(ok("{not json")).unwrap_err();
+        assert!(matches!(bad, RouteError::BadAnswer(_)), "{bad}");
+        let failed = answer_json(Reply {
+            status: StatusCode::CONFLICT,
+            body: Bytes::from_static(br#"{"error":"taken"}"#),
+        })
+        .unwrap_err();
+        assert_eq!(failed.to_string(), "taken");
+        let parts = [
+            Part::Answer(answered),
+            Part::Answer(empty),
+            Part::Error(json!({"error": "taken", "serviceId": "b", "status": 409})),
+        ];
+        let array: Value = serde_json::from_slice(&Part::array(&parts)).unwrap();
+        assert_eq!(
+            array,
+            json!([{"n": 1, "s": "é"}, null, {"error": "taken", "serviceId": "b", "status": 409}])
+        );
+        let values: Vec<Value> = parts.into_iter().map(Part::into_value).collect();
+        assert_eq!(
+            Value::Array(values),
+            array,
+            "the library sees the same entries"
+        );
+        assert_eq!(Part::array(&[]), b"[]");
     }
 }
