@@ -411,6 +411,17 @@ impl Lab {
         }
     }
 
+    /// Undoes [`Lab::impair`].
+    pub fn unimpair(&self, i: usize, how: &Impairment) {
+        match how {
+            Impairment::Netem => self.run_in(i, "tc", &["qdisc", "del", "dev", "eth0", "root"]),
+            Impairment::NftLoss => {
+                self.run_in(i, "nft", &["delete", "table", "inet", "meshage_loss"])
+            }
+        }
+        .unwrap_or_else(|e| panic!("{e}"));
+    }
+
     /// Cuts node `i` off from every other node (not from the test's address): its namespace
     /// drops their packets both ways.
     pub fn cut(&self, i: usize) {
