@@ -19,8 +19,9 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::time::{Duration, Instant};
 
+use common::process::Proc;
 use common::{wait_until, wait_until_async, Http};
-use lab::{Impairment, Lab, Proc, HANDLER_PORT};
+use lab::{Impairment, Lab, HANDLER_PORT};
 use load::{every_key_answered_after, failures, key_name, percentile, Load, LoadConfig, Record};
 
 /// Keys the load cycles through.
@@ -74,7 +75,7 @@ impl Mesh {
                     &format!("node{i}"),
                 ]);
                 let handler = Proc::spawn(&format!("handler {i}"), command);
-                blocking(|| handler.wait_line(Duration::from_secs(20), "listening on "));
+                handler.wait_line(Duration::from_secs(20), |l| l.starts_with("listening on "));
                 handler
             })
             .collect();
@@ -119,7 +120,7 @@ impl Mesh {
             .arg(format!("count=http://127.0.0.1:{HANDLER_PORT}/"))
             .args(["--health-interval", "0.5", "--drain-timeout", "10"]);
         let node = Proc::spawn(&format!("node {i}"), command);
-        blocking(|| node.wait_line(Duration::from_secs(20), "meshage node "));
+        node.wait_line(Duration::from_secs(20), |l| l.starts_with("meshage node "));
         node
     }
 

@@ -7,12 +7,8 @@
 //! removed when it drops, processes first, whatever path the test took.
 
 use std::collections::HashSet;
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
 static NEXT_LAB: AtomicUsize = AtomicUsize::new(0);
 
@@ -241,104 +237,6 @@ impl Drop for Lab {
             let _ = run("ip", &["netns", "del", ns]);
         }
         let _ = run("ip", &["link", "del", &self.bridge]);
-    }
-}
-
-/// A child process, killed and reaped on drop; its output is kept for failure messages.
-pub struct Proc {
-    pub name: String,
-    child: Child,
-    lines: mpsc::Receiver<String>,
-    output: Arc<Mutex<String>>,
-}
-
-impl Proc {
-    pub fn spawn(name: &str, mut command: Command) -> Proc {
-        command
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = command
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {name} ({command:?}): {e}"));
-        let output = Arc::new(Mutex::new(String::new()));
-        let (tx, lines) = mpsc::channel();
-        let out = output.clone();
-        let stdout = child.stdout.take().expect("piped stdout");
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                out.lock().unwrap().push_str(&format!("{line}\n"));
-                let _ = tx.send(line);
-            }
-        });
-        let out = output.clone();
-        let stderr = child.stderr.take().expect("piped stderr");
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                out.lock().unwrap().push_str(&format!("{line}\n"));
-            }
-        });
-        Proc {
-            name: name.to_owned(),
-            child,
-            lines,
-            output,
-        }
-    }
-
-    /// Waits (blocking) for a stdout line that starts with `prefix`; panics after `timeout`
-    /// or when the process ends first.
-    pub fn wait_line(&self, timeout: Duration, prefix: &str) -> String {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) if line.starts_with(prefix) => return line,
-                Ok(_) => continue,
-                Err(_) => panic!(
-                    "{}: no line starting `{prefix}` within {timeout:?}; output:\n{}",
-                    self.name,
-                    self.output()
-                ),
-            }
-        }
-    }
-
-    pub fn output(&self) -> String {
-        self.output.lock().unwrap().clone()
-    }
-
-    /// Sends `signal` (`TERM`, `KILL`) to it.
-    pub fn signal(&self, signal: &str) {
-        run(
-            "kill",
-            &[&format!("-{signal}"), &self.child.id().to_string()],
-        )
-        .unwrap_or_else(|e| panic!("{}: {e}", self.name));
-    }
-
-    /// Waits (blocking, polling) until it exits; `None` after `timeout`.
-    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return Some(status);
-            }
-            if Instant::now() > deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            eprintln!("----- output of {} -----\n{}", self.name, self.output());
-        }
     }
 }
 
