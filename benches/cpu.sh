@@ -5,12 +5,19 @@
 # has built release, or `cargo build --release --bin meshage --example bare_echo --example bench_keys`)
 #
 # MODE is `bare` (one bare echo server), `local` (a 3-node cluster, keys owned by the entry
-# node), `fwd` (keys owned by the other two nodes) or `broadcast` (every key, to all 3 services). It drives the entry with wrk (POST
+# node), `fwd` (keys owned by the other two nodes), `mixed` (all keys) or `broadcast` (every key, to all 3 services). It drives the entry with wrk (POST
 # {"hello":"world"}, 2 threads, CONNS connections, default 64, for SECONDS, default 5, after a
-# 1 s warm-up) and prints req/s and the CPU time each process used, from /proc, per request.
+# 1 s warm-up) and prints req/s and, per request, the CPU time each process used and the context
+# switches of its threads, from /proc.
 # MESHAGE_THREADS and other settings in the environment reach the nodes.
+#
+# With CALLGRIND=1 the entry node (or the bare server) runs under valgrind's callgrind, and the
+# script also prints the instructions it executed in user space per request: a count that,
+# unlike time, does not move with the machine's load (the kernel's share is not in it). The
+# process runs about 50 times slower under callgrind, so use few connections and short runs.
+# CALLGRIND_OUT=FILE keeps the profile, for callgrind_annotate.
 set -euo pipefail
-MODE=${1:?usage: bash benches/cpu.sh bare|local|fwd|broadcast [CONNS] [SECONDS]}
+MODE=${1:?usage: bash benches/cpu.sh bare|local|fwd|mixed|broadcast [CONNS] [SECONDS]}
 PREFIX=/api/echo/
 C=${2:-64}
 D=${3:-5}
@@ -22,21 +29,27 @@ cleanup() { kill "${PIDS[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm 
 trap cleanup EXIT
 port() { python3 -c 'import socket,sys; s=socket.socket(socket.AF_INET, getattr(socket, sys.argv[1])); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])' "$1"; }
 ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
+# context switches of every thread of a process, voluntary and not
+switches() { cat /proc/"$1"/task/*/status | awk '/ctxt_switches/ {n += $2} END {print n}'; }
 export RUST_LOG=warn CLUSTER_HOST=127.0.0.1 HTTP_HOST=127.0.0.1
 H=$(port SOCK_STREAM)
+WRAP=
+if [ "${CALLGRIND:-0}" = 1 ]; then
+  WRAP="valgrind --tool=callgrind --callgrind-out-file=$TMP/callgrind.out"
+fi
 if [ "$MODE" = bare ]; then
-  "$B/examples/bare_echo" "127.0.0.1:$H" >/dev/null & PIDS+=($!)
+  $WRAP "$B/examples/bare_echo" "127.0.0.1:$H" >/dev/null 2>&1 & PIDS+=($!)
   seq 1 3000 | sed 's/^/k/' > "$TMP/keys"
-  for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:$H/x" -d '{}' && break; sleep 0.05; done
+  for _ in $(seq 400); do curl -s -o /dev/null "http://127.0.0.1:$H/x" -d '{}' && break; sleep 0.05; done
 else
   G=$(port SOCK_DGRAM)
-  CLUSTER_PORT=$G HTTP_PORT=$H "$B/meshage" node --echo echo >/dev/null 2>&1 & PIDS+=($!)
+  CLUSTER_PORT=$G HTTP_PORT=$H $WRAP "$B/meshage" node --echo echo >/dev/null 2>&1 & PIDS+=($!)
   for _ in 1 2; do
     CLUSTER_PORT=$(port SOCK_DGRAM) HTTP_PORT=$(port SOCK_STREAM) SEEDS=127.0.0.1:$G \
       "$B/meshage" node --echo echo >/dev/null 2>&1 & PIDS+=($!)
   done
   services() { curl -s "http://127.0.0.1:$H/api/services" | python3 -c 'import json,sys; print(len(json.load(sys.stdin)))' 2>/dev/null || echo 0; }
-  for _ in $(seq 200); do [ "$(services)" = 3 ] && break; sleep 0.05; done
+  for _ in $(seq 800); do [ "$(services)" = 3 ] && break; sleep 0.05; done
   read -r LOCAL IDS < <(curl -s "http://127.0.0.1:$H/api/services" | python3 -c "
 import json, sys, urllib.request
 node = json.load(urllib.request.urlopen('http://127.0.0.1:$H/api/health'))['node']
@@ -45,6 +58,7 @@ print(next(x['id'] for x in s if x['node'] == node), ','.join(x['id'] for x in s
   case $MODE in
     local) SIDE=L ;;
     fwd) SIDE=R ;;
+    mixed) SIDE=. ;;
     broadcast) SIDE=. PREFIX=/api/broadcast/echo/ ;;
     *) echo "unknown mode $MODE" >&2; exit 2 ;;
   esac
@@ -59,15 +73,24 @@ function init(args) i = math.random(#keys) end
 function request() i = i % #keys + 1; return wrk.format(nil, "$PREFIX" .. keys[i]) end
 LUA
 wrk -t2 -c"$C" -d1s -s "$TMP/keys.lua" "http://127.0.0.1:$H" >/dev/null
-before=(); for p in "${PIDS[@]}"; do before+=("$(ticks "$p")"); done
+[ -n "$WRAP" ] && callgrind_control -z "${PIDS[0]}" >/dev/null 2>&1
+before=(); sw0=(); for p in "${PIDS[@]}"; do before+=("$(ticks "$p")"); sw0+=("$(switches "$p")"); done
 wrk -t2 -c"$C" -d"${D}s" -s "$TMP/keys.lua" "http://127.0.0.1:$H" > "$TMP/wrk.out"
-after=(); for p in "${PIDS[@]}"; do after+=("$(ticks "$p")"); done
+after=(); sw1=(); for p in "${PIDS[@]}"; do after+=("$(ticks "$p")"); sw1+=("$(switches "$p")"); done
 RPS=$(awk '/Requests\/sec/ {print $2}' "$TMP/wrk.out")
 HZ=$(getconf CLK_TCK)
 line="$MODE c=$C: $RPS req/s;"
 for i in "${!PIDS[@]}"; do
   used=$(( ${after[$i]} - ${before[$i]} ))
-  line+=$(python3 -c "print(f' node{$i + 1} {$used / $HZ / $D:.2f} cores, {$used / $HZ * 1e6 / ($RPS * $D):.1f} us/req', end=';')")
+  sw=$(( ${sw1[$i]} - ${sw0[$i]} ))
+  line+=$(python3 -c "print(f' node{$i + 1} {$used / $HZ / $D:.2f} cores, {$used / $HZ * 1e6 / ($RPS * $D):.1f} us/req, {$sw / ($RPS * $D):.2f} switches/req', end=';')")
 done
 echo "${line%;}"
+if [ -n "$WRAP" ]; then
+  callgrind_control -d "${PIDS[0]}" >/dev/null 2>&1
+  IR=$(cat "$TMP"/callgrind.out.* | awk '/^summary:/ {n += $2} END {print n}')
+  REQS=$(awk '/requests in/ {print $1}' "$TMP/wrk.out")
+  python3 -c "print(f'entry: {$IR / $REQS:,.0f} instructions per request (user space, callgrind), {$REQS} requests')"
+  if [ -n "${CALLGRIND_OUT:-}" ]; then cp "$TMP"/callgrind.out.1 "$CALLGRIND_OUT"; fi
+fi
 grep -E "Non-2xx|Socket errors" "$TMP/wrk.out" || true

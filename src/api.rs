@@ -21,12 +21,15 @@
 //! `status`. Every message answer carries the request's trace id in `X-Meshage-Trace`.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use futures_util::task::AtomicWaker;
 use http::header::{HeaderName, HeaderValue, ALLOW, CONTENT_TYPE};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
@@ -34,7 +37,6 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -496,7 +498,6 @@ pub(crate) async fn serve(
     idle: Duration,
     killed: watch::Receiver<bool>,
 ) {
-    let graceful = GracefulShutdown::new();
     // HTTP/1.1 for clients; HTTP/2 with prior knowledge for peers configured to forward over it.
     let mut http = auto::Builder::new(TokioExecutor::new());
     http.http1()
@@ -509,8 +510,9 @@ pub(crate) async fn serve(
         .initial_stream_window_size(1 << 20)
         .initial_connection_window_size(16 << 20);
     let http = Arc::new(http);
-    let links_open = Arc::new(AtomicUsize::new(0));
-    let links_done = Arc::new(tokio::sync::Notify::new());
+    // Connections accepted and not yet closed (HTTP and links): the drain waits for them.
+    let open = Arc::new(AtomicUsize::new(0));
+    let closed = Arc::new(tokio::sync::Notify::new());
     loop {
         let (stream, peer): (tokio::net::TcpStream, SocketAddr) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -527,13 +529,13 @@ pub(crate) async fn serve(
         link::tune(&stream);
         let state = state.clone();
         let mut killed = killed.clone();
-        let watcher = graceful.watcher();
         let http = http.clone();
         let stop = stop.clone();
-        let (links_open, links_done) = (links_open.clone(), links_done.clone());
+        let counted = Open::count(&open, &closed);
         tokio::spawn(async move {
-            // A connection that has sent nothing by the time the node stops is closed: it holds
-            // a graceful-shutdown watcher, which would keep the drain waiting.
+            let _counted = counted;
+            // A connection that has sent nothing by the time the node stops is closed: it
+            // would keep the drain waiting.
             let mut stopping = stop.clone();
             let link = tokio::select! {
                 link = is_link(&stream) => link,
@@ -541,7 +543,6 @@ pub(crate) async fn serve(
                 _ = stopped(&mut killed) => return,
             };
             if link {
-                links_open.fetch_add(1, Ordering::AcqRel);
                 let serve = link::serve(
                     stream,
                     move |request| link_request(state.clone(), request),
@@ -551,8 +552,6 @@ pub(crate) async fn serve(
                     _ = serve => {}
                     _ = stopped(&mut killed) => debug!(%peer, "node killed; link dropped"),
                 }
-                links_open.fetch_sub(1, Ordering::AcqRel);
-                links_done.notify_waiters();
                 return;
             }
             // Each request clones this connection's own reference, not the node's shared one,
@@ -560,8 +559,10 @@ pub(crate) async fn serve(
             let activity = Arc::new(Activity {
                 state,
                 requests: AtomicU64::new(0),
+                stopping: AtomicBool::new(false),
+                waker: AtomicWaker::new(),
             });
-            let counted = activity.clone();
+            let (counted, driving) = (activity.clone(), activity.clone());
             let service = service_fn(move |request| {
                 let started = Activity::start(&counted);
                 async move { handle(&started.0.state, request).await }
@@ -569,10 +570,11 @@ pub(crate) async fn serve(
             let connection = http
                 .serve_connection(TokioIo::new(stream), service)
                 .into_owned();
-            // The connection runs in a task of its own, with nothing else to poll on each
+            // The connection runs in a task of its own, with one flag to look at on each
             // wake-up; this one watches it, and ends it when idle, stopping or killed.
             let mut serving = tokio::spawn(async move {
-                if let Err(e) = watcher.watch(connection).await {
+                let drive = driving.drive(connection, |c| c.graceful_shutdown());
+                if let Err(e) = drive.await {
                     debug!(%peer, error = %e, "connection ended with an error");
                 }
             });
@@ -588,10 +590,9 @@ pub(crate) async fn serve(
     drop(listener);
     info!("HTTP server stopped accepting; draining open requests");
     let drained = async {
-        graceful.shutdown().await;
         loop {
-            let notified = links_done.notified();
-            if links_open.load(Ordering::Acquire) == 0 {
+            let notified = closed.notified();
+            if open.load(Ordering::Acquire) == 0 {
                 break;
             }
             notified.await;
@@ -605,12 +606,40 @@ pub(crate) async fn serve(
 /// While the node stops, how often it looks for connections that have no request running.
 const STOPPING_CHECK: Duration = Duration::from_millis(50);
 
+/// A connection counted as open until dropped; wakes the drain when the last one closes.
+struct Open {
+    open: Arc<AtomicUsize>,
+    closed: Arc<tokio::sync::Notify>,
+}
+
+impl Open {
+    fn count(open: &Arc<AtomicUsize>, closed: &Arc<tokio::sync::Notify>) -> Open {
+        open.fetch_add(1, Ordering::AcqRel);
+        Open {
+            open: open.clone(),
+            closed: closed.clone(),
+        }
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        if self.open.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.closed.notify_waiters();
+        }
+    }
+}
+
 /// One HTTP connection: the node's state, and what the connection is doing: requests started
 /// (high 32 bits, wrapping) and requests running (low 32 bits), in one atomic that only its own
 /// requests and its watcher touch.
 struct Activity {
     state: Arc<ApiState>,
     requests: AtomicU64,
+    /// The node is stopping: the connection finishes the request it runs and closes.
+    stopping: AtomicBool,
+    /// The task driving the connection, woken when `stopping` is set.
+    waker: AtomicWaker,
 }
 
 /// A request running on a connection; counted off when dropped.
@@ -625,6 +654,32 @@ impl Activity {
     fn load(&self) -> u64 {
         self.requests.load(Ordering::Acquire)
     }
+
+    /// Tells the connection's task to shut the connection down gracefully.
+    fn stop(&self) {
+        self.stopping.store(true, Ordering::Release);
+        self.waker.wake();
+    }
+
+    /// Drives `connection` to its end, calling `shutdown` on it (hyper's graceful shutdown:
+    /// finish the request running, take no new one) once [`Activity::stop`] is called. A
+    /// wake-up costs one flag check; hyper-util's `GracefulShutdown` polled a channel shared by
+    /// every connection of the node instead.
+    async fn drive<C: Future>(&self, connection: C, shutdown: impl Fn(Pin<&mut C>)) -> C::Output {
+        let mut connection = std::pin::pin!(connection);
+        let mut shutting = false;
+        std::future::poll_fn(|cx| {
+            if !shutting {
+                self.waker.register(cx.waker());
+                if self.stopping.load(Ordering::Acquire) {
+                    shutdown(connection.as_mut());
+                    shutting = true;
+                }
+            }
+            connection.as_mut().poll(cx)
+        })
+        .await
+    }
 }
 
 impl Drop for Started {
@@ -636,9 +691,10 @@ impl Drop for Started {
 /// Completes when an HTTP connection should be dropped: the node is killed; it started no
 /// request for a whole `idle` period and runs none (an idle keep-alive connection,
 /// or a client that never finishes its request head); or the node is stopping and the
-/// connection has run nothing for two checks in a row. hyper's graceful shutdown closes idle
-/// keep-alive connections and lets busy ones finish their request, but it would wait for a
-/// connection that was opened and has not sent a request yet.
+/// connection has run nothing for two checks in a row. When the node stops it also starts the
+/// connection's graceful shutdown ([`Activity::stop`]), which closes an idle keep-alive
+/// connection and lets a busy one finish its request, but would wait for a connection that was
+/// opened and has not sent a request yet.
 async fn watch_connection(
     activity: &Activity,
     idle: Duration,
@@ -646,6 +702,9 @@ async fn watch_connection(
     killed: &mut watch::Receiver<bool>,
 ) {
     let mut stopping = *stop.borrow();
+    if stopping {
+        activity.stop();
+    }
     let mut last = activity.load();
     loop {
         let period = if stopping { STOPPING_CHECK } else { idle };
@@ -653,6 +712,7 @@ async fn watch_connection(
             _ = stopped(killed) => return,
             _ = stopped(&mut stop), if !stopping => {
                 stopping = true;
+                activity.stop();
                 last = activity.load();
                 continue;
             }

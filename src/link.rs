@@ -24,7 +24,8 @@
 //! peer may have run it).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -35,7 +36,7 @@ use futures_util::{FutureExt, StreamExt};
 use http::StatusCode;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{oneshot, watch};
 use tracing::debug;
 
 use crate::forward::ForwardError;
@@ -56,8 +57,10 @@ pub const LEAVING_BODY: &[u8] = br#"{"error":"node is leaving"}"#;
 const STOPPING_IDLE: Duration = Duration::from_secs(2);
 /// Frames above this size end the connection (a broken or hostile peer).
 const MAX_FRAME: usize = 64 * 1024 * 1024;
-/// Queued frames are written together up to about this many bytes.
+/// A writer buffer that grew past this (large bodies) is not kept for the next batch.
 const WRITE_BATCH: usize = 256 * 1024;
+/// The writer's buffer to start with.
+const BATCH_CAPACITY: usize = 64 * 1024;
 
 /// A request as the owner receives it.
 #[derive(Debug)]
@@ -221,8 +224,44 @@ enum Outcome {
     Expired,
 }
 
-/// Requests waiting for their answers: id → (waiter, deadline).
-type Pending = Mutex<HashMap<u64, (oneshot::Sender<Outcome>, Instant)>>;
+/// Hashes a link's request ids, which count up from 1: one multiplication spreads them over
+/// the whole word (SipHash is not needed for numbers this node makes itself).
+#[derive(Default)]
+struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+/// What one link's senders, its writer, its reader and its expiry sweep share, under one lock
+/// that each request takes once to be queued and once to be answered.
+#[derive(Default)]
+struct Queue {
+    /// Requests waiting for their answers: id → (waiter, deadline).
+    pending: HashMap<u64, (oneshot::Sender<Outcome>, Instant), BuildHasherDefault<IdHasher>>,
+    /// Frames encoded by their senders and not yet taken by the writer, back to back.
+    outbox: BytesMut,
+    /// The ids of the requests whose frames are in `outbox`.
+    queued: Vec<u64>,
+    /// The last request id given out.
+    last_id: u64,
+    /// The writer has stopped: nothing more can be queued.
+    closed: bool,
+    /// The link's client is gone: the writer writes what is queued and closes its half.
+    dropped: bool,
+}
 
 /// How often a link looks for requests past their deadlines, while any wait: a request's
 /// timeout fires up to this late, and no request registers a timer of its own.
@@ -230,7 +269,11 @@ const EXPIRY_SWEEP: Duration = Duration::from_millis(5);
 
 /// State shared by one link's sender side, its writer and its reader.
 struct Shared {
-    pending: Pending,
+    queue: Mutex<Queue>,
+    /// Wakes the writer: a frame went into an empty outbox, the client is gone, or the link
+    /// broke or is finishing. The writer needs no other wake-up source, so that waiting costs
+    /// it one permit under load and no lock.
+    ready: tokio::sync::Notify,
     /// No new requests go on this link (it broke, or the peer is stopping).
     closed: AtomicBool,
     /// Ends the link at once: requests still queued come back unsent, written ones fail.
@@ -243,10 +286,18 @@ struct Shared {
 }
 
 impl Shared {
-    fn fail_unsent(&self, id: u64) {
-        if let Some((waiter, _)) = self.pending.lock().unwrap().remove(&id) {
-            let _ = waiter.send(Outcome::Unsent);
-        }
+    /// Ends the link at once: see [`Shared::broken`].
+    fn break_link(&self) {
+        self.closed.store(true, Ordering::Release);
+        self.broken.send_replace(true);
+        self.ready.notify_one();
+    }
+
+    /// The peer is stopping: see [`Shared::finish`].
+    fn finish_link(&self) {
+        self.closed.store(true, Ordering::Release);
+        self.finish.send_replace(true);
+        self.ready.notify_one();
     }
 }
 
@@ -265,110 +316,126 @@ async fn expire(shared: Arc<Shared>) {
                 _ = tokio::time::sleep(EXPIRY_SWEEP) => {}
             }
             let now = Instant::now();
-            let mut pending = shared.pending.lock().unwrap();
-            let expired: Vec<u64> = pending
+            let mut queue = shared.queue.lock().unwrap();
+            let expired: Vec<u64> = queue
+                .pending
                 .iter()
                 .filter(|(_, (_, deadline))| *deadline <= now)
                 .map(|(id, _)| *id)
                 .collect();
             for id in expired {
-                if let Some((waiter, _)) = pending.remove(&id) {
+                if let Some((waiter, _)) = queue.pending.remove(&id) {
                     let _ = waiter.send(Outcome::Expired);
                 }
             }
-            if pending.is_empty() {
+            if queue.pending.is_empty() {
                 break;
             }
         }
     }
 }
 
-/// Writes queued frames, many per system call, until the queue closes, the peer says it is
-/// stopping, or the link breaks. Frames it never wrote are answered [`Outcome::Unsent`], so that
-/// their senders know the peer never saw them.
-async fn write_frames(
-    mut writer: tokio::net::tcp::OwnedWriteHalf,
-    mut queue: mpsc::UnboundedReceiver<(u64, Bytes)>,
-    shared: Arc<Shared>,
-) {
+/// Writes the frames its senders queued, all that are queued in one system call, until the
+/// link's client is dropped, the peer says it is stopping, or the link breaks. Frames it never
+/// wrote are answered [`Outcome::Unsent`], so that their senders know the peer never saw them.
+async fn write_frames(mut writer: tokio::net::tcp::OwnedWriteHalf, shared: Arc<Shared>) {
     let mut broken = shared.broken.subscribe();
-    let mut finish = shared.finish.subscribe();
-    let mut batch = BytesMut::with_capacity(64 * 1024);
+    let mut batch = BytesMut::with_capacity(BATCH_CAPACITY);
     let graceful = loop {
-        let first = tokio::select! {
-            biased;
-            _ = crate::api::stopped(&mut broken) => break false,
-            _ = crate::api::stopped(&mut finish) => break true,
-            frame = queue.recv() => match frame {
-                Some((_, frame)) => frame,
-                None => break true,
-            },
-        };
-        batch.extend_from_slice(&first);
+        shared.ready.notified().await;
+        if *shared.broken.borrow() {
+            break false;
+        }
+        if *shared.finish.borrow() {
+            break true;
+        }
         // Let the other requests that are running now queue their frames too, so that they
         // leave in this write: one system call for many forwards under load.
         tokio::task::yield_now().await;
-        while batch.len() < WRITE_BATCH {
-            match queue.try_recv() {
-                Ok((_, frame)) => batch.extend_from_slice(&frame),
-                Err(_) => break,
+        let dropped = {
+            let mut queue = shared.queue.lock().unwrap();
+            std::mem::swap(&mut queue.outbox, &mut batch);
+            queue.queued.clear();
+            queue.dropped
+        };
+        if !batch.is_empty() {
+            let written = tokio::select! {
+                biased;
+                written = writer.write_all(&batch) => written.is_ok(),
+                _ = crate::api::stopped(&mut broken) => false,
+            };
+            if !written {
+                break false;
+            }
+            batch.clear();
+            if batch.capacity() > WRITE_BATCH {
+                batch = BytesMut::with_capacity(BATCH_CAPACITY);
             }
         }
-        let written = tokio::select! {
-            written = writer.write_all(&batch) => written.is_ok(),
-            _ = crate::api::stopped(&mut broken) => false,
-        };
-        if !written {
-            break false;
+        if dropped {
+            break true;
         }
-        batch.clear();
     };
     shared.closed.store(true, Ordering::Release);
-    queue.close();
-    while let Ok((id, _)) = queue.try_recv() {
-        shared.fail_unsent(id);
+    let unsent: Vec<_> = {
+        let mut queue = shared.queue.lock().unwrap();
+        let queue = &mut *queue;
+        queue.closed = true;
+        queue.outbox.clear();
+        queue
+            .queued
+            .drain(..)
+            .filter_map(|id| queue.pending.remove(&id))
+            .collect()
+    };
+    for (waiter, _) in unsent {
+        let _ = waiter.send(Outcome::Unsent);
     }
     if graceful {
         // The peer reads until this end of file, answering everything written before it.
         let _ = writer.shutdown().await;
     } else {
-        shared.broken.send_replace(true);
+        shared.break_link();
     }
 }
 
-/// One open link to a peer.
+/// One open link to a peer. Dropping it lets the writer finish what is queued and close the
+/// link.
 struct Conn {
-    queue: mpsc::UnboundedSender<(u64, Bytes)>,
     shared: Arc<Shared>,
-    next_id: AtomicU64,
 }
 
 impl Conn {
-    /// Queues a request for the writer, its frame made by `encode` from the request's id, and
-    /// returns where its outcome will come.
+    /// Queues a request for the writer, its frame written by `encode` from the request's id
+    /// into the outbox, and returns where its outcome will come.
     fn submit(
         &self,
-        encode: &mut impl FnMut(u64) -> Result<Bytes, LinkError>,
+        encode: &mut impl FnMut(&mut BytesMut, u64) -> Result<(), LinkError>,
         deadline: Instant,
     ) -> Result<oneshot::Receiver<Outcome>, LinkError> {
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let frame = encode(id)?;
         let (tx, rx) = oneshot::channel();
-        let first = {
-            let mut pending = self.shared.pending.lock().unwrap();
-            pending.insert(id, (tx, deadline));
-            pending.len() == 1
+        let (first_waiting, first_queued) = {
+            let mut queue = self.shared.queue.lock().unwrap();
+            let queue = &mut *queue;
+            // Once queued, the writer either writes the frame or answers it `Unsent`; a closed
+            // queue means the writer is done.
+            if queue.closed {
+                return Err(LinkError::Forward(ForwardError::Unsent(
+                    "link to the peer closed before the request was written".into(),
+                )));
+            }
+            let id = queue.last_id + 1;
+            encode(&mut queue.outbox, id)?;
+            queue.last_id = id;
+            queue.queued.push(id);
+            queue.pending.insert(id, (tx, deadline));
+            (queue.pending.len() == 1, queue.queued.len() == 1)
         };
-        if first {
-            self.shared.waiting.notify_one();
+        if first_queued {
+            self.shared.ready.notify_one();
         }
-        // Once queued, the writer either writes the frame or answers it `Unsent`; a closed queue
-        // means the writer is done and never saw it.
-        if self.queue.send((id, frame)).is_err() {
-            self.shared.pending.lock().unwrap().remove(&id);
-            return Err(LinkError::Forward(ForwardError::Unsent(
-                "link to the peer closed before the request was written".into(),
-            )));
+        if first_waiting {
+            self.shared.waiting.notify_one();
         }
         Ok(rx)
     }
@@ -379,8 +446,14 @@ impl Conn {
 
     /// Ends the link at once (its peer is gone).
     fn abort(&self) {
-        self.shared.closed.store(true, Ordering::Release);
-        self.shared.broken.send_replace(true);
+        self.shared.break_link();
+    }
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        self.shared.queue.lock().unwrap().dropped = true;
+        self.shared.ready.notify_one();
     }
 }
 
@@ -455,10 +528,9 @@ impl Links {
     ) -> Result<Reply, LinkError> {
         let timeout = deadline.saturating_duration_since(Instant::now());
         let trace = crate::observe::current_trace().map_or(0, |t| t.as_u64());
-        let mut frame = BytesMut::new();
-        let mut encode = |id| {
+        let mut encode = |frame: &mut BytesMut, id| {
             encode_request(
-                &mut frame,
+                frame,
                 id,
                 trace,
                 timeout,
@@ -468,7 +540,6 @@ impl Links {
                 payload.content_type.as_deref().unwrap_or(""),
                 &payload.body,
             )
-            .map(|()| frame.split().freeze())
             .map_err(LinkError::Forward)
         };
         // The common case touches no reference count or lock shared with other threads but
@@ -582,39 +653,42 @@ async fn connect(authority: &str) -> std::io::Result<Option<Arc<Conn>>> {
         }
     }
     let (reader, writer) = stream.into_split();
-    let (queue, rx) = mpsc::unbounded_channel();
     let shared = Arc::new(Shared {
-        pending: Mutex::default(),
+        queue: Mutex::default(),
+        ready: tokio::sync::Notify::new(),
         closed: AtomicBool::new(false),
         broken: watch::channel(false).0,
         finish: watch::channel(false).0,
         waiting: tokio::sync::Notify::new(),
     });
     tokio::spawn(expire(shared.clone()));
-    let writer = tokio::spawn(write_frames(writer, rx, shared.clone()));
+    let writer = tokio::spawn(write_frames(writer, shared.clone()));
     let reading = shared.clone();
     tokio::spawn(async move {
         read_responses(reader, &reading).await;
         let _ = writer.await;
         // Whatever still waits was written: the peer may have run it.
-        reading.pending.lock().unwrap().clear();
+        reading.queue.lock().unwrap().pending.clear();
     });
-    Ok(Some(Arc::new(Conn {
-        queue,
-        shared,
-        next_id: AtomicU64::new(1),
-    })))
+    Ok(Some(Arc::new(Conn { shared })))
 }
 
 /// Hands each answer to its waiting request until the link ends; then breaks it, so that the
 /// writer stops too.
 async fn read_responses(mut reader: tokio::net::tcp::OwnedReadHalf, shared: &Shared) {
-    let mut broken = shared.broken.subscribe();
+    let mut broken_rx = shared.broken.subscribe();
+    // One wait for the whole link, not one per read.
+    let broken = crate::api::stopped(&mut broken_rx);
+    tokio::pin!(broken);
     let mut buf = BytesMut::with_capacity(64 * 1024);
+    // The answers of one read, handed out under one lock.
+    let mut answers = Vec::new();
+    let mut waiters = Vec::new();
     'read: loop {
         let read = tokio::select! {
+            biased;
             read = reader.read_buf(&mut buf) => read,
-            _ = crate::api::stopped(&mut broken) => break,
+            _ = &mut broken => break,
         };
         match read {
             Ok(0) | Err(_) => break,
@@ -624,24 +698,48 @@ async fn read_responses(mut reader: tokio::net::tcp::OwnedReadHalf, shared: &Sha
             match next_frame(&mut buf) {
                 Ok(Some(frame)) if frame.first() == Some(&KIND_GOAWAY) => {
                     debug!("peer is stopping; its link takes no new requests");
-                    shared.closed.store(true, Ordering::Release);
-                    shared.finish.send_replace(true);
+                    shared.finish_link();
                 }
-                Ok(Some(frame)) => {
-                    let Some((id, reply)) = decode_response(frame) else {
+                Ok(Some(frame)) => match decode_response(frame) {
+                    Some(answer) => answers.push(answer),
+                    None => {
+                        deliver(shared, &mut answers, &mut waiters);
                         break 'read;
-                    };
-                    if let Some((waiter, _)) = shared.pending.lock().unwrap().remove(&id) {
-                        let _ = waiter.send(Outcome::Reply(reply));
                     }
-                }
+                },
                 Ok(None) => break,
-                Err(()) => break 'read,
+                Err(()) => {
+                    deliver(shared, &mut answers, &mut waiters);
+                    break 'read;
+                }
+            }
+        }
+        deliver(shared, &mut answers, &mut waiters);
+    }
+    shared.break_link();
+}
+
+/// Hands `answers` to the requests that wait for them. `waiters` is scratch space, kept
+/// between calls.
+fn deliver(
+    shared: &Shared,
+    answers: &mut Vec<(u64, Reply)>,
+    waiters: &mut Vec<(oneshot::Sender<Outcome>, Reply)>,
+) {
+    if answers.is_empty() {
+        return;
+    }
+    {
+        let mut queue = shared.queue.lock().unwrap();
+        for (id, reply) in answers.drain(..) {
+            if let Some((waiter, _)) = queue.pending.remove(&id) {
+                waiters.push((waiter, reply));
             }
         }
     }
-    shared.closed.store(true, Ordering::Release);
-    shared.broken.send_replace(true);
+    for (waiter, reply) in waiters.drain(..) {
+        let _ = waiter.send(Outcome::Reply(reply));
+    }
 }
 
 /// Serves one incoming link. Its requests run concurrently inside this one task, and the
@@ -667,6 +765,9 @@ where
         std::pin::Pin<Box<dyn std::future::Future<Output = (u64, (StatusCode, Bytes))> + Send>>;
     let mut running: FuturesUnordered<Answer> = FuturesUnordered::new();
     let mut stopping = *stop.borrow();
+    // One wait for the whole link, not one per request.
+    let stop_signal = crate::api::stopped(&mut stop);
+    tokio::pin!(stop_signal);
     let mut open = true;
     let mut idle_since = Instant::now();
     let mut buf = BytesMut::with_capacity(64 * 1024);
@@ -726,7 +827,7 @@ where
                     out.clear();
                 }
             }
-            _ = crate::api::stopped(&mut stop), if !stopping => {
+            _ = &mut stop_signal, if !stopping => {
                 stopping = true;
                 encode_goaway(&mut out);
                 if writer.write_all(&out).await.is_err() {
@@ -735,7 +836,8 @@ where
                 out.clear();
                 idle_since = Instant::now();
             }
-            _ = tokio::time::sleep(Duration::from_millis(100)), if stopping && running.is_empty() => {
+            // An async block, so that no timer is made (nor the clock read) while not stopping.
+            _ = async { tokio::time::sleep(Duration::from_millis(100)).await }, if stopping && running.is_empty() => {
                 if idle_since.elapsed() >= STOPPING_IDLE {
                     break;
                 }
@@ -852,6 +954,6 @@ mod tests {
         assert!(matches!(answered, Ok(ref reply) if reply.status == StatusCode::OK));
         let peer = links.peer(&authority);
         let conn = peer.conn.load_full().expect("the link is open");
-        assert!(conn.shared.pending.lock().unwrap().is_empty());
+        assert!(conn.shared.queue.lock().unwrap().pending.is_empty());
     }
 }
