@@ -60,6 +60,10 @@ mod status;
 mod table;
 mod upstream;
 
+/// The maps looked up on every request (streams, services, peers, metrics), keyed by short
+/// strings: hashed with foldhash, seeded per process, which costs a fraction of SipHash.
+pub(crate) type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+
 pub use address::{hostname, parse_seed, Address, AddressError, PortSpec};
 pub use cluster::{
     Cluster, ClusterError, ClusterView, GossipCluster, GossipConfig, LocalNode, Member,

@@ -41,6 +41,7 @@ use tracing::debug;
 
 use crate::forward::ForwardError;
 use crate::message::{Payload, Reply};
+use crate::FastMap;
 
 /// The first bytes a link client sends; the server answers with [`PREFACE_ACK`]. It ends like
 /// an HTTP request head, so an HTTP server that gets it answers 400 at once instead of waiting
@@ -475,14 +476,14 @@ pub enum LinkError {
 
 /// Link clients to every peer, keyed by `host:port`.
 pub struct Links {
-    peers: ArcSwap<HashMap<Arc<str>, Arc<Peer>>>,
+    peers: ArcSwap<FastMap<Arc<str>, Arc<Peer>>>,
     connect_timeout: Duration,
 }
 
 impl Links {
     pub fn new(connect_timeout: Duration) -> Self {
         Links {
-            peers: ArcSwap::from_pointee(HashMap::new()),
+            peers: ArcSwap::from_pointee(FastMap::default()),
             connect_timeout,
         }
     }

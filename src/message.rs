@@ -176,10 +176,12 @@ impl Payload {
         if self.body.iter().all(u8::is_ascii_whitespace) {
             return Ok(Value::Object(Default::default()));
         }
-        let is_text = self
-            .content_type
-            .as_deref()
-            .is_some_and(|ct| ct.trim_start().to_ascii_lowercase().starts_with("text/"));
+        let is_text = self.content_type.as_deref().is_some_and(|ct| {
+            ct.trim_start()
+                .as_bytes()
+                .get(..5)
+                .is_some_and(|t| t.eq_ignore_ascii_case(b"text/"))
+        });
         if is_text {
             return match std::str::from_utf8(&self.body) {
                 Ok(s) => Ok(Value::String(s.to_owned())),

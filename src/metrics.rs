@@ -21,6 +21,7 @@ use http::StatusCode;
 
 use crate::cluster::Traffic;
 use crate::status::EventLog;
+use crate::FastMap;
 
 /// Streams with series of their own; any further stream counts under [`OTHER_STREAM`].
 pub(crate) const MAX_STREAMS: usize = 64;
@@ -200,7 +201,7 @@ pub(crate) struct ClusterGauges<'a> {
 
 /// Every metric of one node. Owned by its router; cheap to share.
 pub(crate) struct Metrics {
-    streams: ArcSwap<HashMap<Arc<str>, Arc<StreamMetrics>>>,
+    streams: ArcSwap<FastMap<Arc<str>, Arc<StreamMetrics>>>,
     other: Arc<StreamMetrics>,
     /// Recent membership events, for the status page, and their counts by kind.
     pub(crate) events: EventLog,
@@ -209,7 +210,7 @@ pub(crate) struct Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Metrics {
-            streams: ArcSwap::from_pointee(HashMap::new()),
+            streams: ArcSwap::from_pointee(FastMap::default()),
             other: Arc::new(StreamMetrics::new(OTHER_STREAM)),
             events: EventLog::default(),
         }

@@ -34,6 +34,7 @@ use crate::message::{BoxFuture, HandlerError, Header, Message, Payload, Reply, S
 use crate::metrics::{Metrics, Route};
 use crate::observe::{self, RequestScope};
 use crate::table::ServiceTable;
+use crate::FastMap;
 
 /// A service registered on this node.
 #[derive(Clone)]
@@ -164,7 +165,7 @@ struct Suspect {
 /// leave a stream with no service at all (it keeps its suspects then, and still answers).
 fn without_suspects(
     mut members: Vec<Member>,
-    suspects: &HashMap<Arc<str>, Suspect>,
+    suspects: &FastMap<Arc<str>, Suspect>,
     now: Instant,
 ) -> Vec<Member> {
     if suspects.is_empty() {
@@ -201,10 +202,10 @@ pub struct Router {
 
 struct Inner {
     table: ArcSwap<ServiceTable>,
-    local: ArcSwap<HashMap<Arc<str>, LocalService>>,
+    local: ArcSwap<FastMap<Arc<str>, LocalService>>,
     /// Local services taken out of the cluster (an unhealthy upstream), kept under their ids so
     /// that they come back to the same place on the rings. Never touched on the request path.
-    withdrawn: std::sync::Mutex<HashMap<Arc<str>, LocalService>>,
+    withdrawn: std::sync::Mutex<FastMap<Arc<str>, LocalService>>,
     /// Serializes advertising, so that the last list computed is the last one advertised.
     advertising: tokio::sync::Mutex<()>,
     forwarder: Forwarder,
@@ -219,7 +220,7 @@ struct Inner {
     view: ArcSwap<ClusterView>,
     /// Services off the rings after a failure seen here, by service id. Read when the table is
     /// rebuilt and by broadcasts, never by a send that goes well.
-    suspects: ArcSwap<HashMap<Arc<str>, Suspect>>,
+    suspects: ArcSwap<FastMap<Arc<str>, Suspect>>,
     version: AtomicU64,
     /// This node's metrics and membership events (see `metrics.rs`).
     metrics: Metrics,
@@ -236,7 +237,7 @@ impl Router {
         Router {
             inner: Arc::new(Inner {
                 table: ArcSwap::from_pointee(ServiceTable::default()),
-                local: ArcSwap::from_pointee(HashMap::new()),
+                local: ArcSwap::from_pointee(FastMap::default()),
                 withdrawn: Default::default(),
                 advertising: Default::default(),
                 forwarder,
@@ -246,7 +247,7 @@ impl Router {
                 endpoint,
                 leaving: AtomicBool::new(false),
                 view: ArcSwap::from_pointee(ClusterView::default()),
-                suspects: ArcSwap::from_pointee(HashMap::new()),
+                suspects: ArcSwap::from_pointee(FastMap::default()),
                 version: AtomicU64::new(0),
                 metrics: Metrics::default(),
             }),
@@ -535,7 +536,7 @@ impl Router {
         self.withdrawn().extend(services);
     }
 
-    fn withdrawn(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, LocalService>> {
+    fn withdrawn(&self) -> std::sync::MutexGuard<'_, FastMap<Arc<str>, LocalService>> {
         // A panic while holding this lock cannot leave the map half-updated.
         self.inner
             .withdrawn
@@ -966,7 +967,7 @@ fn error_of_reply(reply: &Reply) -> HandlerError {
 }
 
 /// A registry's services as entries, sorted by id.
-fn sorted_entries(registry: &HashMap<Arc<str>, LocalService>) -> Vec<ServiceEntry> {
+fn sorted_entries(registry: &FastMap<Arc<str>, LocalService>) -> Vec<ServiceEntry> {
     let mut services: Vec<ServiceEntry> = registry
         .iter()
         .map(|(id, s)| ServiceEntry {

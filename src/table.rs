@@ -11,6 +11,7 @@ use serde::Serialize;
 
 use crate::cluster::{ClusterView, MemberState};
 use crate::ring::HashRing;
+use crate::FastMap;
 
 /// One routable service.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -38,8 +39,8 @@ pub struct ServiceTable {
     pub version: u64,
     /// Every routable service, sorted by stream then id.
     pub services: Vec<ServiceInfo>,
-    by_id: HashMap<Arc<str>, usize>,
-    streams: HashMap<Arc<str>, StreamServices>,
+    by_id: FastMap<Arc<str>, usize>,
+    streams: FastMap<Arc<str>, StreamServices>,
 }
 
 impl ServiceTable {

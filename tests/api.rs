@@ -784,13 +784,15 @@ async fn empty_and_text_bodies_reach_the_handler() {
         let nodes = echo_cluster(3).await;
         let ids: Vec<String> = nodes.iter().map(service_of).collect();
         let http = Http::default();
-        let cases: [(Option<&str>, &str, Value); 6] = [
+        let cases: [(Option<&str>, &str, Value); 7] = [
             (None, "", json!({})),
             (Some("application/json"), "", json!({})),
             (Some("application/json"), " \n", json!({})),
             (Some("text/plain"), "", json!({})),
             (Some("text/plain"), "hello", json!("hello")),
             (Some("text/plain; charset=utf-8"), "hello", json!("hello")),
+            // Media types are case-insensitive.
+            (Some("Text/Plain"), "hello", json!("hello")),
         ];
         // Handled locally and forwarded: every node names every service.
         for node in &nodes {
