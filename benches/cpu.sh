@@ -8,7 +8,7 @@
 # node), `fwd` (keys owned by the other two nodes), `mixed` (all keys) or `broadcast` (every key, to all 3 services). It drives the entry with wrk (POST
 # {"hello":"world"}, 2 threads, CONNS connections, default 64, for SECONDS, default 5, after a
 # 1 s warm-up) and prints req/s and, per request, the CPU time each process used and the context
-# switches of its threads, from /proc.
+# switches of its threads, from /proc; and each process's peak RSS.
 # MESHAGE_THREADS and other settings in the environment reach the nodes.
 #
 # With CALLGRIND=1 the entry node (or the bare server) runs under valgrind's callgrind, and the
@@ -83,7 +83,8 @@ line="$MODE c=$C: $RPS req/s;"
 for i in "${!PIDS[@]}"; do
   used=$(( ${after[$i]} - ${before[$i]} ))
   sw=$(( ${sw1[$i]} - ${sw0[$i]} ))
-  line+=$(python3 -c "print(f' node{$i + 1} {$used / $HZ / $D:.2f} cores, {$used / $HZ * 1e6 / ($RPS * $D):.1f} us/req, {$sw / ($RPS * $D):.2f} switches/req', end=';')")
+  peak=$(awk '/VmHWM/ {print $2}' "/proc/${PIDS[$i]}/status")
+  line+=$(python3 -c "print(f' node{$i + 1} {$used / $HZ / $D:.2f} cores, {$used / $HZ * 1e6 / ($RPS * $D):.1f} us/req, {$sw / ($RPS * $D):.2f} switches/req, peak RSS {$peak / 1024:.1f} MB', end=';')")
 done
 echo "${line%;}"
 if [ -n "$WRAP" ]; then

@@ -198,12 +198,7 @@ impl RequestScope {
             route: Cell::new(self.route),
         };
         let mut scoped = std::pin::pin!(CURRENT.scope(current, request));
-        // A span nobody records (debug logging off) is not entered on every poll.
-        let output = if self.span.is_disabled() {
-            scoped.as_mut().await
-        } else {
-            scoped.as_mut().instrument(self.span.clone()).await
-        };
+        let output = scoped.as_mut().instrument(self.span.clone()).await;
         if let Some(current) = scoped.as_mut().take_value() {
             self.route = current.route.get();
             self.stream = Some(current.stream);
