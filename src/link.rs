@@ -900,6 +900,69 @@ mod tests {
         assert!(decode_request(Bytes::from_static(b"\x01short")).is_none());
     }
 
+    /// Many requests queued at once on one link, from tasks on both worker threads, share the
+    /// outbox and its writes; each gets its own answer back. Then the link's client is dropped
+    /// and the server sees the link closed, with nothing left running.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_requests_on_one_link_each_get_their_own_answer() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let authority = listener.local_addr().unwrap().to_string();
+        let (_stop_tx, stop) = watch::channel(false);
+        let server = tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            serve(
+                stream,
+                |request: LinkRequest| async move {
+                    // Answers come back out of order: later keys wait less.
+                    let n: u64 = request.key.parse().unwrap();
+                    tokio::time::sleep(Duration::from_micros(500 - n)).await;
+                    let body = format!("{}:{}", request.key, request.payload.body.len());
+                    (StatusCode::OK, Bytes::from(body))
+                },
+                stop,
+            )
+            .await;
+        });
+        let links = Arc::new(Links::new(Duration::from_secs(2)));
+        let sends: Vec<_> = (0..400u64)
+            .map(|n| {
+                let (links, authority) = (links.clone(), authority.clone());
+                tokio::spawn(async move {
+                    let payload = Payload {
+                        body: Bytes::from(vec![b'x'; n as usize]),
+                        content_type: None,
+                    };
+                    let deadline = Instant::now() + Duration::from_secs(10);
+                    let key = n.to_string();
+                    let reply = links
+                        .send(&authority, "s", &key, "svc", &payload, deadline)
+                        .await;
+                    match reply {
+                        Ok(reply) => (n, reply.status, reply.body),
+                        Err(_) => panic!("request {n} failed"),
+                    }
+                })
+            })
+            .collect();
+        for send in sends {
+            let (n, status, body) = send.await.unwrap();
+            assert_eq!(status, StatusCode::OK);
+            assert_eq!(body, format!("{n}:{n}").as_bytes(), "request {n}");
+        }
+        let conn = links
+            .peer(&authority)
+            .conn
+            .load_full()
+            .expect("the link is open");
+        assert!(conn.shared.queue.lock().unwrap().pending.is_empty());
+        drop(conn);
+        drop(links);
+        tokio::time::timeout(Duration::from_secs(5), server)
+            .await
+            .expect("the server saw the link close once its client was dropped")
+            .unwrap();
+    }
+
     /// A peer that never answers: the request fails with a timeout soon after its deadline
     /// (no timer of its own: the link's expiry sweep answers it), the link stays usable, and
     /// nothing is left waiting on it.
