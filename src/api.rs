@@ -388,9 +388,8 @@ async fn message(
     let trace = head.trace.and_then(|v| TraceId::parse(v.as_bytes()));
     let mut scope = state.router.observe(&stream, &key, route, trace);
     let trace = scope.trace();
-    let (mut response, owner) = scope
-        .run(respond(state, &head, body, broadcast, &stream, &key))
-        .await;
+    let respond = std::pin::pin!(respond(state, &head, body, broadcast, &stream, &key));
+    let (mut response, owner) = scope.run(respond).await;
     scope.finish(response.status(), owner.as_deref());
     if let Ok(v) = HeaderValue::from_bytes(&trace.hex()) {
         response.headers_mut().insert(TRACE_NAME, v);
@@ -778,7 +777,8 @@ async fn link_request(state: Arc<ApiState>, request: link::LinkRequest) -> (Stat
     let mut scope = state
         .router
         .observe(&request.stream, &request.key, Route::Received, trace);
-    match scope.run(state.router.route(route, request.payload)).await {
+    let routed = std::pin::pin!(state.router.route(route, request.payload));
+    match scope.run(routed).await {
         Ok(routed) => {
             scope.finish(routed.reply.status, Some(&routed.service_id));
             (routed.reply.status, routed.reply.body)

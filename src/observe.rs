@@ -17,6 +17,7 @@ use std::cell::Cell;
 use std::fmt;
 use std::future::Future;
 use std::hash::{BuildHasher, Hasher};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -187,8 +188,10 @@ impl RequestScope {
         self.trace
     }
 
-    /// Runs the request inside its span and context.
-    pub(crate) async fn run<F: Future>(&mut self, request: F) -> F::Output {
+    /// Runs the request inside its span and context. The request is pinned by the caller, so
+    /// that this future holds a reference to it, not a second copy (a message's future is
+    /// a few kilobytes, and each copy is moved along with the future that holds it).
+    pub(crate) async fn run<F: Future>(&mut self, request: Pin<&mut F>) -> F::Output {
         let Some(stream) = self.stream.take() else {
             return request.await;
         };
@@ -246,12 +249,12 @@ mod tests {
         let mut scope = RequestScope::new(&metrics, &table, "echo", "k", Route::Unrouted, None);
         let trace = scope.trace();
         let seen = scope
-            .run(async {
+            .run(std::pin::pin!(async {
                 forwarded(Instant::now());
                 rerouted();
                 handled(Instant::now());
                 current_trace()
-            })
+            }))
             .await;
         assert_eq!(seen, Some(trace));
         scope.finish(StatusCode::OK, Some("svc"));
@@ -273,7 +276,9 @@ mod tests {
         assert_eq!(current_trace(), None, "outside a scope there is no trace");
 
         let mut scope = RequestScope::new(&metrics, &table, "echo", "k", Route::Broadcast, None);
-        scope.run(async { handled(Instant::now()) }).await;
+        scope
+            .run(std::pin::pin!(async { handled(Instant::now()) }))
+            .await;
         scope.finish(StatusCode::BAD_GATEWAY, None);
         assert_eq!(other.requests(Route::Broadcast, Outcome::ServerError), 1);
     }

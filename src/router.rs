@@ -591,19 +591,18 @@ impl Router {
             Route::Unrouted,
             None,
         );
-        let routed = scope
-            .run(self.route(
-                RouteRequest {
-                    stream: &message.stream,
-                    key: &message.partition_key,
-                    target: None,
-                    hop: false,
-                    idempotent: options.idempotent,
-                    deadline: self.deadline(options.timeout),
-                },
-                payload,
-            ))
-            .await;
+        let routed = std::pin::pin!(self.route(
+            RouteRequest {
+                stream: &message.stream,
+                key: &message.partition_key,
+                target: None,
+                hop: false,
+                idempotent: options.idempotent,
+                deadline: self.deadline(options.timeout),
+            },
+            payload,
+        ));
+        let routed = scope.run(routed).await;
         match &routed {
             Ok(r) => scope.finish(r.reply.status, Some(&r.service_id)),
             Err(e) => scope.finish(e.status(), None),
@@ -631,13 +630,14 @@ impl Router {
             Route::Broadcast,
             None,
         );
+        let parts = std::pin::pin!(self.broadcast_payload(
+            &message.stream,
+            &message.partition_key,
+            payload,
+            self.deadline(options.timeout),
+        ));
         let results = scope
-            .run(self.broadcast_payload(
-                &message.stream,
-                &message.partition_key,
-                payload,
-                self.deadline(options.timeout),
-            ))
+            .run(parts)
             .await
             .map(|parts| parts.into_iter().map(Part::into_value).collect());
         scope.finish(
