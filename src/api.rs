@@ -34,9 +34,9 @@ use http::header::{HeaderName, HeaderValue, ALLOW, CONTENT_TYPE};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
+use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -498,17 +498,20 @@ pub(crate) async fn serve(
     killed: watch::Receiver<bool>,
 ) {
     // HTTP/1.1 for clients; HTTP/2 with prior knowledge for peers configured to forward over it.
-    let mut http = auto::Builder::new(TokioExecutor::new());
-    http.http1()
+    // Which one a connection speaks is known from its first bytes (see `sniff`), so each is
+    // served by its own builder, with no detection layer around every read.
+    let mut http1 = http1::Builder::new();
+    http1
         .timer(TokioTimer::new())
         .keep_alive(true)
         .header_read_timeout(None);
-    http.http2()
+    let mut http2 = http2::Builder::new(TokioExecutor::new());
+    http2
         .timer(TokioTimer::new())
         .max_concurrent_streams(4096)
         .initial_stream_window_size(1 << 20)
         .initial_connection_window_size(16 << 20);
-    let http = Arc::new(http);
+    let http = Arc::new((http1, http2));
     // Connections accepted and not yet closed (HTTP and links): the drain waits for them.
     let open = Arc::new(AtomicUsize::new(0));
     let closed = Arc::new(tokio::sync::Notify::new());
@@ -536,12 +539,12 @@ pub(crate) async fn serve(
             // A connection that has sent nothing by the time the node stops is closed: it
             // would keep the drain waiting.
             let mut stopping = stop.clone();
-            let link = tokio::select! {
-                link = is_link(&stream) => link,
+            let protocol = tokio::select! {
+                protocol = sniff(&stream) => protocol,
                 _ = stopped(&mut stopping) => return,
                 _ = stopped(&mut killed) => return,
             };
-            if link {
+            if protocol == Protocol::Link {
                 let serve = link::serve(
                     stream,
                     move |request| link_request(state.clone(), request),
@@ -566,17 +569,26 @@ pub(crate) async fn serve(
                 let started = Activity::start(&counted);
                 async move { handle(&started.0.state, request).await }
             });
-            let connection = http
-                .serve_connection(TokioIo::new(stream), service)
-                .into_owned();
+            let io = TokioIo::new(stream);
             // The connection runs in a task of its own, with one flag to look at on each
             // wake-up; this one watches it, and ends it when idle, stopping or killed.
-            let mut serving = tokio::spawn(async move {
-                let drive = driving.drive(connection, |c| c.graceful_shutdown());
-                if let Err(e) = drive.await {
-                    debug!(%peer, error = %e, "connection ended with an error");
-                }
-            });
+            let mut serving = if protocol == Protocol::Http2 {
+                let connection = http.1.serve_connection(io, service);
+                tokio::spawn(async move {
+                    let drive = driving.drive(connection, |c| c.graceful_shutdown());
+                    if let Err(e) = drive.await {
+                        debug!(%peer, error = %e, "connection ended with an error");
+                    }
+                })
+            } else {
+                let connection = http.0.serve_connection(io, service);
+                tokio::spawn(async move {
+                    let drive = driving.drive(connection, |c| c.graceful_shutdown());
+                    if let Err(e) = drive.await {
+                        debug!(%peer, error = %e, "connection ended with an error");
+                    }
+                })
+            };
             tokio::select! {
                 _ = &mut serving => {}
                 _ = watch_connection(&activity, idle, stop, &mut killed) => {
@@ -731,25 +743,50 @@ pub(crate) async fn stopped(flag: &mut watch::Receiver<bool>) {
     let _ = flag.wait_for(|set| *set).await;
 }
 
-/// Whether a new connection opens with the peer-link preface (else it is HTTP).
-async fn is_link(stream: &tokio::net::TcpStream) -> bool {
-    let mut head = [0u8; link::PREFACE.len()];
-    let sniff = async {
+/// What a new connection speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Protocol {
+    /// The peer link: it opened with [`link::PREFACE`].
+    Link,
+    /// HTTP/2 with prior knowledge: it opened with the HTTP/2 connection preface.
+    Http2,
+    /// Anything else (and a connection that closes or says nothing for 10 s): HTTP/1.1, whose
+    /// server answers what it cannot parse.
+    Http1,
+}
+
+/// The HTTP/2 connection preface (RFC 9113, section 3.4).
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Tells what a new connection speaks from its first bytes, read without taking them.
+async fn sniff(stream: &tokio::net::TcpStream) -> Protocol {
+    let mut head = [0u8; H2_PREFACE.len()];
+    let read = async {
         loop {
             let n = stream.peek(&mut head).await.unwrap_or(0);
-            if n == 0 || head[..n] != link::PREFACE[..n] {
-                return false;
+            if n == 0 {
+                return Protocol::Http1;
             }
-            if n == head.len() {
-                return true;
+            let seen = &head[..n];
+            let link = seen.len().min(link::PREFACE.len());
+            let maybe_link = seen[..link] == link::PREFACE[..link];
+            let maybe_h2 = *seen == H2_PREFACE[..n];
+            if maybe_link && n >= link::PREFACE.len() {
+                return Protocol::Link;
+            }
+            if maybe_h2 && n == H2_PREFACE.len() {
+                return Protocol::Http2;
+            }
+            if !maybe_link && !maybe_h2 {
+                return Protocol::Http1;
             }
             // A partial preface: wait for the rest.
             tokio::task::yield_now().await;
         }
     };
-    tokio::time::timeout(Duration::from_secs(10), sniff)
+    tokio::time::timeout(Duration::from_secs(10), read)
         .await
-        .unwrap_or(false)
+        .unwrap_or(Protocol::Http1)
 }
 
 /// Runs one request that arrived over a peer link: it names its service and is never

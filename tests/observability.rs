@@ -449,3 +449,10 @@ fn a_forward_over_the_link_keeps_its_trace_id() {
 fn a_forward_over_http_keeps_its_trace_id() {
     one_trace_on_both_nodes("http1");
 }
+
+/// Peers that forward over HTTP/2 (prior knowledge): the owner tells it from HTTP/1.1 and from
+/// the link by the connection's first bytes.
+#[test]
+fn a_forward_over_http2_keeps_its_trace_id() {
+    one_trace_on_both_nodes("http2");
+}
