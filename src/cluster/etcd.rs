@@ -284,23 +284,31 @@ impl Session {
 
     /// Runs a call on a clone of the client within the request timeout, again while it fails
     /// for want of a connection: with several endpoints the client picks one per call, and a
-    /// call that met a stopped member was never sent, so it is safe to send again.
+    /// call that met a stopped member was never sent, so it is safe to send again. A call that
+    /// gets no answer within a third of the timeout is sent again too, while time is left: it
+    /// may wait on the connection to a member that has just stopped, and every call made here
+    /// can be repeated (a second lease that is granted and not used expires with its TTL).
     async fn retried<T, F, Fut>(&self, what: &str, mut call: F) -> Result<T, StepError>
     where
         F: FnMut(Client) -> Fut,
         Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
     {
         let deadline = Instant::now() + self.config.request_timeout;
+        let attempt = (self.config.request_timeout / 3).max(Duration::from_millis(200));
         let pause = Duration::from_millis(20);
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            match tokio::time::timeout(left, call(self.client.clone())).await {
+            let budget = if left > attempt * 2 { attempt } else { left };
+            match tokio::time::timeout(budget, call(self.client.clone())).await {
                 Ok(Ok(v)) => return Ok(v),
                 Ok(Err(e)) if not_sent(&e) && Instant::now() + pause < deadline => {
                     debug!(what, error = %e, "an etcd endpoint is out of reach; trying again");
                     tokio::time::sleep(pause).await;
                 }
                 Ok(Err(e)) => return Err(format!("{what}: {e}")),
+                Err(_) if Instant::now() < deadline => {
+                    debug!(what, after = ?budget, "no answer from etcd yet; asking again");
+                }
                 Err(_) => {
                     return Err(format!(
                         "{what}: no answer within {:?}",
