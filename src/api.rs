@@ -574,20 +574,10 @@ pub(crate) async fn serve(
             // wake-up; this one watches it, and ends it when idle, stopping or killed.
             let mut serving = if protocol == Protocol::Http2 {
                 let connection = http.1.serve_connection(io, service);
-                tokio::spawn(async move {
-                    let drive = driving.drive(connection, |c| c.graceful_shutdown());
-                    if let Err(e) = drive.await {
-                        debug!(%peer, error = %e, "connection ended with an error");
-                    }
-                })
+                spawn_driven(driving, connection, |c| c.graceful_shutdown(), peer)
             } else {
                 let connection = http.0.serve_connection(io, service);
-                tokio::spawn(async move {
-                    let drive = driving.drive(connection, |c| c.graceful_shutdown());
-                    if let Err(e) = drive.await {
-                        debug!(%peer, error = %e, "connection ended with an error");
-                    }
-                })
+                spawn_driven(driving, connection, |c| c.graceful_shutdown(), peer)
             };
             tokio::select! {
                 _ = &mut serving => {}
@@ -612,6 +602,23 @@ pub(crate) async fn serve(
     if tokio::time::timeout(drain, drained).await.is_err() {
         warn!(?drain, "drain timed out; dropping open connections");
     }
+}
+
+/// Runs an HTTP connection in a task of its own, driven by [`Activity::drive`].
+fn spawn_driven<C>(
+    activity: Arc<Activity>,
+    connection: C,
+    shutdown: impl Fn(Pin<&mut C>) + Send + Sync + 'static,
+    peer: SocketAddr,
+) -> tokio::task::JoinHandle<()>
+where
+    C: Future<Output = Result<(), hyper::Error>> + Send + 'static,
+{
+    tokio::spawn(async move {
+        if let Err(e) = activity.drive(connection, shutdown).await {
+            debug!(%peer, error = %e, "connection ended with an error");
+        }
+    })
 }
 
 /// While the node stops, how often it looks for connections that have no request running.
