@@ -59,7 +59,7 @@ const STOPPING_IDLE: Duration = Duration::from_secs(2);
 /// Frames above this size end the connection (a broken or hostile peer).
 const MAX_FRAME: usize = 64 * 1024 * 1024;
 /// A writer buffer that grew past this (large bodies) is not kept for the next batch.
-const WRITE_BATCH: usize = 256 * 1024;
+const MAX_KEPT_BATCH: usize = 256 * 1024;
 /// The writer's buffer to start with.
 const BATCH_CAPACITY: usize = 64 * 1024;
 
@@ -369,7 +369,7 @@ async fn write_frames(mut writer: tokio::net::tcp::OwnedWriteHalf, shared: Arc<S
                 break false;
             }
             batch.clear();
-            if batch.capacity() > WRITE_BATCH {
+            if batch.capacity() > MAX_KEPT_BATCH {
                 batch = BytesMut::with_capacity(BATCH_CAPACITY);
             }
         }
