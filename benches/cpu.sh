@@ -8,7 +8,9 @@
 # node), `fwd` (keys owned by the other two nodes), `mixed` (all keys) or `broadcast` (every key, to all 3 services). It drives the entry with wrk (POST
 # {"hello":"world"}, 2 threads, CONNS connections, default 64, for SECONDS, default 5, after a
 # 1 s warm-up) and prints req/s and, per request, the CPU time each process used and the context
-# switches of its threads, from /proc; and each process's peak RSS.
+# switches of its threads, from /proc; each process's peak RSS; and how much of the whole
+# machine's CPU time stayed idle (a high share under load means requests wait on wake-ups,
+# not on CPU).
 # MESHAGE_THREADS and other settings in the environment reach the nodes.
 #
 # With CALLGRIND=1 the entry node (or the bare server) runs under valgrind's callgrind, and the
@@ -74,9 +76,13 @@ function request() i = i % #keys + 1; return wrk.format(nil, "$PREFIX" .. keys[i
 LUA
 wrk -t2 -c"$C" -d1s -s "$TMP/keys.lua" "http://127.0.0.1:$H" >/dev/null
 [ -n "$WRAP" ] && callgrind_control -z "${PIDS[0]}" >/dev/null 2>&1
+# the whole machine's idle and busy time, in ticks, from the first line of /proc/stat
+machine() { awk '/^cpu / {print $5 + $6, $2 + $3 + $4 + $7 + $8 + $9}' /proc/stat; }
+read -r idle0 busy0 < <(machine)
 before=(); sw0=(); for p in "${PIDS[@]}"; do before+=("$(ticks "$p")"); sw0+=("$(switches "$p")"); done
 wrk -t2 -c"$C" -d"${D}s" -s "$TMP/keys.lua" "http://127.0.0.1:$H" > "$TMP/wrk.out"
 after=(); sw1=(); for p in "${PIDS[@]}"; do after+=("$(ticks "$p")"); sw1+=("$(switches "$p")"); done
+read -r idle1 busy1 < <(machine)
 RPS=$(awk '/Requests\/sec/ {print $2}' "$TMP/wrk.out")
 HZ=$(getconf CLK_TCK)
 line="$MODE c=$C: $RPS req/s;"
@@ -86,7 +92,8 @@ for i in "${!PIDS[@]}"; do
   peak=$(awk '/VmHWM/ {print $2}' "/proc/${PIDS[$i]}/status")
   line+=$(python3 -c "print(f' node{$i + 1} {$used / $HZ / $D:.2f} cores, {$used / $HZ * 1e6 / ($RPS * $D):.1f} us/req, {$sw / ($RPS * $D):.2f} switches/req, peak RSS {$peak / 1024:.1f} MB', end=';')")
 done
-echo "${line%;}"
+line+=$(python3 -c "print(f' machine {($idle1 - $idle0) / max(1, $idle1 - $idle0 + $busy1 - $busy0):.0%} idle')")
+echo "$line"
 if [ -n "$WRAP" ]; then
   callgrind_control -d "${PIDS[0]}" >/dev/null 2>&1
   IR=$(cat "$TMP"/callgrind.out.* | awk '/^summary:/ {n += $2} END {print n}')
