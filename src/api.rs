@@ -32,7 +32,7 @@ use bytes::Bytes;
 use futures_util::task::AtomicWaker;
 use http::header::{HeaderName, HeaderValue, ALLOW, CONTENT_TYPE};
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
@@ -427,12 +427,10 @@ async fn respond(
         .target
         .and_then(|v| v.to_str().ok())
         .filter(|v| !v.is_empty());
-    let body = match Limited::new(body, state.body_limit).collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-            return (too_large(state.body_limit), None)
-        }
-        Err(e) => {
+    let body = match read_body(body, state.body_limit).await {
+        Ok(body) => body,
+        Err(BodyError::TooLarge) => return (too_large(state.body_limit), None),
+        Err(BodyError::Read(e)) => {
             let message = format!("cannot read the body: {e}");
             return (error_response(StatusCode::BAD_REQUEST, &message), None);
         }
@@ -477,6 +475,43 @@ async fn respond(
             (route_error_response(&e), None)
         }
     }
+}
+
+/// Why a request's body could not be read.
+enum BodyError {
+    TooLarge,
+    Read(hyper::Error),
+}
+
+/// Reads a whole request body of at most `limit` bytes. A body that comes in one piece (most
+/// do) is handed on as it came, without a copy or a buffer list.
+async fn read_body(mut body: Incoming, limit: usize) -> Result<Bytes, BodyError> {
+    let mut first = Bytes::new();
+    let mut rest: Option<bytes::BytesMut> = None;
+    while !hyper::body::Body::is_end_stream(&body) {
+        let Some(frame) = body.frame().await else {
+            break;
+        };
+        // Trailers carry nothing a message uses.
+        let Ok(data) = frame.map_err(BodyError::Read)?.into_data() else {
+            continue;
+        };
+        let len = first.len() + rest.as_ref().map_or(0, |r| r.len()) + data.len();
+        if len > limit {
+            return Err(BodyError::TooLarge);
+        }
+        match &mut rest {
+            Some(rest) => rest.extend_from_slice(&data),
+            None if first.is_empty() => first = data,
+            None => {
+                let mut joined = bytes::BytesMut::with_capacity(len);
+                joined.extend_from_slice(&first);
+                joined.extend_from_slice(&data);
+                rest = Some(joined);
+            }
+        }
+    }
+    Ok(rest.map_or(first, bytes::BytesMut::freeze))
 }
 
 fn too_large(limit: usize) -> Response<Body> {
