@@ -11,7 +11,8 @@
 # switches of its threads, from /proc; each process's peak RSS; and how much of the whole
 # machine's CPU time stayed idle (a high share under load means requests wait on wake-ups,
 # not on CPU).
-# MESHAGE_THREADS and other settings in the environment reach the nodes.
+# MESHAGE_THREADS and other settings in the environment reach the nodes. BODY_BYTES=N sends
+# {"hello":"xxx…"} with N x's instead of {"hello":"world"}.
 #
 # With CALLGRIND=1 the entry node (or the bare server) runs under valgrind's callgrind, and the
 # script also prints the instructions it executed in user space per request: a count that,
@@ -66,11 +67,14 @@ print(next(x['id'] for x in s if x['node'] == node), ','.join(x['id'] for x in s
   esac
   "$B/examples/bench_keys" "$LOCAL" "$IDS" 3000 | awk -v s="$SIDE" '$1 ~ s {print $2}' > "$TMP/keys"
 fi
+BODY="'{\"hello\":\"world\"}'"
+if [ -n "${BODY_BYTES:-}" ]; then BODY="'{\"hello\":\"' .. string.rep('x', $BODY_BYTES) .. '\"}'"; fi
 cat > "$TMP/keys.lua" <<LUA
 local keys = {}
 for line in io.lines("$TMP/keys") do keys[#keys + 1] = line end
 local i = 0
-wrk.method = "POST"; wrk.body = '{"hello":"world"}'; wrk.headers["Content-Type"] = "application/json"
+wrk.method = "POST"; wrk.headers["Content-Type"] = "application/json"
+wrk.body = $BODY
 function init(args) i = math.random(#keys) end
 function request() i = i % #keys + 1; return wrk.format(nil, "$PREFIX" .. keys[i]) end
 LUA

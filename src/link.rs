@@ -62,6 +62,79 @@ const MAX_FRAME: usize = 64 * 1024 * 1024;
 const MAX_KEPT_BATCH: usize = 256 * 1024;
 /// The writer's buffer to start with.
 const BATCH_CAPACITY: usize = 64 * 1024;
+/// Bodies of at least this size are not copied into an outbox but written from where they
+/// are, by reference: no copy of a large body while the link's lock is held.
+const BY_REFERENCE: usize = 16 * 1024;
+/// The most buffers one vectored write hands the kernel (Linux's `IOV_MAX`).
+const MAX_SLICES: usize = 1024;
+
+/// Frames waiting to be written: small ones back to back in one buffer, large bodies by
+/// reference, each to go at its place in the buffer. One vectored write sends them all.
+#[derive(Default)]
+struct Outbox {
+    bytes: BytesMut,
+    /// Large bodies, each with the length `bytes` had when it was queued: it goes there.
+    bodies: Vec<(usize, Bytes)>,
+}
+
+impl Outbox {
+    fn with_capacity(capacity: usize) -> Self {
+        Outbox {
+            bytes: BytesMut::with_capacity(capacity),
+            bodies: Vec::new(),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.bytes.is_empty() && self.bodies.is_empty()
+    }
+
+    fn clear(&mut self) {
+        self.bytes.clear();
+        self.bodies.clear();
+    }
+
+    /// Queues a frame's body: copied when small, by reference when large.
+    fn put_body(&mut self, body: &Bytes) {
+        if body.len() >= BY_REFERENCE {
+            self.bodies.push((self.bytes.len(), body.clone()));
+        } else {
+            self.bytes.put_slice(body);
+        }
+    }
+
+    /// Writes everything queued, in order.
+    async fn write_to<W: tokio::io::AsyncWrite + Unpin>(
+        &self,
+        writer: &mut W,
+    ) -> std::io::Result<()> {
+        if self.bodies.is_empty() {
+            return writer.write_all(&self.bytes).await;
+        }
+        let mut slices = Vec::with_capacity(2 * self.bodies.len() + 1);
+        let mut at = 0;
+        for (place, body) in &self.bodies {
+            if *place > at {
+                slices.push(std::io::IoSlice::new(&self.bytes[at..*place]));
+            }
+            slices.push(std::io::IoSlice::new(body));
+            at = *place;
+        }
+        if at < self.bytes.len() {
+            slices.push(std::io::IoSlice::new(&self.bytes[at..]));
+        }
+        let mut slices = &mut slices[..];
+        while !slices.is_empty() {
+            let end = slices.len().min(MAX_SLICES);
+            let written = writer.write_vectored(&slices[..end]).await?;
+            if written == 0 {
+                return Err(std::io::ErrorKind::WriteZero.into());
+            }
+            std::io::IoSlice::advance_slices(&mut slices, written);
+        }
+        Ok(())
+    }
+}
 
 /// A request as the owner receives it.
 #[derive(Debug)]
@@ -78,7 +151,7 @@ pub struct LinkRequest {
 
 #[allow(clippy::too_many_arguments)]
 fn encode_request(
-    buf: &mut BytesMut,
+    out: &mut Outbox,
     id: u64,
     trace: u64,
     timeout: Duration,
@@ -86,7 +159,7 @@ fn encode_request(
     key: &str,
     service_id: &str,
     content_type: &str,
-    body: &[u8],
+    body: &Bytes,
 ) -> Result<(), ForwardError> {
     if stream.len() > u16::MAX as usize
         || service_id.len() > u16::MAX as usize
@@ -114,7 +187,8 @@ fn encode_request(
             "message of {len} bytes is too large for a link frame"
         )));
     }
-    buf.reserve(4 + len);
+    let buf = &mut out.bytes;
+    buf.reserve(4 + len - body.len());
     buf.put_u32(len as u32);
     buf.put_u8(KIND_REQUEST);
     buf.put_u64(id);
@@ -128,23 +202,24 @@ fn encode_request(
     buf.put_slice(key.as_bytes());
     buf.put_slice(service_id.as_bytes());
     buf.put_slice(content_type.as_bytes());
-    buf.put_slice(body);
+    out.put_body(body);
     Ok(())
 }
 
-fn encode_response(buf: &mut BytesMut, id: u64, status: StatusCode, body: &[u8]) {
+fn encode_response(out: &mut Outbox, id: u64, status: StatusCode, body: &Bytes) {
     let len = 1 + 8 + 2 + body.len();
-    buf.reserve(4 + len);
+    let buf = &mut out.bytes;
+    buf.reserve(4 + len - body.len());
     buf.put_u32(len as u32);
     buf.put_u8(KIND_RESPONSE);
     buf.put_u64(id);
     buf.put_u16(status.as_u16());
-    buf.put_slice(body);
+    out.put_body(body);
 }
 
-fn encode_goaway(buf: &mut BytesMut) {
-    buf.put_u32(1);
-    buf.put_u8(KIND_GOAWAY);
+fn encode_goaway(out: &mut Outbox) {
+    out.bytes.put_u32(1);
+    out.bytes.put_u8(KIND_GOAWAY);
 }
 
 fn take_string(frame: &mut Bytes, len: usize) -> Option<String> {
@@ -252,8 +327,8 @@ impl Hasher for IdHasher {
 struct Queue {
     /// Requests waiting for their answers: id → (waiter, deadline).
     pending: HashMap<u64, (oneshot::Sender<Outcome>, Instant), BuildHasherDefault<IdHasher>>,
-    /// Frames encoded by their senders and not yet taken by the writer, back to back.
-    outbox: BytesMut,
+    /// Frames encoded by their senders and not yet taken by the writer.
+    outbox: Outbox,
     /// The ids of the requests whose frames are in `outbox`.
     queued: Vec<u64>,
     /// The last request id given out.
@@ -341,7 +416,7 @@ async fn expire(shared: Arc<Shared>) {
 /// wrote are answered [`Outcome::Unsent`], so that their senders know the peer never saw them.
 async fn write_frames(mut writer: tokio::net::tcp::OwnedWriteHalf, shared: Arc<Shared>) {
     let mut broken = shared.broken.subscribe();
-    let mut batch = BytesMut::with_capacity(BATCH_CAPACITY);
+    let mut batch = Outbox::with_capacity(BATCH_CAPACITY);
     let graceful = loop {
         shared.ready.notified().await;
         if *shared.broken.borrow() {
@@ -362,15 +437,15 @@ async fn write_frames(mut writer: tokio::net::tcp::OwnedWriteHalf, shared: Arc<S
         if !batch.is_empty() {
             let written = tokio::select! {
                 biased;
-                written = writer.write_all(&batch) => written.is_ok(),
+                written = batch.write_to(&mut writer) => written.is_ok(),
                 _ = crate::api::stopped(&mut broken) => false,
             };
             if !written {
                 break false;
             }
             batch.clear();
-            if batch.capacity() > MAX_KEPT_BATCH {
-                batch = BytesMut::with_capacity(BATCH_CAPACITY);
+            if batch.bytes.capacity() > MAX_KEPT_BATCH {
+                batch = Outbox::with_capacity(BATCH_CAPACITY);
             }
         }
         if dropped {
@@ -411,7 +486,7 @@ impl Conn {
     /// into the outbox, and returns where its outcome will come.
     fn submit(
         &self,
-        encode: &mut impl FnMut(&mut BytesMut, u64) -> Result<(), LinkError>,
+        encode: &mut impl FnMut(&mut Outbox, u64) -> Result<(), LinkError>,
         deadline: Instant,
     ) -> Result<oneshot::Receiver<Outcome>, LinkError> {
         let (tx, rx) = oneshot::channel();
@@ -529,7 +604,7 @@ impl Links {
     ) -> Result<Reply, LinkError> {
         let timeout = deadline.saturating_duration_since(Instant::now());
         let trace = crate::observe::current_trace().map_or(0, |t| t.as_u64());
-        let mut encode = |frame: &mut BytesMut, id| {
+        let mut encode = |frame: &mut Outbox, id| {
             encode_request(
                 frame,
                 id,
@@ -772,10 +847,10 @@ where
     let mut open = true;
     let mut idle_since = Instant::now();
     let mut buf = BytesMut::with_capacity(64 * 1024);
-    let mut out = BytesMut::with_capacity(64 * 1024);
+    let mut out = Outbox::with_capacity(64 * 1024);
     if stopping {
         encode_goaway(&mut out);
-        if writer.write_all(&out).await.is_err() {
+        if out.write_to(&mut writer).await.is_err() {
             return;
         }
         out.clear();
@@ -788,7 +863,7 @@ where
                 while let Some(Some((id, (status, body)))) = running.next().now_or_never() {
                     encode_response(&mut out, id, status, &body);
                 }
-                if writer.write_all(&out).await.is_err() {
+                if out.write_to(&mut writer).await.is_err() {
                     return;
                 }
                 out.clear();
@@ -808,7 +883,7 @@ where
                             };
                             let id = request.id;
                             if stopping {
-                                encode_response(&mut out, id, StatusCode::MISDIRECTED_REQUEST, LEAVING_BODY);
+                                encode_response(&mut out, id, StatusCode::MISDIRECTED_REQUEST, &Bytes::from_static(LEAVING_BODY));
                             } else {
                                 let answer = handle(request);
                                 running.push(Box::pin(async move { (id, answer.await) }));
@@ -822,7 +897,7 @@ where
                     }
                 }
                 if !out.is_empty() {
-                    if writer.write_all(&out).await.is_err() {
+                    if out.write_to(&mut writer).await.is_err() {
                         return;
                     }
                     out.clear();
@@ -831,7 +906,7 @@ where
             _ = &mut stop_signal, if !stopping => {
                 stopping = true;
                 encode_goaway(&mut out);
-                if writer.write_all(&out).await.is_err() {
+                if out.write_to(&mut writer).await.is_err() {
                     return;
                 }
                 out.clear();
@@ -854,9 +929,9 @@ mod tests {
 
     #[test]
     fn frames_round_trip() {
-        let mut buf = BytesMut::new();
+        let mut out = Outbox::default();
         encode_request(
-            &mut buf,
+            &mut out,
             7,
             0xfeed,
             Duration::from_millis(1500),
@@ -864,10 +939,17 @@ mod tests {
             "a/b ключ",
             "svc",
             "application/json",
-            b"{\"x\":1}",
+            &Bytes::from_static(b"{\"x\":1}"),
         )
         .unwrap();
-        encode_response(&mut buf, 9, StatusCode::CONFLICT, b"{}");
+        encode_response(
+            &mut out,
+            9,
+            StatusCode::CONFLICT,
+            &Bytes::from_static(b"{}"),
+        );
+        assert!(out.bodies.is_empty(), "small bodies are copied");
+        let mut buf = out.bytes;
         let request = decode_request(next_frame(&mut buf).unwrap().unwrap()).unwrap();
         assert_eq!((request.id, request.trace), (7, 0xfeed));
         assert_eq!(request.timeout, Duration::from_millis(1500));
@@ -891,13 +973,60 @@ mod tests {
 
     #[test]
     fn partial_and_oversized_frames() {
-        let mut buf = BytesMut::new();
-        encode_response(&mut buf, 1, StatusCode::OK, b"hello");
-        let mut partial = buf.split_to(6);
+        let mut out = Outbox::default();
+        encode_response(&mut out, 1, StatusCode::OK, &Bytes::from_static(b"hello"));
+        let mut partial = out.bytes.split_to(6);
         assert!(next_frame(&mut partial).unwrap().is_none());
         let mut huge = BytesMut::from(&u32::MAX.to_be_bytes()[..]);
         assert!(next_frame(&mut huge).is_err());
         assert!(decode_request(Bytes::from_static(b"\x01short")).is_none());
+    }
+
+    /// An outbox of small frames and large bodies (kept by reference, more of them than one
+    /// vectored write takes) writes, over a real socket, exactly the frames it was given, in
+    /// order.
+    #[tokio::test]
+    async fn an_outbox_with_large_bodies_writes_every_frame_in_order() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let mut out = Outbox::default();
+        let count = 2 * MAX_SLICES;
+        let body = |n: usize| {
+            let len = if n % 3 == 0 { 5 } else { BY_REFERENCE + n };
+            Bytes::from(vec![(n % 251) as u8; len])
+        };
+        for n in 0..count {
+            encode_response(&mut out, n as u64, StatusCode::OK, &body(n));
+        }
+        assert!(
+            out.bodies.len() > MAX_SLICES,
+            "large bodies are kept by reference"
+        );
+        let reader = tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let mut buf = BytesMut::new();
+            let mut frames = Vec::new();
+            while stream.read_buf(&mut buf).await.unwrap() > 0 {
+                while let Some(frame) = next_frame(&mut buf).unwrap() {
+                    frames.push(decode_response(frame).expect("a response frame"));
+                }
+            }
+            assert!(buf.is_empty(), "a partial frame was left over");
+            frames
+        });
+        let mut stream = TcpStream::connect(address).await.unwrap();
+        out.write_to(&mut stream).await.unwrap();
+        stream.shutdown().await.unwrap();
+        drop(stream);
+        let frames = tokio::time::timeout(Duration::from_secs(20), reader)
+            .await
+            .expect("the reader got every frame within 20 s")
+            .unwrap();
+        assert_eq!(frames.len(), count);
+        for (n, (id, reply)) in frames.into_iter().enumerate() {
+            assert_eq!(id, n as u64);
+            assert_eq!(reply.body, body(n), "body of frame {n}");
+        }
     }
 
     /// Many requests queued at once on one link, from tasks on both worker threads, share the
