@@ -477,15 +477,26 @@ async fn respond(
     }
 }
 
-/// Why a request's body could not be read.
-enum BodyError {
+/// Why a body could not be read.
+#[derive(Debug)]
+pub(crate) enum BodyError {
     TooLarge,
     Read(hyper::Error),
 }
 
-/// Reads a whole request body of at most `limit` bytes. A body that comes in one piece (most
-/// do) is handed on as it came, without a copy or a buffer list.
-async fn read_body(mut body: Incoming, limit: usize) -> Result<Bytes, BodyError> {
+impl std::fmt::Display for BodyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BodyError::TooLarge => f.write_str("length limit exceeded"),
+            BodyError::Read(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+/// Reads a whole body (of a request, or of an answer from a peer or a handler) of at most
+/// `limit` bytes. A body that comes in one piece (most do) is handed on as it came, without a
+/// copy or a buffer list.
+pub(crate) async fn read_body(mut body: Incoming, limit: usize) -> Result<Bytes, BodyError> {
     let mut first = Bytes::new();
     let mut rest: Option<bytes::BytesMut> = None;
     while !hyper::body::Body::is_end_stream(&body) {
@@ -505,7 +516,7 @@ async fn read_body(mut body: Incoming, limit: usize) -> Result<Bytes, BodyError>
             None if first.is_empty() => first = data,
             None => {
                 let mut joined = bytes::BytesMut::with_capacity(len);
-                joined.extend_from_slice(&first);
+                joined.extend_from_slice(&std::mem::take(&mut first));
                 joined.extend_from_slice(&data);
                 rest = Some(joined);
             }

@@ -15,11 +15,12 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::header::{HeaderValue, CONTENT_TYPE};
 use http::{Method, Request, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::Full;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
+use crate::api::{read_body, BodyError};
 use crate::link::{LinkError, Links};
 use crate::message::{Payload, Reply};
 use crate::path::encode_segment;
@@ -254,17 +255,12 @@ impl Forwarder {
                 }
             })?;
             let status = response.status();
-            let body = Limited::new(response.into_body(), self.max_response)
-                .collect()
+            let body = read_body(response.into_body(), self.max_response)
                 .await
-                .map_err(|e| {
-                    if e.is::<http_body_util::LengthLimitError>() {
-                        ForwardError::Failed(format!("reading the answer: {e}"))
-                    } else {
-                        ForwardError::Lost(format!("reading the answer: {e}"))
-                    }
-                })?
-                .to_bytes();
+                .map_err(|e| match e {
+                    BodyError::TooLarge => ForwardError::Failed(format!("reading the answer: {e}")),
+                    BodyError::Read(_) => ForwardError::Lost(format!("reading the answer: {e}")),
+                })?;
             Ok::<_, ForwardError>(Reply { status, body })
         };
         match tokio::time::timeout(timeout, exchange).await {

@@ -9,14 +9,14 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::header::{HeaderValue, CONTENT_TYPE};
 use http::{Method, Request, StatusCode, Uri};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::Full;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
-use crate::api::RESERVED_STREAMS;
+use crate::api::{read_body, RESERVED_STREAMS};
 use crate::forward::error_chain;
 use crate::forward::SERVICE_ID_HEADER;
 use crate::message::{BoxFuture, Handler, HandlerError, Header, Payload, Reply};
@@ -221,11 +221,9 @@ impl HttpUpstream {
                 }
             })?;
             let status = response.status();
-            let body = Limited::new(response.into_body(), self.inner.config.max_response)
-                .collect()
+            let body = read_body(response.into_body(), self.inner.config.max_response)
                 .await
-                .map_err(|e| bad_gateway(format!("reading the answer of {url}: {e}")))?
-                .to_bytes();
+                .map_err(|e| bad_gateway(format!("reading the answer of {url}: {e}")))?;
             Ok::<_, HandlerError>((status, body))
         };
         let (status, body) = match tokio::time::timeout(timeout, exchange).await {
@@ -263,9 +261,7 @@ impl HttpUpstream {
                 .map_err(|e| error_chain(&e))?;
             let status = response.status();
             // Read the (small) body so that the connection goes back to the pool.
-            let _ = Limited::new(response.into_body(), 64 * 1024)
-                .collect()
-                .await;
+            let _ = read_body(response.into_body(), 64 * 1024).await;
             Ok::<_, String>(status)
         };
         match tokio::time::timeout(timeout, exchange).await {

@@ -21,8 +21,8 @@ use meshage::{
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
 
-/// A test upstream. `POST /echo` answers what it received; other paths answer as their names
-/// say; `GET` (the health check) answers the status in `health`.
+/// A test upstream. `POST /echo` answers what it received; `/big`, [`BIG_ANSWER`]; other
+/// paths answer as their names say; `GET` (the health check) answers the status in `health`.
 struct TestUpstream {
     base: String,
     health: Arc<AtomicU16>,
@@ -74,6 +74,7 @@ async fn answer(request: Request<Incoming>, health: Arc<AtomicU16>) -> Response<
             .unwrap(),
         "/boom" => reply(500, r#"{"error":"db down"}"#),
         "/notjson" => reply(200, "hello"),
+        "/big" => reply(200, &BIG_ANSWER),
         "/slow" => {
             tokio::time::sleep(Duration::from_secs(10)).await;
             reply(200, "{}")
@@ -81,6 +82,16 @@ async fn answer(request: Request<Incoming>, health: Arc<AtomicU16>) -> Response<
         _ => reply(404, r#"{"error":"unknown path"}"#),
     }
 }
+
+/// How many strings `/big` answers with.
+const BIG_PIECES: usize = 64;
+
+/// `/big`'s answer: a JSON object of [`BIG_PIECES`] strings of 1 KiB each, more than one
+/// read brings in.
+static BIG_ANSWER: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    let piece = format!("\"{}\"", "x".repeat(1024));
+    format!("{{\"pieces\":[{}]}}", vec![piece; BIG_PIECES].join(","))
+});
 
 async fn test_upstream() -> TestUpstream {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -213,6 +224,44 @@ async fn the_upstream_gets_the_bytes_and_headers_and_its_answer_passes_through()
     assert!(e.message.contains("unreachable"), "{e}");
 
     assert!(HttpUpstream::new("https://example.com/", UpstreamConfig::default()).is_err());
+}
+
+/// An answer larger than one read is put back together whole; one larger than
+/// `max_response` is a 502 that says so, not a truncated body.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_is_read_whole_up_to_the_limit() {
+    let up = test_upstream().await;
+    let limited = |max_response| {
+        HttpUpstream::new(
+            &format!("{}/big", up.base),
+            UpstreamConfig {
+                timeout: Duration::from_secs(5),
+                health: None,
+                max_response,
+                ..UpstreamConfig::default()
+            },
+        )
+        .unwrap()
+    };
+    let payload = || Payload {
+        body: Bytes::from_static(b"{}"),
+        content_type: None,
+    };
+    let reply = limited(BIG_ANSWER.len())
+        .handle(payload(), header("k"))
+        .await
+        .unwrap();
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.body.len(), BIG_ANSWER.len());
+    let seen: Value = serde_json::from_slice(&reply.body).expect("the whole answer");
+    assert_eq!(seen["pieces"].as_array().map(Vec::len), Some(BIG_PIECES));
+
+    let e = limited(BIG_ANSWER.len() - 1)
+        .handle(payload(), header("k"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.status, StatusCode::BAD_GATEWAY);
+    assert!(e.message.contains("length limit exceeded"), "{e}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
