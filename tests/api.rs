@@ -299,6 +299,11 @@ async fn body_over_the_limit_is_413() {
         let small = post_chunked(&target, &[b"{\"p\":", b"\"chunked\"}"]).await;
         assert_eq!(small.status, StatusCode::OK, "{:?}", small.body);
         assert_eq!(small.json()["echoed"], json!({"p": "chunked"}));
+        // Exactly at the limit in three pieces passes too.
+        const PAD: &[u8] = &[b' '; 505];
+        let at_limit = post_chunked(&target, &[b"{\"p\":\"chunks\"}", PAD, PAD]).await;
+        assert_eq!(at_limit.status, StatusCode::OK, "{:?}", at_limit.body);
+        assert_eq!(at_limit.json()["echoed"], json!({"p": "chunks"}));
         const HALF: &[u8] = &[b' '; 700];
         let large = post_chunked(&target, &[b"{\"p\":1}", HALF, HALF]).await;
         let message = json_error(&large, StatusCode::PAYLOAD_TOO_LARGE);
