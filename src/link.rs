@@ -51,6 +51,8 @@ const PREFACE_ACK: &[u8; 8] = b"MESHACK2";
 const KIND_REQUEST: u8 = 1;
 const KIND_RESPONSE: u8 = 2;
 const KIND_GOAWAY: u8 = 3;
+/// The body of the 500 for a request whose handler panicked.
+const HANDLER_FAILED_BODY: &[u8] = br#"{"error":"the handler failed (it panicked)"}"#;
 /// The body of the 421 a stopping server answers with.
 pub const LEAVING_BODY: &[u8] = br#"{"error":"node is leaving"}"#;
 /// How long a stopping server keeps a link whose client neither closes it nor sends anything
@@ -818,8 +820,56 @@ fn deliver(
     }
 }
 
-/// Serves one incoming link. Its requests run concurrently inside this one task, and the
-/// answers ready together leave in one write: no task or thread hand-off per request. Ends when
+/// How long, on average, a link's requests may keep its task busy and still run inside it: above
+/// this, each request runs in a task of its own, so that the node's worker threads share them.
+const INLINE_BUSY: Duration = Duration::from_micros(50);
+
+/// A link's average of how long its requests kept a thread busy (polling them, not waiting),
+/// weighted towards the latest: the last request counts for an eighth.
+#[derive(Default)]
+struct BusyAverage {
+    nanos: u64,
+}
+
+impl BusyAverage {
+    fn add(&mut self, busy: Duration) {
+        let busy = u64::try_from(busy.as_nanos()).unwrap_or(u64::MAX);
+        self.nanos = self.nanos - self.nanos / 8 + busy / 8;
+    }
+
+    fn above(&self, limit: Duration) -> bool {
+        u128::from(self.nanos) > limit.as_nanos()
+    }
+}
+
+/// Runs `future` and also says how long its polls took in all.
+async fn timed<F: std::future::Future>(future: F) -> (F::Output, Duration) {
+    let mut future = std::pin::pin!(future);
+    let mut busy = Duration::ZERO;
+    let output = std::future::poll_fn(|cx| {
+        let started = Instant::now();
+        let poll = future.as_mut().poll(cx);
+        busy += started.elapsed();
+        poll
+    })
+    .await;
+    (output, busy)
+}
+
+/// A spawned request's task, aborted if the link is dropped before it answers.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Serves one incoming link. Its requests run concurrently inside this one task while they are
+/// cheap (most handlers answer in microseconds), and the answers ready together leave in one
+/// write: no task or thread hand-off per request. Requests that keep a thread busy for longer
+/// (on average above [`INLINE_BUSY`]) each get a task of their own instead, so that one link does
+/// not hold all of a node's handler work to one thread. Ends when
 /// the peer closes the link. Once `stop` fires, it sends the go-away frame, requests that arrive
 /// are answered 421 without running (the sender looks the key up again and goes elsewhere), and
 /// the link closes when the client has closed its half and nothing is left running (or, for a
@@ -837,8 +887,10 @@ where
         return;
     }
     let (mut reader, mut writer) = stream.into_split();
-    type Answer =
-        std::pin::Pin<Box<dyn std::future::Future<Output = (u64, (StatusCode, Bytes))> + Send>>;
+    type Answer = std::pin::Pin<
+        Box<dyn std::future::Future<Output = (u64, ((StatusCode, Bytes), Duration))> + Send>,
+    >;
+    let mut busy = BusyAverage::default();
     let mut running: FuturesUnordered<Answer> = FuturesUnordered::new();
     let mut stopping = *stop.borrow();
     // One wait for the whole link, not one per request.
@@ -857,10 +909,12 @@ where
     }
     while open || !running.is_empty() {
         tokio::select! {
-            Some((id, (status, body))) = running.next(), if !running.is_empty() => {
+            Some((id, ((status, body), took))) = running.next(), if !running.is_empty() => {
+                busy.add(took);
                 encode_response(&mut out, id, status, &body);
                 // Collect every other answer that is ready now, then write them together.
-                while let Some(Some((id, (status, body)))) = running.next().now_or_never() {
+                while let Some(Some((id, ((status, body), took)))) = running.next().now_or_never() {
+                    busy.add(took);
                     encode_response(&mut out, id, status, &body);
                 }
                 if out.write_to(&mut writer).await.is_err() {
@@ -885,8 +939,30 @@ where
                             if stopping {
                                 encode_response(&mut out, id, StatusCode::MISDIRECTED_REQUEST, &Bytes::from_static(LEAVING_BODY));
                             } else {
-                                let answer = handle(request);
-                                running.push(Box::pin(async move { (id, answer.await) }));
+                                let answer = timed(handle(request));
+                                if busy.above(INLINE_BUSY) {
+                                    let task = AbortOnDrop(tokio::spawn(answer));
+                                    running.push(Box::pin(async move {
+                                        let mut task = task;
+                                        let answer = (&mut task.0).await.unwrap_or_else(|_| {
+                                            let body = Bytes::from_static(HANDLER_FAILED_BODY);
+                                            ((StatusCode::INTERNAL_SERVER_ERROR, body), Duration::ZERO)
+                                        });
+                                        (id, answer)
+                                    }));
+                                    continue;
+                                }
+                                // Most handlers answer on their first poll: such an answer goes
+                                // out with this read's others, and how long it took counts at
+                                // once, before the next request of the read is started.
+                                let mut answer: Answer = Box::pin(async move { (id, answer.await) });
+                                match answer.as_mut().now_or_never() {
+                                    Some((id, ((status, body), took))) => {
+                                        busy.add(took);
+                                        encode_response(&mut out, id, status, &body);
+                                    }
+                                    None => running.push(answer),
+                                }
                             }
                         }
                         Ok(None) => break,

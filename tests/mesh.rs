@@ -493,3 +493,51 @@ async fn idle_client_connections_are_closed_and_busy_ones_kept() {
     }
     node.shutdown().await.unwrap();
 }
+
+/// Handlers that keep a thread busy (as computing would), reached from another node: one peer
+/// link carries every request, and still the owner runs them on both of its worker threads at
+/// once, not one after another inside the link's task.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn busy_handlers_reached_over_one_link_share_the_owners_threads() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let running = Arc::new(AtomicUsize::new(0));
+    let most = Arc::new(AtomicUsize::new(0));
+    let (r, m) = (running.clone(), most.clone());
+    let owner = meshage::init(gossip(&[]), "127.0.0.1:0")
+        .register("work", move |_data: serde_json::Value, _header| {
+            let (running, most) = (r.clone(), m.clone());
+            async move {
+                let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                most.fetch_max(now, Ordering::SeqCst);
+                std::thread::sleep(Duration::from_millis(20));
+                running.fetch_sub(1, Ordering::SeqCst);
+                Ok::<_, HandlerError>(json!({}))
+            }
+        })
+        .start()
+        .await
+        .unwrap();
+    let entry = echo_node(&[owner.seed_address().unwrap()]).await;
+    wait_until(
+        Duration::from_secs(10),
+        "the entry sees the work service",
+        || entry.router().table().services_of("work").count() == 1,
+    )
+    .await;
+    let sends = (0..16).map(|i| {
+        entry
+            .router()
+            .send(Message::new("work", format!("k{i}"), json!({})))
+    });
+    for answer in futures_util::future::join_all(sends).await {
+        assert_eq!(answer.expect("every request is answered"), json!({}));
+    }
+    assert_eq!(
+        most.load(Ordering::SeqCst),
+        2,
+        "busy handlers ran one at a time on the owner"
+    );
+    entry.shutdown().await.unwrap();
+    owner.shutdown().await.unwrap();
+}
