@@ -25,7 +25,7 @@ use bytes::Bytes;
 use futures_util::FutureExt;
 use http::StatusCode;
 use serde_json::{json, Value};
-use tracing::{debug, warn};
+use tracing::{debug, error, warn};
 
 use crate::cluster::{ClusterView, Member, MemberState, Membership, ServiceEntry};
 use crate::forward::{not_executed, ForwardError, Forwarder};
@@ -992,15 +992,36 @@ fn start_local(
         stream: local.stream.clone(),
         partition_key: Arc::from(key),
     };
-    local.handler.handle(payload, header)
+    // A handler that panics answers 500, like one that fails: the panic ends neither the
+    // client's connection nor a peer link with everything else it carries. One that panics
+    // before it returns its future panics again inside it, where `finish_local` catches it.
+    let started = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        local.handler.handle(payload, header)
+    }));
+    started.unwrap_or_else(|panic| Box::pin(async move { std::panic::resume_unwind(panic) }))
+}
+
+/// The error for a handler that panicked; the panic's message goes to the log, not to the
+/// caller.
+fn panicked(service_id: &str, panic: &(dyn std::any::Any + Send)) -> HandlerError {
+    let message = panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(no message)");
+    error!(service_id, panic = message, "handler panicked");
+    HandlerError::internal("the handler failed unexpectedly (it panicked)")
 }
 
 /// Waits for a local handler's answer until `deadline`, and records how long it took.
 async fn finish_local(
     service_id: Arc<str>,
-    mut answer: BoxFuture<'static, Result<Reply, HandlerError>>,
+    answer: BoxFuture<'static, Result<Reply, HandlerError>>,
     deadline: Instant,
 ) -> Result<Routed, RouteError> {
+    let mut answer = std::panic::AssertUnwindSafe(answer)
+        .catch_unwind()
+        .map(|outcome| outcome.unwrap_or_else(|panic| Err(panicked(&service_id, &*panic))));
     let started = Instant::now();
     let timeout = deadline.saturating_duration_since(started);
     // Most handlers answer on their first poll: only those that wait get a timer, which

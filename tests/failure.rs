@@ -355,3 +355,63 @@ async fn a_broadcast_during_a_failure_reports_the_node_that_failed() {
         node.shutdown().await.unwrap();
     }
 }
+
+/// A handler that panics, whether while it runs or before it returns its future, answers 500
+/// with a JSON error, locally and through a forward; the client's connection, the peer link and
+/// the node all carry on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handler_that_panics_answers_500_and_nothing_else_breaks() {
+    let owner = meshage::init(gossip(&[]), "127.0.0.1:0")
+        .register("boom", |data: Value, _header: meshage::Header| async move {
+            if data["now"] == json!(true) {
+                panic!("handler bug");
+            }
+            Ok::<_, HandlerError>(json!({}))
+        })
+        .register("early", |_data: Value, _header: meshage::Header| {
+            panic!("handler bug before its future");
+            #[allow(unreachable_code)]
+            std::future::ready(Ok::<_, HandlerError>(json!({})))
+        })
+        .register("echo", echo_by)
+        .start()
+        .await
+        .unwrap();
+    let entry = meshage::init(gossip(&[owner.seed_address().unwrap()]), "127.0.0.1:0")
+        .start()
+        .await
+        .unwrap();
+    wait_until(
+        Duration::from_secs(10),
+        "the entry sees the owner's 3 services",
+        || entry.router().table().services.len() == 3,
+    )
+    .await;
+    let http = Http::default();
+    for node in [&owner, &entry] {
+        for (stream, body) in [("boom", r#"{"now":true}"#), ("early", "{}")] {
+            let url = format!("{}/api/{stream}/k", node.endpoint());
+            let answer = http.post(&url, body).await;
+            assert_eq!(answer.status, 500, "{url}: {:?}", answer.body);
+            assert!(
+                answer.json()["error"]
+                    .as_str()
+                    .is_some_and(|e| e.contains("panicked")),
+                "{url}: {:?}",
+                answer.body
+            );
+            // The same client, and through the entry the same link, still work.
+            let after = http
+                .post(&format!("{}/api/echo/k", node.endpoint()), r#"{"a":1}"#)
+                .await;
+            assert_eq!(after.status, 200, "after {url}: {:?}", after.body);
+            assert_eq!(after.json()["echoed"], json!({"a": 1}));
+            let fine = http
+                .post(&format!("{}/api/boom/k", node.endpoint()), "{}")
+                .await;
+            assert_eq!(fine.status, 200, "after {url}: {:?}", fine.body);
+        }
+    }
+    entry.shutdown().await.unwrap();
+    owner.shutdown().await.unwrap();
+}
