@@ -105,14 +105,28 @@ impl Outbox {
         }
     }
 
-    /// Writes everything queued, in order.
-    async fn write_to<W: tokio::io::AsyncWrite + Unpin>(
-        &self,
-        writer: &mut W,
-    ) -> std::io::Result<()> {
-        if self.bodies.is_empty() {
-            return writer.write_all(&self.bytes).await;
+    /// The frames that start at `frames` (offsets into `bytes`, in order, one per frame queued)
+    /// and are marked to be kept, with their bodies, in a new outbox. A frame's body is its
+    /// last part: one kept by reference sits at the frame's end.
+    fn keeping(&self, frames: &[(usize, bool)]) -> Outbox {
+        let mut kept = Outbox::with_capacity(self.bytes.len());
+        let mut bodies = self.bodies.iter().peekable();
+        for (n, &(start, keep)) in frames.iter().enumerate() {
+            let end = frames.get(n + 1).map_or(self.bytes.len(), |next| next.0);
+            if keep {
+                kept.bytes.extend_from_slice(&self.bytes[start..end]);
+            }
+            while let Some((place, body)) = bodies.next_if(|(place, _)| *place <= end) {
+                if keep && *place > start {
+                    kept.bodies.push((kept.bytes.len(), body.clone()));
+                }
+            }
         }
+        kept
+    }
+
+    /// Everything queued, in order, as the buffers of one vectored write.
+    fn slices(&self) -> Vec<std::io::IoSlice<'_>> {
         let mut slices = Vec::with_capacity(2 * self.bodies.len() + 1);
         let mut at = 0;
         for (place, body) in &self.bodies {
@@ -125,6 +139,18 @@ impl Outbox {
         if at < self.bytes.len() {
             slices.push(std::io::IoSlice::new(&self.bytes[at..]));
         }
+        slices
+    }
+
+    /// Writes everything queued, in order.
+    async fn write_to<W: tokio::io::AsyncWrite + Unpin>(
+        &self,
+        writer: &mut W,
+    ) -> std::io::Result<()> {
+        if self.bodies.is_empty() {
+            return writer.write_all(&self.bytes).await;
+        }
+        let mut slices = self.slices();
         let mut slices = &mut slices[..];
         while !slices.is_empty() {
             let end = slices.len().min(MAX_SLICES);
@@ -331,8 +357,12 @@ struct Queue {
     pending: HashMap<u64, (oneshot::Sender<Outcome>, Instant), BuildHasherDefault<IdHasher>>,
     /// Frames encoded by their senders and not yet taken by the writer.
     outbox: Outbox,
-    /// The ids of the requests whose frames are in `outbox`.
-    queued: Vec<u64>,
+    /// The ids of the requests whose frames are in `outbox`, each with where its frame starts.
+    queued: Vec<(u64, usize)>,
+    /// A request has expired since the writer last took the outbox: it may still be queued,
+    /// and then its frame is not sent (its caller has its answer, and the peer is spared the
+    /// work).
+    stale: bool,
     /// The last request id given out.
     last_id: u64,
     /// The writer has stopped: nothing more can be queued.
@@ -401,6 +431,7 @@ async fn expire(shared: Arc<Shared>) {
                 .filter(|(_, (_, deadline))| *deadline <= now)
                 .map(|(id, _)| *id)
                 .collect();
+            queue.stale |= !expired.is_empty() && !queue.queued.is_empty();
             for id in expired {
                 if let Some((waiter, _)) = queue.pending.remove(&id) {
                     let _ = waiter.send(Outcome::Expired);
@@ -430,12 +461,30 @@ async fn write_frames(mut writer: tokio::net::tcp::OwnedWriteHalf, shared: Arc<S
         // Let the other requests that are running now queue their frames too, so that they
         // leave in this write: one system call for many forwards under load.
         tokio::task::yield_now().await;
-        let dropped = {
+        let (dropped, frames) = {
             let mut queue = shared.queue.lock().unwrap();
+            let queue = &mut *queue;
             std::mem::swap(&mut queue.outbox, &mut batch);
+            // Frames of requests that expired while queued stay behind (rarely any: only a
+            // link that cannot keep up has requests wait in its outbox that long).
+            let frames: Option<Vec<(usize, bool)>> = std::mem::take(&mut queue.stale).then(|| {
+                let pending = &queue.pending;
+                queue
+                    .queued
+                    .iter()
+                    .map(|(id, start)| (*start, pending.contains_key(id)))
+                    .collect()
+            });
             queue.queued.clear();
-            queue.dropped
+            (queue.dropped, frames)
         };
+        if let Some(frames) = frames.filter(|f| f.iter().any(|(_, keep)| !keep)) {
+            debug!(
+                expired = frames.iter().filter(|(_, keep)| !keep).count(),
+                "requests expired while queued on a link; not sending them"
+            );
+            batch = batch.keeping(&frames);
+        }
         if !batch.is_empty() {
             let written = tokio::select! {
                 biased;
@@ -463,7 +512,7 @@ async fn write_frames(mut writer: tokio::net::tcp::OwnedWriteHalf, shared: Arc<S
         queue
             .queued
             .drain(..)
-            .filter_map(|id| queue.pending.remove(&id))
+            .filter_map(|(id, _)| queue.pending.remove(&id))
             .collect()
     };
     for (waiter, _) in unsent {
@@ -503,9 +552,10 @@ impl Conn {
                 )));
             }
             let id = queue.last_id + 1;
+            let start = queue.outbox.bytes.len();
             encode(&mut queue.outbox, id)?;
             queue.last_id = id;
-            queue.queued.push(id);
+            queue.queued.push((id, start));
             queue.pending.insert(id, (tx, deadline));
             (queue.pending.len() == 1, queue.queued.len() == 1)
         };
@@ -1058,6 +1108,43 @@ mod tests {
         assert!(decode_request(Bytes::from_static(b"\x01short")).is_none());
     }
 
+    /// Leaving frames out of an outbox keeps the others whole, their large bodies (by
+    /// reference) included, and in order.
+    #[test]
+    fn an_outbox_keeps_only_the_frames_it_is_told_to() {
+        let mut out = Outbox::default();
+        let body = |n: usize| {
+            let len = if n % 2 == 0 { 3 } else { BY_REFERENCE + n };
+            Bytes::from(vec![n as u8; len])
+        };
+        let mut frames = Vec::new();
+        for n in 0..8 {
+            let start = out.bytes.len();
+            encode_response(&mut out, n as u64, StatusCode::OK, &body(n));
+            // Keep 1, 2, 5 and 6: both kinds of body, kept and left out, next to each other.
+            frames.push((start, matches!(n, 1 | 2 | 5 | 6)));
+        }
+        let kept = out.keeping(&frames);
+        assert_eq!(
+            kept.bodies.len(),
+            2,
+            "the kept large bodies stay by reference"
+        );
+        // The stream as the writer would send it, read back.
+        let mut stream = BytesMut::new();
+        for slice in kept.slices() {
+            stream.extend_from_slice(&slice);
+        }
+        let mut seen = Vec::new();
+        while let Some(frame) = next_frame(&mut stream).unwrap() {
+            let (id, reply) = decode_response(frame).unwrap();
+            assert_eq!(reply.body, body(id as usize), "body of frame {id}");
+            seen.push(id);
+        }
+        assert!(stream.is_empty());
+        assert_eq!(seen, [1, 2, 5, 6]);
+    }
+
     /// An outbox of small frames and large bodies (kept by reference, more of them than one
     /// vectored write takes) writes, over a real socket, exactly the frames it was given, in
     /// order.
@@ -1103,6 +1190,114 @@ mod tests {
             assert_eq!(id, n as u64);
             assert_eq!(reply.body, body(n), "body of frame {n}");
         }
+    }
+
+    /// Waits until `condition` holds for the open link's queue and the keys the peer ran.
+    async fn until(
+        links: &Links,
+        authority: &str,
+        ran: &Mutex<Vec<String>>,
+        what: &str,
+        condition: impl Fn(&Queue, &[String]) -> bool,
+    ) {
+        let started = Instant::now();
+        loop {
+            let met = links.peer(authority).conn.load_full().is_some_and(|conn| {
+                condition(&conn.shared.queue.lock().unwrap(), &ran.lock().unwrap())
+            });
+            if met {
+                return;
+            }
+            assert!(started.elapsed() < Duration::from_secs(10), "no {what}");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// A peer that stops reading: requests queued behind a write it does not take expire, and
+    /// when it reads again their frames are not sent (it never runs them); the link still
+    /// carries new requests. The peer stops reading because a handler blocks its link's task;
+    /// a body far larger than the socket buffers then keeps the writer waiting.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn requests_that_expire_while_queued_are_not_sent() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let authority = listener.local_addr().unwrap().to_string();
+        let (_stop_tx, stop) = watch::channel(false);
+        let (go_tx, go) = std::sync::mpsc::channel::<()>();
+        let go = Arc::new(Mutex::new(go));
+        let ran = Arc::new(Mutex::new(Vec::new()));
+        let seen = ran.clone();
+        tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            let handle = move |request: LinkRequest| {
+                seen.lock().unwrap().push(request.key.clone());
+                if request.key == "block" {
+                    // Blocks the thread, and so the link's task: nothing more is read.
+                    let _ = go.lock().unwrap().recv();
+                }
+                async move { (StatusCode::OK, Bytes::from_static(b"{}")) }
+            };
+            serve(stream, handle, stop).await;
+        });
+        let links = Arc::new(Links::new(Duration::from_secs(2)));
+        let send = |key: &'static str, body: Bytes, within: Duration| {
+            let (links, authority) = (links.clone(), authority.clone());
+            tokio::spawn(async move {
+                let payload = Payload {
+                    body,
+                    content_type: None,
+                };
+                let deadline = Instant::now() + within;
+                links
+                    .send(&authority, "s", key, "svc", &payload, deadline)
+                    .await
+            })
+        };
+        let block = send("block", Bytes::from_static(b"{}"), Duration::from_secs(30));
+        until(&links, &authority, &ran, "blocked peer", |_, ran| {
+            ran == ["block"]
+        })
+        .await;
+        let big = send(
+            "big",
+            Bytes::from(vec![b' '; 48 * 1024 * 1024]),
+            Duration::from_secs(30),
+        );
+        // The big frame is being written: it has left the outbox.
+        until(
+            &links,
+            &authority,
+            &ran,
+            "write of the big frame",
+            |queue, _| queue.pending.len() == 2 && queue.outbox.is_empty(),
+        )
+        .await;
+        let small: Vec<_> = ["late-1", "late-2", "late-3"]
+            .into_iter()
+            .map(|key| send(key, Bytes::from_static(b"{}"), Duration::from_millis(100)))
+            .collect();
+        for send in small {
+            let result = tokio::time::timeout(Duration::from_secs(5), send)
+                .await
+                .expect("a queued request expires within 5 s")
+                .unwrap();
+            assert!(matches!(
+                result,
+                Err(LinkError::Forward(ForwardError::Timeout(_)))
+            ));
+        }
+        go_tx.send(()).unwrap();
+        for answered in [block, big] {
+            let answer = tokio::time::timeout(Duration::from_secs(20), answered)
+                .await
+                .expect("answered once the peer reads again")
+                .unwrap();
+            assert!(matches!(answer, Ok(ref reply) if reply.status == StatusCode::OK));
+        }
+        let after = send("after", Bytes::from_static(b"{}"), Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert!(matches!(after, Ok(ref reply) if reply.status == StatusCode::OK));
+        assert_eq!(*ran.lock().unwrap(), ["block", "big", "after"]);
     }
 
     /// Many requests queued at once on one link, from tasks on both worker threads, share the
