@@ -5,7 +5,9 @@
 # has built release, or `cargo build --release --bin meshage --example bare_echo --example bench_keys`)
 #
 # MODE is `bare` (one bare echo server), `local` (a 3-node cluster, keys owned by the entry
-# node), `fwd` (keys owned by the other two nodes), `mixed` (all keys) or `broadcast` (every key, to all 3 services). It drives the entry with wrk (POST
+# node), `fwd` (keys owned by the other two nodes), `mixed` (all keys), `broadcast` (every key, to
+# all 3 services) or `upstream` (keys owned by the entry node, whose service is a handler over
+# HTTP: `--handler echo=URL` to a bare echo server, listed last). It drives the entry with wrk (POST
 # {"hello":"world"}, 2 threads, CONNS connections, default 64, for SECONDS, default 5, after a
 # 1 s warm-up) and prints req/s and, per request, the CPU time each process used and the context
 # switches of its threads, from /proc; each process's peak RSS; and how much of the whole
@@ -20,7 +22,7 @@
 # process runs about 50 times slower under callgrind, so use few connections and short runs.
 # CALLGRIND_OUT=FILE keeps the profile, for callgrind_annotate.
 set -euo pipefail
-MODE=${1:?usage: bash benches/cpu.sh bare|local|fwd|mixed|broadcast [CONNS] [SECONDS]}
+MODE=${1:?usage: bash benches/cpu.sh bare|local|fwd|mixed|broadcast|upstream [CONNS] [SECONDS]}
 PREFIX=/api/echo/
 C=${2:-64}
 D=${3:-5}
@@ -28,7 +30,8 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 B=${B:-${CARGO_TARGET_DIR:-$ROOT/target}/release}
 TMP=$(mktemp -d)
 PIDS=()
-cleanup() { kill "${PIDS[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$TMP"; }
+UPSTREAM=
+cleanup() { kill "${PIDS[@]}" $UPSTREAM 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$TMP"; }
 trap cleanup EXIT
 port() { python3 -c 'import socket,sys; s=socket.socket(socket.AF_INET, getattr(socket, sys.argv[1])); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])' "$1"; }
 ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
@@ -45,12 +48,21 @@ if [ "$MODE" = bare ]; then
   seq 1 3000 | sed 's/^/k/' > "$TMP/keys"
   for _ in $(seq 400); do curl -s -o /dev/null "http://127.0.0.1:$H/x" -d '{}' && break; sleep 0.05; done
 else
+  SERVE=(--echo echo)
+  if [ "$MODE" = upstream ]; then
+    # Every node's service is an HTTP handler: one bare echo server, which all three call.
+    U=$(port SOCK_STREAM)
+    "$B/examples/bare_echo" "127.0.0.1:$U" >/dev/null 2>&1 & UPSTREAM=$!
+    for _ in $(seq 400); do curl -s -o /dev/null "http://127.0.0.1:$U/x" -d '{}' && break; sleep 0.05; done
+    SERVE=(--handler "echo=http://127.0.0.1:$U/")
+  fi
   G=$(port SOCK_DGRAM)
-  CLUSTER_PORT=$G HTTP_PORT=$H $WRAP "$B/meshage" node --echo echo >/dev/null 2>&1 & PIDS+=($!)
+  CLUSTER_PORT=$G HTTP_PORT=$H $WRAP "$B/meshage" node "${SERVE[@]}" >/dev/null 2>&1 & PIDS+=($!)
   for _ in 1 2; do
     CLUSTER_PORT=$(port SOCK_DGRAM) HTTP_PORT=$(port SOCK_STREAM) SEEDS=127.0.0.1:$G \
-      "$B/meshage" node --echo echo >/dev/null 2>&1 & PIDS+=($!)
+      "$B/meshage" node "${SERVE[@]}" >/dev/null 2>&1 & PIDS+=($!)
   done
+  if [ -n "$UPSTREAM" ]; then PIDS+=("$UPSTREAM"); fi
   services() { curl -s "http://127.0.0.1:$H/api/services" | python3 -c 'import json,sys; print(len(json.load(sys.stdin)))' 2>/dev/null || echo 0; }
   for _ in $(seq 800); do [ "$(services)" = 3 ] && break; sleep 0.05; done
   read -r LOCAL IDS < <(curl -s "http://127.0.0.1:$H/api/services" | python3 -c "
@@ -59,7 +71,7 @@ node = json.load(urllib.request.urlopen('http://127.0.0.1:$H/api/health'))['node
 s = json.load(sys.stdin)
 print(next(x['id'] for x in s if x['node'] == node), ','.join(x['id'] for x in s))")
   case $MODE in
-    local) SIDE=L ;;
+    local|upstream) SIDE=L ;;
     fwd) SIDE=R ;;
     mixed) SIDE=. ;;
     broadcast) SIDE=. PREFIX=/api/broadcast/echo/ ;;

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{HeaderValue, CONTENT_TYPE};
+use http::header::{HeaderName, HeaderValue, CONTENT_TYPE};
 use http::{Method, Request, StatusCode, Uri};
 use http_body_util::Full;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -22,6 +22,11 @@ use crate::forward::SERVICE_ID_HEADER;
 use crate::message::{BoxFuture, Handler, HandlerError, Header, Payload, Reply};
 use crate::path::encode_segment;
 use crate::router::Router;
+
+/// The headers that tell an upstream which message it gets, parsed once.
+const STREAM_NAME: HeaderName = HeaderName::from_static("x-stream");
+const PARTITION_KEY_NAME: HeaderName = HeaderName::from_static("x-partition-key");
+const SERVICE_ID_NAME: HeaderName = HeaderName::from_static(SERVICE_ID_HEADER);
 
 /// Settings of an [`HttpUpstream`].
 #[derive(Debug, Clone)]
@@ -174,33 +179,36 @@ impl HttpUpstream {
     /// [`HttpUpstream`] for when), or with the upstream's 4xx when its body is not JSON.
     pub async fn call(&self, payload: Payload, header: &Header) -> Result<Reply, HandlerError> {
         let url = &self.inner.url;
+        const JSON: HeaderValue = HeaderValue::from_static("application/json");
         let (body, content_type) = if payload.body.iter().all(u8::is_ascii_whitespace) {
-            (Bytes::from_static(b"{}"), "application/json".to_owned())
+            (Bytes::from_static(b"{}"), JSON)
         } else {
             // The mesh reads any body but text as JSON, whatever its declared type (curl's `-d`
             // says form-urlencoded); tell the upstream what it really gets.
-            let ct = payload
+            let text = payload
                 .content_type
-                .filter(|ct| ct.trim_start().to_ascii_lowercase().starts_with("text/"))
-                .unwrap_or_else(|| "application/json".to_owned());
-            (payload.body, ct)
+                .as_deref()
+                .filter(|ct| {
+                    let ct = ct.trim_start().as_bytes();
+                    ct.get(..5)
+                        .is_some_and(|t| t.eq_ignore_ascii_case(b"text/"))
+                })
+                .and_then(|ct| HeaderValue::from_str(ct).ok());
+            (payload.body, text.unwrap_or(JSON))
         };
         let mut builder = Request::builder()
             .method(Method::POST)
             .uri(url.clone())
-            .header(
-                CONTENT_TYPE,
-                HeaderValue::from_str(&content_type)
-                    .unwrap_or(HeaderValue::from_static("application/json")),
-            );
+            .header(CONTENT_TYPE, content_type);
         for (name, value) in [
-            ("x-stream", &*header.stream),
-            ("x-partition-key", &*header.partition_key),
-            (SERVICE_ID_HEADER, &*header.service_id),
+            (STREAM_NAME, &*header.stream),
+            (PARTITION_KEY_NAME, &*header.partition_key),
+            (SERVICE_ID_NAME, &*header.service_id),
         ] {
             let mut encoded = String::with_capacity(value.len());
             encode_segment(value, &mut encoded);
-            if let Ok(v) = HeaderValue::from_str(&encoded) {
+            // The encoded text is ASCII: the header value takes its bytes without a copy.
+            if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(encoded)) {
                 builder = builder.header(name, v);
             }
         }
