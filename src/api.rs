@@ -498,7 +498,8 @@ impl std::fmt::Display for BodyError {
 /// copy or a buffer list.
 pub(crate) async fn read_body(mut body: Incoming, limit: usize) -> Result<Bytes, BodyError> {
     let mut first = Bytes::new();
-    let mut rest: Option<bytes::BytesMut> = None;
+    // The pieces joined, once a second one comes.
+    let mut joined = bytes::BytesMut::new();
     while !hyper::body::Body::is_end_stream(&body) {
         let Some(frame) = body.frame().await else {
             break;
@@ -507,22 +508,25 @@ pub(crate) async fn read_body(mut body: Incoming, limit: usize) -> Result<Bytes,
         let Ok(data) = frame.map_err(BodyError::Read)?.into_data() else {
             continue;
         };
-        let len = first.len() + rest.as_ref().map_or(0, |r| r.len()) + data.len();
+        let len = first.len() + joined.len() + data.len();
         if len > limit {
             return Err(BodyError::TooLarge);
         }
-        match &mut rest {
-            Some(rest) => rest.extend_from_slice(&data),
-            None if first.is_empty() => first = data,
-            None => {
-                let mut joined = bytes::BytesMut::with_capacity(len);
-                joined.extend_from_slice(&std::mem::take(&mut first));
-                joined.extend_from_slice(&data);
-                rest = Some(joined);
-            }
+        if first.is_empty() && joined.is_empty() {
+            first = data;
+            continue;
         }
+        if joined.is_empty() {
+            joined.reserve(len);
+            joined.extend_from_slice(&std::mem::take(&mut first));
+        }
+        joined.extend_from_slice(&data);
     }
-    Ok(rest.map_or(first, bytes::BytesMut::freeze))
+    Ok(if joined.is_empty() {
+        first
+    } else {
+        joined.freeze()
+    })
 }
 
 fn too_large(limit: usize) -> Response<Body> {

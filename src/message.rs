@@ -166,6 +166,17 @@ impl Payload {
         }
     }
 
+    /// The declared content type when it is a `text/*` type (the mesh reads every other body as
+    /// JSON, whatever it declares).
+    pub(crate) fn text_type(&self) -> Option<&str> {
+        self.content_type.as_deref().filter(|ct| {
+            ct.trim_start()
+                .as_bytes()
+                .get(..5)
+                .is_some_and(|t| t.eq_ignore_ascii_case(b"text/"))
+        })
+    }
+
     /// The message data as a JSON value.
     ///
     /// An empty body is `{}`, as the original gave its handlers, so handlers ported from it may
@@ -176,13 +187,7 @@ impl Payload {
         if self.body.iter().all(u8::is_ascii_whitespace) {
             return Ok(Value::Object(Default::default()));
         }
-        let is_text = self.content_type.as_deref().is_some_and(|ct| {
-            ct.trim_start()
-                .as_bytes()
-                .get(..5)
-                .is_some_and(|t| t.eq_ignore_ascii_case(b"text/"))
-        });
-        if is_text {
+        if self.text_type().is_some() {
             return match std::str::from_utf8(&self.body) {
                 Ok(s) => Ok(Value::String(s.to_owned())),
                 Err(_) => Err(HandlerError::bad_request("text body is not valid UTF-8")),

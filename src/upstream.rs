@@ -186,13 +186,7 @@ impl HttpUpstream {
             // The mesh reads any body but text as JSON, whatever its declared type (curl's `-d`
             // says form-urlencoded); tell the upstream what it really gets.
             let text = payload
-                .content_type
-                .as_deref()
-                .filter(|ct| {
-                    let ct = ct.trim_start().as_bytes();
-                    ct.get(..5)
-                        .is_some_and(|t| t.eq_ignore_ascii_case(b"text/"))
-                })
+                .text_type()
                 .and_then(|ct| HeaderValue::from_str(ct).ok());
             (payload.body, text.unwrap_or(JSON))
         };
