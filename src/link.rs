@@ -96,6 +96,17 @@ impl Outbox {
         self.bodies.clear();
     }
 
+    /// Makes room for a frame of `len` bytes, its length prefix included, whose body is `body`
+    /// (a large body takes none).
+    fn reserve(&mut self, len: usize, body: &Bytes) {
+        let by_reference = if body.len() >= BY_REFERENCE {
+            body.len()
+        } else {
+            0
+        };
+        self.bytes.reserve(len - by_reference);
+    }
+
     /// Queues a frame's body: copied when small, by reference when large.
     fn put_body(&mut self, body: &Bytes) {
         if body.len() >= BY_REFERENCE {
@@ -215,8 +226,8 @@ fn encode_request(
             "message of {len} bytes is too large for a link frame"
         )));
     }
+    out.reserve(4 + len, body);
     let buf = &mut out.bytes;
-    buf.reserve(4 + len - body.len());
     buf.put_u32(len as u32);
     buf.put_u8(KIND_REQUEST);
     buf.put_u64(id);
@@ -236,8 +247,8 @@ fn encode_request(
 
 fn encode_response(out: &mut Outbox, id: u64, status: StatusCode, body: &Bytes) {
     let len = 1 + 8 + 2 + body.len();
+    out.reserve(4 + len, body);
     let buf = &mut out.bytes;
-    buf.reserve(4 + len - body.len());
     buf.put_u32(len as u32);
     buf.put_u8(KIND_RESPONSE);
     buf.put_u64(id);
