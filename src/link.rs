@@ -117,14 +117,17 @@ impl Outbox {
     }
 
     /// The frames that start at `frames` (offsets into `bytes`, in order, one per frame queued)
-    /// and are marked to be kept, with their bodies, in a new outbox. A frame's body is its
-    /// last part: one kept by reference sits at the frame's end.
-    fn keeping(&self, frames: &[(usize, bool)]) -> Outbox {
+    /// and are marked to be kept, with their bodies, in a new outbox; and where each kept frame
+    /// starts in it. A frame's body is its last part: one kept by reference sits at the frame's
+    /// end.
+    fn keeping(&self, frames: &[(usize, bool)]) -> (Outbox, Vec<usize>) {
         let mut kept = Outbox::with_capacity(self.bytes.len());
+        let mut starts = Vec::with_capacity(frames.len());
         let mut bodies = self.bodies.iter().peekable();
         for (n, &(start, keep)) in frames.iter().enumerate() {
             let end = frames.get(n + 1).map_or(self.bytes.len(), |next| next.0);
             if keep {
+                starts.push(kept.bytes.len());
                 kept.bytes.extend_from_slice(&self.bytes[start..end]);
             }
             while let Some((place, body)) = bodies.next_if(|(place, _)| *place <= end) {
@@ -133,7 +136,7 @@ impl Outbox {
                 }
             }
         }
-        kept
+        (kept, starts)
     }
 
     /// Everything queued, in order, as the buffers of one vectored write.
@@ -370,16 +373,37 @@ struct Queue {
     outbox: Outbox,
     /// The ids of the requests whose frames are in `outbox`, each with where its frame starts.
     queued: Vec<(u64, usize)>,
-    /// A request has expired since the writer last took the outbox: it may still be queued,
-    /// and then its frame is not sent (its caller has its answer, and the peer is spared the
-    /// work).
-    stale: bool,
     /// The last request id given out.
     last_id: u64,
     /// The writer has stopped: nothing more can be queued.
     closed: bool,
     /// The link's client is gone: the writer writes what is queued and closes its half.
     dropped: bool,
+}
+
+impl Queue {
+    /// Takes the frames of requests that no longer wait (they expired) out of the outbox, and
+    /// says how many: a peer that cannot keep up is not sent work nobody waits for, and this
+    /// node holds no more of it than arrives within a request timeout.
+    fn drop_unwaited(&mut self) -> usize {
+        let pending = &self.pending;
+        if self.queued.iter().all(|(id, _)| pending.contains_key(id)) {
+            return 0;
+        }
+        let frames: Vec<(usize, bool)> = self
+            .queued
+            .iter()
+            .map(|(id, start)| (*start, pending.contains_key(id)))
+            .collect();
+        let (outbox, starts) = self.outbox.keeping(&frames);
+        let before = self.queued.len();
+        self.queued.retain(|(id, _)| pending.contains_key(id));
+        for (frame, start) in self.queued.iter_mut().zip(starts) {
+            frame.1 = start;
+        }
+        self.outbox = outbox;
+        before - self.queued.len()
+    }
 }
 
 /// How often a link looks for requests past their deadlines, while any wait: a request's
@@ -442,10 +466,19 @@ async fn expire(shared: Arc<Shared>) {
                 .filter(|(_, (_, deadline))| *deadline <= now)
                 .map(|(id, _)| *id)
                 .collect();
-            queue.stale |= !expired.is_empty() && !queue.queued.is_empty();
+            let any = !expired.is_empty();
             for id in expired {
                 if let Some((waiter, _)) = queue.pending.remove(&id) {
                     let _ = waiter.send(Outcome::Expired);
+                }
+            }
+            if any && !queue.queued.is_empty() {
+                let dropped = queue.drop_unwaited();
+                if dropped > 0 {
+                    debug!(
+                        dropped,
+                        "requests expired while queued on a link; not sending them"
+                    );
                 }
             }
             if queue.pending.is_empty() {
@@ -472,30 +505,12 @@ async fn write_frames(mut writer: tokio::net::tcp::OwnedWriteHalf, shared: Arc<S
         // Let the other requests that are running now queue their frames too, so that they
         // leave in this write: one system call for many forwards under load.
         tokio::task::yield_now().await;
-        let (dropped, frames) = {
+        let dropped = {
             let mut queue = shared.queue.lock().unwrap();
-            let queue = &mut *queue;
             std::mem::swap(&mut queue.outbox, &mut batch);
-            // Frames of requests that expired while queued stay behind (rarely any: only a
-            // link that cannot keep up has requests wait in its outbox that long).
-            let frames: Option<Vec<(usize, bool)>> = std::mem::take(&mut queue.stale).then(|| {
-                let pending = &queue.pending;
-                queue
-                    .queued
-                    .iter()
-                    .map(|(id, start)| (*start, pending.contains_key(id)))
-                    .collect()
-            });
             queue.queued.clear();
-            (queue.dropped, frames)
+            queue.dropped
         };
-        if let Some(frames) = frames.filter(|f| f.iter().any(|(_, keep)| !keep)) {
-            debug!(
-                expired = frames.iter().filter(|(_, keep)| !keep).count(),
-                "requests expired while queued on a link; not sending them"
-            );
-            batch = batch.keeping(&frames);
-        }
         if !batch.is_empty() {
             let written = tokio::select! {
                 biased;
@@ -1135,7 +1150,13 @@ mod tests {
             // Keep 1, 2, 5 and 6: both kinds of body, kept and left out, next to each other.
             frames.push((start, matches!(n, 1 | 2 | 5 | 6)));
         }
-        let kept = out.keeping(&frames);
+        let (kept, starts) = out.keeping(&frames);
+        // Each kept frame starts where it says: its kind, then its id.
+        for (start, id) in starts.iter().zip([1u64, 2, 5, 6]) {
+            let head = &kept.bytes[start + 4..start + 13];
+            assert_eq!(head[0], KIND_RESPONSE, "kind of frame {id}");
+            assert_eq!(u64::from_be_bytes(head[1..].try_into().unwrap()), id);
+        }
         assert_eq!(
             kept.bodies.len(),
             2,
@@ -1296,6 +1317,11 @@ mod tests {
                 Err(LinkError::Forward(ForwardError::Timeout(_)))
             ));
         }
+        // Their frames are already gone from the outbox, while the writer still waits.
+        until(&links, &authority, &ran, "empty outbox", |queue, _| {
+            queue.outbox.is_empty() && queue.queued.is_empty() && queue.pending.len() == 2
+        })
+        .await;
         go_tx.send(()).unwrap();
         for answered in [block, big] {
             let answer = tokio::time::timeout(Duration::from_secs(20), answered)
