@@ -9,14 +9,23 @@ use std::borrow::Cow;
 /// Appends `segment` to `out`, percent-encoding every byte but `A-Z a-z 0-9 - . _ ~`.
 pub fn encode_segment(segment: &str, out: &mut String) {
     const HEX: &[u8; 16] = b"0123456789ABCDEF";
-    for &b in segment.as_bytes() {
+    // Runs of bytes that stay as they are go in whole; such a run is ASCII, so it starts and
+    // ends on character boundaries.
+    let mut run = 0;
+    for (i, &b) in segment.as_bytes().iter().enumerate() {
         if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push('%');
-            out.push(HEX[(b >> 4) as usize] as char);
-            out.push(HEX[(b & 15) as usize] as char);
+            continue;
         }
+        if run < i {
+            out.push_str(&segment[run..i]);
+        }
+        out.push('%');
+        out.push(HEX[(b >> 4) as usize] as char);
+        out.push(HEX[(b & 15) as usize] as char);
+        run = i + 1;
+    }
+    if run < segment.len() {
+        out.push_str(&segment[run..]);
     }
 }
 
@@ -82,6 +91,13 @@ mod tests {
             );
             assert_eq!(decode_segment(&encoded).unwrap(), key);
         }
+    }
+
+    #[test]
+    fn escapes_exactly_the_bytes_outside_the_unreserved_set() {
+        let mut encoded = String::new();
+        encode_segment("a b~é-Z9_.%/日x", &mut encoded);
+        assert_eq!(encoded, "a%20b~%C3%A9-Z9_.%25%2F%E6%97%A5x");
     }
 
     #[test]

@@ -7,21 +7,20 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{HeaderName, HeaderValue, CONTENT_TYPE};
+use http::header::{HeaderName, HeaderValue, CONTENT_TYPE, HOST};
 use http::{Method, Request, StatusCode, Uri};
 use http_body_util::Full;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
-use crate::api::{read_body, RESERVED_STREAMS};
-use crate::forward::error_chain;
+use crate::api::RESERVED_STREAMS;
 use crate::forward::SERVICE_ID_HEADER;
 use crate::message::{BoxFuture, Handler, HandlerError, Header, Payload, Reply};
 use crate::path::encode_segment;
 use crate::router::Router;
+
+mod pool;
+use pool::{Pool, SendError};
 
 /// The headers that tell an upstream which message it gets, parsed once.
 const STREAM_NAME: HeaderName = HeaderName::from_static("x-stream");
@@ -112,7 +111,10 @@ pub struct HttpUpstream {
 
 struct Inner {
     url: Uri,
-    client: Client<HttpConnector, Full<Bytes>>,
+    /// What requests carry: the URL's path and query, and its `host:port`.
+    target: Uri,
+    host: HeaderValue,
+    pool: Pool,
     config: UpstreamConfig,
 }
 
@@ -147,22 +149,49 @@ impl HttpUpstream {
     /// not `http`.
     pub fn new(url: &str, config: UpstreamConfig) -> Result<HttpUpstream, UpstreamError> {
         let url = parse_url(url)?;
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(config.connect_timeout));
-        let client = Client::builder(TokioExecutor::new())
+        let bad = |reason: String| UpstreamError::BadUrl {
+            url: url.to_string(),
+            reason,
+        };
+        let authority = url.authority().ok_or_else(|| bad("no host".into()))?;
+        let host = HeaderValue::from_str(authority.as_str()).map_err(|e| bad(e.to_string()))?;
+        let target = url
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .parse()
+            .map_err(|e: http::uri::InvalidUri| bad(e.to_string()))?;
+        // `[::1]` in a URL is `::1` to connect to.
+        let name = authority
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']');
+        let pool = Pool::new(
+            name.to_owned(),
+            authority.port_u16().unwrap_or(80),
+            config.connect_timeout,
             // Below the keep-alive timeouts of common servers (Node's is 5 s), so that we do not
             // reuse a connection the upstream is closing, which would fail a request.
-            .pool_idle_timeout(Duration::from_secs(3))
-            .pool_max_idle_per_host(256)
-            .build(connector);
+            Duration::from_secs(3),
+            256,
+        );
         Ok(HttpUpstream {
             inner: Arc::new(Inner {
                 url,
-                client,
+                target,
+                host,
+                pool,
                 config,
             }),
         })
+    }
+
+    /// A request to the upstream's URL, with its `Host`.
+    fn request(&self, method: Method, body: Bytes) -> Request<Full<Bytes>> {
+        let mut request = Request::new(Full::new(body));
+        *request.method_mut() = method;
+        *request.uri_mut() = self.inner.target.clone();
+        request.headers_mut().insert(HOST, self.inner.host.clone());
+        request
     }
 
     /// The URL messages are POSTed to.
@@ -190,10 +219,10 @@ impl HttpUpstream {
                 .and_then(|ct| HeaderValue::from_str(ct).ok());
             (payload.body, text.unwrap_or(JSON))
         };
-        let mut builder = Request::builder()
-            .method(Method::POST)
-            .uri(url.clone())
-            .header(CONTENT_TYPE, content_type);
+        let mut request = self.request(Method::POST, body);
+        let headers = request.headers_mut();
+        headers.reserve(4);
+        headers.insert(CONTENT_TYPE, content_type);
         for (name, value) in [
             (STREAM_NAME, &*header.stream),
             (PARTITION_KEY_NAME, &*header.partition_key),
@@ -203,33 +232,24 @@ impl HttpUpstream {
             encode_segment(value, &mut encoded);
             // The encoded text is ASCII: the header value takes its bytes without a copy.
             if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(encoded)) {
-                builder = builder.header(name, v);
+                headers.insert(name, v);
             }
         }
-        let request = builder
-            .body(Full::new(body))
-            .map_err(|e| bad_gateway(format!("cannot build a request to {url}: {e}")))?;
 
         let timeout = self.inner.config.timeout;
-        let exchange = async {
-            let response = self.inner.client.request(request).await.map_err(|e| {
-                if e.is_connect() {
-                    bad_gateway(format!(
-                        "handler at {url} is unreachable: {}",
-                        error_chain(&e)
-                    ))
-                } else {
-                    bad_gateway(format!("handler at {url} failed: {}", error_chain(&e)))
-                }
-            })?;
-            let status = response.status();
-            let body = read_body(response.into_body(), self.inner.config.max_response)
-                .await
-                .map_err(|e| bad_gateway(format!("reading the answer of {url}: {e}")))?;
-            Ok::<_, HandlerError>((status, body))
-        };
+        let exchange = self
+            .inner
+            .pool
+            .send(request, self.inner.config.max_response);
         let (status, body) = match tokio::time::timeout(timeout, exchange).await {
-            Ok(result) => result?,
+            Ok(Ok(answer)) => answer,
+            Ok(Err(e @ SendError::Connect(_))) => {
+                return Err(bad_gateway(format!("handler at {url} is unreachable: {e}")))
+            }
+            Ok(Err(SendError::Body(e))) => {
+                return Err(bad_gateway(format!("reading the answer of {url}: {e}")))
+            }
+            Ok(Err(e)) => return Err(bad_gateway(format!("handler at {url} failed: {e}"))),
             Err(_) => {
                 return Err(bad_gateway(format!(
                     "handler at {url} did not answer within {timeout:?}"
@@ -249,21 +269,15 @@ impl HttpUpstream {
             .health
             .as_ref()
             .map_or(self.inner.config.timeout, |h| h.timeout);
-        let request = Request::builder()
-            .method(Method::GET)
-            .uri(self.inner.url.clone())
-            .body(Full::new(Bytes::new()))
-            .map_err(|e| e.to_string())?;
+        let request = self.request(Method::GET, Bytes::new());
+        // The (small) body is read whole, so that the connection can serve calls after it.
         let exchange = async {
-            let response = self
+            let (status, _) = self
                 .inner
-                .client
-                .request(request)
+                .pool
+                .send(request, 64 * 1024)
                 .await
-                .map_err(|e| error_chain(&e))?;
-            let status = response.status();
-            // Read the (small) body so that the connection goes back to the pool.
-            let _ = read_body(response.into_body(), 64 * 1024).await;
+                .map_err(|e| e.to_string())?;
             Ok::<_, String>(status)
         };
         match tokio::time::timeout(timeout, exchange).await {
