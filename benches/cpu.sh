@@ -9,8 +9,8 @@
 # all 3 services) or `upstream` (keys owned by the entry node, whose service is a handler over
 # HTTP: `--handler echo=URL` to a bare echo server, listed last). It drives the entry with wrk (POST
 # {"hello":"world"}, 2 threads, CONNS connections, default 64, for SECONDS, default 5, after a
-# 1 s warm-up) and prints req/s and, per request, the CPU time each process used and the context
-# switches of its threads, from /proc; each process's peak RSS; and how much of the whole
+# 1 s warm-up) and prints req/s and, per request, the CPU time each process used (and the share
+# of it spent in the kernel) and the context switches of its threads, from /proc; each process's peak RSS; and how much of the whole
 # machine's CPU time stayed idle (a high share under load means requests wait on wake-ups,
 # not on CPU).
 # MESHAGE_THREADS and other settings in the environment reach the nodes. BODY_BYTES=N sends
@@ -35,6 +35,7 @@ cleanup() { kill "${PIDS[@]}" $UPSTREAM 2>/dev/null || true; wait 2>/dev/null ||
 trap cleanup EXIT
 port() { python3 -c 'import socket,sys; s=socket.socket(socket.AF_INET, getattr(socket, sys.argv[1])); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])' "$1"; }
 ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
+sys() { awk '{print $15}' "/proc/$1/stat"; }
 # context switches of every thread of a process, voluntary and not
 switches() { cat /proc/"$1"/task/*/status | awk '/ctxt_switches/ {n += $2} END {print n}'; }
 export RUST_LOG=warn CLUSTER_HOST=127.0.0.1 HTTP_HOST=127.0.0.1
@@ -95,9 +96,9 @@ wrk -t2 -c"$C" -d1s -s "$TMP/keys.lua" "http://127.0.0.1:$H" >/dev/null
 # the whole machine's idle and busy time, in ticks, from the first line of /proc/stat
 machine() { awk '/^cpu / {print $5 + $6, $2 + $3 + $4 + $7 + $8 + $9}' /proc/stat; }
 read -r idle0 busy0 < <(machine)
-before=(); sw0=(); for p in "${PIDS[@]}"; do before+=("$(ticks "$p")"); sw0+=("$(switches "$p")"); done
+before=(); sw0=(); sys0=(); for p in "${PIDS[@]}"; do before+=("$(ticks "$p")"); sw0+=("$(switches "$p")"); sys0+=("$(sys "$p")"); done
 wrk -t2 -c"$C" -d"${D}s" -s "$TMP/keys.lua" "http://127.0.0.1:$H" > "$TMP/wrk.out"
-after=(); sw1=(); for p in "${PIDS[@]}"; do after+=("$(ticks "$p")"); sw1+=("$(switches "$p")"); done
+after=(); sw1=(); sys1=(); for p in "${PIDS[@]}"; do after+=("$(ticks "$p")"); sw1+=("$(switches "$p")"); sys1+=("$(sys "$p")"); done
 read -r idle1 busy1 < <(machine)
 RPS=$(awk '/Requests\/sec/ {print $2}' "$TMP/wrk.out")
 HZ=$(getconf CLK_TCK)
@@ -105,8 +106,9 @@ line="$MODE c=$C: $RPS req/s;"
 for i in "${!PIDS[@]}"; do
   used=$(( ${after[$i]} - ${before[$i]} ))
   sw=$(( ${sw1[$i]} - ${sw0[$i]} ))
+  ksys=$(( ${sys1[$i]} - ${sys0[$i]} ))
   peak=$(awk '/VmHWM/ {print $2}' "/proc/${PIDS[$i]}/status")
-  line+=$(python3 -c "print(f' node{$i + 1} {$used / $HZ / $D:.2f} cores, {$used / $HZ * 1e6 / ($RPS * $D):.1f} us/req, {$sw / ($RPS * $D):.2f} switches/req, peak RSS {$peak / 1024:.1f} MB', end=';')")
+  line+=$(python3 -c "print(f' node{$i + 1} {$used / $HZ / $D:.2f} cores, {$used / $HZ * 1e6 / ($RPS * $D):.1f} us/req ({$ksys / max(1, $used):.0%} kernel), {$sw / ($RPS * $D):.2f} switches/req, peak RSS {$peak / 1024:.1f} MB', end=';')")
 done
 line+=$(python3 -c "print(f' machine {($idle1 - $idle0) / max(1, $idle1 - $idle0 + $busy1 - $busy0):.0%} idle')")
 echo "$line"
