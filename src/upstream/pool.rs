@@ -34,7 +34,8 @@ struct Conn {
 }
 
 struct Idle {
-    conn: Conn,
+    /// Boxed: a connection is large, and moves in and out of the pool with each call.
+    conn: Box<Conn>,
     since: Instant,
 }
 
@@ -92,7 +93,7 @@ impl Pool {
                 Some(conn) => (conn, true),
                 None => (self.connect().await?, false),
             };
-            let Conn { sender, connection } = &mut conn;
+            let Conn { sender, connection } = &mut *conn;
             match drive(connection, sender.ready()).await {
                 Ok(Ok(())) => {}
                 // Closed while idle: the request has not gone anywhere yet.
@@ -122,7 +123,7 @@ impl Pool {
         }
     }
 
-    async fn connect(&self) -> Result<Conn, SendError> {
+    async fn connect(&self) -> Result<Box<Conn>, SendError> {
         let connect = TcpStream::connect((self.host.as_str(), self.port));
         let stream = match tokio::time::timeout(self.connect_timeout, connect).await {
             Ok(Ok(stream)) => stream,
@@ -138,14 +139,14 @@ impl Pool {
         let (sender, connection) = http1::handshake(TokioIo::new(stream))
             .await
             .map_err(|e| SendError::Connect(error_chain(&e)))?;
-        Ok(Conn {
+        Ok(Box::new(Conn {
             sender,
             connection: connection.fuse(),
-        })
+        }))
     }
 
     /// The most recently used idle connection; those idle too long are closed.
-    fn take(&self) -> Option<Conn> {
+    fn take(&self) -> Option<Box<Conn>> {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
         idle.retain(|i| now.duration_since(i.since) < self.idle_timeout);
@@ -154,7 +155,7 @@ impl Pool {
 
     /// Keeps a connection whose exchange is over for the next call, unless it has ended (the
     /// upstream said `Connection: close`, or hung up) or the pool is full.
-    fn put(&self, conn: Conn) {
+    fn put(&self, conn: Box<Conn>) {
         if conn.connection.is_terminated() {
             return;
         }
