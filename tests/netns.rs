@@ -513,6 +513,10 @@ async fn d_a_partitioned_node_and_the_rest_each_serve_then_converge() {
     .await;
 }
 
+/// Scenario (e)'s network: the share of each node's packets lost, and the delay of the rest.
+const LOSS_PERCENT: u32 = 20;
+const DELAY_MS: u32 = 50;
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn e_lossy_slow_links_still_answer_within_the_deadline() {
     in_lab(async {
@@ -521,14 +525,14 @@ async fn e_lossy_slow_links_still_answer_within_the_deadline() {
             Impairment::Netem
         } else {
             eprintln!(
-                "NOTE: this kernel has no sch_netem (tc qdisc netem): the 50 ms delay cannot be \
-                 applied; nftables drops 20% of each node's packets instead"
+                "NOTE: this kernel has no sch_netem (tc qdisc netem): a delay line in user space \
+                 (tests/netns/delay_line.py) delays and drops each node's packets instead"
             );
-            Impairment::NftLoss
+            Impairment::DelayLine
         };
-        for i in 0..3 {
-            blocking(|| mesh.lab.impair(i, &how, 20, 50));
-        }
+        let impaired: Vec<_> = (0..3)
+            .map(|i| blocking(|| mesh.lab.impair(i, &how, LOSS_PERCENT, DELAY_MS)))
+            .collect();
         // TCP's retransmission backoff after repeated losses of one segment, not the mesh, sets
         // the tail here: a deadline of a few seconds is what such a network needs.
         let deadline = Duration::from_secs(10);
@@ -541,8 +545,8 @@ async fn e_lossy_slow_links_still_answer_within_the_deadline() {
         let records = load.stop().await;
         // The test's own bookkeeping (the handlers' execution counts) need not cross lossy
         // links: a count request could otherwise outlast its client's timeout.
-        for i in 0..3 {
-            blocking(|| mesh.lab.unimpair(i, &how));
+        for line in impaired {
+            blocking(|| mesh.lab.unimpair(line));
         }
 
         let failed = failures(&records);
@@ -558,9 +562,18 @@ async fn e_lossy_slow_links_still_answer_within_the_deadline() {
             .collect();
         assert!(late.is_empty(), "answers after the deadline: {late:#?}");
         let max_runs = mesh.assert_ran_at_most_once(&records).await;
+        // Every answer leaves node 0 through its impaired egress: none can be faster than
+        // the delay, or the impairment was not in force.
+        let fastest = percentile(&records, 0.0);
+        assert!(
+            fastest >= Duration::from_millis(DELAY_MS.into()),
+            "an answer came in {fastest:?}, under the {DELAY_MS} ms delay"
+        );
         let what = match how {
             Impairment::Netem => "netem: 20% loss, 50 ms delay on every node's egress",
-            Impairment::NftLoss => "no netem in this kernel: nftables drops 20% of every node's egress, no delay",
+            Impairment::DelayLine => {
+                "no netem in this kernel: a user-space delay line drops 20% of every node's egress and delays the rest 50 ms"
+            }
         };
         println!(
             "RELIABILITY | (e) lossy links, 3 nodes ({what}) | {} requests in 10 s | 0 failed | latency p50 {}, p99 {}, max {} (deadline {}) | max executions per request {max_runs} |",

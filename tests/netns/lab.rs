@@ -9,6 +9,9 @@
 use std::collections::HashSet;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use crate::common::process::Proc;
 
 static NEXT_LAB: AtomicUsize = AtomicUsize::new(0);
 
@@ -251,9 +254,19 @@ pub fn python() -> String {
 pub enum Impairment {
     /// `tc netem`: delay and loss on the node's egress.
     Netem,
-    /// The kernel has no netem: nftables drops the same share of egress packets at random
-    /// (no delay).
-    NftLoss,
+    /// The kernel has no netem: `netns/delay_line.py` does the same in user space. The node's
+    /// packets to the lab's subnet go through a TUN device into that program, which drops the
+    /// same share at random and sends the rest on through `eth0` after the same delay. A
+    /// stand-in for netem, which this machine's kernel lacks; the kernels' TCP and UDP stacks on
+    /// both ends are the real ones.
+    DelayLine,
+}
+
+/// A node's network made worse; [`Lab::unimpair`] undoes it.
+pub struct Impaired {
+    node: usize,
+    /// The delay line's process, for [`Impairment::DelayLine`].
+    line: Option<Proc>,
 }
 
 impl Lab {
@@ -284,10 +297,9 @@ impl Lab {
         ok
     }
 
-    /// Makes node `i`'s egress on `eth0` lose `loss_percent` of packets and, with netem, delay
-    /// each by `delay_ms`.
-    pub fn impair(&self, i: usize, how: &Impairment, loss_percent: u32, delay_ms: u32) {
-        match how {
+    /// Makes node `i`'s egress lose `loss_percent` of packets and delays each by `delay_ms`.
+    pub fn impair(&self, i: usize, how: &Impairment, loss_percent: u32, delay_ms: u32) -> Impaired {
+        let line = match how {
             Impairment::Netem => {
                 let (delay, loss) = (format!("{delay_ms}ms"), format!("{loss_percent}%"));
                 self.run_in(
@@ -299,25 +311,46 @@ impl Lab {
                     ],
                 )
                 .unwrap_or_else(|e| panic!("{e}"));
+                None
             }
-            Impairment::NftLoss => {
-                let rules = format!(
-                    "table inet meshage_loss {{\n  chain out {{\n    type filter hook output priority 0; policy accept;\n    oifname \"eth0\" numgen random mod 100 < {loss_percent} drop\n  }}\n}}\n"
-                );
-                self.nft(i, &rules);
+            Impairment::DelayLine => {
+                let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/netns/delay_line.py");
+                let mut command = self.command(i, &python());
+                command.args([
+                    script,
+                    "delay0",
+                    &format!("10.77.{}.0/24", self.subnet),
+                    &self.ip(i),
+                    &delay_ms.to_string(),
+                    &loss_percent.to_string(),
+                ]);
+                let line = Proc::spawn(&format!("delay line {i}"), command);
+                line.wait_line(Duration::from_secs(20), |l| l == "ready");
+                Some(line)
             }
-        }
+        };
+        Impaired { node: i, line }
     }
 
     /// Undoes [`Lab::impair`].
-    pub fn unimpair(&self, i: usize, how: &Impairment) {
-        match how {
-            Impairment::Netem => self.run_in(i, "tc", &["qdisc", "del", "dev", "eth0", "root"]),
-            Impairment::NftLoss => {
-                self.run_in(i, "nft", &["delete", "table", "inet", "meshage_loss"])
+    pub fn unimpair(&self, impaired: Impaired) {
+        let i = impaired.node;
+        match impaired.line {
+            None => self
+                .run_in(i, "tc", &["qdisc", "del", "dev", "eth0", "root"])
+                .map(drop)
+                .unwrap_or_else(|e| panic!("{e}")),
+            Some(mut line) => {
+                // It removes its routing rules as it exits; its device and route go with it.
+                line.signal("TERM");
+                let exited = line.wait_exit(Duration::from_secs(10));
+                assert!(
+                    exited.is_some(),
+                    "delay line {i} did not exit:\n{}",
+                    line.output()
+                );
             }
         }
-        .unwrap_or_else(|e| panic!("{e}"));
     }
 
     /// Cuts node `i` off from every other node (not from the test's address): its namespace
