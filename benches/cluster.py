@@ -3,7 +3,9 @@
 
 Run with: python3 benches/cluster.py [--quick] [--rounds N] [--duration S] [--out FILE]
 
-Builds release, starts three baselines and a 3-node meshage cluster on loopback, drives each with
+Builds release, starts the baselines (a bare echo server; nginx hashing over three of them; the
+least work a forwarding hop can do, examples/min_proxy.rs, in front of one) and a 3-node meshage
+cluster on loopback, drives each with
 wrk (POST {"hello":"world"}, partition key varied per request, 4 and 64 connections, bounded
 duration) and prints one table: req/s, p50, p99, non-2xx answers, and each row's ratio to the bare
 server measured in the same run. With --rounds N every row runs N times, interleaved, and each
@@ -32,6 +34,7 @@ TARGET = os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))
 MESHAGE = os.path.join(TARGET, "release", "meshage")
 BARE = os.path.join(TARGET, "release", "examples", "bare_echo")
 KEYS = os.path.join(TARGET, "release", "examples", "bench_keys")
+MIN_PROXY = os.path.join(TARGET, "release", "examples", "min_proxy")
 BODY = '{"hello":"world"}'
 PEER_PROTOCOL = "link"
 
@@ -70,7 +73,8 @@ def ensure_tools():
 def build():
     log("building release")
     subprocess.run(
-        ["cargo", "build", "--release", "--quiet", "--bin", "meshage", "--example", "bare_echo", "--example", "bench_keys"],
+        ["cargo", "build", "--release", "--quiet", "--bin", "meshage", "--example", "bare_echo", "--example", "bench_keys",
+         "--example", "min_proxy"],
         cwd=ROOT,
         check=True,
     )
@@ -252,16 +256,22 @@ def main():
     procs = Procs()
     began = time.monotonic()
     try:
-        # Baselines: three bare servers, and nginx hashing over them.
+        # Baselines: three bare servers, nginx hashing over them, and the least a forwarding hop
+        # can do (examples/min_proxy.rs: blocking reads and writes, a thread per connection) in
+        # front of one of them: the bound of any forwarder's "x bare" on this machine.
         bare_ports = [free_port() for _ in range(3)]
         for p in bare_ports:
             procs.start([BARE, f"127.0.0.1:{p}"], name="bare")
         nginx_port = free_port()
         procs.start(["nginx", "-c", nginx_conf(tmp, nginx_port, bare_ports), "-p", tmp], name="nginx")
+        min_proxy_port = free_port()
+        procs.start([MIN_PROXY, f"127.0.0.1:{min_proxy_port}", f"127.0.0.1:{bare_ports[1]}"], name="min proxy")
         bare_url = f"http://127.0.0.1:{bare_ports[0]}"
         nginx_url = f"http://127.0.0.1:{nginx_port}"
+        min_proxy_url = f"http://127.0.0.1:{min_proxy_port}"
         wait_for("bare servers", lambda: http_json(bare_url + "/x", BODY)["echoed"] == {"hello": "world"})
         wait_for("nginx", lambda: http_json(nginx_url + "/x", BODY)["echoed"] == {"hello": "world"})
+        wait_for("min proxy", lambda: http_json(min_proxy_url + "/x", BODY)["echoed"] == {"hello": "world"})
 
         nodes, urls, first_convergence = start_cluster(procs)
         entry = urls[0]
@@ -291,6 +301,7 @@ def main():
                 for name, url, prefix, keys in (
                     ("bare server", bare_url, "/api/echo/", files["mixed"]),
                     ("nginx consistent hash -> 3 bare", nginx_url, "/api/echo/", files["mixed"]),
+                    ("min proxy -> bare (least work a hop can do)", min_proxy_url, "/api/echo/", files["mixed"]),
                     ("meshage local", entry, "/api/echo/", files["local"]),
                     ("meshage forwarded", entry, "/api/echo/", files["forwarded"]),
                     ("meshage mixed", entry, "/api/echo/", files["mixed"]),

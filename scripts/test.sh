@@ -17,7 +17,7 @@ command -v etcd >/dev/null 2>&1 || need_apt+=(etcd-server)
 # The status page test (tests/status_page.rs) renders the page in a real headless Chromium.
 command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
 # The failure tests across network namespaces (tests/netns.rs): ip, tc, and nftables to cut a
-# node off or drop packets (iptables as well, for hand-run experiments).
+# node off (iptables as well, for hand-run experiments); the delay line of test (e) is python3.
 command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
 command -v nft >/dev/null 2>&1 || need_apt+=(nftables)
 command -v iptables >/dev/null 2>&1 || need_apt+=(iptables)
