@@ -39,14 +39,7 @@ services() { curl -s "http://127.0.0.1:$1/api/services" | python3 -c 'import jso
 for e in $E1 $E2 $E3; do
   for _ in $(seq 800); do [ "$(services "$e")" = 2 ] && break; sleep 0.05; done
 done
-cat > "$TMP/keys.lua" <<'LUA'
-local i = 0
-wrk.method = "POST"; wrk.headers["Content-Type"] = "application/json"
-wrk.body = '{"hello":"world"}'
-function init(args) i = math.random(3000) end
-function request() i = i % 3000 + 1; return wrk.format(nil, "/api/echo/key-" .. i) end
-LUA
-drive() { wrk "-t$1" "-c$2" -d"${D}s" -s "$TMP/keys.lua" "http://127.0.0.1:$3" | awk '/Requests\/sec/ {print $2}'; }
+drive() { wrk "-t$1" "-c$2" -d"${D}s" -s "$ROOT/benches/keys.lua" "http://127.0.0.1:$3" | awk '/Requests\/sec/ {print $2}'; }
 drive 2 4 "$E1" >/dev/null  # warm-up: links open, pools fill
 echo "round: bare | one entry, default threads | one entry, 1 thread | two 1-thread entries (sum); req/s at 4 connections, ratio to bare"
 for r in $(seq "$ROUNDS"); do

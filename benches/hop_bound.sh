@@ -71,14 +71,7 @@ for _ in $(seq 800); do [ "$(services "$ENTRY")" = 2 ] && break; sleep 0.05; don
 [ "$(services "$ENTRY")" = 2 ] || { echo "the entry node never saw both owners" >&2; exit 1; }
 for p in $BARE $PROXY $NG; do up "$p"; done
 
-cat > "$TMP/keys.lua" <<'LUA'
-local i = 0
-wrk.method = "POST"; wrk.headers["Content-Type"] = "application/json"
-wrk.body = '{"hello":"world"}'
-function init(args) i = math.random(3000) end
-function request() i = i % 3000 + 1; return wrk.format(nil, "/api/echo/key-" .. i) end
-LUA
-drive() { wrk -t2 "-c$C" -d"$1s" -s "$TMP/keys.lua" "http://127.0.0.1:$2" | awk '/Requests\/sec/ {print $2}'; }
+drive() { wrk -t2 "-c$C" -d"$1s" -s "$ROOT/benches/keys.lua" "http://127.0.0.1:$2" | awk '/Requests\/sec/ {print $2}'; }
 for p in $BARE $PROXY $NG $ENTRY; do drive 1 "$p" >/dev/null; done  # warm-up: links, pools
 echo "req/s at $C connections (ratio to the round's bare server): bare | min proxy | nginx | meshage forwarded"
 for r in $(seq "$ROUNDS"); do
