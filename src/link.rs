@@ -1263,8 +1263,12 @@ mod tests {
             let handle = move |request: LinkRequest| {
                 seen.lock().unwrap().push(request.key.clone());
                 if request.key == "block" {
-                    // Blocks the thread, and so the link's task: nothing more is read.
-                    let _ = go.lock().unwrap().recv();
+                    // Blocks the thread, and so the link's task: nothing more is read. In
+                    // place, so that the tasks queued on this worker (the test's own among
+                    // them, which sends `go`) move to another thread instead of waiting here.
+                    tokio::task::block_in_place(|| {
+                        let _ = go.lock().unwrap().recv();
+                    });
                 }
                 async move { (StatusCode::OK, Bytes::from_static(b"{}")) }
             };
