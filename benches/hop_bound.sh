@@ -16,6 +16,10 @@
 #   - meshage forwarded: an entry node that owns nothing, two owner nodes (`--echo echo`), so
 #     every request crosses a peer link.
 # and prints each row's req/s and its ratio to the round's bare server, then the medians.
+#
+# ENTRIES="default MESHAGE_THREADS=1 ..." starts one entry node per word, each with those
+# settings in its environment (several separated by commas; `default` for none), all in front of
+# the same two owners, and drives each in every round: settings compared in one run.
 set -euo pipefail
 ROUNDS=${1:-5}
 D=${2:-4}
@@ -64,25 +68,43 @@ G=$(port SOCK_DGRAM)
 node() { "$B/meshage" node "$@" >/dev/null 2>&1 & PIDS+=($!); }
 CLUSTER_PORT=$G HTTP_PORT=$(port SOCK_STREAM) node --echo echo
 CLUSTER_PORT=$(port SOCK_DGRAM) HTTP_PORT=$(port SOCK_STREAM) SEEDS=127.0.0.1:$G node --echo echo
-ENTRY=$(port SOCK_STREAM)
-CLUSTER_PORT=$(port SOCK_DGRAM) HTTP_PORT=$ENTRY SEEDS=127.0.0.1:$G node
+read -ra VARIANTS <<< "${ENTRIES:-default}"
+ENTRY_PORTS=()
+for v in "${VARIANTS[@]}"; do
+  E=$(port SOCK_STREAM); ENTRY_PORTS+=("$E")
+  settings=(); [ "$v" = default ] || IFS=, read -ra settings <<< "$v"
+  env ${settings[@]+"${settings[@]}"} CLUSTER_PORT="$(port SOCK_DGRAM)" HTTP_PORT="$E" SEEDS="127.0.0.1:$G" \
+    "$B/meshage" node >/dev/null 2>&1 & PIDS+=($!)
+done
 services() { curl -s "http://127.0.0.1:$1/api/services" | python3 -c 'import json,sys; print(len(json.load(sys.stdin)))' 2>/dev/null || echo 0; }
-for _ in $(seq 800); do [ "$(services "$ENTRY")" = 2 ] && break; sleep 0.05; done
-[ "$(services "$ENTRY")" = 2 ] || { echo "the entry node never saw both owners" >&2; exit 1; }
+for E in "${ENTRY_PORTS[@]}"; do
+  for _ in $(seq 800); do [ "$(services "$E")" = 2 ] && break; sleep 0.05; done
+  [ "$(services "$E")" = 2 ] || { echo "the entry node on $E never saw both owners" >&2; exit 1; }
+done
 for p in $BARE $PROXY $NG; do up "$p"; done
 
 drive() { wrk -t2 "-c$C" -d"$1s" -s "$ROOT/benches/keys.lua" "http://127.0.0.1:$2" | awk '/Requests\/sec/ {print $2}'; }
-for p in $BARE $PROXY $NG $ENTRY; do drive 1 "$p" >/dev/null; done  # warm-up: links, pools
-echo "req/s at $C connections (ratio to the round's bare server): bare | min proxy | nginx | meshage forwarded"
+for p in $BARE $PROXY $NG "${ENTRY_PORTS[@]}"; do drive 1 "$p" >/dev/null; done  # warm-up: links, pools
+NAMES=()
+for v in "${VARIANTS[@]}"; do
+  if [ "${#VARIANTS[@]}" = 1 ] && [ "$v" = default ]; then NAMES+=("meshage forwarded"); else NAMES+=("meshage forwarded ($v)"); fi
+done
+HEADER=$(IFS='|'; echo "${NAMES[*]}")
+echo "req/s at $C connections (ratio to the round's bare server): bare | min proxy | nginx | ${HEADER//|/ | }"
 for r in $(seq "$ROUNDS"); do
-  echo "$r $(drive "$D" "$BARE") $(drive "$D" "$PROXY") $(drive "$D" "$NG") $(drive "$D" "$ENTRY")"
-done | python3 -c '
-import statistics, sys
+  line="$r $(drive "$D" "$BARE") $(drive "$D" "$PROXY") $(drive "$D" "$NG")"
+  for E in "${ENTRY_PORTS[@]}"; do line+=" $(drive "$D" "$E")"; done
+  echo "$line"
+done | NAMES="$HEADER" python3 -c '
+import os, statistics, sys
+names = os.environ["NAMES"].split("|")
 rows = []
 for line in sys.stdin:
     r, *v = line.split(); v = [float(x) for x in v]; rows.append(v)
     print(f"{r}: {v[0]:,.0f} | " + " | ".join(f"{x:,.0f} ({x / v[0]:.2f})" for x in v[1:]), flush=True)
-med = lambda i: statistics.median(v[i] / v[0] for v in rows)
-print(f"median ratio to bare: min proxy {med(1):.2f}, nginx {med(2):.2f}, meshage forwarded {med(3):.2f}; "
-      f"meshage / min proxy {statistics.median(v[3] / v[1] for v in rows):.2f}, "
-      f"meshage / nginx {statistics.median(v[3] / v[2] for v in rows):.2f}")'
+med = lambda f: statistics.median(f(v) for v in rows)
+print("median ratio to bare: " + ", ".join(
+    [f"min proxy {med(lambda v: v[1] / v[0]):.2f}", f"nginx {med(lambda v: v[2] / v[0]):.2f}"]
+    + [f"{n} {med(lambda v: v[3 + i] / v[0]):.2f}" for i, n in enumerate(names)]))
+for i, n in enumerate(names):
+    print(f"{n}: / min proxy {med(lambda v: v[3 + i] / v[1]):.2f}, / nginx {med(lambda v: v[3 + i] / v[2]):.2f}")'
