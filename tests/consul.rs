@@ -611,7 +611,7 @@ async fn services_are_registered_again_when_the_agent_restarts_without_them() {
         .await;
 
         // The agent goes away; a registration meanwhile fails, and says so.
-        drop(agent);
+        agent.stop().await;
         let late = node
             .router()
             .register(stream.clone(), meshage::handler_fn(echo_by))

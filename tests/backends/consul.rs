@@ -42,7 +42,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use percent_encoding::percent_decode_str;
 use serde_json::{json, Value};
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 use tokio::task::{JoinHandle, JoinSet};
 
 use crate::common::Http;
@@ -124,11 +124,13 @@ impl Shared {
     }
 }
 
-/// The stand-in agent; it stops when dropped.
+/// The stand-in agent; it stops when dropped, or, once every connection is closed, when
+/// [`ConsulStandIn::stop`] returns.
 pub struct ConsulStandIn {
     pub addr: SocketAddr,
     shared: Arc<Shared>,
     task: JoinHandle<()>,
+    stop: Option<oneshot::Sender<()>>,
 }
 
 impl ConsulStandIn {
@@ -161,11 +163,16 @@ impl ConsulStandIn {
             http,
         });
         let serving = shared.clone();
+        let (stop, mut stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             let mut connections = JoinSet::new();
             loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    return;
+                let accepted = tokio::select! {
+                    accepted = listener.accept() => accepted,
+                    _ = &mut stopped => break,
+                };
+                let Ok((stream, _)) = accepted else {
+                    break;
                 };
                 let shared = serving.clone();
                 connections.spawn(async move {
@@ -176,8 +183,28 @@ impl ConsulStandIn {
                 });
                 while connections.try_join_next().is_some() {}
             }
+            // Stop listening, then close every open connection and wait until each is gone.
+            drop(listener);
+            connections.shutdown().await;
         });
-        ConsulStandIn { addr, shared, task }
+        ConsulStandIn {
+            addr,
+            shared,
+            task,
+            stop: Some(stop),
+        }
+    }
+
+    /// Stops the agent and returns once its port is closed and every connection to it is
+    /// gone: from then on, every request to it fails. (Dropping only aborts the serving task,
+    /// which a runtime worker may still be running for a moment.)
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let task = std::mem::replace(&mut self.task, tokio::spawn(async {}));
+        let _ = task.await;
+        self.shared.state.lock().unwrap().services.clear();
     }
 
     /// The addresses agents were asked to join.
