@@ -129,7 +129,7 @@ impl Shared {
 pub struct ConsulStandIn {
     pub addr: SocketAddr,
     shared: Arc<Shared>,
-    task: JoinHandle<()>,
+    task: Option<JoinHandle<()>>,
     stop: Option<oneshot::Sender<()>>,
 }
 
@@ -190,7 +190,7 @@ impl ConsulStandIn {
         ConsulStandIn {
             addr,
             shared,
-            task,
+            task: Some(task),
             stop: Some(stop),
         }
     }
@@ -202,9 +202,9 @@ impl ConsulStandIn {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
-        let task = std::mem::replace(&mut self.task, tokio::spawn(async {}));
-        let _ = task.await;
-        self.shared.state.lock().unwrap().services.clear();
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
     }
 
     /// The addresses agents were asked to join.
@@ -221,7 +221,9 @@ impl ConsulStandIn {
 
 impl Drop for ConsulStandIn {
     fn drop(&mut self) {
-        self.task.abort();
+        if let Some(task) = &self.task {
+            task.abort();
+        }
         self.shared.state.lock().unwrap().services.clear();
     }
 }
