@@ -23,6 +23,7 @@
 //! advertises the host exactly as written.
 //!
 //! Parsing is pure; only [`Address::bind_tcp`] and [`Address::bind_udp`] touch the network.
+//! Pure core: depends on nothing of the crate.
 
 use std::fmt;
 use std::io;

@@ -6,6 +6,8 @@
 //! (the message or a name was not acceptable, here or by the handler: any 4xx but 404),
 //! [`ClientError::NotFound`] (no such stream: 404), [`ClientError::Unreachable`] (no answer
 //! from the node) and [`ClientError::Failed`] (anything else, such as a 502 from an owner).
+//!
+//! An edge: depends on `wire` and `path` only, never on a node's internals.
 
 use std::io::Read;
 use std::time::Duration;
@@ -19,9 +21,8 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
 
-use crate::api::RESERVED_STREAMS;
-use crate::forward::error_chain;
 use crate::path::encode_segment;
+use crate::wire::{error_chain, RESERVED_STREAMS};
 
 /// Why a client call failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -4,7 +4,11 @@
 //! published [`ClusterView`] into an immutable service table (see `table.rs`). The built-in
 //! backend is [`GossipCluster`]; the features `etcd` and `consul` add `EtcdCluster` and
 //! `ConsulCluster` on those engines. Custom ones implement [`Cluster`] and [`Membership`], as the
-//! original let users implement its `Cluster` interface.
+//! original let users implement its `Cluster` interface. `events` keeps the log of membership
+//! changes that the node feeds and the status page reads.
+//!
+//! Depends only on the pure core (`address`, `path`); the table, the router and everything above
+//! depend on it.
 
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -17,12 +21,14 @@ use tokio::sync::watch;
 pub mod consul;
 #[cfg(feature = "etcd")]
 pub mod etcd;
+mod events;
 pub mod gossip;
 
 #[cfg(feature = "consul")]
 pub use consul::{ConsulCluster, ConsulConfig};
 #[cfg(feature = "etcd")]
 pub use etcd::{EtcdCluster, EtcdConfig};
+pub(crate) use events::EventLog;
 pub use gossip::{GossipCluster, GossipConfig, NO_SEEDS};
 
 /// What a node tells its cluster about itself when it joins.

@@ -25,40 +25,58 @@
 //!
 //! # Layout
 //!
-//! - `address`: `host:port`, bare ports and the `find` forms; pure parsing, binding at the edge.
-//! - `ring`: the consistent-hash ring, identical to npm `hashring` 3.2.0; pure.
-//! - `table`: an immutable snapshot of routable services with one ring per stream; pure.
-//! - `message`: messages, headers, handlers.
-//! - `cluster`: the membership traits; `cluster/gossip` the built-in backend on chitchat;
-//!   `cluster/etcd` and `cluster/consul` backends on those engines (features `etcd`, `consul`).
-//! - `router`: key to owner from the current table; send and broadcast; safe retries with
-//!   re-lookup, suspect owners.
-//! - `forward`: the pooled HTTP client to peers, the single-hop rule, and what a failed forward
-//!   says about delivery; `link`: the multiplexed binary link between meshage nodes.
-//! - `path`: strict percent-encoding of path segments.
-//! - `api`: the HTTP API; `node`: start and graceful shutdown.
-//! - `upstream`: handlers in any language: an HTTP endpoint as a handler, with health checks.
-//! - `client`: a client of a node's HTTP API, behind the `meshage` command's client commands.
-//! - `metrics`: the node's Prometheus metrics in atomics, and their text exposition.
-//! - `observe`: one request's trace id, span, and count by route and outcome.
-//! - `status`: the live status page (`GET /`), its data (`GET /api/status`), membership events.
+//! One request, from HTTP in to answer:
+//!
+//! 1. `inbound` accepts the connection, tells a peer link from HTTP by its first bytes, finds
+//!    the route (`POST /api/{stream}/{key}`), takes an in-flight slot, reads the bounded body and
+//!    the request's deadline (`wire`), and opens its trace scope (`observe`).
+//! 2. `router` looks the key up in the current `table` snapshot (rings from `ring`). A local
+//!    owner runs its handler (`message`) here; a remote one gets the request through
+//!    `outbound`, over the peer `link` or HTTP, at most once more.
+//! 3. On the owner, `inbound` receives the forward (a link frame or an HTTP request marked as a
+//!    hop) and its `router` runs the named service, never forwarding it again.
+//! 4. The answer travels back the same way. A forward that brought no answer says, in
+//!    `delivery` terms, whether the owner can have run it; `router`'s retry rule sends only what
+//!    cannot have run to the next owner (anything, if the caller marked it idempotent), and
+//!    errors become JSON answers in one place (`answer`).
+//!
+//! The rooms, from the edges down to the pure core (each imports only rooms below it):
+//!
+//! - edges: `node` (start, the handle, graceful shutdown) and the binary's `main`; `inbound`
+//!   (accept, sniff, connections, admission, routes, the link's entry); `admin` (status page,
+//!   `/metrics`, health, members, locate: read-only); `answer` (errors to JSON answers);
+//!   `upstream` (handlers in any language over HTTP, with health checks); `client` (the
+//!   `meshage` command's client of a node's API).
+//! - `router`: owner choice, the local registry, placement and suspects, retries, broadcast.
+//! - `outbound` (the forwarder), over `link` (the peer protocol: frames, client, server).
+//! - `observe` (metrics, trace ids, request scopes), `wire` (header names, deadlines, body
+//!   reading), `shutdown` (stop signals), `delivery` (what a failed forward says).
+//! - `cluster`: the membership traits, the event log, and the gossip, etcd and Consul backends.
+//! - the pure core: `table` (an immutable snapshot of routable services with one ring per
+//!   stream), `ring` (identical to npm `hashring` 3.2.0), `address`, `path`, `message`.
+
+#![forbid(unsafe_code)]
+#![warn(unreachable_pub)]
 
 mod address;
-mod api;
+mod admin;
+mod answer;
 pub mod client;
 pub mod cluster;
-mod forward;
+mod delivery;
+mod inbound;
 mod link;
 mod message;
-mod metrics;
 mod node;
 mod observe;
+mod outbound;
 mod path;
 mod ring;
 mod router;
-mod status;
+mod shutdown;
 mod table;
 mod upstream;
+mod wire;
 
 /// The maps looked up on every request (streams, services, peers, metrics), keyed by short
 /// strings: hashed with foldhash, seeded per process, which costs a fraction of SipHash.
@@ -73,21 +91,21 @@ pub use cluster::{
 pub use cluster::{ConsulCluster, ConsulConfig};
 #[cfg(feature = "etcd")]
 pub use cluster::{EtcdCluster, EtcdConfig};
-pub use forward::{
-    PeerProtocol, HOP_HEADER, IDEMPOTENCY_KEY_HEADER, IDEMPOTENT_HEADER, SERVICE_ID_HEADER,
-    TIMEOUT_HEADER,
-};
 pub use message::{
     handler_fn, typed_handler_fn, BoxFuture, Handler, HandlerError, Header, Message, Payload,
     Reply, SharedHandler,
 };
 pub use node::{init, Node, NodeBuilder, NodeConfig, StartError};
-pub use observe::TRACE_HEADER;
+pub use outbound::PeerProtocol;
 pub use ring::HashRing;
 pub use router::{RouteError, Routed, Router, RouterConfig, SendOptions};
 pub use table::{ServiceInfo, ServiceTable};
 pub use upstream::{
     parse_handlers_file, HandlerSpec, HealthConfig, HttpUpstream, UpstreamConfig, UpstreamError,
+};
+pub use wire::{
+    HOP_HEADER, IDEMPOTENCY_KEY_HEADER, IDEMPOTENT_HEADER, SERVICE_ID_HEADER, TIMEOUT_HEADER,
+    TRACE_HEADER,
 };
 
 /// The README's Rust examples compile as doctests, so that what it shows keeps working.

@@ -5,6 +5,8 @@
 //! ([`Handler`]), so that a handler that only relays bytes (an HTTP upstream) never parses them;
 //! closures over [`serde_json::Value`] or over a typed struct are adapted with [`handler_fn`] and
 //! [`typed_handler_fn`].
+//!
+//! Pure core: depends on nothing of the crate.
 
 use std::fmt;
 use std::future::Future;

@@ -1,19 +1,23 @@
 //! A node: `init(cluster, address)`, `register`, `start` — then a [`Node`] handle that owns the
 //! node's tasks and its graceful shutdown.
+//!
+//! The top of the library: it wires every room together (cluster, router, inbound, admin,
+//! upstream monitors) and owns their tasks; nothing depends on it.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
 use crate::address::{Address, AddressError};
-use crate::api::{self, ApiState};
-use crate::cluster::{Cluster, ClusterError, LocalNode, Membership};
-use crate::forward::{Forwarder, PeerProtocol};
+use crate::admin::Admin;
+use crate::cluster::{Cluster, ClusterError, EventLog, LocalNode, Membership};
+use crate::inbound::{self, Inbound, Timeouts};
 use crate::message::{handler_fn, HandlerError, Header, SharedHandler};
+use crate::outbound::{Forwarder, PeerProtocol};
 use crate::router::{LocalService, Router, RouterConfig};
+use crate::shutdown::Shutdown;
 use crate::upstream::{self, HttpUpstream};
 
 /// Settings of a node beyond its cluster and address.
@@ -184,16 +188,20 @@ impl NodeBuilder {
         );
         router.advertise_local().await?;
 
-        let table_task = tokio::spawn(follow_membership(membership.clone(), router.clone()));
-        let state = Arc::new(ApiState {
-            router: router.clone(),
-            body_limit: config.body_limit,
-            view: membership.view(),
-            in_flight: Default::default(),
-            max_in_flight: config.max_in_flight,
-        });
-        let (stop_tx, stop_rx) = watch::channel(false);
-        let (kill_tx, kill_rx) = watch::channel(false);
+        let events = Arc::new(EventLog::default());
+        let table_task = tokio::spawn(follow_membership(
+            membership.clone(),
+            router.clone(),
+            events.clone(),
+        ));
+        let admin = Admin::new(router.clone(), membership.view(), events);
+        let inbound = Inbound::new(
+            router.clone(),
+            admin,
+            config.body_limit,
+            config.max_in_flight,
+        );
+        let shutdown = Shutdown::default();
         let monitors = self
             .upstreams
             .into_iter()
@@ -213,17 +221,18 @@ impl NodeBuilder {
                     id,
                     upstream,
                     health,
-                    stop_tx.subscribe(),
+                    shutdown.signal().stop,
                 ))
             })
             .collect();
-        let server = tokio::spawn(api::serve(
+        let server = tokio::spawn(inbound::serve(
             listener,
-            state.clone(),
-            stop_rx,
-            config.drain_timeout,
-            config.idle_timeout,
-            kill_rx,
+            inbound,
+            shutdown.signal(),
+            Timeouts {
+                drain: config.drain_timeout,
+                idle: config.idle_timeout,
+            },
         ));
         info!(node = %node_id, %endpoint, %local_addr, "node started");
         Ok(Node {
@@ -231,8 +240,7 @@ impl NodeBuilder {
             membership,
             local_addr,
             endpoint,
-            stop_tx,
-            kill_tx,
+            shutdown,
             server,
             table_task,
             monitors,
@@ -240,12 +248,13 @@ impl NodeBuilder {
     }
 }
 
-/// Rebuilds the service table on every membership change. Ends when the backend's view closes.
-async fn follow_membership(membership: Arc<dyn Membership>, router: Router) {
+/// Rebuilds the service table on every membership change, and logs what changed. Ends when
+/// the backend's view closes.
+async fn follow_membership(membership: Arc<dyn Membership>, router: Router, events: Arc<EventLog>) {
     let mut view = membership.view();
     loop {
         let current = view.borrow_and_update().clone();
-        router.metrics().events.observe(&current);
+        events.observe(&current);
         router.apply_view(current);
         if view.changed().await.is_err() {
             debug!("membership view closed; table follower ends");
@@ -261,9 +270,9 @@ pub struct Node {
     membership: Arc<dyn Membership>,
     local_addr: std::net::SocketAddr,
     endpoint: String,
-    stop_tx: watch::Sender<bool>,
-    /// Drops every open connection at once (crash simulation, and a node dropped unstopped).
-    kill_tx: watch::Sender<bool>,
+    /// Stops the server gracefully, or kills every open connection at once (crash simulation,
+    /// and a node dropped unstopped).
+    shutdown: Shutdown,
     server: JoinHandle<()>,
     table_task: JoinHandle<()>,
     /// Health checks of upstream handlers; they end when the node stops.
@@ -309,7 +318,7 @@ impl Node {
         if let Err(e) = self.membership.leave().await {
             warn!(error = %e, "could not announce leaving");
         }
-        let _ = self.stop_tx.send(true);
+        self.shutdown.stop();
         if let Err(e) = (&mut self.server).await {
             warn!(error = %e, "HTTP server task failed");
         }
@@ -329,7 +338,7 @@ impl Node {
 
 impl Drop for Node {
     fn drop(&mut self) {
-        let _ = self.kill_tx.send(true);
+        self.shutdown.kill();
         self.server.abort();
         self.table_task.abort();
         for monitor in &self.monitors {

@@ -3,11 +3,13 @@
 //! Keys may hold any characters (slashes, percent signs, spaces, any Unicode), so a forward
 //! encodes every byte outside the unreserved set, and a node rejects a path whose `%` is not
 //! followed by two hex digits or whose bytes are not UTF-8, instead of guessing.
+//!
+//! Pure core: depends on nothing of the crate.
 
 use std::borrow::Cow;
 
 /// Appends `segment` to `out`, percent-encoding every byte but `A-Z a-z 0-9 - . _ ~`.
-pub fn encode_segment(segment: &str, out: &mut String) {
+pub(crate) fn encode_segment(segment: &str, out: &mut String) {
     const HEX: &[u8; 16] = b"0123456789ABCDEF";
     // Runs of bytes that stay as they are go in whole; such a run is ASCII, so it starts and
     // ends on character boundaries.
@@ -31,7 +33,7 @@ pub fn encode_segment(segment: &str, out: &mut String) {
 
 /// Why a path segment could not be decoded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum DecodeError {
+pub(crate) enum DecodeError {
     #[error("malformed percent-encoding at byte {0}")]
     Malformed(usize),
     #[error("percent-encoded bytes are not UTF-8")]
@@ -40,7 +42,7 @@ pub enum DecodeError {
 
 /// Decodes a percent-encoded path segment. `+` stays `+` (paths are not forms). A segment
 /// without `%` comes back borrowed.
-pub fn decode_segment(segment: &str) -> Result<Cow<'_, str>, DecodeError> {
+pub(crate) fn decode_segment(segment: &str) -> Result<Cow<'_, str>, DecodeError> {
     if !segment.contains('%') {
         return Ok(Cow::Borrowed(segment));
     }

@@ -43,6 +43,8 @@
 //! every membership change, and [`HashRing::get`] does one md5 of the key plus
 //! a binary search, with no allocation and no cache.
 //!
+//! Pure core: depends on nothing of the crate.
+//!
 //! [`hashring`]: https://www.npmjs.com/package/hashring
 
 use std::collections::HashSet;

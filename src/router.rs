@@ -13,35 +13,43 @@
 //! - A node whose connection failed becomes *suspect*: its services leave this node's rings at
 //!   once (a new table snapshot), until gossip confirms it gone or the suspicion expires. A
 //!   stream whose every service is suspect keeps them, so that it still answers.
+//!
+//! Layout: this file holds the [`Router`] handle and the request path (route, send, forward);
+//! `registry` the local services and advertising; `placement` the table rebuilds and the
+//! suspects; `retry` the pure rule that reads a failed forward; `local` running a handler here;
+//! `broadcast` the answers of a broadcast. Depends on `outbound`, `observe`, `table`,
+//! `cluster`, `delivery`, `wire` and `message`; never on the HTTP server above it.
 
-use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Weak};
+use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-
 use arc_swap::ArcSwap;
-use bytes::Bytes;
-use futures_util::FutureExt;
 use http::StatusCode;
-use serde_json::{json, Value};
-use tracing::{debug, error, warn};
+use serde_json::Value;
+use tracing::{debug, warn};
 
-use crate::cluster::{ClusterView, Member, MemberState, Membership, ServiceEntry};
-use crate::forward::{not_executed, ForwardError, Forwarder};
-use crate::link::LEAVING_BODY;
-use crate::message::{BoxFuture, HandlerError, Header, Message, Payload, Reply, SharedHandler};
-use crate::metrics::{Metrics, Route};
-use crate::observe::{self, RequestScope};
+use crate::cluster::{ClusterView, Membership};
+use crate::delivery::{MayHaveRun, NotRun, Undelivered};
+use crate::message::{HandlerError, Message, Payload, Reply};
+use crate::observe::{self, Metrics, RequestScope, Route};
+use crate::outbound::Forwarder;
 use crate::table::ServiceTable;
+use crate::wire::Deadline;
 use crate::FastMap;
 
-/// A service registered on this node.
-#[derive(Clone)]
-pub(crate) struct LocalService {
-    pub stream: Arc<str>,
-    pub handler: SharedHandler,
-}
+mod broadcast;
+mod local;
+mod placement;
+mod registry;
+mod retry;
+
+use broadcast::answer_value;
+pub(crate) use broadcast::Part;
+use local::{finish_local, start_local};
+use placement::Suspect;
+pub(crate) use registry::LocalService;
+use retry::{classify, Suspicion};
 
 /// Why a message could not be answered.
 #[derive(Debug, thiserror::Error)]
@@ -146,52 +154,7 @@ pub(crate) struct RouteRequest<'a> {
     pub hop: bool,
     /// The caller allows a resend after the request may have reached the owner.
     pub idempotent: bool,
-    pub deadline: Instant,
-}
-
-/// A service this node stopped choosing after a failure it saw itself.
-#[derive(Debug, Clone)]
-struct Suspect {
-    stream: Arc<str>,
-    endpoint: Arc<str>,
-    /// When it comes back to the rings unless gossip confirms it gone first.
-    until: Instant,
-    reason: Arc<str>,
-    /// It said it is leaving or no longer has the service: left out of broadcasts quietly.
-    leaving: bool,
-}
-
-/// The members of `view` without the services suspected at `now`, except where that would
-/// leave a stream with no service at all (it keeps its suspects then, and still answers).
-fn without_suspects(
-    mut members: Vec<Member>,
-    suspects: &FastMap<Arc<str>, Suspect>,
-    now: Instant,
-) -> Vec<Member> {
-    if suspects.is_empty() {
-        return members;
-    }
-    let suspected = |id: &str| suspects.get(id).is_some_and(|s| s.until > now);
-    let served: HashSet<Arc<str>> = members
-        .iter()
-        .filter(|m| m.state == MemberState::Live)
-        .flat_map(|m| m.services.iter())
-        .filter(|s| !suspected(&s.id))
-        .map(|s| s.stream.clone())
-        .collect();
-    for member in &mut members {
-        member
-            .services
-            .retain(|s| !suspected(&s.id) || !served.contains(&s.stream));
-    }
-    members
-}
-
-/// A forward attempt that got no answer.
-struct Failure {
-    error: RouteError,
-    /// Sending the request to the key's next owner cannot run it twice, or the caller allows it.
-    retry: bool,
+    pub deadline: Deadline,
 }
 
 /// Sends and broadcasts messages across the cluster. Cheap to clone.
@@ -222,7 +185,7 @@ struct Inner {
     /// rebuilt and by broadcasts, never by a send that goes well.
     suspects: ArcSwap<FastMap<Arc<str>, Suspect>>,
     version: AtomicU64,
-    /// This node's metrics and membership events (see `metrics.rs`).
+    /// This node's request metrics (see [`crate::observe`]), counted by the scopes it opens.
     metrics: Metrics,
 }
 
@@ -278,287 +241,13 @@ impl Router {
         self.inner.table.load_full()
     }
 
-    /// Takes a new view from the membership backend and rebuilds the table from it. Suspects
-    /// that the view confirms (no longer live) are forgotten, and links to nodes that are gone
-    /// are closed, so that requests waiting on them fail now rather than at their deadlines.
-    pub(crate) fn apply_view(&self, view: Arc<ClusterView>) {
-        let reachable = |view: &ClusterView| -> HashSet<String> {
-            view.members
-                .iter()
-                .filter(|m| m.state != MemberState::Dead)
-                .map(|m| m.endpoint.clone())
-                .collect()
-        };
-        let now_reachable = reachable(&view);
-        for gone in reachable(&self.inner.view.load()).difference(&now_reachable) {
-            debug!(endpoint = %gone, "node gone; closing its link");
-            self.inner.forwarder.forget(gone);
-        }
-        let live: HashSet<&str> = view
-            .members
-            .iter()
-            .filter(|m| m.state == MemberState::Live)
-            .flat_map(|m| m.services.iter().map(|s| &*s.id))
-            .collect();
-        if self
-            .inner
-            .suspects
-            .load()
-            .keys()
-            .any(|id| !live.contains(&**id))
-        {
-            self.inner.suspects.rcu(|current| {
-                let mut next = HashMap::clone(current);
-                next.retain(|id, _| live.contains(&**id));
-                next
-            });
-        }
-        self.inner.view.store(view);
-        self.rebuild();
-    }
-
-    /// Takes the services of node `node_id` off the rings for a while: its connection failed
-    /// (`leaving` false) or it said that it is leaving.
-    fn suspect_node(&self, node_id: &str, reason: &str, leaving: bool) {
-        let view = self.inner.view.load();
-        let Some(member) = view.members.iter().find(|m| m.id == node_id) else {
-            return;
-        };
-        let services: Vec<(Arc<str>, Arc<str>)> = member
-            .services
-            .iter()
-            .map(|s| (s.id.clone(), s.stream.clone()))
-            .collect();
-        self.suspect(&services, &member.endpoint, reason, leaving);
-    }
-
-    /// Takes `services` (id, stream) of the node at `endpoint` off the rings for a while.
-    fn suspect(
-        &self,
-        services: &[(Arc<str>, Arc<str>)],
-        endpoint: &str,
-        reason: &str,
-        leaving: bool,
-    ) {
-        if services.is_empty() || *endpoint == *self.inner.endpoint {
-            return;
-        }
-        let until = Instant::now() + self.inner.config.suspect_timeout;
-        let (endpoint, reason): (Arc<str>, Arc<str>) = (Arc::from(endpoint), Arc::from(reason));
-        self.inner.suspects.rcu(|current| {
-            let mut next = HashMap::clone(current);
-            for (id, stream) in services {
-                next.insert(
-                    id.clone(),
-                    Suspect {
-                        stream: stream.clone(),
-                        endpoint: endpoint.clone(),
-                        until,
-                        reason: reason.clone(),
-                        leaving,
-                    },
-                );
-            }
-            next
-        });
-        warn!(%endpoint, services = services.len(), %reason, leaving,
-            "owner suspect: off the rings until gossip settles it or the suspicion expires");
-        self.rebuild();
-        // Back to the rings when the suspicion expires, unless gossip settled it first.
-        let inner: Weak<Inner> = Arc::downgrade(&self.inner);
-        let ttl = self.inner.config.suspect_timeout;
-        tokio::spawn(async move {
-            tokio::time::sleep(ttl).await;
-            if let Some(inner) = inner.upgrade() {
-                Router { inner }.expire_suspects();
-            }
-        });
-    }
-
-    /// Forgets the suspicions that have expired, and rebuilds the table when there were any.
-    fn expire_suspects(&self) {
-        let now = Instant::now();
-        if !self.inner.suspects.load().values().any(|s| s.until <= now) {
-            return;
-        }
-        self.inner.suspects.rcu(|current| {
-            let mut next = HashMap::clone(current);
-            next.retain(|_, s| s.until > now);
-            next
-        });
-        debug!("suspicions expired; their services are back on the rings");
-        self.rebuild();
-    }
-
-    /// Whether this node is leaving.
-    pub fn is_leaving(&self) -> bool {
-        self.inner.leaving.load(Ordering::Acquire)
-    }
-
-    /// Marks this node as leaving: from now on its own services are off its rings too.
-    pub(crate) fn set_leaving(&self) {
-        self.inner.leaving.store(true, Ordering::Release);
-        self.rebuild();
-    }
-
-    /// Builds and swaps in the table of the latest view, with this node's own entry taken from
-    /// what it knows first-hand (its active local services, and whether it is leaving) rather
-    /// than from the backend, which learns them a gossip round or a round trip later.
-    pub(crate) fn rebuild(&self) {
-        let view = self.inner.view.load();
-        let mut members: Vec<Member> = view
-            .members
-            .iter()
-            .filter(|m| *m.id != *self.inner.node_id)
-            .cloned()
-            .collect();
-        members.push(Member {
-            id: self.inner.node_id.to_string(),
-            endpoint: self.inner.endpoint.to_string(),
-            state: if self.is_leaving() {
-                MemberState::Leaving
-            } else {
-                MemberState::Live
-            },
-            services: self.local_services(),
-            last_heard: None,
-        });
-        let members = without_suspects(members, &self.inner.suspects.load(), Instant::now());
-        let version = self.inner.version.fetch_add(1, Ordering::AcqRel) + 1;
-        let table = ServiceTable::build(version, &ClusterView { members });
-        debug!(
-            version,
-            services = table.services.len(),
-            "service table swapped"
-        );
-        self.inner.table.store(Arc::new(table));
-    }
-
     pub(crate) fn config(&self) -> &RouterConfig {
         &self.inner.config
     }
 
-    /// The services registered on this node.
-    pub fn local_services(&self) -> Vec<ServiceEntry> {
-        sorted_entries(&self.inner.local.load())
-    }
-
-    /// Adds services to the local registry without advertising them.
-    pub(crate) fn add_local(&self, services: Vec<(Arc<str>, LocalService)>) {
-        self.inner.local.rcu(|current| {
-            let mut next = HashMap::clone(current);
-            next.extend(services.iter().cloned());
-            next
-        });
-    }
-
-    /// Registers a handler on `stream` as a new service (with a fresh UUID v4 id) and advertises
-    /// it to the cluster; returns the id. Fails when the cluster backend cannot advertise it.
-    pub async fn register(
-        &self,
-        stream: impl Into<String>,
-        handler: SharedHandler,
-    ) -> Result<String, crate::cluster::ClusterError> {
-        let id = uuid::Uuid::new_v4().to_string();
-        let stream: Arc<str> = Arc::from(stream.into());
-        self.add_local(vec![(
-            Arc::from(id.as_str()),
-            LocalService { stream, handler },
-        )]);
-        self.advertise_local().await?;
-        Ok(id)
-    }
-
-    /// Removes a local service and withdraws it from the cluster. Returns whether it existed.
-    pub async fn unregister(&self, service_id: &str) -> Result<bool, crate::cluster::ClusterError> {
-        let mut existed = false;
-        self.inner.local.rcu(|current| {
-            let mut next = HashMap::clone(current);
-            existed = next.remove(service_id).is_some();
-            next
-        });
-        let parked = self.withdrawn().remove(service_id).is_some();
-        self.advertise_local().await?;
-        Ok(existed || parked)
-    }
-
-    /// Takes a local service out of the cluster without forgetting it: it is no longer
-    /// advertised nor run, and [`Router::restore`] brings it back under the same id, so at the
-    /// same place on the rings. Returns false when no such service is active here. Fails when
-    /// the cluster backend cannot advertise the change (the service is withdrawn locally all
-    /// the same).
-    pub async fn withdraw(&self, service_id: &str) -> Result<bool, crate::cluster::ClusterError> {
-        let moved = {
-            let mut withdrawn = self.withdrawn();
-            let mut removed = None;
-            self.inner.local.rcu(|current| {
-                let mut next = HashMap::clone(current);
-                removed = next.remove_entry(service_id);
-                next
-            });
-            match removed {
-                Some((id, service)) => withdrawn.insert(id, service).is_none(),
-                None => false,
-            }
-        };
-        if moved {
-            self.advertise_local().await?;
-        }
-        Ok(moved)
-    }
-
-    /// Advertises a service taken out by [`Router::withdraw`] again, under its id. Returns false
-    /// when no such service is withdrawn. Fails as [`Router::withdraw`] does.
-    pub async fn restore(&self, service_id: &str) -> Result<bool, crate::cluster::ClusterError> {
-        let moved = {
-            let mut withdrawn = self.withdrawn();
-            match withdrawn.remove_entry(service_id) {
-                Some(entry) => {
-                    self.add_local(vec![entry]);
-                    true
-                }
-                None => false,
-            }
-        };
-        if moved {
-            self.advertise_local().await?;
-        }
-        Ok(moved)
-    }
-
-    /// The services withdrawn from the cluster by [`Router::withdraw`].
-    pub fn withdrawn_services(&self) -> Vec<ServiceEntry> {
-        sorted_entries(&self.withdrawn())
-    }
-
-    /// Adds services that start withdrawn: registered, not advertised until restored.
-    pub(crate) fn add_withdrawn(&self, services: Vec<(Arc<str>, LocalService)>) {
-        self.withdrawn().extend(services);
-    }
-
-    fn withdrawn(&self) -> std::sync::MutexGuard<'_, FastMap<Arc<str>, LocalService>> {
-        // A panic while holding this lock cannot leave the map half-updated.
-        self.inner
-            .withdrawn
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    /// Advertises exactly the active local services. Serialized, so that concurrent changes
-    /// cannot advertise an older list last.
-    pub(crate) async fn advertise_local(&self) -> Result<(), crate::cluster::ClusterError> {
-        self.rebuild();
-        let _turn = self.inner.advertising.lock().await;
-        self.inner
-            .membership
-            .advertise(&self.local_services())
-            .await
-    }
-
     /// The deadline of a request that asks for `timeout`: never later than the node's own.
-    fn deadline(&self, timeout: Option<Duration>) -> Instant {
-        let limit = self.inner.config.request_timeout;
-        Instant::now() + timeout.map_or(limit, |t| t.min(limit))
+    fn deadline(&self, timeout: Option<Duration>) -> Deadline {
+        Deadline::within(timeout, self.inner.config.request_timeout)
     }
 
     /// Starts observing a request that enters this node (see `observe.rs`).
@@ -721,7 +410,7 @@ impl Router {
                 .await
             {
                 Ok(routed) => return Ok(routed),
-                Err(Failure { error, retry }) if retry && Instant::now() < deadline => {
+                Err(Failure { error, retry }) if retry && !deadline.has_passed() => {
                     debug!(%service_id, %error, "sending the request to the key's next owner");
                     observe::rerouted();
                     tried.push(service_id.clone());
@@ -732,21 +421,9 @@ impl Router {
         }
     }
 
-    /// Why service `id`, named by the caller, is not in the table: suspect, or unknown.
-    fn not_in_table(&self, id: &str) -> RouteError {
-        match self.inner.suspects.load().get(id) {
-            Some(suspect) if suspect.leaving => RouteError::NotHere(id.to_owned()),
-            Some(suspect) => RouteError::Unreachable {
-                service_id: id.to_owned(),
-                endpoint: suspect.endpoint.to_string(),
-                reason: format!("suspect after: {}", suspect.reason),
-            },
-            None => RouteError::UnknownService(id.to_owned()),
-        }
-    }
-
     /// Forwards one request to `service_id` on node `node_id` at `endpoint`. A failure says
-    /// whether the request may go to another owner; a failed connection makes the node suspect.
+    /// whether the request may go to another owner; a failed connection or a refusal makes the
+    /// owner suspect (see `retry`).
     async fn forward(
         &self,
         endpoint: &str,
@@ -769,327 +446,39 @@ impl Router {
             )
             .await;
         observe::forwarded(started);
-        match result {
-            Ok(reply) if not_executed(&reply) => {
-                if reply.body == LEAVING_BODY {
-                    self.suspect_node(node_id, "the node is leaving", true);
-                } else {
-                    let service = (service_id.clone(), Arc::from(request.stream));
-                    self.suspect(&[service], endpoint, "the node does not run it", true);
-                }
-                Err(Failure {
-                    error: RouteError::NotHere(service_id.to_string()),
-                    retry: true,
-                })
-            }
-            Ok(reply) => Ok(Routed { service_id, reply }),
-            Err(ForwardError::Timeout(after)) => Err(Failure {
-                error: RouteError::Timeout {
-                    service_id: service_id.to_string(),
-                    after,
-                },
-                retry: false,
-            }),
-            Err(e) => {
-                warn!(%service_id, %endpoint, error = %e, "forward failed");
-                if e.connection_failed() {
-                    self.suspect_node(node_id, &e.to_string(), false);
-                }
-                let (service_id, endpoint, reason) =
-                    (service_id.to_string(), endpoint.to_owned(), e.to_string());
-                if e.never_delivered() {
-                    Err(Failure {
-                        error: RouteError::Unreachable {
-                            service_id,
-                            endpoint,
-                            reason,
-                        },
-                        retry: true,
-                    })
-                } else {
-                    Err(Failure {
-                        error: RouteError::Lost {
-                            service_id,
-                            endpoint,
-                            reason,
-                        },
-                        retry: request.idempotent && e.connection_failed(),
-                    })
-                }
-            }
-        }
-    }
-
-    /// Runs every service of `stream` at once; one JSON entry per service, in table order, then
-    /// an error entry for each service this node suspects after a failed connection (it is not
-    /// asked again until the suspicion ends).
-    pub(crate) async fn broadcast_payload(
-        &self,
-        stream: &str,
-        key: &str,
-        payload: Payload,
-        deadline: Instant,
-    ) -> Result<Vec<Part>, RouteError> {
-        let targets: Vec<Arc<str>> = self
-            .inner
-            .table
-            .load()
-            .services_of(stream)
-            .map(|s| s.id.clone())
-            .collect();
-        let now = Instant::now();
-        let mut suspects: Vec<Arc<str>> = self
-            .inner
-            .suspects
-            .load()
-            .iter()
-            .filter(|(id, s)| {
-                &*s.stream == stream && !s.leaving && s.until > now && !targets.contains(id)
-            })
-            .map(|(id, _)| id.clone())
-            .collect();
-        suspects.sort();
-        if targets.is_empty() && suspects.is_empty() {
-            return Err(RouteError::UnknownStream(stream.to_owned()));
-        }
-        let error_entry = |id: &str, e: RouteError| {
-            json!({
-                "error": e.to_string(),
-                "serviceId": id,
-                "status": e.status().as_u16(),
-            })
+        let failure = match result {
+            Ok(reply) => return Ok(Routed { service_id, reply }),
+            Err(failure) => failure,
         };
-        let calls = targets.iter().map(|id| {
-            let payload = payload.clone();
-            async move {
-                let request = RouteRequest {
-                    stream,
-                    key,
-                    target: Some(id),
-                    hop: false,
-                    idempotent: false,
-                    deadline,
-                };
-                let result = self.route(request, payload).await;
-                match result.and_then(|routed| answer_json(routed.reply)) {
-                    Ok(json) => Part::Answer(json),
-                    Err(e) => Part::Error(error_entry(id, e)),
-                }
-            }
-        });
-        let mut entries = futures_util::future::join_all(calls).await;
-        entries.extend(
-            suspects
-                .iter()
-                .map(|id| Part::Error(error_entry(id, self.not_in_table(id)))),
+        let refused_or_late = matches!(
+            failure,
+            Undelivered::NotRun(NotRun::Leaving | NotRun::NoService)
+                | Undelivered::MayHaveRun(MayHaveRun::TimedOut(_))
         );
-        Ok(entries)
-    }
-}
-
-/// The JSON of a successful reply, or the error it carries.
-fn answer_value(reply: Reply) -> Result<Value, RouteError> {
-    if !reply.status.is_success() {
-        return Err(RouteError::Handler(error_of_reply(&reply)));
-    }
-    reply
-        .to_value()
-        .map_err(|e| RouteError::BadAnswer(e.to_string()))
-}
-
-/// The body of a successful reply, checked to be JSON without being parsed into a value
-/// (`null` for an empty one), or the error the reply carries.
-fn answer_json(reply: Reply) -> Result<Bytes, RouteError> {
-    if !reply.status.is_success() {
-        return Err(RouteError::Handler(error_of_reply(&reply)));
-    }
-    if reply.body.is_empty() {
-        return Ok(Bytes::from_static(b"null"));
-    }
-    serde_json::from_slice::<serde::de::IgnoredAny>(&reply.body)
-        .map_err(|e| RouteError::BadAnswer(e.to_string()))?;
-    Ok(reply.body)
-}
-
-/// One service's entry in a broadcast's answer.
-pub(crate) enum Part {
-    /// The service's answer: valid JSON, passed on as it came.
-    Answer(Bytes),
-    /// `{"error", "serviceId", "status"}` for a service that failed.
-    Error(Value),
-}
-
-impl Part {
-    fn into_value(self) -> Value {
-        match self {
-            // Checked to be JSON by `answer_json`.
-            Part::Answer(json) => serde_json::from_slice(&json).unwrap_or(Value::Null),
-            Part::Error(entry) => entry,
+        if !refused_or_late {
+            warn!(%service_id, %endpoint, error = %failure, "forward failed");
         }
-    }
-
-    /// The answer of a broadcast over HTTP: the parts as a JSON array, each answer's bytes
-    /// copied as they came instead of parsed and written again.
-    pub(crate) fn array(parts: &[Part]) -> Vec<u8> {
-        let mut out = Vec::with_capacity(2 + parts.iter().map(Part::len_hint).sum::<usize>());
-        out.push(b'[');
-        for (i, part) in parts.iter().enumerate() {
-            if i > 0 {
-                out.push(b',');
+        let decision = classify(&failure, request.idempotent);
+        match decision.suspect {
+            Some(Suspicion::Node { leaving }) => {
+                self.suspect_node(node_id, &failure.to_string(), leaving);
             }
-            match part {
-                Part::Answer(json) => out.extend_from_slice(json),
-                Part::Error(entry) => {
-                    let _ = serde_json::to_writer(&mut out, entry);
-                }
+            Some(Suspicion::Service) => {
+                let service = (service_id.clone(), Arc::from(request.stream));
+                self.suspect(&[service], endpoint, &failure.to_string(), true);
             }
+            None => {}
         }
-        out.push(b']');
-        out
-    }
-
-    fn len_hint(&self) -> usize {
-        match self {
-            Part::Answer(json) => json.len() + 1,
-            Part::Error(_) => 96,
-        }
-    }
-}
-
-/// A failed reply as a handler error: its status and the message of its `{"error": ...}` body.
-fn error_of_reply(reply: &Reply) -> HandlerError {
-    let message = reply
-        .to_value()
-        .ok()
-        .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_owned))
-        .unwrap_or_else(|| String::from_utf8_lossy(&reply.body).into_owned());
-    HandlerError::with_status(reply.status, message)
-}
-
-/// A registry's services as entries, sorted by id.
-fn sorted_entries(registry: &FastMap<Arc<str>, LocalService>) -> Vec<ServiceEntry> {
-    let mut services: Vec<ServiceEntry> = registry
-        .iter()
-        .map(|(id, s)| ServiceEntry {
-            id: id.clone(),
-            stream: s.stream.clone(),
+        Err(Failure {
+            error: retry::error(failure, &service_id, endpoint),
+            retry: decision.retry,
         })
-        .collect();
-    services.sort();
-    services
-}
-
-/// Starts a local service's handler on a message: what it needs is moved into the future it
-/// returns, so the caller need not hold the service.
-fn start_local(
-    service_id: Arc<str>,
-    local: &LocalService,
-    key: &str,
-    payload: Payload,
-) -> BoxFuture<'static, Result<Reply, HandlerError>> {
-    let header = Header {
-        service_id,
-        stream: local.stream.clone(),
-        partition_key: Arc::from(key),
-    };
-    // A handler that panics answers 500, like one that fails: the panic ends neither the
-    // client's connection nor a peer link with everything else it carries. One that panics
-    // before it returns its future panics again inside it, where `finish_local` catches it.
-    let started = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        local.handler.handle(payload, header)
-    }));
-    started.unwrap_or_else(|panic| Box::pin(async move { std::panic::resume_unwind(panic) }))
-}
-
-/// The error for a handler that panicked; the panic's message goes to the log, not to the
-/// caller.
-fn panicked(service_id: &str, panic: &(dyn std::any::Any + Send)) -> HandlerError {
-    let message = panic
-        .downcast_ref::<&str>()
-        .copied()
-        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
-        .unwrap_or("(no message)");
-    error!(service_id, panic = message, "handler panicked");
-    HandlerError::internal("the handler failed unexpectedly (it panicked)")
-}
-
-/// Waits for a local handler's answer until `deadline`, and records how long it took.
-async fn finish_local(
-    service_id: Arc<str>,
-    answer: BoxFuture<'static, Result<Reply, HandlerError>>,
-    deadline: Instant,
-) -> Result<Routed, RouteError> {
-    let mut answer = std::panic::AssertUnwindSafe(answer)
-        .catch_unwind()
-        .map(|outcome| outcome.unwrap_or_else(|panic| Err(panicked(&service_id, &*panic))));
-    let started = Instant::now();
-    let timeout = deadline.saturating_duration_since(started);
-    // Most handlers answer on their first poll: only those that wait get a timer, which
-    // spares the timer wheel a registration per request.
-    let outcome = match (&mut answer).now_or_never() {
-        Some(result) => Ok(result),
-        None => tokio::time::timeout(timeout, answer).await,
-    };
-    observe::handled(started);
-    match outcome {
-        Ok(Ok(reply)) => Ok(Routed { service_id, reply }),
-        // An error answer, like one that comes back from a forward: it keeps the id of the
-        // service that gave it.
-        Ok(Err(e)) => Ok(Routed {
-            service_id,
-            reply: Reply {
-                status: e.status,
-                body: Bytes::from(
-                    serde_json::to_vec(&json!({ "error": e.message })).unwrap_or_default(),
-                ),
-            },
-        }),
-        Err(_) => Err(RouteError::Timeout {
-            service_id: service_id.to_string(),
-            after: timeout,
-        }),
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn ok(body: &'static str) -> Reply {
-        Reply {
-            status: StatusCode::OK,
-            body: Bytes::from_static(body.as_bytes()),
-        }
-    }
-
-    #[test]
-    fn a_broadcast_array_passes_answers_through_and_writes_errors() {
-        let answered = answer_json(ok(r#"{"n": 1, "s": "é"}"#)).unwrap();
-        let empty = answer_json(ok("")).unwrap();
-        let bad = answer_json(ok("{not json")).unwrap_err();
-        assert!(matches!(bad, RouteError::BadAnswer(_)), "{bad}");
-        let failed = answer_json(Reply {
-            status: StatusCode::CONFLICT,
-            body: Bytes::from_static(br#"{"error":"taken"}"#),
-        })
-        .unwrap_err();
-        assert_eq!(failed.to_string(), "taken");
-        let parts = [
-            Part::Answer(answered),
-            Part::Answer(empty),
-            Part::Error(json!({"error": "taken", "serviceId": "b", "status": 409})),
-        ];
-        let array: Value = serde_json::from_slice(&Part::array(&parts)).unwrap();
-        assert_eq!(
-            array,
-            json!([{"n": 1, "s": "é"}, null, {"error": "taken", "serviceId": "b", "status": 409}])
-        );
-        let values: Vec<Value> = parts.into_iter().map(Part::into_value).collect();
-        assert_eq!(
-            Value::Array(values),
-            array,
-            "the library sees the same entries"
-        );
-        assert_eq!(Part::array(&[]), b"[]");
-    }
+/// A forward attempt that got no answer.
+struct Failure {
+    error: RouteError,
+    /// Sending the request to the key's next owner cannot run it twice, or the caller allows it.
+    retry: bool,
 }

@@ -3,6 +3,8 @@
 //! It is built once per membership change from a [`ClusterView`] and swapped in atomically;
 //! requests read the current snapshot without locks. Choosing the owner of a key is a pure
 //! function of a table.
+//!
+//! Pure core: depends only on the ring and on the cluster's view types.
 
 use std::collections::HashMap;
 use std::sync::Arc;

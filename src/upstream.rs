@@ -1,6 +1,9 @@
 //! Handlers in any language: [`HttpUpstream`], a [`Handler`] that relays each message to an
 //! HTTP endpoint, with health checks that take it out of the cluster while it is down; and the
 //! `STREAM=URL` specs of `meshage node --handler`.
+//!
+//! Depends on the router (health changes withdraw and restore services), `wire`, `path`,
+//! `shutdown` and `message`; never on the HTTP server.
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -10,14 +13,13 @@ use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue, CONTENT_TYPE, HOST};
 use http::{Method, Request, StatusCode, Uri};
 use http_body_util::Full;
-use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
-use crate::api::RESERVED_STREAMS;
-use crate::forward::SERVICE_ID_HEADER;
 use crate::message::{BoxFuture, Handler, HandlerError, Header, Payload, Reply};
 use crate::path::encode_segment;
 use crate::router::Router;
+use crate::shutdown::Watch;
+use crate::wire::{RESERVED_STREAMS, SERVICE_ID_HEADER};
 
 mod pool;
 use pool::{Pool, SendError};
@@ -425,7 +427,7 @@ pub(crate) async fn monitor(
     service_id: Arc<str>,
     upstream: HttpUpstream,
     health: HealthConfig,
-    mut stop: watch::Receiver<bool>,
+    mut stop: Watch,
 ) {
     let url = upstream.url().clone();
     let mut advertised = false;
@@ -435,7 +437,7 @@ pub(crate) async fn monitor(
     loop {
         let checked = tokio::select! {
             result = upstream.check() => result,
-            _ = stop.wait_for(|s| *s) => break,
+            _ = stop.raised() => break,
         };
         let change = match checked {
             Ok(()) => {
@@ -487,7 +489,7 @@ pub(crate) async fn monitor(
         }
         tokio::select! {
             _ = tokio::time::sleep(health.interval) => {}
-            _ = stop.wait_for(|s| *s) => break,
+            _ = stop.raised() => break,
         }
     }
     debug!(service = %service_id, "node stopping; health checks end");

@@ -21,8 +21,7 @@ use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
-use crate::api::{read_body, BodyError};
-use crate::forward::error_chain;
+use crate::wire::{error_chain, read_body, BodyError};
 
 /// The half of a connection that does its I/O; once it has ended it stays ended.
 type Connection = Fuse<http1::Connection<TokioIo<TcpStream>, Full<Bytes>>>;

@@ -1,4 +1,5 @@
-//! Forwarding to the node that runs a service: a pooled keep-alive HTTP/1.1 client.
+//! Forwarding to the node that runs a service: over the peer link when the peer speaks it,
+//! else over pooled HTTP (keep-alive HTTP/1.1, or HTTP/2).
 //!
 //! A forward is `POST {endpoint}/api/{stream}/{key}` naming its target in `X-Service-ID`, as the
 //! original forwards, so original nodes understand ours and the reverse. It also carries
@@ -7,10 +8,14 @@
 //! request's trace id, and `X-Request-Timeout` the milliseconds left of the request's deadline,
 //! so that the owner gives up when the sender does. The body bytes go as they came.
 //!
-//! A failed forward says whether the owner can have seen the request ([`ForwardError`]): the
-//! router resends only what never left this node, unless the caller marked it idempotent.
+//! What comes back is an answer to pass on, or an [`Undelivered`] that says whether the owner
+//! can have run the request: the node's own refusal (a 421 from a node that is leaving or does
+//! not run the service) is read here, in one place, and nowhere else. The router resends only
+//! what cannot have run, unless the caller marked it idempotent.
+//!
+//! Depends on `link`, `wire`, `delivery`, `message`, `path`, and `observe` for the trace id.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{HeaderValue, CONTENT_TYPE};
@@ -20,93 +25,19 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
-use crate::api::{read_body, BodyError};
+use crate::delivery::{NotRun, Undelivered};
 use crate::link::{LinkError, Links};
 use crate::message::{Payload, Reply};
 use crate::path::encode_segment;
-
-/// Header naming the service a request is for.
-pub const SERVICE_ID_HEADER: &str = "x-service-id";
-/// Header marking a request that was already forwarded once.
-pub const HOP_HEADER: &str = "x-meshage-hop";
-/// Header bounding a whole request, retries and forwarding included: milliseconds, a whole
-/// number from 1 up. A node never waits longer than its own request timeout, whatever it says.
-pub const TIMEOUT_HEADER: &str = "x-request-timeout";
-/// Header marking a request as safe to run twice (`true` or `1`): a forward that failed after
-/// the request may have reached its owner is then resent to the next owner.
-pub const IDEMPOTENT_HEADER: &str = "x-idempotent";
-/// A request that carries an idempotency key is idempotent too: the caller deduplicates.
-pub const IDEMPOTENCY_KEY_HEADER: &str = "idempotency-key";
-
-/// The timeout a request asks for with `value`, the value of its [`TIMEOUT_HEADER`], capped at
-/// `limit`; `limit` when it asks for none. Fails, with a message for the caller, on a value
-/// that is not a whole number of milliseconds from 1 up.
-pub(crate) fn parse_timeout(
-    value: Option<&http::HeaderValue>,
-    limit: Duration,
-) -> Result<Duration, String> {
-    let Some(value) = value else {
-        return Ok(limit);
-    };
-    match value
-        .to_str()
-        .ok()
-        .and_then(|v| v.trim().parse::<u64>().ok())
-    {
-        Some(ms) if ms > 0 => Ok(Duration::from_millis(ms).min(limit)),
-        _ => Err(format!(
-            "{TIMEOUT_HEADER} must be a whole number of milliseconds from 1 up, not {value:?}"
-        )),
-    }
-}
-
-/// Whether a value of [`IDEMPOTENT_HEADER`] says yes (`true` or `1`). A request is idempotent
-/// when it says so, or when it carries an [`IDEMPOTENCY_KEY_HEADER`] (the caller deduplicates).
-pub(crate) fn is_idempotent_value(value: &http::HeaderValue) -> bool {
-    let v = value.as_bytes();
-    v.eq_ignore_ascii_case(b"true") || v == b"1"
-}
-
-/// Why a forward failed.
-#[derive(Debug, thiserror::Error)]
-pub enum ForwardError {
-    /// No connection could be made: the owner never saw the request.
-    #[error("connect failed: {0}")]
-    Connect(String),
-    /// The connection broke before the request was written: the owner never saw it.
-    #[error("{0}")]
-    Unsent(String),
-    /// The connection broke after the request was written: the owner may have run it.
-    #[error("{0}")]
-    Lost(String),
-    /// The request may have reached the owner, but no usable answer came back.
-    #[error("{0}")]
-    Failed(String),
-    /// No answer before the deadline.
-    #[error("no answer within {0:?}")]
-    Timeout(Duration),
-}
-
-impl ForwardError {
-    /// Whether the owner cannot have received the request, so that sending it to another
-    /// service cannot run it twice.
-    pub fn never_delivered(&self) -> bool {
-        matches!(self, ForwardError::Connect(_) | ForwardError::Unsent(_))
-    }
-
-    /// Whether the connection to the node failed (rather than one answer): the node is suspect.
-    pub fn connection_failed(&self) -> bool {
-        matches!(
-            self,
-            ForwardError::Connect(_) | ForwardError::Unsent(_) | ForwardError::Lost(_)
-        )
-    }
-}
+use crate::wire::{
+    error_chain, read_body, BodyError, Deadline, HOP_HEADER, LEAVING_BODY, SERVICE_ID_HEADER,
+    TIMEOUT_HEADER, TRACE_HEADER,
+};
 
 /// How a node forwards to its peers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum PeerProtocol {
-    /// The multiplexed peer link (see `link.rs`), falling back to HTTP/1.1 for peers without it.
+    /// The multiplexed peer link (see [`crate::link`]), falling back to HTTP/1.1 for peers without it.
     #[default]
     Link,
     /// Pooled HTTP/1.1 connections.
@@ -130,7 +61,7 @@ impl std::str::FromStr for PeerProtocol {
 }
 
 /// A client to peers: the peer link when they speak it, else pooled HTTP.
-pub struct Forwarder {
+pub(crate) struct Forwarder {
     client: Client<HttpConnector, Full<Bytes>>,
     links: Option<Links>,
     /// Largest answer accepted from a peer.
@@ -138,7 +69,11 @@ pub struct Forwarder {
 }
 
 impl Forwarder {
-    pub fn new(connect_timeout: Duration, max_response: usize, protocol: PeerProtocol) -> Self {
+    pub(crate) fn new(
+        connect_timeout: Duration,
+        max_response: usize,
+        protocol: PeerProtocol,
+    ) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(connect_timeout));
@@ -164,30 +99,49 @@ impl Forwarder {
     }
 
     /// Ends the open peer link to the node at `endpoint` (`http://host:port`), which is gone.
-    pub fn forget(&self, endpoint: &str) {
+    pub(crate) fn forget(&self, endpoint: &str) {
         if let (Some(links), Some(authority)) = (&self.links, endpoint.strip_prefix("http://")) {
             links.close(authority);
         }
     }
 
     /// Sends `payload` to `service_id` on the node at `endpoint` and returns its answer, whatever
-    /// its status. Fails when no complete answer arrives before `deadline`.
-    pub async fn forward(
+    /// its status, unless the node refused it without running it. Fails when no complete
+    /// answer arrives before `deadline`.
+    pub(crate) async fn forward(
         &self,
         endpoint: &str,
         stream: &str,
         key: &str,
         service_id: &str,
         payload: &Payload,
-        deadline: Instant,
-    ) -> Result<Reply, ForwardError> {
+        deadline: Deadline,
+    ) -> Result<Reply, Undelivered> {
+        let reply = self
+            .exchange(endpoint, stream, key, service_id, payload, deadline)
+            .await?;
+        match refusal(&reply) {
+            Some(why) => Err(Undelivered::NotRun(why)),
+            None => Ok(reply),
+        }
+    }
+
+    async fn exchange(
+        &self,
+        endpoint: &str,
+        stream: &str,
+        key: &str,
+        service_id: &str,
+        payload: &Payload,
+        deadline: Deadline,
+    ) -> Result<Reply, Undelivered> {
         if let (Some(links), Some(authority)) = (&self.links, endpoint.strip_prefix("http://")) {
             match links
                 .send(authority, stream, key, service_id, payload, deadline)
                 .await
             {
                 Ok(reply) => return Ok(reply),
-                Err(LinkError::Forward(e)) => return Err(e),
+                Err(LinkError::Undelivered(e)) => return Err(e),
                 Err(LinkError::Unsupported) => {}
             }
         }
@@ -204,11 +158,7 @@ impl Forwarder {
             .header(HOP_HEADER, "1")
             .header(
                 TIMEOUT_HEADER,
-                deadline
-                    .saturating_duration_since(Instant::now())
-                    .as_millis()
-                    .max(1)
-                    .to_string(),
+                deadline.remaining().as_millis().max(1).to_string(),
             )
             .header(
                 CONTENT_TYPE,
@@ -232,58 +182,53 @@ impl Forwarder {
         // The trace id of the request, so that the owner logs it under the same id.
         if let Some(trace) = crate::observe::current_trace() {
             if let Ok(v) = HeaderValue::from_bytes(&trace.hex()) {
-                builder = builder.header(crate::observe::TRACE_HEADER, v);
+                builder = builder.header(TRACE_HEADER, v);
             }
         }
         let request = builder
             .body(Full::new(payload.body.clone()))
-            .map_err(|e| ForwardError::Failed(format!("cannot build the request: {e}")))?;
+            .map_err(|e| Undelivered::failed(format!("cannot build the request: {e}")))?;
 
-        let timeout = deadline.saturating_duration_since(Instant::now());
+        let timeout = deadline.remaining();
         let exchange = async {
             let response = self.client.request(request).await.map_err(|e| {
                 let canceled = std::error::Error::source(&e)
                     .and_then(|s| s.downcast_ref::<hyper::Error>())
                     .is_some_and(hyper::Error::is_canceled);
                 if e.is_connect() {
-                    ForwardError::Connect(error_chain(&e))
+                    Undelivered::connect(error_chain(&e))
                 } else if canceled {
                     // The pooled connection closed before the request went out.
-                    ForwardError::Unsent(error_chain(&e))
+                    Undelivered::unsent(error_chain(&e))
                 } else {
-                    ForwardError::Lost(error_chain(&e))
+                    Undelivered::lost(error_chain(&e))
                 }
             })?;
             let status = response.status();
             let body = read_body(response.into_body(), self.max_response)
                 .await
                 .map_err(|e| match e {
-                    BodyError::TooLarge => ForwardError::Failed(format!("reading the answer: {e}")),
-                    BodyError::Read(_) => ForwardError::Lost(format!("reading the answer: {e}")),
+                    BodyError::TooLarge => Undelivered::failed(format!("reading the answer: {e}")),
+                    BodyError::Read(_) => Undelivered::lost(format!("reading the answer: {e}")),
                 })?;
-            Ok::<_, ForwardError>(Reply { status, body })
+            Ok::<_, Undelivered>(Reply { status, body })
         };
         match tokio::time::timeout(timeout, exchange).await {
             Ok(result) => result,
-            Err(_) => Err(ForwardError::Timeout(timeout)),
+            Err(_) => Err(Undelivered::timed_out(timeout)),
         }
     }
 }
 
-/// An error and its sources on one line: hyper's top-level messages alone say little.
-pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
+/// Whether a peer's answer is the node's own refusal to run the request (it is leaving, or it
+/// does not run the service), so that sending it elsewhere cannot run it twice.
+fn refusal(reply: &Reply) -> Option<NotRun> {
+    if reply.status != StatusCode::MISDIRECTED_REQUEST {
+        return None;
     }
-    text
-}
-
-/// Whether a peer's answer says that it did not run the request at all (it does not have the
-/// service), so sending it elsewhere cannot run it twice.
-pub fn not_executed(reply: &Reply) -> bool {
-    reply.status == StatusCode::MISDIRECTED_REQUEST
+    Some(if reply.body == LEAVING_BODY {
+        NotRun::Leaving
+    } else {
+        NotRun::NoService
+    })
 }

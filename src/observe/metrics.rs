@@ -20,7 +20,6 @@ use arc_swap::ArcSwap;
 use http::StatusCode;
 
 use crate::cluster::Traffic;
-use crate::status::EventLog;
 use crate::FastMap;
 
 /// Streams with series of their own; any further stream counts under [`OTHER_STREAM`].
@@ -187,24 +186,24 @@ impl StreamMetrics {
 
 /// What `/metrics` reports about the cluster, read from the node's snapshots when scraped.
 pub(crate) struct ClusterGauges<'a> {
-    pub node_id: &'a str,
+    pub(crate) node_id: &'a str,
     /// Members by state: live, leaving, dead.
-    pub members: [usize; 3],
+    pub(crate) members: [usize; 3],
     /// Routable services per stream, sorted by stream.
-    pub services: Vec<(&'a str, usize)>,
-    pub table_version: u64,
-    pub gossip: Option<Traffic>,
+    pub(crate) services: Vec<(&'a str, usize)>,
+    pub(crate) table_version: u64,
+    pub(crate) gossip: Option<Traffic>,
     /// Messages the node is answering now (over HTTP and peer links), and its limit.
-    pub in_flight: usize,
-    pub max_in_flight: usize,
+    pub(crate) in_flight: usize,
+    pub(crate) max_in_flight: usize,
+    /// Membership events seen so far, by kind.
+    pub(crate) events: Vec<(&'static str, u64)>,
 }
 
-/// Every metric of one node. Owned by its router; cheap to share.
+/// Every request metric of one node.
 pub(crate) struct Metrics {
     streams: ArcSwap<FastMap<Arc<str>, Arc<StreamMetrics>>>,
     other: Arc<StreamMetrics>,
-    /// Recent membership events, for the status page, and their counts by kind.
-    pub(crate) events: EventLog,
 }
 
 impl Default for Metrics {
@@ -212,7 +211,6 @@ impl Default for Metrics {
         Metrics {
             streams: ArcSwap::from_pointee(FastMap::default()),
             other: Arc::new(StreamMetrics::new(OTHER_STREAM)),
-            events: EventLog::default(),
         }
     }
 }
@@ -380,7 +378,7 @@ impl Metrics {
             "counter",
             "Membership changes seen, by kind (joined, leaving, dead, back, removed, services).",
         );
-        for (kind, n) in self.events.counts() {
+        for (kind, n) in &cluster.events {
             let _ = writeln!(
                 out,
                 "meshage_membership_events_total{{kind=\"{kind}\"}} {n}"
@@ -484,6 +482,7 @@ mod tests {
             }),
             in_flight: 1,
             max_in_flight: 100,
+            events: vec![("joined", 2), ("dead", 0)],
         }
     }
 
@@ -541,6 +540,8 @@ mod tests {
             r#"meshage_services{stream="echo"} 2"#.into(),
             "meshage_table_rebuilds_total 5".into(),
             r#"meshage_gossip_bytes_total{direction="received"} 20"#.into(),
+            r#"meshage_membership_events_total{kind="joined"} 2"#.into(),
+            r#"meshage_membership_events_total{kind="dead"} 0"#.into(),
         ] {
             assert!(text.lines().any(|l| l == line), "no `{line}` in:\n{text}");
         }

@@ -1,0 +1,89 @@
+//! What a node shows its operators and tools, read-only, on its HTTP port:
+//!
+//! | route | answer |
+//! |---|---|
+//! | `GET /` | the live status page |
+//! | `GET /api/status` | the page's data: members, ring shares, request counts, recent events |
+//! | `GET /metrics` | Prometheus metrics in the text exposition format |
+//! | `GET|POST /api/health` | `{"status":"up"}` (503 `leaving` while the node stops) |
+//! | `GET /api/services` | every routable service, in the original's shape |
+//! | `GET /api/members` | every node this one knows: id, endpoint, state, services |
+//! | `GET /api/locate/{stream}/{key}` | the service and node that own the key; nothing runs |
+//!
+//! It reads a narrow view of the node ([`Admin`]: the router, the membership view, the event
+//! log) and the load the HTTP server reports ([`Load`]); it never runs a message, and depends on
+//! nothing of the HTTP server that calls it.
+
+use std::sync::Arc;
+
+use http::{Method, Response};
+use tokio::sync::watch;
+
+use crate::answer::Body;
+use crate::cluster::{ClusterView, EventLog};
+use crate::router::Router;
+
+mod inventory;
+mod status;
+
+/// What the admin endpoints read of a node.
+pub(crate) struct Admin {
+    router: Router,
+    /// The membership backend's latest view, for `/api/members` and the page.
+    view: watch::Receiver<Arc<ClusterView>>,
+    events: Arc<EventLog>,
+}
+
+/// Messages the node is answering now, and its limit; reported by the HTTP server.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Load {
+    pub(crate) in_flight: usize,
+    pub(crate) max_in_flight: usize,
+}
+
+/// One admin endpoint, as the HTTP routes found it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Page<'a> {
+    /// `/` or `/index.html`.
+    Index,
+    Metrics,
+    Status,
+    Health,
+    Services,
+    Members,
+    /// The stream and key, still percent-encoded.
+    Locate {
+        stream: &'a str,
+        key: &'a str,
+    },
+    /// A path outside `/api/` that is none of the above.
+    Unknown(&'a str),
+}
+
+impl Admin {
+    pub(crate) fn new(
+        router: Router,
+        view: watch::Receiver<Arc<ClusterView>>,
+        events: Arc<EventLog>,
+    ) -> Admin {
+        Admin {
+            router,
+            view,
+            events,
+        }
+    }
+
+    /// Answers `page`. Never fails: every error is a JSON answer.
+    pub(crate) fn answer(&self, page: Page<'_>, method: &Method, load: Load) -> Response<Body> {
+        match page {
+            Page::Index => status::page(method),
+            Page::Metrics => status::metrics(self, method, load),
+            Page::Status => status::api_status(self, method, load),
+            Page::Health => inventory::health(self, method),
+            Page::Services => inventory::services(self, method),
+            Page::Members => inventory::members(self, method),
+            Page::Locate { stream, key } => inventory::locate(self, method, stream, key),
+            Page::Unknown(path) => status::not_found(method, path),
+        }
+    }
+}

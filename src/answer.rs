@@ -1,0 +1,127 @@
+//! Answers of the HTTP API: JSON bodies, and the one mapping from every error the API answers
+//! with ([`ApiError`]) to a status, a `{"error": "..."}` body and its headers. The HTTP routes,
+//! the admin endpoints and the peer link's server all answer errors through it.
+//!
+//! Depends on `router` (for [`RouteError`]) and nothing above it.
+
+use bytes::Bytes;
+use http::header::{HeaderValue, ALLOW, CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER};
+use http::{Response, StatusCode};
+use http_body_util::Full;
+use serde_json::{json, Value};
+
+use crate::router::RouteError;
+
+/// The body of every HTTP answer of a node.
+pub(crate) type Body = Full<Bytes>;
+
+/// Why the API refuses or fails a request.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ApiError {
+    #[error(transparent)]
+    Route(#[from] RouteError),
+    /// A path segment that is not valid percent-encoded UTF-8.
+    #[error("bad path: {0}")]
+    BadPath(String),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("request body is larger than the limit of {0} bytes")]
+    TooLarge(usize),
+    /// The methods the route takes, for the `Allow` header.
+    #[error("method not allowed; use {0}")]
+    MethodNotAllowed(&'static str),
+    #[error("{0}")]
+    NotFound(String),
+}
+
+impl ApiError {
+    pub(crate) fn status(&self) -> StatusCode {
+        match self {
+            ApiError::Route(e) => e.status(),
+            ApiError::BadPath(_) | ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+        }
+    }
+
+    /// `{"error": "..."}`.
+    pub(crate) fn body(&self) -> Bytes {
+        Bytes::from(serde_json::to_vec(&json!({ "error": self.to_string() })).unwrap_or_default())
+    }
+
+    /// The whole answer: status, body, and the headers that go with it (`Allow` on a 405,
+    /// `Retry-After` where coming back later may succeed).
+    pub(crate) fn response(&self) -> Response<Body> {
+        let status = self.status();
+        let mut response = json_response(status, self.body());
+        let headers = response.headers_mut();
+        if let ApiError::MethodNotAllowed(allow) = self {
+            headers.insert(ALLOW, HeaderValue::from_static(allow));
+        }
+        if retry_later(status) {
+            headers.insert(RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
+    }
+}
+
+/// Whether a client that gets `status` may come back shortly and succeed: the owner was not
+/// reachable, or this node or the owner shed the request.
+pub(crate) fn retry_later(status: StatusCode) -> bool {
+    matches!(
+        status,
+        StatusCode::MISDIRECTED_REQUEST | StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE
+    )
+}
+
+pub(crate) fn json_response(status: StatusCode, body: Bytes) -> Response<Body> {
+    let mut response = Response::new(Full::new(body));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+pub(crate) fn value_response(status: StatusCode, value: &Value) -> Response<Body> {
+    json_response(
+        status,
+        Bytes::from(serde_json::to_vec(value).unwrap_or_default()),
+    )
+}
+
+/// An answer that no cache may keep: the status page and its data change every second.
+pub(crate) fn no_store(mut response: Response<Body>) -> Response<Body> {
+    response
+        .headers_mut()
+        .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_carry_their_status_body_and_headers() {
+        let refused = ApiError::MethodNotAllowed("GET, POST").response();
+        assert_eq!(refused.status(), StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(refused.headers()[ALLOW], "GET, POST");
+        assert!(!refused.headers().contains_key(RETRY_AFTER));
+
+        let overloaded = ApiError::from(RouteError::Overloaded(5));
+        assert_eq!(overloaded.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(overloaded.response().headers()[RETRY_AFTER], "1");
+        let body: Value = serde_json::from_slice(&overloaded.body()).unwrap();
+        assert_eq!(
+            body,
+            json!({"error": "node is at its limit of 5 requests in flight; retry later"})
+        );
+
+        let large = ApiError::TooLarge(10).response();
+        assert_eq!(large.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(large.headers()[CONTENT_TYPE], "application/json");
+        assert_eq!(ApiError::BadPath("x".into()).to_string(), "bad path: x");
+    }
+}

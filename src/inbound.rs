@@ -1,0 +1,60 @@
+//! Everything that arrives on a node's port: the accept loop and drain, protocol detection,
+//! each connection's lifecycle, admission, the HTTP routes, and the peer link's server.
+//!
+//! | route | answer |
+//! |---|---|
+//! | `POST /api/{stream}/{key}` | the owner's answer, with `X-Service-ID` naming it |
+//! | `POST /api/broadcast/{stream}/{key}` | an array, one entry per service of the stream |
+//! | anything else | the read-only endpoints of [`crate::admin`], or a 404 |
+//!
+//! The key is everything after `/api/{stream}/`, percent-decoded, so it may hold `/`. Other
+//! methods on the message routes are 405. Every error is JSON `{"error": "..."}`
+//! ([`crate::answer`]). `broadcast`, `locate` and `members` are reserved words: a stream with one
+//! of these names cannot be sent to over HTTP (`/api/members/...` is a 404), though the
+//! library's router reaches it and `/api/broadcast/{stream}/...` broadcasts to it. `health`,
+//! `services` and `status` are reserved only as whole paths: `/api/health/{key}` is a send to
+//! the stream `health`. Every message answer carries the request's trace id in
+//! `X-Meshage-Trace`.
+//!
+//! The edge of the node: depends on the router, the link, the admin endpoints and the rooms
+//! below them; nothing but the node depends on it.
+
+use std::sync::Arc;
+
+use crate::admin::Admin;
+use crate::router::Router;
+
+mod admission;
+mod connection;
+mod message;
+mod routes;
+mod server;
+mod sniff;
+
+use admission::Admission;
+pub(crate) use server::{serve, Timeouts};
+
+/// What the inbound side needs of the node.
+pub(crate) struct Inbound {
+    router: Router,
+    admin: Admin,
+    admission: Admission,
+    /// Largest request body accepted.
+    body_limit: usize,
+}
+
+impl Inbound {
+    pub(crate) fn new(
+        router: Router,
+        admin: Admin,
+        body_limit: usize,
+        max_in_flight: usize,
+    ) -> Arc<Inbound> {
+        Arc::new(Inbound {
+            router,
+            admin,
+            admission: Admission::new(max_in_flight),
+            body_limit,
+        })
+    }
+}

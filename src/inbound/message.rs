@@ -1,0 +1,230 @@
+//! Running a message that arrived: over HTTP (`POST /api/{stream}/{key}`, or
+//! `/api/broadcast/...`), or over a peer link. Each takes an in-flight slot, reads what the
+//! request asks for (its deadline, target, idempotency, trace), and hands it to the router.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::header::{HeaderName, HeaderValue, RETRY_AFTER};
+use http::{Method, Response, StatusCode};
+use hyper::body::Incoming;
+use tracing::debug;
+
+use super::Inbound;
+use crate::answer::{json_response, ApiError, Body};
+use crate::link::LinkRequest;
+use crate::message::Payload;
+use crate::observe::{Route, TraceId};
+use crate::path::decode_segment;
+use crate::router::{Part, RouteRequest};
+use crate::wire::{
+    is_idempotent_value, parse_timeout, read_body, BodyError, Deadline, HOP_HEADER,
+    IDEMPOTENCY_KEY_HEADER, IDEMPOTENT_HEADER, SERVICE_ID_HEADER, TIMEOUT_HEADER, TRACE_HEADER,
+};
+
+/// What the message routes read from a request's head, found in one pass over its headers
+/// (the first value of each counts, as with `HeaderMap::get`).
+#[derive(Default)]
+struct MessageHead<'a> {
+    /// Forwarded here by a peer over HTTP.
+    hop: bool,
+    trace: Option<&'a HeaderValue>,
+    content_length: Option<&'a HeaderValue>,
+    content_type: Option<&'a HeaderValue>,
+    /// The service the caller names in `X-Service-ID`.
+    target: Option<&'a HeaderValue>,
+    timeout: Option<&'a HeaderValue>,
+    idempotency_key: bool,
+    idempotent: Option<&'a HeaderValue>,
+}
+
+impl<'a> MessageHead<'a> {
+    fn read(headers: &'a http::HeaderMap) -> Self {
+        let mut head = MessageHead::default();
+        for (name, value) in headers {
+            let slot = match name.as_str() {
+                "content-type" => &mut head.content_type,
+                "content-length" => &mut head.content_length,
+                TRACE_HEADER => &mut head.trace,
+                SERVICE_ID_HEADER => &mut head.target,
+                TIMEOUT_HEADER => &mut head.timeout,
+                IDEMPOTENT_HEADER => &mut head.idempotent,
+                HOP_HEADER => {
+                    head.hop = true;
+                    continue;
+                }
+                IDEMPOTENCY_KEY_HEADER => {
+                    head.idempotency_key = true;
+                    continue;
+                }
+                _ => continue,
+            };
+            slot.get_or_insert(value);
+        }
+        head
+    }
+
+    /// Whether the caller marked the request safe to run twice; see [`is_idempotent_value`].
+    fn idempotent(&self) -> bool {
+        self.idempotency_key || self.idempotent.is_some_and(is_idempotent_value)
+    }
+}
+
+/// `X-Service-ID` on answers, parsed once.
+const SERVICE_ID_NAME: HeaderName = HeaderName::from_static(SERVICE_ID_HEADER);
+/// `X-Meshage-Trace` on answers, parsed once.
+const TRACE_NAME: HeaderName = HeaderName::from_static(TRACE_HEADER);
+
+/// `POST /api/{stream}/{key}` and `POST /api/broadcast/{stream}/{key}`, the stream and key
+/// still percent-encoded. Every answer carries the request's trace id.
+pub(super) async fn message(
+    inbound: &Inbound,
+    request: &http::request::Parts,
+    body: Incoming,
+    broadcast: bool,
+    stream: &str,
+    key: &str,
+) -> Response<Body> {
+    if request.method != Method::POST {
+        return ApiError::MethodNotAllowed("POST").response();
+    }
+    let _slot = match inbound.admission.admit() {
+        Ok(slot) => slot,
+        Err(e) => return ApiError::from(e).response(),
+    };
+    let (stream, key) = match (decode_segment(stream), decode_segment(key)) {
+        (Ok(s), Ok(k)) => (s, k),
+        (Err(e), _) | (_, Err(e)) => return ApiError::BadPath(e.to_string()).response(),
+    };
+    let head = MessageHead::read(&request.headers);
+    let route = if broadcast {
+        Route::Broadcast
+    } else if head.hop {
+        Route::Received
+    } else {
+        Route::Unrouted
+    };
+    let trace = head.trace.and_then(|v| TraceId::parse(v.as_bytes()));
+    let mut scope = inbound.router.observe(&stream, &key, route, trace);
+    let trace = scope.trace();
+    let respond = std::pin::pin!(respond(inbound, &head, body, broadcast, &stream, &key));
+    let (mut response, owner) = match scope.run(respond).await {
+        Ok(answered) => answered,
+        Err(e) => {
+            debug!(%stream, error = %e, "request failed");
+            (e.response(), None)
+        }
+    };
+    scope.finish(response.status(), owner.as_deref());
+    if let Ok(v) = HeaderValue::from_bytes(&trace.hex()) {
+        response.headers_mut().insert(TRACE_NAME, v);
+    }
+    response
+}
+
+/// Reads a message's body and routes it. Also says which service answered, if one did.
+async fn respond(
+    inbound: &Inbound,
+    head: &MessageHead<'_>,
+    body: Incoming,
+    broadcast: bool,
+    stream: &str,
+    key: &str,
+) -> Result<(Response<Body>, Option<Arc<str>>), ApiError> {
+    let limit = inbound.router.config().request_timeout;
+    let deadline = Deadline::within(
+        parse_timeout(head.timeout).map_err(ApiError::BadRequest)?,
+        limit,
+    );
+    let declared_too_long = head
+        .content_length
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .is_some_and(|len| len > inbound.body_limit as u64);
+    if declared_too_long {
+        return Err(ApiError::TooLarge(inbound.body_limit));
+    }
+    let content_type = head
+        .content_type
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let target = head
+        .target
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty());
+    let body = match read_body(body, inbound.body_limit).await {
+        Ok(body) => body,
+        Err(BodyError::TooLarge) => return Err(ApiError::TooLarge(inbound.body_limit)),
+        Err(BodyError::Read(e)) => {
+            return Err(ApiError::BadRequest(format!("cannot read the body: {e}")));
+        }
+    };
+    let payload = Payload { body, content_type };
+
+    if broadcast {
+        let parts = inbound
+            .router
+            .broadcast_payload(stream, key, payload, deadline)
+            .await?;
+        let array = Bytes::from(Part::array(&parts));
+        return Ok((json_response(StatusCode::OK, array), None));
+    }
+    let request = RouteRequest {
+        stream,
+        key,
+        target,
+        hop: head.hop,
+        idempotent: head.idempotent(),
+        deadline,
+    };
+    let routed = inbound.router.route(request, payload).await?;
+    let mut response = json_response(routed.reply.status, routed.reply.body);
+    if let Ok(v) = HeaderValue::from_str(&routed.service_id) {
+        response.headers_mut().insert(SERVICE_ID_NAME, v);
+    }
+    if routed.reply.status == StatusCode::SERVICE_UNAVAILABLE {
+        // The owner shed it (or its handler is unavailable): a client may come back.
+        response
+            .headers_mut()
+            .insert(RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    Ok((response, Some(routed.service_id)))
+}
+
+/// Runs one request that arrived over a peer link: it names its service and is never
+/// forwarded again.
+pub(super) async fn link_request(
+    inbound: Arc<Inbound>,
+    request: LinkRequest,
+) -> (StatusCode, Bytes) {
+    let error = |e: ApiError| (e.status(), e.body());
+    let _slot = match inbound.admission.admit() {
+        Ok(slot) => slot,
+        Err(e) => return error(e.into()),
+    };
+    let limit = inbound.router.config().request_timeout;
+    let deadline = Deadline::within(Some(request.timeout), limit);
+    let route = RouteRequest {
+        stream: &request.stream,
+        key: &request.key,
+        target: Some(&request.service_id),
+        hop: true,
+        idempotent: false,
+        deadline,
+    };
+    let trace = TraceId::from_u64(request.trace);
+    let mut scope = inbound
+        .router
+        .observe(&request.stream, &request.key, Route::Received, trace);
+    let routed = std::pin::pin!(inbound.router.route(route, request.payload));
+    match scope.run(routed).await {
+        Ok(routed) => {
+            scope.finish(routed.reply.status, Some(&routed.service_id));
+            (routed.reply.status, routed.reply.body)
+        }
+        Err(e) => {
+            scope.finish(e.status(), None);
+            error(e.into())
+        }
+    }
+}

@@ -1,0 +1,160 @@
+//! The accept loop and the drain: each accepted connection is tuned, told apart by its first
+//! bytes (a peer link, HTTP/2 with prior knowledge, or HTTP/1.1) and served in a task of its
+//! own; when the node stops, the listener closes and open connections get the drain timeout to
+//! finish.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::server::conn::{http1, http2};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tracing::{debug, info, warn};
+
+use super::connection::{watch_connection, Activity, Open};
+use super::message::link_request;
+use super::routes::handle;
+use super::sniff::{sniff, Protocol};
+use super::Inbound;
+use crate::link;
+use crate::shutdown::Signal;
+use crate::wire::tune;
+
+/// How long connections may stay open and idle.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Timeouts {
+    /// How long a stopping node lets open requests (HTTP and peer links) finish.
+    pub(crate) drain: Duration,
+    /// A client connection that starts no request for this long is closed (see
+    /// [`watch_connection`]).
+    pub(crate) idle: Duration,
+}
+
+/// Serves the API on `listener` until `signal` says stop, then stops accepting and lets open
+/// requests finish for at most the drain timeout. A kill drops everything at once.
+pub(crate) async fn serve(
+    listener: TcpListener,
+    inbound: Arc<Inbound>,
+    mut signal: Signal,
+    timeouts: Timeouts,
+) {
+    // HTTP/1.1 for clients; HTTP/2 with prior knowledge for peers configured to forward over it.
+    // Which one a connection speaks is known from its first bytes (see `sniff`), so each is
+    // served by its own builder, with no detection layer around every read.
+    let mut http1 = http1::Builder::new();
+    http1
+        .timer(TokioTimer::new())
+        .keep_alive(true)
+        .header_read_timeout(None);
+    let mut http2 = http2::Builder::new(TokioExecutor::new());
+    http2
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(4096)
+        .initial_stream_window_size(1 << 20)
+        .initial_connection_window_size(16 << 20);
+    let http = Arc::new((http1, http2));
+    // Connections accepted and not yet closed (HTTP and links): the drain waits for them.
+    let open = Arc::new(AtomicUsize::new(0));
+    let closed = Arc::new(tokio::sync::Notify::new());
+    loop {
+        let (stream, peer): (tokio::net::TcpStream, SocketAddr) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = signal.stop.raised() => break,
+        };
+        tune(&stream);
+        let inbound = inbound.clone();
+        let mut signal = signal.clone();
+        let http = http.clone();
+        let counted = Open::count(&open, &closed);
+        tokio::spawn(async move {
+            let _counted = counted;
+            // A connection that has sent nothing by the time the node stops is closed: it
+            // would keep the drain waiting.
+            let mut stopping = signal.stop.clone();
+            let protocol = tokio::select! {
+                protocol = sniff(&stream) => protocol,
+                _ = stopping.raised() => return,
+                _ = signal.kill.raised() => return,
+            };
+            if protocol == Protocol::Link {
+                let serve = link::serve(
+                    stream,
+                    move |request| link_request(inbound.clone(), request),
+                    signal.stop.clone(),
+                );
+                tokio::select! {
+                    _ = serve => {}
+                    _ = signal.kill.raised() => debug!(%peer, "node killed; link dropped"),
+                }
+                return;
+            }
+            let activity = Activity::new(inbound);
+            let (counted, driving) = (activity.clone(), activity.clone());
+            let service = service_fn(move |request| {
+                let started = Activity::start(&counted);
+                async move { handle(started.inbound(), request).await }
+            });
+            let io = TokioIo::new(stream);
+            // The connection runs in a task of its own, with one flag to look at on each
+            // wake-up; this one watches it, and ends it when idle, stopping or killed.
+            let mut serving = if protocol == Protocol::Http2 {
+                let connection = http.1.serve_connection(io, service);
+                spawn_driven(driving, connection, |c| c.graceful_shutdown(), peer)
+            } else {
+                let connection = http.0.serve_connection(io, service);
+                spawn_driven(driving, connection, |c| c.graceful_shutdown(), peer)
+            };
+            tokio::select! {
+                _ = &mut serving => {}
+                _ = watch_connection(&activity, timeouts.idle, signal) => {
+                    serving.abort();
+                    debug!(%peer, "connection dropped");
+                }
+            }
+        });
+    }
+    drop(listener);
+    info!("HTTP server stopped accepting; draining open requests");
+    let drained = async {
+        loop {
+            let notified = closed.notified();
+            if open.load(Ordering::Acquire) == 0 {
+                break;
+            }
+            notified.await;
+        }
+    };
+    if tokio::time::timeout(timeouts.drain, drained).await.is_err() {
+        warn!(drain = ?timeouts.drain, "drain timed out; dropping open connections");
+    }
+}
+
+/// Runs an HTTP connection in a task of its own, driven by [`Activity::drive`].
+fn spawn_driven<C>(
+    activity: Arc<Activity>,
+    connection: C,
+    shutdown: impl Fn(Pin<&mut C>) + Send + Sync + 'static,
+    peer: SocketAddr,
+) -> tokio::task::JoinHandle<()>
+where
+    C: Future<Output = Result<(), hyper::Error>> + Send + 'static,
+{
+    tokio::spawn(async move {
+        if let Err(e) = activity.drive(connection, shutdown).await {
+            debug!(%peer, error = %e, "connection ended with an error");
+        }
+    })
+}

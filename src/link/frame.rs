@@ -1,0 +1,451 @@
+//! The link's frames: encoding into an outbox that one vectored write sends, and decoding.
+//! A frame's length is checked against [`MAX_FRAME`] before room is made for it.
+
+use std::time::Duration;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use http::StatusCode;
+use tokio::io::AsyncWriteExt;
+
+use crate::delivery::Undelivered;
+use crate::message::{Payload, Reply};
+
+/// The first bytes a link client sends; the server answers with [`PREFACE_ACK`]. It ends like
+/// an HTTP request head, so an HTTP server that gets it answers 400 at once instead of waiting
+/// for the rest of a request line, and the client falls back to HTTP without delay.
+pub(crate) const PREFACE: &[u8; 12] = b"MESHLNK2\r\n\r\n";
+pub(super) const PREFACE_ACK: &[u8; 8] = b"MESHACK2";
+const KIND_REQUEST: u8 = 1;
+const KIND_RESPONSE: u8 = 2;
+pub(super) const KIND_GOAWAY: u8 = 3;
+/// Frames above this size end the connection (a broken or hostile peer).
+const MAX_FRAME: usize = 64 * 1024 * 1024;
+/// Bodies of at least this size are not copied into an outbox but written from where they
+/// are, by reference: no copy of a large body while the link's lock is held.
+const BY_REFERENCE: usize = 16 * 1024;
+/// The most buffers one vectored write hands the kernel (Linux's `IOV_MAX`).
+const MAX_SLICES: usize = 1024;
+
+/// Frames waiting to be written: small ones back to back in one buffer, large bodies by
+/// reference, each to go at its place in the buffer. One vectored write sends them all.
+#[derive(Default)]
+pub(super) struct Outbox {
+    bytes: BytesMut,
+    /// Large bodies, each with the length `bytes` had when it was queued: it goes there.
+    bodies: Vec<(usize, Bytes)>,
+}
+
+impl Outbox {
+    pub(super) fn with_capacity(capacity: usize) -> Self {
+        Outbox {
+            bytes: BytesMut::with_capacity(capacity),
+            bodies: Vec::new(),
+        }
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.bytes.is_empty() && self.bodies.is_empty()
+    }
+
+    /// Where the next frame queued will start.
+    pub(super) fn len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    /// Room in the buffer of small frames, kept between batches.
+    pub(super) fn capacity(&self) -> usize {
+        self.bytes.capacity()
+    }
+
+    pub(super) fn clear(&mut self) {
+        self.bytes.clear();
+        self.bodies.clear();
+    }
+
+    /// Makes room for a frame of `len` bytes, its length prefix included, whose body is `body`
+    /// (a large body takes none).
+    fn reserve(&mut self, len: usize, body: &Bytes) {
+        let by_reference = if body.len() >= BY_REFERENCE {
+            body.len()
+        } else {
+            0
+        };
+        self.bytes.reserve(len - by_reference);
+    }
+
+    /// Queues a frame's body: copied when small, by reference when large.
+    fn put_body(&mut self, body: &Bytes) {
+        if body.len() >= BY_REFERENCE {
+            self.bodies.push((self.bytes.len(), body.clone()));
+        } else {
+            self.bytes.put_slice(body);
+        }
+    }
+
+    /// The frames that start at `frames` (offsets into `bytes`, in order, one per frame queued)
+    /// and are marked to be kept, with their bodies, in a new outbox; and where each kept frame
+    /// starts in it. A frame's body is its last part: one kept by reference sits at the frame's
+    /// end.
+    pub(super) fn keeping(&self, frames: &[(usize, bool)]) -> (Outbox, Vec<usize>) {
+        let mut kept = Outbox::with_capacity(self.bytes.len());
+        let mut starts = Vec::with_capacity(frames.len());
+        let mut bodies = self.bodies.iter().peekable();
+        for (n, &(start, keep)) in frames.iter().enumerate() {
+            let end = frames.get(n + 1).map_or(self.bytes.len(), |next| next.0);
+            if keep {
+                starts.push(kept.bytes.len());
+                kept.bytes.extend_from_slice(&self.bytes[start..end]);
+            }
+            while let Some((place, body)) = bodies.next_if(|(place, _)| *place <= end) {
+                if keep && *place > start {
+                    kept.bodies.push((kept.bytes.len(), body.clone()));
+                }
+            }
+        }
+        (kept, starts)
+    }
+
+    /// Everything queued, in order, as the buffers of one vectored write.
+    fn slices(&self) -> Vec<std::io::IoSlice<'_>> {
+        let mut slices = Vec::with_capacity(2 * self.bodies.len() + 1);
+        let mut at = 0;
+        for (place, body) in &self.bodies {
+            if *place > at {
+                slices.push(std::io::IoSlice::new(&self.bytes[at..*place]));
+            }
+            slices.push(std::io::IoSlice::new(body));
+            at = *place;
+        }
+        if at < self.bytes.len() {
+            slices.push(std::io::IoSlice::new(&self.bytes[at..]));
+        }
+        slices
+    }
+
+    /// Writes everything queued, in order.
+    pub(super) async fn write_to<W: tokio::io::AsyncWrite + Unpin>(
+        &self,
+        writer: &mut W,
+    ) -> std::io::Result<()> {
+        if self.bodies.is_empty() {
+            return writer.write_all(&self.bytes).await;
+        }
+        let mut slices = self.slices();
+        let mut slices = &mut slices[..];
+        while !slices.is_empty() {
+            let end = slices.len().min(MAX_SLICES);
+            let written = writer.write_vectored(&slices[..end]).await?;
+            if written == 0 {
+                return Err(std::io::ErrorKind::WriteZero.into());
+            }
+            std::io::IoSlice::advance_slices(&mut slices, written);
+        }
+        Ok(())
+    }
+}
+
+/// A request as the owner receives it.
+#[derive(Debug)]
+pub(crate) struct LinkRequest {
+    pub(crate) id: u64,
+    /// The request's trace id; 0 when it has none.
+    pub(crate) trace: u64,
+    pub(crate) timeout: Duration,
+    pub(crate) stream: String,
+    pub(crate) key: String,
+    pub(crate) service_id: String,
+    pub(crate) payload: Payload,
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(super) fn encode_request(
+    out: &mut Outbox,
+    id: u64,
+    trace: u64,
+    timeout: Duration,
+    stream: &str,
+    key: &str,
+    service_id: &str,
+    content_type: &str,
+    body: &Bytes,
+) -> Result<(), Undelivered> {
+    if stream.len() > u16::MAX as usize
+        || service_id.len() > u16::MAX as usize
+        || content_type.len() > u16::MAX as usize
+    {
+        return Err(Undelivered::failed(
+            "stream, service id or content type too long for a link frame",
+        ));
+    }
+    let len = 1
+        + 8
+        + 8
+        + 4
+        + 2
+        + 4
+        + 2
+        + 2
+        + stream.len()
+        + key.len()
+        + service_id.len()
+        + content_type.len()
+        + body.len();
+    if len > MAX_FRAME {
+        return Err(Undelivered::failed(format!(
+            "message of {len} bytes is too large for a link frame"
+        )));
+    }
+    out.reserve(4 + len, body);
+    let buf = &mut out.bytes;
+    buf.put_u32(len as u32);
+    buf.put_u8(KIND_REQUEST);
+    buf.put_u64(id);
+    buf.put_u64(trace);
+    buf.put_u32(timeout.as_millis().min(u32::MAX as u128) as u32);
+    buf.put_u16(stream.len() as u16);
+    buf.put_u32(key.len() as u32);
+    buf.put_u16(service_id.len() as u16);
+    buf.put_u16(content_type.len() as u16);
+    buf.put_slice(stream.as_bytes());
+    buf.put_slice(key.as_bytes());
+    buf.put_slice(service_id.as_bytes());
+    buf.put_slice(content_type.as_bytes());
+    out.put_body(body);
+    Ok(())
+}
+
+pub(super) fn encode_response(out: &mut Outbox, id: u64, status: StatusCode, body: &Bytes) {
+    let len = 1 + 8 + 2 + body.len();
+    out.reserve(4 + len, body);
+    let buf = &mut out.bytes;
+    buf.put_u32(len as u32);
+    buf.put_u8(KIND_RESPONSE);
+    buf.put_u64(id);
+    buf.put_u16(status.as_u16());
+    out.put_body(body);
+}
+
+pub(super) fn encode_goaway(out: &mut Outbox) {
+    out.bytes.put_u32(1);
+    out.bytes.put_u8(KIND_GOAWAY);
+}
+
+fn take_string(frame: &mut Bytes, len: usize) -> Option<String> {
+    if frame.len() < len {
+        return None;
+    }
+    String::from_utf8(frame.split_to(len).to_vec()).ok()
+}
+
+pub(super) fn decode_request(mut frame: Bytes) -> Option<LinkRequest> {
+    if frame.len() < 1 + 8 + 8 + 4 + 2 + 4 + 2 + 2 || frame.get_u8() != KIND_REQUEST {
+        return None;
+    }
+    let id = frame.get_u64();
+    let trace = frame.get_u64();
+    let timeout = Duration::from_millis(frame.get_u32() as u64);
+    let stream_len = frame.get_u16() as usize;
+    let key_len = frame.get_u32() as usize;
+    let service_len = frame.get_u16() as usize;
+    let ct_len = frame.get_u16() as usize;
+    let stream = take_string(&mut frame, stream_len)?;
+    let key = take_string(&mut frame, key_len)?;
+    let service_id = take_string(&mut frame, service_len)?;
+    let content_type = take_string(&mut frame, ct_len)?;
+    Some(LinkRequest {
+        id,
+        trace,
+        timeout,
+        stream,
+        key,
+        service_id,
+        payload: Payload {
+            body: frame,
+            content_type: (!content_type.is_empty()).then_some(content_type),
+        },
+    })
+}
+
+pub(super) fn decode_response(mut frame: Bytes) -> Option<(u64, Reply)> {
+    if frame.len() < 1 + 8 + 2 || frame.get_u8() != KIND_RESPONSE {
+        return None;
+    }
+    let id = frame.get_u64();
+    let status = StatusCode::from_u16(frame.get_u16()).ok()?;
+    Some((
+        id,
+        Reply {
+            status,
+            body: frame,
+        },
+    ))
+}
+
+/// Splits every complete frame off the front of `buf`. `Err` on an oversized frame.
+pub(super) fn next_frame(buf: &mut BytesMut) -> Result<Option<Bytes>, ()> {
+    if buf.len() < 4 {
+        return Ok(None);
+    }
+    let len = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
+    if len > MAX_FRAME {
+        return Err(());
+    }
+    if buf.len() < 4 + len {
+        buf.reserve(4 + len - buf.len());
+        return Ok(None);
+    }
+    buf.advance(4);
+    Ok(Some(buf.split_to(len).freeze()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+    use tokio::net::TcpStream;
+
+    #[test]
+    fn frames_round_trip() {
+        let mut out = Outbox::default();
+        encode_request(
+            &mut out,
+            7,
+            0xfeed,
+            Duration::from_millis(1500),
+            "echo",
+            "a/b ключ",
+            "svc",
+            "application/json",
+            &Bytes::from_static(b"{\"x\":1}"),
+        )
+        .unwrap();
+        encode_response(
+            &mut out,
+            9,
+            StatusCode::CONFLICT,
+            &Bytes::from_static(b"{}"),
+        );
+        assert!(out.bodies.is_empty(), "small bodies are copied");
+        let mut buf = out.bytes;
+        let request = decode_request(next_frame(&mut buf).unwrap().unwrap()).unwrap();
+        assert_eq!((request.id, request.trace), (7, 0xfeed));
+        assert_eq!(request.timeout, Duration::from_millis(1500));
+        assert_eq!(
+            (request.stream.as_str(), request.key.as_str()),
+            ("echo", "a/b ключ")
+        );
+        assert_eq!(request.service_id, "svc");
+        assert_eq!(
+            request.payload.content_type.as_deref(),
+            Some("application/json")
+        );
+        assert_eq!(&request.payload.body[..], b"{\"x\":1}");
+        let (id, reply) = decode_response(next_frame(&mut buf).unwrap().unwrap()).unwrap();
+        assert_eq!(
+            (id, reply.status, &reply.body[..]),
+            (9, StatusCode::CONFLICT, &b"{}"[..])
+        );
+        assert!(next_frame(&mut buf).unwrap().is_none());
+    }
+
+    #[test]
+    fn partial_and_oversized_frames() {
+        let mut out = Outbox::default();
+        encode_response(&mut out, 1, StatusCode::OK, &Bytes::from_static(b"hello"));
+        let mut partial = out.bytes.split_to(6);
+        assert!(next_frame(&mut partial).unwrap().is_none());
+        let mut huge = BytesMut::from(&u32::MAX.to_be_bytes()[..]);
+        assert!(next_frame(&mut huge).is_err());
+        assert!(decode_request(Bytes::from_static(b"\x01short")).is_none());
+    }
+
+    /// Leaving frames out of an outbox keeps the others whole, their large bodies (by
+    /// reference) included, and in order.
+    #[test]
+    fn an_outbox_keeps_only_the_frames_it_is_told_to() {
+        let mut out = Outbox::default();
+        let body = |n: usize| {
+            let len = if n % 2 == 0 { 3 } else { BY_REFERENCE + n };
+            Bytes::from(vec![n as u8; len])
+        };
+        let mut frames = Vec::new();
+        for n in 0..8 {
+            let start = out.bytes.len();
+            encode_response(&mut out, n as u64, StatusCode::OK, &body(n));
+            // Keep 1, 2, 5 and 6: both kinds of body, kept and left out, next to each other.
+            frames.push((start, matches!(n, 1 | 2 | 5 | 6)));
+        }
+        let (kept, starts) = out.keeping(&frames);
+        // Each kept frame starts where it says: its kind, then its id.
+        for (start, id) in starts.iter().zip([1u64, 2, 5, 6]) {
+            let head = &kept.bytes[start + 4..start + 13];
+            assert_eq!(head[0], KIND_RESPONSE, "kind of frame {id}");
+            assert_eq!(u64::from_be_bytes(head[1..].try_into().unwrap()), id);
+        }
+        assert_eq!(
+            kept.bodies.len(),
+            2,
+            "the kept large bodies stay by reference"
+        );
+        // The stream as the writer would send it, read back.
+        let mut stream = BytesMut::new();
+        for slice in kept.slices() {
+            stream.extend_from_slice(&slice);
+        }
+        let mut seen = Vec::new();
+        while let Some(frame) = next_frame(&mut stream).unwrap() {
+            let (id, reply) = decode_response(frame).unwrap();
+            assert_eq!(reply.body, body(id as usize), "body of frame {id}");
+            seen.push(id);
+        }
+        assert!(stream.is_empty());
+        assert_eq!(seen, [1, 2, 5, 6]);
+    }
+
+    /// An outbox of small frames and large bodies (kept by reference, more of them than one
+    /// vectored write takes) writes, over a real socket, exactly the frames it was given, in
+    /// order.
+    #[tokio::test]
+    async fn an_outbox_with_large_bodies_writes_every_frame_in_order() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let mut out = Outbox::default();
+        let count = 2 * MAX_SLICES;
+        let body = |n: usize| {
+            let len = if n % 3 == 0 { 5 } else { BY_REFERENCE + n };
+            Bytes::from(vec![(n % 251) as u8; len])
+        };
+        for n in 0..count {
+            encode_response(&mut out, n as u64, StatusCode::OK, &body(n));
+        }
+        assert!(
+            out.bodies.len() > MAX_SLICES,
+            "large bodies are kept by reference"
+        );
+        let reader = tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let mut buf = BytesMut::new();
+            let mut frames = Vec::new();
+            while stream.read_buf(&mut buf).await.unwrap() > 0 {
+                while let Some(frame) = next_frame(&mut buf).unwrap() {
+                    frames.push(decode_response(frame).expect("a response frame"));
+                }
+            }
+            assert!(buf.is_empty(), "a partial frame was left over");
+            frames
+        });
+        let mut stream = TcpStream::connect(address).await.unwrap();
+        out.write_to(&mut stream).await.unwrap();
+        stream.shutdown().await.unwrap();
+        drop(stream);
+        let frames = tokio::time::timeout(Duration::from_secs(20), reader)
+            .await
+            .expect("the reader got every frame within 20 s")
+            .unwrap();
+        assert_eq!(frames.len(), count);
+        for (n, (id, reply)) in frames.into_iter().enumerate() {
+            assert_eq!(id, n as u64);
+            assert_eq!(reply.body, body(n), "body of frame {n}");
+        }
+    }
+}

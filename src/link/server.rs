@@ -1,0 +1,204 @@
+//! The receiving end of a link: reads request frames, runs them through the node's handler
+//! function, and writes the answers ready together in one write. It knows nothing of routing:
+//! the node gives it a function from [`LinkRequest`] to an answer.
+
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use futures_util::stream::FuturesUnordered;
+use futures_util::{FutureExt, StreamExt};
+use http::StatusCode;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::frame::{
+    decode_request, encode_goaway, encode_response, next_frame, LinkRequest, Outbox, PREFACE,
+    PREFACE_ACK,
+};
+use crate::shutdown::Watch;
+use crate::wire::LEAVING_BODY;
+
+/// The body of the 500 for a request whose handler panicked.
+const HANDLER_FAILED_BODY: &[u8] = br#"{"error":"the handler failed (it panicked)"}"#;
+/// How long a stopping server keeps a link whose client neither closes it nor sends anything
+/// (a client that does not know the go-away frame).
+const STOPPING_IDLE: Duration = Duration::from_secs(2);
+
+/// How long, on average, a link's requests may keep its task busy and still run inside it: above
+/// this, each request runs in a task of its own, so that the node's worker threads share them.
+const INLINE_BUSY: Duration = Duration::from_micros(50);
+
+/// A link's average of how long its requests kept a thread busy (polling them, not waiting),
+/// weighted towards the latest: the last request counts for an eighth.
+#[derive(Default)]
+struct BusyAverage {
+    nanos: u64,
+}
+
+impl BusyAverage {
+    fn add(&mut self, busy: Duration) {
+        let busy = u64::try_from(busy.as_nanos()).unwrap_or(u64::MAX);
+        self.nanos = self.nanos - self.nanos / 8 + busy / 8;
+    }
+
+    fn above(&self, limit: Duration) -> bool {
+        u128::from(self.nanos) > limit.as_nanos()
+    }
+}
+
+/// Runs `future` and also says how long its polls took in all.
+async fn timed<F: std::future::Future>(future: F) -> (F::Output, Duration) {
+    let mut future = std::pin::pin!(future);
+    let mut busy = Duration::ZERO;
+    let output = std::future::poll_fn(|cx| {
+        let started = Instant::now();
+        let poll = future.as_mut().poll(cx);
+        busy += started.elapsed();
+        poll
+    })
+    .await;
+    (output, busy)
+}
+
+/// A spawned request's task, aborted if the link is dropped before it answers.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Serves one incoming link. Its requests run concurrently inside this one task while they are
+/// cheap (most handlers answer in microseconds), and the answers ready together leave in one
+/// write: no task or thread hand-off per request. Requests that keep a thread busy for longer
+/// (on average above [`INLINE_BUSY`]) each get a task of their own instead, so that one link does
+/// not hold all of a node's handler work to one thread. Ends when
+/// the peer closes the link. Once `stop` fires, it sends the go-away frame, requests that arrive
+/// are answered 421 without running (the sender looks the key up again and goes elsewhere), and
+/// the link closes when the client has closed its half and nothing is left running (or, for a
+/// client that ignores the go-away, after [`STOPPING_IDLE`] without a request).
+pub(crate) async fn serve<H, F>(mut stream: TcpStream, handle: H, mut stop: Watch)
+where
+    H: Fn(LinkRequest) -> F,
+    F: std::future::Future<Output = (StatusCode, Bytes)> + Send + 'static,
+{
+    let mut preface = [0u8; PREFACE.len()];
+    if stream.read_exact(&mut preface).await.is_err() || &preface != PREFACE {
+        return;
+    }
+    if stream.write_all(PREFACE_ACK).await.is_err() {
+        return;
+    }
+    let (mut reader, mut writer) = stream.into_split();
+    type Answer = std::pin::Pin<
+        Box<dyn std::future::Future<Output = (u64, ((StatusCode, Bytes), Duration))> + Send>,
+    >;
+    let mut busy = BusyAverage::default();
+    let mut running: FuturesUnordered<Answer> = FuturesUnordered::new();
+    let mut stopping = stop.is_raised();
+    // One wait for the whole link, not one per request.
+    let stop_signal = stop.raised();
+    tokio::pin!(stop_signal);
+    let mut open = true;
+    let mut idle_since = Instant::now();
+    let mut buf = BytesMut::with_capacity(64 * 1024);
+    let mut out = Outbox::with_capacity(64 * 1024);
+    if stopping {
+        encode_goaway(&mut out);
+        if out.write_to(&mut writer).await.is_err() {
+            return;
+        }
+        out.clear();
+    }
+    while open || !running.is_empty() {
+        tokio::select! {
+            Some((id, ((status, body), took))) = running.next(), if !running.is_empty() => {
+                busy.add(took);
+                encode_response(&mut out, id, status, &body);
+                // Collect every other answer that is ready now, then write them together.
+                while let Some(Some((id, ((status, body), took)))) = running.next().now_or_never() {
+                    busy.add(took);
+                    encode_response(&mut out, id, status, &body);
+                }
+                if out.write_to(&mut writer).await.is_err() {
+                    return;
+                }
+                out.clear();
+                idle_since = Instant::now();
+            }
+            read = reader.read_buf(&mut buf), if open => {
+                match read {
+                    Ok(0) | Err(_) => open = false,
+                    Ok(_) => idle_since = Instant::now(),
+                }
+                loop {
+                    match next_frame(&mut buf) {
+                        Ok(Some(frame)) => {
+                            let Some(request) = decode_request(frame) else {
+                                open = false;
+                                break;
+                            };
+                            let id = request.id;
+                            if stopping {
+                                encode_response(&mut out, id, StatusCode::MISDIRECTED_REQUEST, &Bytes::from_static(LEAVING_BODY));
+                            } else {
+                                let answer = timed(handle(request));
+                                if busy.above(INLINE_BUSY) {
+                                    let task = AbortOnDrop(tokio::spawn(answer));
+                                    running.push(Box::pin(async move {
+                                        let mut task = task;
+                                        let answer = (&mut task.0).await.unwrap_or_else(|_| {
+                                            let body = Bytes::from_static(HANDLER_FAILED_BODY);
+                                            ((StatusCode::INTERNAL_SERVER_ERROR, body), Duration::ZERO)
+                                        });
+                                        (id, answer)
+                                    }));
+                                    continue;
+                                }
+                                // Most handlers answer on their first poll: such an answer goes
+                                // out with this read's others, and how long it took counts at
+                                // once, before the next request of the read is started.
+                                let mut answer: Answer = Box::pin(async move { (id, answer.await) });
+                                match answer.as_mut().now_or_never() {
+                                    Some((id, ((status, body), took))) => {
+                                        busy.add(took);
+                                        encode_response(&mut out, id, status, &body);
+                                    }
+                                    None => running.push(answer),
+                                }
+                            }
+                        }
+                        Ok(None) => break,
+                        Err(()) => {
+                            open = false;
+                            break;
+                        }
+                    }
+                }
+                if !out.is_empty() {
+                    if out.write_to(&mut writer).await.is_err() {
+                        return;
+                    }
+                    out.clear();
+                }
+            }
+            _ = &mut stop_signal, if !stopping => {
+                stopping = true;
+                encode_goaway(&mut out);
+                if out.write_to(&mut writer).await.is_err() {
+                    return;
+                }
+                out.clear();
+                idle_since = Instant::now();
+            }
+            // An async block, so that no timer is made (nor the clock read) while not stopping.
+            _ = async { tokio::time::sleep(Duration::from_millis(100)).await }, if stopping && running.is_empty() => {
+                if idle_since.elapsed() >= STOPPING_IDLE {
+                    break;
+                }
+            }
+        }
+    }
+    let _ = writer.shutdown().await;
+}

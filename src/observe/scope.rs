@@ -1,0 +1,198 @@
+//! One request's scope: its span, and the task-local context that the deep ends of routing
+//! report to (see [`super`]).
+
+use std::cell::Cell;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::StatusCode;
+use tracing::field::Empty;
+use tracing::{debug, debug_span, Instrument, Span};
+
+use super::metrics::{Metrics, Outcome, Route, StreamMetrics};
+use super::trace::TraceId;
+use crate::ring::HashRing;
+use crate::table::ServiceTable;
+
+/// What the deep ends of routing know about the request they serve.
+struct Current {
+    trace: TraceId,
+    stream: Arc<StreamMetrics>,
+    route: Cell<Route>,
+}
+
+tokio::task_local! {
+    static CURRENT: Current;
+}
+
+/// The trace id of the request this task is serving, if any.
+pub(crate) fn current_trace() -> Option<TraceId> {
+    CURRENT.try_with(|c| c.trace).ok()
+}
+
+/// Whether `route` may replace `current`: broadcast and received are fixed by the entry; a
+/// send is local or forwarded according to what happened last (a forward answered 421 and
+/// then run here is local).
+fn settle(current: &Cell<Route>, route: Route) {
+    if !matches!(current.get(), Route::Broadcast | Route::Received) {
+        current.set(route);
+    }
+}
+
+/// A local handler ran for `since` until now.
+pub(crate) fn handled(since: Instant) {
+    let _ = CURRENT.try_with(|c| {
+        c.stream.handling.observe(since.elapsed());
+        settle(&c.route, Route::Local);
+    });
+}
+
+/// A forward took from `since` until now.
+pub(crate) fn forwarded(since: Instant) {
+    let _ = CURRENT.try_with(|c| {
+        c.stream.forwarding.observe(since.elapsed());
+        settle(&c.route, Route::Forwarded);
+    });
+}
+
+/// A forward failed and the request goes to the key's next owner.
+pub(crate) fn rerouted() {
+    let _ = CURRENT.try_with(|c| c.stream.rerouted());
+}
+
+/// Hex of the key's place on the ring: enough to tell keys apart in logs without the key.
+struct KeyHash<'a>(&'a str);
+
+impl fmt::Display for KeyHash<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:08x}", HashRing::position(self.0))
+    }
+}
+
+/// One request entering this node; see the module docs.
+pub(crate) struct RequestScope {
+    /// The stream's series; lent to the request's context while it runs.
+    stream: Option<Arc<StreamMetrics>>,
+    trace: TraceId,
+    route: Route,
+    span: Span,
+}
+
+impl RequestScope {
+    /// Starts observing a request for `key` on `stream`. `route` is `Broadcast` or `Received`
+    /// when the entry knows it, else `Unrouted` until a handler or a forward settles it.
+    /// `trace` is the id it arrived with, if any.
+    pub(crate) fn new(
+        metrics: &Metrics,
+        table: &ServiceTable,
+        stream: &str,
+        key: &str,
+        route: Route,
+        trace: Option<TraceId>,
+    ) -> Self {
+        let trace = trace.unwrap_or_else(TraceId::new);
+        let span = debug_span!(
+            "request",
+            trace = %trace,
+            stream = %stream,
+            key_hash = %KeyHash(key),
+            route = Empty,
+            owner = Empty,
+        );
+        RequestScope {
+            stream: Some(metrics.stream(stream, || table.stream(stream).is_some())),
+            trace,
+            route,
+            span,
+        }
+    }
+
+    pub(crate) fn trace(&self) -> TraceId {
+        self.trace
+    }
+
+    /// Runs the request inside its span and context. The request is pinned by the caller, so
+    /// that this future holds a reference to it, not a second copy (a message's future is
+    /// a few kilobytes, and each copy is moved along with the future that holds it).
+    pub(crate) async fn run<F: Future>(&mut self, request: Pin<&mut F>) -> F::Output {
+        let Some(stream) = self.stream.take() else {
+            return request.await;
+        };
+        let current = Current {
+            trace: self.trace,
+            stream,
+            route: Cell::new(self.route),
+        };
+        let mut scoped = std::pin::pin!(CURRENT.scope(current, request));
+        let output = scoped.as_mut().instrument(self.span.clone()).await;
+        if let Some(current) = scoped.as_mut().take_value() {
+            self.route = current.route.get();
+            self.stream = Some(current.stream);
+        }
+        output
+    }
+
+    /// Counts the request by its route and `status`, and logs it at `debug` with the service
+    /// that answered.
+    pub(crate) fn finish(self, status: StatusCode, owner: Option<&str>) {
+        if let Some(stream) = &self.stream {
+            stream.count(self.route, Outcome::of(status));
+        }
+        if !self.span.is_disabled() {
+            self.span.record("route", self.route.label());
+            if let Some(owner) = owner {
+                self.span.record("owner", owner);
+            }
+            debug!(parent: &self.span, status = status.as_u16(), "request done");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_scope_counts_its_request_by_what_routing_did() {
+        let metrics = Metrics::default();
+        let table = ServiceTable::default();
+        let mut scope = RequestScope::new(&metrics, &table, "echo", "k", Route::Unrouted, None);
+        let trace = scope.trace();
+        let seen = scope
+            .run(std::pin::pin!(async {
+                forwarded(Instant::now());
+                rerouted();
+                handled(Instant::now());
+                current_trace()
+            }))
+            .await;
+        assert_eq!(seen, Some(trace));
+        scope.finish(StatusCode::OK, Some("svc"));
+        // "echo" is not in the (empty) table: it counts under the catch-all.
+        let other = metrics.stream("echo", || false);
+        assert_eq!(
+            other.requests(Route::Local, Outcome::Ok),
+            1,
+            "rerouted, then ran here"
+        );
+        assert_eq!(
+            (
+                other.handling.count(),
+                other.forwarding.count(),
+                other.reroutes()
+            ),
+            (1, 1, 1)
+        );
+        assert_eq!(current_trace(), None, "outside a scope there is no trace");
+
+        let mut scope = RequestScope::new(&metrics, &table, "echo", "k", Route::Broadcast, None);
+        scope
+            .run(std::pin::pin!(async { handled(Instant::now()) }))
+            .await;
+        scope.finish(StatusCode::BAD_GATEWAY, None);
+        assert_eq!(other.requests(Route::Broadcast, Outcome::ServerError), 1);
+    }
+}

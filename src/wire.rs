@@ -1,0 +1,199 @@
+//! What the HTTP server, the forwarder and the upstream client share about HTTP between nodes:
+//! header names, the timeout and idempotency a request asks for, its deadline, the streams
+//! the API keeps for itself, bounded body reading, and socket options.
+//!
+//! Depends on nothing of the crate above the pure core.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::HeaderValue;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use tokio::net::TcpStream;
+
+/// Header naming the service a request is for.
+pub const SERVICE_ID_HEADER: &str = "x-service-id";
+/// Header marking a request that was already forwarded once.
+pub const HOP_HEADER: &str = "x-meshage-hop";
+/// Header bounding a whole request, retries and forwarding included: milliseconds, a whole
+/// number from 1 up. A node never waits longer than its own request timeout, whatever it says.
+pub const TIMEOUT_HEADER: &str = "x-request-timeout";
+/// Header marking a request as safe to run twice (`true` or `1`): a forward that failed after
+/// the request may have reached its owner is then resent to the next owner.
+pub const IDEMPOTENT_HEADER: &str = "x-idempotent";
+/// A request that carries an idempotency key is idempotent too: the caller deduplicates.
+pub const IDEMPOTENCY_KEY_HEADER: &str = "idempotency-key";
+/// Header carrying a request's trace id, to the owner on a forward and back to the client.
+pub const TRACE_HEADER: &str = "x-meshage-trace";
+
+/// Stream names the HTTP API keeps for itself: `/api/{name}/...` is not a send to them.
+pub(crate) const RESERVED_STREAMS: [&str; 3] = ["broadcast", "locate", "members"];
+
+/// The body of the 421 a stopping node answers with: it did not run the request.
+pub(crate) const LEAVING_BODY: &[u8] = br#"{"error":"node is leaving"}"#;
+
+/// The timeout a request asks for with `value`, the value of its [`TIMEOUT_HEADER`]; `None`
+/// when it asks for none. Fails, with a message for the caller, on a value that is not a whole
+/// number of milliseconds from 1 up.
+pub(crate) fn parse_timeout(value: Option<&HeaderValue>) -> Result<Option<Duration>, String> {
+    let Some(value) = value else {
+        return Ok(None);
+    };
+    match value
+        .to_str()
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+    {
+        Some(ms) if ms > 0 => Ok(Some(Duration::from_millis(ms))),
+        _ => Err(format!(
+            "{TIMEOUT_HEADER} must be a whole number of milliseconds from 1 up, not {value:?}"
+        )),
+    }
+}
+
+/// Whether a value of [`IDEMPOTENT_HEADER`] says yes (`true` or `1`). A request is idempotent
+/// when it says so, or when it carries an [`IDEMPOTENCY_KEY_HEADER`] (the caller deduplicates).
+pub(crate) fn is_idempotent_value(value: &HeaderValue) -> bool {
+    let v = value.as_bytes();
+    v.eq_ignore_ascii_case(b"true") || v == b"1"
+}
+
+/// When a request must be answered by: what it asked for, never later than the node allows.
+/// Made once where the request enters the node; everything after reads what is left of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct Deadline(Instant);
+
+impl Deadline {
+    /// The deadline of a request that asks for `asked` (or nothing), capped at `limit` from now.
+    pub(crate) fn within(asked: Option<Duration>, limit: Duration) -> Deadline {
+        Deadline(Instant::now() + asked.map_or(limit, |t| t.min(limit)))
+    }
+
+    #[cfg(test)]
+    pub(crate) fn at(instant: Instant) -> Deadline {
+        Deadline(instant)
+    }
+
+    pub(crate) fn instant(self) -> Instant {
+        self.0
+    }
+
+    /// What is left of it; zero once it has passed.
+    pub(crate) fn remaining(self) -> Duration {
+        self.0.saturating_duration_since(Instant::now())
+    }
+
+    pub(crate) fn has_passed(self) -> bool {
+        Instant::now() >= self.0
+    }
+}
+
+/// Why a body could not be read.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum BodyError {
+    #[error("length limit exceeded")]
+    TooLarge,
+    #[error("{0}")]
+    Read(hyper::Error),
+}
+
+/// Reads a whole body (of a request, or of an answer from a peer or a handler) of at most
+/// `limit` bytes. A body that comes in one piece (most do) is handed on as it came, without a
+/// copy or a buffer list.
+pub(crate) async fn read_body(mut body: Incoming, limit: usize) -> Result<Bytes, BodyError> {
+    let mut first = Bytes::new();
+    // The pieces joined, once a second one comes.
+    let mut joined = bytes::BytesMut::new();
+    while !hyper::body::Body::is_end_stream(&body) {
+        let Some(frame) = body.frame().await else {
+            break;
+        };
+        // Trailers carry nothing a message uses.
+        let Ok(data) = frame.map_err(BodyError::Read)?.into_data() else {
+            continue;
+        };
+        let len = first.len() + joined.len() + data.len();
+        if len > limit {
+            return Err(BodyError::TooLarge);
+        }
+        if first.is_empty() && joined.is_empty() {
+            first = data;
+            continue;
+        }
+        if joined.is_empty() {
+            joined.reserve(len);
+            joined.extend_from_slice(&std::mem::take(&mut first));
+        }
+        joined.extend_from_slice(&data);
+    }
+    Ok(if joined.is_empty() {
+        first
+    } else {
+        joined.freeze()
+    })
+}
+
+/// An error and its sources on one line: hyper's top-level messages alone say little.
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+/// Sets the options every connection between nodes (and from clients) gets: no Nagle delay,
+/// and on Linux linear retransmission timeouts while few packets are in flight, so that one
+/// segment lost several times in a row costs a few hundred milliseconds rather than the seconds
+/// of exponential backoff (request/answer traffic is such a "thin stream").
+pub(crate) fn tune(stream: &TcpStream) {
+    let _ = stream.set_nodelay(true);
+    #[cfg(target_os = "linux")]
+    {
+        let _ = socket2::SockRef::from(stream).set_tcp_thin_linear_timeouts(true);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timeouts_are_whole_milliseconds_from_one_up() {
+        let value = |v: &'static str| HeaderValue::from_static(v);
+        assert_eq!(parse_timeout(None), Ok(None));
+        assert_eq!(
+            parse_timeout(Some(&value(" 250 "))),
+            Ok(Some(Duration::from_millis(250)))
+        );
+        for bad in ["0", "-1", "1.5", "soon", ""] {
+            assert!(parse_timeout(Some(&value(bad))).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_deadline_never_passes_the_nodes_limit() {
+        let limit = Duration::from_secs(1);
+        let asked = Deadline::within(Some(Duration::from_secs(60)), limit);
+        assert!(asked.remaining() <= limit);
+        let shorter = Deadline::within(Some(Duration::from_millis(10)), limit);
+        assert!(shorter < asked);
+        assert!(!asked.has_passed());
+        assert!(Deadline::at(Instant::now()).has_passed());
+        assert_eq!(Deadline::at(Instant::now()).remaining(), Duration::ZERO);
+    }
+
+    #[test]
+    fn idempotent_values() {
+        for yes in ["true", "TRUE", "1"] {
+            assert!(is_idempotent_value(&HeaderValue::from_static(yes)));
+        }
+        for no in ["false", "0", "yes", ""] {
+            assert!(!is_idempotent_value(&HeaderValue::from_static(no)));
+        }
+    }
+}
