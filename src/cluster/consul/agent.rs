@@ -1,0 +1,87 @@
+//! Calls to the Consul agent's HTTP API: the token on every request, a deadline on every
+//! exchange, and a failure for any status but success. Knows nothing of meshage's records.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{HeaderValue, CONTENT_TYPE};
+use http::{Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use serde_json::Value;
+
+/// The agent's HTTP API.
+#[derive(Clone)]
+pub(super) struct Agent {
+    pub(super) base: String,
+    pub(super) token: Option<HeaderValue>,
+    pub(super) client: Client<HttpConnector, Full<Bytes>>,
+}
+
+/// An answer of the agent: status, `X-Consul-Index`, body.
+pub(super) struct Answer {
+    status: StatusCode,
+    pub(super) index: Option<u64>,
+    pub(super) body: Bytes,
+}
+
+impl Agent {
+    pub(super) async fn call(
+        &self,
+        method: Method,
+        path_and_query: &str,
+        body: Option<&Value>,
+        timeout: Duration,
+    ) -> Result<Answer, String> {
+        let mut builder = Request::builder()
+            .method(method.clone())
+            .uri(format!("{}{path_and_query}", self.base));
+        if let Some(token) = &self.token {
+            builder = builder.header("x-consul-token", token.clone());
+        }
+        let body = match body {
+            Some(v) => {
+                builder = builder.header(CONTENT_TYPE, "application/json");
+                Bytes::from(serde_json::to_vec(v).map_err(|e| e.to_string())?)
+            }
+            None => Bytes::new(),
+        };
+        let request = builder.body(Full::new(body)).map_err(|e| e.to_string())?;
+        let exchange = async {
+            let response = self
+                .client
+                .request(request)
+                .await
+                .map_err(|e| format!("{e:?}"))?;
+            let status = response.status();
+            let index = response
+                .headers()
+                .get("x-consul-index")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse().ok());
+            let body = response
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| e.to_string())?
+                .to_bytes();
+            Ok::<_, String>(Answer {
+                status,
+                index,
+                body,
+            })
+        };
+        let answer = tokio::time::timeout(timeout, exchange)
+            .await
+            .map_err(|_| format!("{method} {path_and_query}: no answer within {timeout:?}"))??;
+        if !answer.status.is_success() {
+            return Err(format!(
+                "{method} {path_and_query}: {} {}",
+                answer.status,
+                String::from_utf8_lossy(&answer.body).trim()
+            ));
+        }
+        Ok(answer)
+    }
+}
