@@ -1,7 +1,7 @@
 //! The fast integration suites in one test binary: multi-node behaviour through real sockets and
 //! real processes on one host, with no root and no external service. One binary links the crate
 //! once and lets the tests of every suite share the test threads; run one suite with
-//! `cargo test --test it mesh::`.
+//! `cargo test --test it mesh::`. `layout` reads `src/` and checks how it is laid out.
 //!
 //! The suites that need more than this host's loopback run in binaries of their own:
 //! `tests/netns/` (root, network namespaces, timing-sensitive load), `tests/etcd/` (real etcd
@@ -37,6 +37,7 @@ mod client;
 mod conformance;
 mod failure;
 mod handlers;
+mod layout;
 mod mesh;
 mod observability;
 mod ring_vectors;
