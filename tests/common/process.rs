@@ -2,139 +2,15 @@
 //! handlers under `examples/`. Every process is killed when its guard drops, and every wait has
 //! a deadline; a failing test prints what its processes wrote.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc::{self, RecvTimeoutError};
-use std::sync::{Arc, Mutex};
+use std::io::{Read, Write};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// The `meshage` binary cargo built for these tests.
-pub const MESHAGE: &str = env!("CARGO_BIN_EXE_meshage");
+use super::command::meshage_command;
+use super::proc::{blocking, Proc};
 
 /// How long a process may take to print its first line.
 const STARTUP: Duration = Duration::from_secs(20);
-
-/// Runs blocking test code from an async test without stalling the runtime's other tasks
-/// (in-process nodes); a plain call outside a runtime. Inside one, it must be a multi-thread
-/// runtime (`#[tokio::test(flavor = "multi_thread")]`): `block_in_place` panics otherwise.
-fn blocking<T>(f: impl FnOnce() -> T) -> T {
-    match tokio::runtime::Handle::try_current() {
-        Ok(_) => tokio::task::block_in_place(f),
-        Err(_) => f(),
-    }
-}
-
-/// A child process, killed on drop; its stdout lines can be awaited.
-pub struct Proc {
-    name: String,
-    child: Child,
-    lines: mpsc::Receiver<String>,
-    output: Arc<Mutex<String>>,
-}
-
-impl Proc {
-    pub fn spawn(name: &str, mut command: Command) -> Proc {
-        command
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = command
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {name} ({command:?}): {e}"));
-        let output = Arc::new(Mutex::new(String::new()));
-        let (tx, lines) = mpsc::channel();
-        let stdout = child.stdout.take().expect("piped stdout");
-        let out = output.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                out.lock().unwrap().push_str(&format!("{line}\n"));
-                let _ = tx.send(line);
-            }
-        });
-        let stderr = child.stderr.take().expect("piped stderr");
-        let out = output.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                out.lock().unwrap().push_str(&format!("{line}\n"));
-            }
-        });
-        Proc {
-            name: name.to_owned(),
-            child,
-            lines,
-            output,
-        }
-    }
-
-    /// Waits for a stdout line that satisfies `wanted`; panics after `timeout` or when the
-    /// process ends first.
-    pub fn wait_line(&self, timeout: Duration, wanted: impl Fn(&str) -> bool) -> String {
-        blocking(|| {
-            let deadline = Instant::now() + timeout;
-            loop {
-                let left = deadline.saturating_duration_since(Instant::now());
-                match self.lines.recv_timeout(left) {
-                    Ok(line) if wanted(&line) => return line,
-                    Ok(_) => continue,
-                    Err(RecvTimeoutError::Timeout) => panic!(
-                        "{}: no expected line within {timeout:?}; output:\n{}",
-                        self.name,
-                        self.output()
-                    ),
-                    Err(RecvTimeoutError::Disconnected) => panic!(
-                        "{} ended before printing the expected line; output:\n{}",
-                        self.name,
-                        self.output()
-                    ),
-                }
-            }
-        })
-    }
-
-    /// Everything it printed so far, stdout and stderr.
-    pub fn output(&self) -> String {
-        self.output.lock().unwrap().clone()
-    }
-
-    /// Sends `signal` (`TERM`, `KILL`, ...) to it.
-    pub fn signal(&self, signal: &str) {
-        let status = Command::new("kill")
-            .arg(format!("-{signal}"))
-            .arg(self.child.id().to_string())
-            .status()
-            .unwrap_or_else(|e| panic!("{}: cannot run kill: {e}", self.name));
-        assert!(status.success(), "{}: kill -{signal} failed", self.name);
-    }
-
-    /// Waits (blocking, polling) until it exits; `None` after `timeout`.
-    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return Some(status);
-            }
-            if Instant::now() > deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    }
-
-    /// Kills it (SIGKILL, as a crash) and reaps it.
-    pub fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.kill();
-        if std::thread::panicking() {
-            eprintln!("----- output of {} -----\n{}", self.name, self.output());
-        }
-    }
-}
 
 /// An example handler process and the URL it serves.
 pub struct HandlerProc {
@@ -179,16 +55,6 @@ pub struct NodeProc {
     pub endpoint: String,
     /// Its gossip address, for `--seeds`.
     pub seed: String,
-}
-
-/// A command for the `meshage` binary with none of the caller's configuration variables.
-pub fn meshage_command() -> Command {
-    let mut command = Command::new(MESHAGE);
-    command
-        .env_clear()
-        .env("RUST_LOG", "info,chitchat=warn")
-        .env("NO_COLOR", "1");
-    command
 }
 
 /// Starts `meshage node` joining through `seeds`, with `args` added.

@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use crate::common::process::Proc;
+use crate::common::proc::Proc;
 
 static NEXT_LAB: AtomicUsize = AtomicUsize::new(0);
 

@@ -1,15 +1,14 @@
 //! The `meshage` client commands against a running cluster: what they print, what they read,
 //! and their exit codes.
 
-mod common;
-
 use std::collections::HashSet;
 use std::time::Duration;
 
-use common::process::{meshage_cli, run, CliRun, MESHAGE};
-use common::{echo_cluster, wait_until_async, Http};
 use meshage::{HandlerError, HashRing, Node};
 use serde_json::{json, Value};
+
+use crate::common::process::{meshage_cli, run, CliRun};
+use crate::common::{echo_cluster, wait_until_async, Http, MESHAGE};
 
 fn cli(node: &Node, args: &[&str]) -> CliRun {
     let mut all: Vec<&str> = args.to_vec();
@@ -157,7 +156,11 @@ async fn services_members_and_locate_from_the_command_line() {
         // The owner a send reaches.
         let sent = http
             .post(
-                &format!("{}/api/echo/{}", nodes[2].endpoint(), common::enc(key)),
+                &format!(
+                    "{}/api/echo/{}",
+                    nodes[2].endpoint(),
+                    crate::common::enc(key)
+                ),
                 "{}",
             )
             .await;
@@ -212,7 +215,7 @@ async fn client_errors_have_distinct_exit_codes() {
         )
         .await
         .unwrap();
-    common::wait_until(
+    crate::common::wait_until(
         Duration::from_secs(10),
         "both nodes route the new streams",
         || {

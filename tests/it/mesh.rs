@@ -1,13 +1,12 @@
 //! Multi-node behaviour through real sockets: placement, broadcast, leaving, crashing, rejoining.
 
-mod common;
-
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-use common::*;
 use meshage::{HandlerError, HashRing, Message, NodeConfig};
 use serde_json::json;
+
+use crate::common::*;
 
 fn service_ids(node: &meshage::Node) -> Vec<String> {
     node.router()

@@ -1,15 +1,14 @@
 //! Observability through real sockets and processes: Prometheus metrics at `/metrics`, the
 //! status data at `/api/status`, trace ids across the forward hop, and JSON logs.
 
-mod common;
-
 use std::collections::HashMap;
 use std::time::Duration;
 
-use common::process::{meshage_node_env, NodeProc};
-use common::*;
 use meshage::{HandlerError, Node};
 use serde_json::Value;
+
+use crate::common::process::{meshage_node_env, NodeProc};
+use crate::common::*;
 
 /// The samples of a text exposition: `name{labels}` to value.
 fn samples(text: &str) -> HashMap<String, f64> {

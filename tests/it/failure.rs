@@ -1,18 +1,17 @@
 //! Behaviour under failure on one host (no root needed): the owner of a key dies and its keys
 //! go elsewhere at once, requests that may have reached it are resent only when marked
 //! idempotent, the deadline header bounds a request, a node sheds load above its in-flight cap,
-//! and a broadcast reports the node that failed. `tests/netns.rs` runs the same failures across
+//! and a broadcast reports the node that failed. `tests/netns/` runs the same failures across
 //! network namespaces, in real processes.
-
-mod common;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::*;
 use meshage::{HandlerError, Message, Node, NodeConfig, SendOptions};
 use serde_json::{json, Value};
+
+use crate::common::*;
 
 /// Three nodes on stream `work`, whose handler counts its runs in `runs`, names its service,
 /// and sleeps `sleep_ms` from the message first.

@@ -1,14 +1,11 @@
 //! `HttpUpstream` as a library user sees it: what reaches the upstream, what comes back, and
 //! health checks that withdraw and restore a service, against a test upstream on a real socket.
 
-mod common;
-
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{gossip, wait_until, Http};
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
@@ -20,6 +17,8 @@ use meshage::{
 };
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
+
+use crate::common::{gossip, wait_until, Http};
 
 /// A test upstream. `POST /echo` answers what it received; `/big`, [`BIG_ANSWER`]; other
 /// paths answer as their names say; `GET` (the health check) answers the status in `health`.

@@ -7,8 +7,6 @@
 //! named pipes and `sh`, so the test needs no WebSocket client. Set
 //! `MESHAGE_STATUS_SCREENSHOT=docs/status.png` to keep the screenshot it takes.
 
-mod common;
-
 use std::collections::HashSet;
 use std::fs::File;
 use std::io::{Read, Write};
@@ -18,9 +16,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
-use common::*;
 use meshage::Node;
 use serde_json::{json, Value};
+
+use crate::common::*;
 
 /// How long one DevTools call, or Chromium's start, may take.
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);

@@ -2,8 +2,6 @@
 //! original's environment variables, graceful stop on SIGTERM, clear errors on bad
 //! configuration, and `meshage demo`.
 
-mod common;
-
 use std::io::{BufRead, BufReader, Read};
 use std::net::{TcpListener, UdpSocket};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -11,9 +9,10 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use common::{wait_until, wait_until_async, Http};
 use http::{Method, StatusCode};
 use serde_json::{json, Value};
+
+use crate::common::{wait_until, wait_until_async, Http};
 
 const BIN: &str = env!("CARGO_BIN_EXE_meshage");
 

@@ -1,6 +1,6 @@
 //! The mesh under failure, across hosts: each node is a `meshage node` process in a network
-//! namespace of its own (see `netns/lab.rs`), with a counting handler beside it
-//! (`netns/counter.py`) that counts how many times each request id ran. A bounded load goes to
+//! namespace of its own (see `lab.rs`), with a counting handler beside it
+//! (`counter.py`) that counts how many times each request id ran. A bounded load goes to
 //! one node while another is killed, stopped, restarted, cut off, or its network made lossy.
 //!
 //! Needs root, `ip` (iproute2), `nft` (nftables) and python3: without them the tests say why and
@@ -9,17 +9,25 @@
 //! table in RELIABILITY.md comes from
 //! `cargo test --release --test netns -- --nocapture --test-threads=1`.
 
-mod common;
-#[path = "netns/lab.rs"]
+/// The parts of the shared harness (`tests/common/`) this suite uses, each file whole.
+#[path = "../common"]
+mod common {
+    mod http_client;
+    pub mod proc;
+    mod wait;
+
+    pub use http_client::*;
+    pub use wait::*;
+}
 mod lab;
-#[path = "netns/load.rs"]
 mod load;
+mod signal;
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::time::{Duration, Instant};
 
-use common::process::Proc;
+use common::proc::Proc;
 use common::{wait_until, wait_until_async, Http};
 use lab::{Impairment, Lab, HANDLER_PORT};
 use load::{every_key_answered_after, failures, key_name, percentile, Load, LoadConfig, Record};
@@ -106,7 +114,7 @@ impl Mesh {
             .map(|j| self.lab.gossip(j))
             .collect();
         let ip = self.lab.ip(i);
-        let mut command = self.lab.command(i, common::process::MESHAGE);
+        let mut command = self.lab.command(i, env!("CARGO_BIN_EXE_meshage"));
         command
             .env_clear()
             .env("RUST_LOG", "info,chitchat=warn")

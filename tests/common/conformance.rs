@@ -1,6 +1,7 @@
 //! The conformance suite of the [`Cluster`] trait: what every membership backend must do,
-//! written once and run against each backend through a [`Backend`] factory (see
-//! `tests/conformance.rs`).
+//! written once and run against each backend through a [`Backend`] factory and the
+//! [`conformance_tests!`] macro: the gossip backend in `tests/it/conformance.rs`, etcd in
+//! `tests/etcd/main.rs`, Consul in `tests/consul/main.rs`.
 //!
 //! Members join with a real HTTP endpoint of their own ([`HealthServer`]) answering
 //! `/api/health`, because some backends (Consul) only list services whose health check passes.
@@ -8,6 +9,7 @@
 
 use std::collections::BTreeSet;
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -530,3 +532,43 @@ pub async fn nodes_register_concurrently_and_route_by_the_ring(backend: &dyn Bac
     second.shutdown().await.expect("shutdown");
     first.shutdown().await.expect("shutdown");
 }
+
+/// Bounds every test: a backend that hangs fails instead of stalling the run.
+pub async fn bounded(test: impl Future<Output = ()>) {
+    tokio::time::timeout(Duration::from_secs(90), test)
+        .await
+        .expect("the test finishes within 90 s");
+}
+
+/// Generates one test per conformance case for a backend made by `$make` (an async
+/// expression giving `Option<impl Backend>`; `None` skips, with the reason printed). Every
+/// binary that runs the suite mounts this file as `crate::common::conformance`.
+macro_rules! conformance_tests {
+    ($backend:ident, $make:expr) => {
+        mod $backend {
+            use super::*;
+            $crate::common::conformance::conformance_tests!(@cases $make;
+                members_see_each_others_services,
+                withdrawn_services_disappear,
+                a_crashed_members_services_disappear,
+                a_leaving_members_services_disappear_quickly,
+                a_restarted_member_is_seen_with_its_new_services,
+                concurrent_registrations_are_all_seen,
+                nodes_register_concurrently_and_route_by_the_ring,
+            );
+        }
+    };
+    (@cases $make:expr; $($case:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                let Some(backend) = $make.await else { return };
+                $crate::common::conformance::bounded(
+                    $crate::common::conformance::$case(&backend),
+                )
+                .await;
+            }
+        )*
+    };
+}
+pub(crate) use conformance_tests;

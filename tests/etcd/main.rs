@@ -1,19 +1,37 @@
 //! The etcd backend against real etcd processes: a three-member etcd losing a member, etcd
 //! restarting (with its data, and empty) under running nodes, a watch that falls behind a
-//! compaction, and a lease that etcd drops. The behaviour every backend shares is in
-//! `tests/conformance.rs`.
+//! compaction, and a lease that etcd drops. The behaviour every backend shares is the
+//! conformance suite (`tests/common/conformance.rs`), run here as `conformance::*`.
 #![cfg(feature = "etcd")]
 
-mod backends;
-mod common;
+/// The parts of the shared harness (`tests/common/`) this suite uses, each file whole.
+#[path = "../common"]
+mod common {
+    mod command;
+    pub mod conformance;
+    mod echo;
+    mod http_client;
+    mod http_shortcuts;
+    mod proc;
+    mod service_id;
+    mod wait;
+
+    pub use command::*;
+    pub use echo::*;
+    pub use http_client::*;
+    pub use proc::*;
+    pub use wait::*;
+}
+mod server;
 
 use std::collections::BTreeSet;
 use std::future::Future;
 use std::time::Duration;
 
-use backends::etcd::Etcd;
+use common::conformance::{conformance_tests, Backend};
 use common::*;
-use meshage::{EtcdCluster, EtcdConfig, HashRing, Node};
+use meshage::{Cluster, EtcdCluster, EtcdConfig, HashRing, Node};
+use server::Etcd;
 
 const STREAM: &str = "echo";
 
@@ -381,7 +399,7 @@ async fn the_meshage_binary_runs_on_etcd() {
         };
         let port = etcd.members[0].client_port.to_string();
         let start = |name: &str| {
-            let mut command = common::process::meshage_command();
+            let mut command = common::meshage_command();
             command
                 .args(["node", "--http-host", "127.0.0.1", "--http-port", "0"])
                 .args(["--echo", STREAM])
@@ -389,7 +407,7 @@ async fn the_meshage_binary_runs_on_etcd() {
                 .env("CLUSTER_HOST", "127.0.0.1")
                 .env("CLUSTER_PORT", &port)
                 .env("MESHAGE_LEASE_TTL", "2");
-            let proc = common::process::Proc::spawn(name, command);
+            let proc = common::Proc::spawn(name, command);
             let line = proc.wait_line(Duration::from_secs(20), |l| l.starts_with("meshage node "));
             assert!(line.ends_with("etcd membership"), "{line}");
             let endpoint = line
@@ -433,3 +451,35 @@ async fn the_meshage_binary_runs_on_etcd() {
     })
     .await;
 }
+
+/// The shared conformance suite's backend: a single-member etcd of the test's own, with a 2 s
+/// lease TTL.
+struct EtcdBackend {
+    etcd: Etcd,
+}
+
+impl EtcdBackend {
+    async fn start() -> Option<Self> {
+        Some(EtcdBackend {
+            etcd: Etcd::start(1).await?,
+        })
+    }
+}
+
+impl Backend for EtcdBackend {
+    fn cluster(&self, _seeds: &[String]) -> Box<dyn Cluster> {
+        Box::new(
+            EtcdCluster::new(self.etcd.urls())
+                .unwrap()
+                .with_config(EtcdConfig {
+                    lease_ttl: Duration::from_secs(2),
+                    ..EtcdConfig::default()
+                }),
+        )
+    }
+    fn failure_deadline(&self) -> Duration {
+        Duration::from_secs(8)
+    }
+}
+
+conformance_tests!(conformance, EtcdBackend::start());

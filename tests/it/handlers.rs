@@ -2,14 +2,13 @@
 //! `meshage node --handler` in a 3-node cluster; health checks withdraw a handler that goes down
 //! and advertise it again when it is back.
 
-mod common;
-
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-use common::process::{meshage_node, node_handler, python_handler, HandlerProc, NodeProc};
-use common::{enc, wait_until_async, Http};
 use serde_json::{json, Value};
+
+use crate::common::process::{meshage_node, node_handler, python_handler, HandlerProc, NodeProc};
+use crate::common::{enc, wait_until_async, Http};
 
 const STREAM: &str = "work";
 
@@ -317,7 +316,7 @@ async fn a_handler_that_goes_down_is_withdrawn_and_comes_back() {
 
 #[test]
 fn handlers_that_cannot_work_are_refused_at_start() {
-    use common::process::meshage_cli;
+    use crate::common::process::meshage_cli;
     let run = meshage_cli(&["node", "--handler", "no-url-here"], &[], None);
     assert_eq!(run.code, 2, "clap refuses the flag: {run:?}");
     assert!(run.stderr.contains("STREAM=URL"), "{run:?}");

@@ -2,8 +2,6 @@
 //! error body and the headers, for malformed requests, unknown targets, odd methods, large
 //! bodies, unreachable owners and keys of every shape.
 
-mod common;
-
 use std::collections::{BTreeSet, HashMap};
 use std::convert::Infallible;
 use std::future::Future;
@@ -12,10 +10,6 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use common::{
-    echo_by, echo_cluster, echo_node, echo_node_with, enc, gossip, wait_converged, wait_until,
-    Answer, Http,
-};
 use http::{Method, Request, StatusCode};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, StreamBody};
@@ -29,6 +23,11 @@ use meshage::{
 };
 use serde_json::{json, Value};
 use tokio::sync::watch;
+
+use crate::common::{
+    echo_by, echo_cluster, echo_node, echo_node_with, enc, gossip, wait_converged, wait_until,
+    Answer, Http,
+};
 
 /// No test runs longer than this, whatever hangs.
 const TEST_LIMIT: Duration = Duration::from_secs(60);
@@ -554,7 +553,7 @@ async fn unknown_routes_are_404() {
     bounded(async {
         let node = ready(echo_node(&[]).await).await;
         let http = Http::default();
-        // `/` is the status page and `/metrics` the metrics (tests/observability.rs).
+        // `/` is the status page and `/metrics` the metrics (`observability.rs`).
         for path in [
             "/nothing",
             "/api",

@@ -1,12 +1,29 @@
 //! The Consul backend: registrations in the original's format, joining the first seed, ACL
 //! tokens, and a meshage node and an original node in one Consul sending every key to the same
-//! service. Runs against the in-process stand-in agent (`tests/backends/consul.rs`), or against
+//! service. Runs against the in-process stand-in agent (`stand_in.rs`), or against
 //! a real agent when `CONSUL_HTTP_ADDR` is set (tests that need the stand-in's records say so
-//! and skip). The behaviour every backend shares is in `tests/conformance.rs`.
+//! and skip). The behaviour every backend shares is the
+//! conformance suite (`tests/common/conformance.rs`), run here as `conformance::*`.
 #![cfg(feature = "consul")]
 
-mod backends;
-mod common;
+/// The parts of the shared harness (`tests/common/`) this suite uses, each file whole.
+#[path = "../common"]
+mod common {
+    mod command;
+    pub mod conformance;
+    mod echo;
+    mod http_client;
+    mod http_shortcuts;
+    mod proc;
+    mod wait;
+
+    pub use command::*;
+    pub use echo::*;
+    pub use http_client::*;
+    pub use proc::*;
+    pub use wait::*;
+}
+mod stand_in;
 
 use std::collections::{BTreeSet, HashMap};
 use std::convert::Infallible;
@@ -14,16 +31,17 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use backends::consul::{parse_go_duration, Agent, ConsulStandIn};
 use bytes::Bytes;
+use common::conformance::{conformance_tests, Backend};
 use common::*;
 use http::{Method, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use meshage::{ConsulCluster, ConsulConfig, HashRing, Node, NO_SEEDS};
+use meshage::{Cluster, ConsulCluster, ConsulConfig, HashRing, Node, NO_SEEDS};
 use serde_json::{json, Value};
+use stand_in::{parse_go_duration, Agent, ConsulStandIn};
 
 /// Bounds every test. Logs go to the test's output when `RUST_LOG` is set.
 async fn bounded(test: impl Future<Output = ()>) {
@@ -507,7 +525,7 @@ async fn the_meshage_binary_runs_on_consul() {
         let (host, port) = url_parts(&url);
         let stream = stream_name();
         let start = |name: &str| {
-            let mut command = common::process::meshage_command();
+            let mut command = common::meshage_command();
             command
                 .args(["node", "--http-host", "127.0.0.1", "--http-port", "0"])
                 .args(["--echo", &stream, "--check-interval", "1"])
@@ -517,7 +535,7 @@ async fn the_meshage_binary_runs_on_consul() {
             if let Some(token) = agent.token() {
                 command.env("CONSUL_HTTP_TOKEN", token);
             }
-            let proc = common::process::Proc::spawn(name, command);
+            let proc = common::Proc::spawn(name, command);
             let line = proc.wait_line(Duration::from_secs(20), |l| l.starts_with("meshage node "));
             assert!(line.ends_with("consul membership"), "{line}");
             let endpoint = line
@@ -647,3 +665,36 @@ async fn services_are_registered_again_when_the_agent_restarts_without_them() {
     })
     .await;
 }
+
+/// The shared conformance suite's backend: the stand-in agent of the test's own (or the real
+/// agent at `CONSUL_HTTP_ADDR`), with checks every second.
+struct ConsulBackend {
+    agent: Agent,
+}
+
+impl ConsulBackend {
+    async fn start() -> Option<Self> {
+        Some(ConsulBackend {
+            agent: Agent::start(None).await,
+        })
+    }
+}
+
+impl Backend for ConsulBackend {
+    fn cluster(&self, _seeds: &[String]) -> Box<dyn Cluster> {
+        Box::new(
+            ConsulCluster::new(self.agent.addr(), NO_SEEDS)
+                .unwrap()
+                .with_config(ConsulConfig {
+                    token: self.agent.token(),
+                    check_interval: Duration::from_secs(1),
+                    ..ConsulConfig::default()
+                }),
+        )
+    }
+    fn failure_deadline(&self) -> Duration {
+        Duration::from_secs(8)
+    }
+}
+
+conformance_tests!(conformance, ConsulBackend::start());
