@@ -14,9 +14,9 @@ command -v node >/dev/null 2>&1 || need_apt+=(nodejs)
 command -v protoc >/dev/null 2>&1 || need_apt+=(protobuf-compiler)
 [ -f /usr/include/google/protobuf/descriptor.proto ] || need_apt+=(libprotobuf-dev)
 command -v etcd >/dev/null 2>&1 || need_apt+=(etcd-server)
-# The status page test (tests/status_page.rs) renders the page in a real headless Chromium.
+# The status page test (tests/it/status_page.rs) renders the page in a real headless Chromium.
 command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
-# The failure tests across network namespaces (tests/netns.rs): ip, tc, and nftables to cut a
+# The failure tests across network namespaces (tests/netns/): ip, tc, and nftables to cut a
 # node off (iptables as well, for hand-run experiments); the delay line of test (e) is python3.
 command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
 command -v nft >/dev/null 2>&1 || need_apt+=(nftables)
