@@ -10,7 +10,12 @@ use http::{Response, StatusCode};
 use http_body_util::Full;
 use serde_json::{json, Value};
 
+use crate::delivery::Refusal;
 use crate::router::RouteError;
+use crate::wire::REFUSED_HEADER;
+
+/// `X-Meshage-Refused`, parsed once.
+const REFUSED_NAME: http::HeaderName = http::HeaderName::from_static(REFUSED_HEADER);
 
 /// The body of every HTTP answer of a node.
 pub(crate) type Body = Full<Bytes>;
@@ -61,6 +66,13 @@ impl ApiError {
         }
         if retry_later(status) {
             headers.insert(RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        if let ApiError::Route(RouteError::NotHere(_)) = self {
+            // The node's own refusal: nothing ran, so a forwarding peer may go elsewhere.
+            headers.insert(
+                REFUSED_NAME,
+                HeaderValue::from_static(Refusal::NoService.name()),
+            );
         }
         response
     }
@@ -118,6 +130,10 @@ mod tests {
             body,
             json!({"error": "node is at its limit of 5 requests in flight; retry later"})
         );
+
+        let refused = ApiError::from(RouteError::NotHere("svc".into())).response();
+        assert_eq!(refused.status(), StatusCode::MISDIRECTED_REQUEST);
+        assert_eq!(refused.headers()[REFUSED_HEADER], "no-service");
 
         let large = ApiError::TooLarge(10).response();
         assert_eq!(large.status(), StatusCode::PAYLOAD_TOO_LARGE);

@@ -23,10 +23,53 @@ pub(crate) enum NotRun {
     Connect(String),
     /// The connection ended before the request was written.
     Unsent(String),
-    /// The node refused it without running it: it is leaving.
+    /// The node refused it without running it.
+    Refused(Refusal),
+}
+
+/// Why a node refused a request without running it. Only the node says this, in a way no
+/// handler can: a link frame of its own kind, or the `X-Meshage-Refused` header; a handler's
+/// status, 421 included, is always an answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refusal {
+    /// It is leaving the cluster.
     Leaving,
-    /// The node refused it without running it: it does not run the service named.
+    /// It does not run the service named (the tables of the two nodes disagreed).
     NoService,
+}
+
+impl Refusal {
+    /// The refusal's name in the `X-Meshage-Refused` header.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Refusal::Leaving => "leaving",
+            Refusal::NoService => "no-service",
+        }
+    }
+
+    pub(crate) fn from_name(name: &[u8]) -> Option<Refusal> {
+        match name {
+            b"leaving" => Some(Refusal::Leaving),
+            b"no-service" => Some(Refusal::NoService),
+            _ => None,
+        }
+    }
+
+    /// The refusal's code in a link frame.
+    pub(crate) fn code(self) -> u8 {
+        match self {
+            Refusal::Leaving => 1,
+            Refusal::NoService => 2,
+        }
+    }
+
+    pub(crate) fn from_code(code: u8) -> Option<Refusal> {
+        match code {
+            1 => Some(Refusal::Leaving),
+            2 => Some(Refusal::NoService),
+            _ => None,
+        }
+    }
 }
 
 /// Why a request that may have run brought back no answer.
@@ -60,6 +103,10 @@ impl Undelivered {
     pub(crate) fn timed_out(after: Duration) -> Self {
         Undelivered::MayHaveRun(MayHaveRun::TimedOut(after))
     }
+
+    pub(crate) fn refused(why: Refusal) -> Self {
+        Undelivered::NotRun(NotRun::Refused(why))
+    }
 }
 
 impl fmt::Display for Undelivered {
@@ -70,11 +117,30 @@ impl fmt::Display for Undelivered {
             | Undelivered::MayHaveRun(MayHaveRun::Lost(reason) | MayHaveRun::Failed(reason)) => {
                 f.write_str(reason)
             }
-            Undelivered::NotRun(NotRun::Leaving) => f.write_str("the node is leaving"),
-            Undelivered::NotRun(NotRun::NoService) => f.write_str("the node does not run it"),
+            Undelivered::NotRun(NotRun::Refused(Refusal::Leaving)) => {
+                f.write_str("the node is leaving")
+            }
+            Undelivered::NotRun(NotRun::Refused(Refusal::NoService)) => {
+                f.write_str("the node does not run it")
+            }
             Undelivered::MayHaveRun(MayHaveRun::TimedOut(after)) => {
                 write!(f, "no answer within {after:?}")
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_round_trip_their_names_and_codes() {
+        for why in [Refusal::Leaving, Refusal::NoService] {
+            assert_eq!(Refusal::from_name(why.name().as_bytes()), Some(why));
+            assert_eq!(Refusal::from_code(why.code()), Some(why));
+        }
+        assert_eq!(Refusal::from_name(b"LEAVING"), None);
+        assert_eq!(Refusal::from_code(0), None);
     }
 }

@@ -6,15 +6,21 @@
 //! request that carried it in. It shares the node's HTTP port: a connection that starts with
 //! [`PREFACE`] is a link, anything else is HTTP. The server acknowledges the preface, so a peer
 //! that does not speak the link (an original node) is noticed before any request is sent, and
-//! the sender falls back to HTTP for it.
+//! the sender falls back to HTTP for it. The preface carries the protocol's version
+//! (`MESHLNK3`): a node of another version answers it as HTTP does, so nodes of different
+//! versions forward to each other over HTTP.
 //!
 //! Frames are length-prefixed: `u32 len` then `len` bytes.
 //! Request: `u8 1, u64 id, u64 trace, u32 timeout_ms, u16 stream_len, u32 key_len,
 //! u16 service_len, u16 content_type_len`, the four strings, then the body. `trace` is the
 //! request's trace id (0 for none), so that both nodes log the request under one id.
-//! Response: `u8 2, u64 id, u16 status`, then the body.
-//! Go-away: `u8 3`, from a server that is stopping. It answers every request it reads from then
-//! on with 421 without running it, and closes the link once the client has closed its half; the
+//! Response: `u8 2, u64 id, u16 status`, then the body: what the request's handler (or the
+//! routing on the owner) answered, whatever its status.
+//! Refused: `u8 4, u64 id, u8 why` (1: the node is leaving, 2: it does not run the service):
+//! the node did not run the request, so the sender may send it elsewhere. Only the node writes
+//! this frame; no status a handler returns means it.
+//! Go-away: `u8 3`, from a server that is stopping. It refuses every request it reads from then
+//! on without running it, and closes the link once the client has closed its half; the
 //! client sends nothing new on the link and closes its half at once. So no request is ever lost
 //! between the two: each one the client wrote gets an answer, and each one it did not write it
 //! knows was never sent.
@@ -34,5 +40,5 @@ mod frame;
 mod server;
 
 pub(crate) use client::{LinkError, Links};
-pub(crate) use frame::{LinkRequest, PREFACE};
+pub(crate) use frame::{Answer, LinkRequest, PREFACE};
 pub(crate) use server::serve;

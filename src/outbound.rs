@@ -9,8 +9,9 @@
 //! so that the owner gives up when the sender does. The body bytes go as they came.
 //!
 //! What comes back is an answer to pass on, or an [`Undelivered`] that says whether the owner
-//! can have run the request: the node's own refusal (a 421 from a node that is leaving or does
-//! not run the service) is read here, in one place, and nowhere else. The router resends only
+//! can have run the request. The owner node's own refusal (it is leaving, or does not run the
+//! service) comes as a link frame of its own or a 421 with `X-Meshage-Refused`; a handler's
+//! status, 421 included, is always an answer. The router resends only
 //! what cannot have run, unless the caller marked it idempotent.
 //!
 //! Depends on `link`, `wire`, `delivery`, `message`, `path`, and `observe` for the trace id.
@@ -25,12 +26,12 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
-use crate::delivery::{NotRun, Undelivered};
+use crate::delivery::{Refusal, Undelivered};
 use crate::link::{LinkError, Links};
 use crate::message::{Payload, Reply};
 use crate::path::encode_segment;
 use crate::wire::{
-    error_chain, read_body, BodyError, Deadline, HOP_HEADER, LEAVING_BODY, SERVICE_ID_HEADER,
+    error_chain, read_body, BodyError, Deadline, HOP_HEADER, REFUSED_HEADER, SERVICE_ID_HEADER,
     TIMEOUT_HEADER, TRACE_HEADER,
 };
 
@@ -117,24 +118,6 @@ impl Forwarder {
         payload: &Payload,
         deadline: Deadline,
     ) -> Result<Reply, Undelivered> {
-        let reply = self
-            .exchange(endpoint, stream, key, service_id, payload, deadline)
-            .await?;
-        match refusal(&reply) {
-            Some(why) => Err(Undelivered::NotRun(why)),
-            None => Ok(reply),
-        }
-    }
-
-    async fn exchange(
-        &self,
-        endpoint: &str,
-        stream: &str,
-        key: &str,
-        service_id: &str,
-        payload: &Payload,
-        deadline: Deadline,
-    ) -> Result<Reply, Undelivered> {
         if let (Some(links), Some(authority)) = (&self.links, endpoint.strip_prefix("http://")) {
             match links
                 .send(authority, stream, key, service_id, payload, deadline)
@@ -205,6 +188,9 @@ impl Forwarder {
                 }
             })?;
             let status = response.status();
+            if let Some(why) = refusal(&response) {
+                return Err(Undelivered::refused(why));
+            }
             let body = read_body(response.into_body(), self.max_response)
                 .await
                 .map_err(|e| match e {
@@ -220,15 +206,11 @@ impl Forwarder {
     }
 }
 
-/// Whether a peer's answer is the node's own refusal to run the request (it is leaving, or it
-/// does not run the service), so that sending it elsewhere cannot run it twice.
-fn refusal(reply: &Reply) -> Option<NotRun> {
-    if reply.status != StatusCode::MISDIRECTED_REQUEST {
+/// The node's own refusal to run the request, if `response` is one: a 421 that says why in
+/// `X-Meshage-Refused`. Any other answer, a handler's 421 included, is passed on.
+fn refusal<B>(response: &http::Response<B>) -> Option<Refusal> {
+    if response.status() != StatusCode::MISDIRECTED_REQUEST {
         return None;
     }
-    Some(if reply.body == LEAVING_BODY {
-        NotRun::Leaving
-    } else {
-        NotRun::NoService
-    })
+    Refusal::from_name(response.headers().get(REFUSED_HEADER)?.as_bytes())
 }

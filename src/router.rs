@@ -452,7 +452,7 @@ impl Router {
         };
         let refused_or_late = matches!(
             failure,
-            Undelivered::NotRun(NotRun::Leaving | NotRun::NoService)
+            Undelivered::NotRun(NotRun::Refused(_))
                 | Undelivered::MayHaveRun(MayHaveRun::TimedOut(_))
         );
         if !refused_or_late {

@@ -30,8 +30,9 @@ pub const TRACE_HEADER: &str = "x-meshage-trace";
 /// Stream names the HTTP API keeps for itself: `/api/{name}/...` is not a send to them.
 pub(crate) const RESERVED_STREAMS: [&str; 3] = ["broadcast", "locate", "members"];
 
-/// The body of the 421 a stopping node answers with: it did not run the request.
-pub(crate) const LEAVING_BODY: &[u8] = br#"{"error":"node is leaving"}"#;
+/// Header on a node's own 421, naming why it refused a forward without running it
+/// ([`crate::delivery::Refusal`]). A 421 without it is a handler's answer.
+pub(crate) const REFUSED_HEADER: &str = "x-meshage-refused";
 
 /// The timeout a request asks for with `value`, the value of its [`TIMEOUT_HEADER`]; `None`
 /// when it asks for none. Fails, with a message for the caller, on a value that is not a whole

@@ -12,11 +12,12 @@ use tracing::debug;
 
 use super::Inbound;
 use crate::answer::{json_response, ApiError, Body};
-use crate::link::LinkRequest;
+use crate::delivery::Refusal;
+use crate::link::{Answer, LinkRequest};
 use crate::message::Payload;
 use crate::observe::{Route, TraceId};
 use crate::path::decode_segment;
-use crate::router::{Part, RouteRequest};
+use crate::router::{Part, RouteError, RouteRequest};
 use crate::wire::{
     is_idempotent_value, parse_timeout, read_body, BodyError, Deadline, HOP_HEADER,
     IDEMPOTENCY_KEY_HEADER, IDEMPOTENT_HEADER, SERVICE_ID_HEADER, TIMEOUT_HEADER, TRACE_HEADER,
@@ -193,11 +194,8 @@ async fn respond(
 
 /// Runs one request that arrived over a peer link: it names its service and is never
 /// forwarded again.
-pub(super) async fn link_request(
-    inbound: Arc<Inbound>,
-    request: LinkRequest,
-) -> (StatusCode, Bytes) {
-    let error = |e: ApiError| (e.status(), e.body());
+pub(super) async fn link_request(inbound: Arc<Inbound>, request: LinkRequest) -> Answer {
+    let error = |e: ApiError| Ok((e.status(), e.body()));
     let _slot = match inbound.admission.admit() {
         Ok(slot) => slot,
         Err(e) => return error(e.into()),
@@ -220,11 +218,14 @@ pub(super) async fn link_request(
     match scope.run(routed).await {
         Ok(routed) => {
             scope.finish(routed.reply.status, Some(&routed.service_id));
-            (routed.reply.status, routed.reply.body)
+            Ok((routed.reply.status, routed.reply.body))
         }
         Err(e) => {
             scope.finish(e.status(), None);
-            error(e.into())
+            match e {
+                RouteError::NotHere(_) => Err(Refusal::NoService),
+                e => error(e.into()),
+            }
         }
     }
 }

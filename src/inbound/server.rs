@@ -19,7 +19,7 @@ use tracing::{debug, info, warn};
 use super::connection::{watch_connection, Activity, Open};
 use super::message::link_request;
 use super::routes::handle;
-use super::sniff::{sniff, Protocol};
+use super::sniff::{sniff, Protocol, Rewind};
 use super::Inbound;
 use crate::link;
 use crate::shutdown::Signal;
@@ -80,18 +80,20 @@ pub(crate) async fn serve(
         let http = http.clone();
         let counted = Open::count(&open, &closed);
         tokio::spawn(async move {
+            let mut stream = stream;
             let _counted = counted;
             // A connection that has sent nothing by the time the node stops is closed: it
             // would keep the drain waiting.
             let mut stopping = signal.stop.clone();
-            let protocol = tokio::select! {
-                protocol = sniff(&stream) => protocol,
+            let (protocol, head) = tokio::select! {
+                sniffed = sniff(&mut stream) => sniffed,
                 _ = stopping.raised() => return,
                 _ = signal.kill.raised() => return,
             };
             if protocol == Protocol::Link {
                 let serve = link::serve(
                     stream,
+                    head,
                     move |request| link_request(inbound.clone(), request),
                     signal.stop.clone(),
                 );
@@ -107,7 +109,7 @@ pub(crate) async fn serve(
                 let started = Activity::start(&counted);
                 async move { handle(started.inbound(), request).await }
             });
-            let io = TokioIo::new(stream);
+            let io = TokioIo::new(Rewind::new(head, stream));
             // The connection runs in a task of its own, with one flag to look at on each
             // wake-up; this one watches it, and ends it when idle, stopping or killed.
             let mut serving = if protocol == Protocol::Http2 {

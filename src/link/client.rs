@@ -17,9 +17,9 @@ use tokio::sync::oneshot;
 use tracing::debug;
 
 use super::frame::{
-    decode_response, encode_request, next_frame, Outbox, KIND_GOAWAY, PREFACE, PREFACE_ACK,
+    decode_server_frame, encode_request, next_frame, Outbox, ServerFrame, PREFACE, PREFACE_ACK,
 };
-use crate::delivery::Undelivered;
+use crate::delivery::{Refusal, Undelivered};
 use crate::message::{Payload, Reply};
 use crate::shutdown::Flag;
 use crate::wire::{tune, Deadline};
@@ -33,7 +33,8 @@ const BATCH_CAPACITY: usize = 64 * 1024;
 /// What became of a request queued on a link, when no answer came. A waiter whose sender is
 /// dropped without a word lost its request after it was written: the peer may have run it.
 enum Outcome {
-    Reply(Reply),
+    /// The peer's answer, or its refusal to run the request.
+    Answer(Result<Reply, Refusal>),
     /// The link ended before the request was written: the peer never saw it.
     Unsent,
     /// Its deadline passed without an answer.
@@ -418,7 +419,8 @@ impl Links {
             }
         };
         match rx.await {
-            Ok(Outcome::Reply(reply)) => Ok(reply),
+            Ok(Outcome::Answer(Ok(reply))) => Ok(reply),
+            Ok(Outcome::Answer(Err(why))) => Err(LinkError::Undelivered(Undelivered::refused(why))),
             Ok(Outcome::Unsent) => Err(LinkError::Undelivered(Undelivered::unsent(
                 "link to the peer closed before the request was written",
             ))),
@@ -534,12 +536,12 @@ async fn read_responses(mut reader: tokio::net::tcp::OwnedReadHalf, shared: &Sha
         }
         loop {
             match next_frame(&mut buf) {
-                Ok(Some(frame)) if frame.first() == Some(&KIND_GOAWAY) => {
-                    debug!("peer is stopping; its link takes no new requests");
-                    shared.finish_link();
-                }
-                Ok(Some(frame)) => match decode_response(frame) {
-                    Some(answer) => answers.push(answer),
+                Ok(Some(frame)) => match decode_server_frame(frame) {
+                    Some(ServerFrame::GoAway) => {
+                        debug!("peer is stopping; its link takes no new requests");
+                        shared.finish_link();
+                    }
+                    Some(ServerFrame::Answer(id, answer)) => answers.push((id, answer)),
                     None => {
                         deliver(shared, &mut answers, &mut waiters);
                         break 'read;
@@ -561,8 +563,8 @@ async fn read_responses(mut reader: tokio::net::tcp::OwnedReadHalf, shared: &Sha
 /// between calls.
 fn deliver(
     shared: &Shared,
-    answers: &mut Vec<(u64, Reply)>,
-    waiters: &mut Vec<(oneshot::Sender<Outcome>, Reply)>,
+    answers: &mut Vec<(u64, Result<Reply, Refusal>)>,
+    waiters: &mut Vec<(oneshot::Sender<Outcome>, Result<Reply, Refusal>)>,
 ) {
     if answers.is_empty() {
         return;
@@ -576,14 +578,14 @@ fn deliver(
         }
     }
     for (waiter, reply) in waiters.drain(..) {
-        let _ = waiter.send(Outcome::Reply(reply));
+        let _ = waiter.send(Outcome::Answer(reply));
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::delivery::MayHaveRun;
+    use crate::delivery::{MayHaveRun, NotRun};
     use crate::link::{serve, LinkRequest};
     use bytes::Bytes;
     use http::StatusCode;
@@ -635,9 +637,9 @@ mod tests {
                         let _ = go.lock().unwrap().recv();
                     });
                 }
-                async move { (StatusCode::OK, Bytes::from_static(b"{}")) }
+                async move { Ok((StatusCode::OK, Bytes::from_static(b"{}"))) }
             };
-            serve(stream, handle, stop).await;
+            serve(stream, Bytes::new(), handle, stop).await;
         });
         let links = Arc::new(Links::new(Duration::from_secs(2)));
         let send = |key: &'static str, body: Bytes, within: Duration| {
@@ -721,12 +723,13 @@ mod tests {
             let (stream, _) = listener.accept().await.unwrap();
             serve(
                 stream,
+                Bytes::new(),
                 |request: LinkRequest| async move {
                     // Answers come back out of order: later keys wait less.
                     let n: u64 = request.key.parse().unwrap();
                     tokio::time::sleep(Duration::from_micros(500 - n)).await;
                     let body = format!("{}:{}", request.key, request.payload.body.len());
-                    (StatusCode::OK, Bytes::from(body))
+                    Ok((StatusCode::OK, Bytes::from(body)))
                 },
                 stop,
             )
@@ -785,11 +788,12 @@ mod tests {
             let (stream, _) = listener.accept().await.unwrap();
             serve(
                 stream,
+                Bytes::new(),
                 |request: LinkRequest| async move {
                     if request.key == "silent" {
                         std::future::pending::<()>().await;
                     }
-                    (StatusCode::OK, request.payload.body)
+                    Ok((StatusCode::OK, request.payload.body))
                 },
                 stop,
             )
@@ -834,5 +838,51 @@ mod tests {
         let peer = links.peer(&authority);
         let conn = peer.conn.load_full().expect("the link is open");
         assert!(conn.shared.queue.lock().unwrap().pending.is_empty());
+    }
+
+    /// The node's refusal and a handler's 421 travel apart: the first comes back as "not run",
+    /// the second as an answer like any other.
+    #[tokio::test]
+    async fn a_refusal_is_not_run_and_a_handlers_421_is_an_answer() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let authority = listener.local_addr().unwrap().to_string();
+        let stop_flag = Flag::default();
+        let stop = stop_flag.watch();
+        tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            serve(
+                stream,
+                Bytes::new(),
+                |request: LinkRequest| async move {
+                    match request.key.as_str() {
+                        "refused" => Err(Refusal::NoService),
+                        _ => Ok((StatusCode::MISDIRECTED_REQUEST, request.payload.body)),
+                    }
+                },
+                stop,
+            )
+            .await;
+        });
+        let links = Links::new(Duration::from_secs(2));
+        let payload = Payload {
+            body: Bytes::from_static(b"{\"mine\":1}"),
+            content_type: None,
+        };
+        let deadline = Deadline::at(Instant::now() + Duration::from_secs(5));
+        let refused = links
+            .send(&authority, "s", "refused", "svc", &payload, deadline)
+            .await;
+        assert!(matches!(
+            refused,
+            Err(LinkError::Undelivered(Undelivered::NotRun(
+                NotRun::Refused(Refusal::NoService)
+            )))
+        ));
+        let answered = links
+            .send(&authority, "s", "handler", "svc", &payload, deadline)
+            .await;
+        assert!(
+            matches!(answered, Ok(ref reply) if reply.status == StatusCode::MISDIRECTED_REQUEST && reply.body == payload.body)
+        );
     }
 }

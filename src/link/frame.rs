@@ -7,17 +7,18 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use http::StatusCode;
 use tokio::io::AsyncWriteExt;
 
-use crate::delivery::Undelivered;
+use crate::delivery::{Refusal, Undelivered};
 use crate::message::{Payload, Reply};
 
 /// The first bytes a link client sends; the server answers with [`PREFACE_ACK`]. It ends like
 /// an HTTP request head, so an HTTP server that gets it answers 400 at once instead of waiting
 /// for the rest of a request line, and the client falls back to HTTP without delay.
-pub(crate) const PREFACE: &[u8; 12] = b"MESHLNK2\r\n\r\n";
-pub(super) const PREFACE_ACK: &[u8; 8] = b"MESHACK2";
+pub(crate) const PREFACE: &[u8; 12] = b"MESHLNK3\r\n\r\n";
+pub(super) const PREFACE_ACK: &[u8; 8] = b"MESHACK3";
 const KIND_REQUEST: u8 = 1;
 const KIND_RESPONSE: u8 = 2;
-pub(super) const KIND_GOAWAY: u8 = 3;
+const KIND_GOAWAY: u8 = 3;
+const KIND_REFUSED: u8 = 4;
 /// Frames above this size end the connection (a broken or hostile peer).
 const MAX_FRAME: usize = 64 * 1024 * 1024;
 /// Bodies of at least this size are not copied into an outbox but written from where they
@@ -266,7 +267,7 @@ pub(super) fn decode_request(mut frame: Bytes) -> Option<LinkRequest> {
     })
 }
 
-pub(super) fn decode_response(mut frame: Bytes) -> Option<(u64, Reply)> {
+fn decode_response(mut frame: Bytes) -> Option<(u64, Reply)> {
     if frame.len() < 1 + 8 + 2 || frame.get_u8() != KIND_RESPONSE {
         return None;
     }
@@ -279,6 +280,53 @@ pub(super) fn decode_response(mut frame: Bytes) -> Option<(u64, Reply)> {
             body: frame,
         },
     ))
+}
+
+/// What a link's server answers a request with: a status and body, or the node's refusal to
+/// run it.
+pub(crate) type Answer = Result<(StatusCode, Bytes), Refusal>;
+
+/// Queues the frame of `answer` to request `id`.
+pub(super) fn encode_answer(out: &mut Outbox, id: u64, answer: &Answer) {
+    match answer {
+        Ok((status, body)) => encode_response(out, id, *status, body),
+        Err(why) => encode_refusal(out, id, *why),
+    }
+}
+
+/// The node refused request `id` without running it.
+pub(super) fn encode_refusal(out: &mut Outbox, id: u64, why: Refusal) {
+    out.bytes.reserve(4 + 1 + 8 + 1);
+    out.bytes.put_u32(1 + 8 + 1);
+    out.bytes.put_u8(KIND_REFUSED);
+    out.bytes.put_u64(id);
+    out.bytes.put_u8(why.code());
+}
+
+/// A frame a link's server sends.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum ServerFrame {
+    /// What became of request `id`: an answer, or the node's refusal to run it.
+    Answer(u64, Result<Reply, Refusal>),
+    /// The server is stopping.
+    GoAway,
+}
+
+/// Decodes a frame from a link's server; `None` for one that is not well formed.
+pub(super) fn decode_server_frame(frame: Bytes) -> Option<ServerFrame> {
+    match *frame.first()? {
+        KIND_GOAWAY => Some(ServerFrame::GoAway),
+        KIND_REFUSED if frame.len() == 1 + 8 + 1 => {
+            let id = u64::from_be_bytes(frame[1..9].try_into().ok()?);
+            let why = Refusal::from_code(frame[9])?;
+            Some(ServerFrame::Answer(id, Err(why)))
+        }
+        KIND_RESPONSE => {
+            let (id, reply) = decode_response(frame)?;
+            Some(ServerFrame::Answer(id, Ok(reply)))
+        }
+        _ => None,
+    }
 }
 
 /// Splits every complete frame off the front of `buf`. `Err` on an oversized frame.
@@ -346,6 +394,40 @@ mod tests {
             (9, StatusCode::CONFLICT, &b"{}"[..])
         );
         assert!(next_frame(&mut buf).unwrap().is_none());
+    }
+
+    #[test]
+    fn refusals_and_goaways_are_frames_of_their_own() {
+        let mut out = Outbox::default();
+        encode_refusal(&mut out, 5, Refusal::NoService);
+        encode_goaway(&mut out);
+        encode_response(
+            &mut out,
+            6,
+            StatusCode::MISDIRECTED_REQUEST,
+            &Bytes::from_static(b"{}"),
+        );
+        let mut buf = out.bytes;
+        let mut next = || decode_server_frame(next_frame(&mut buf).unwrap().unwrap());
+        assert_eq!(
+            next(),
+            Some(ServerFrame::Answer(5, Err(Refusal::NoService)))
+        );
+        assert_eq!(next(), Some(ServerFrame::GoAway));
+        // A handler's 421 is an answer like any other.
+        assert_eq!(
+            next(),
+            Some(ServerFrame::Answer(
+                6,
+                Ok(Reply {
+                    status: StatusCode::MISDIRECTED_REQUEST,
+                    body: Bytes::from_static(b"{}"),
+                })
+            ))
+        );
+        for junk in [&b"\x04\0\0\0\0\0\0\0\x05\x09"[..], b"\x04short", b"\x09"] {
+            assert_eq!(decode_server_frame(Bytes::copy_from_slice(junk)), None);
+        }
     }
 
     #[test]

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use futures_util::stream::FuturesUnordered;
 use futures_util::{FutureExt, StreamExt};
 use http::StatusCode;
@@ -12,11 +12,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::frame::{
-    decode_request, encode_goaway, encode_response, next_frame, LinkRequest, Outbox, PREFACE,
-    PREFACE_ACK,
+    decode_request, encode_answer, encode_goaway, encode_refusal, next_frame, Answer, LinkRequest,
+    Outbox, PREFACE, PREFACE_ACK,
 };
+use crate::delivery::Refusal;
 use crate::shutdown::Watch;
-use crate::wire::LEAVING_BODY;
 
 /// The body of the 500 for a request whose handler panicked.
 const HANDLER_FAILED_BODY: &[u8] = br#"{"error":"the handler failed (it panicked)"}"#;
@@ -78,31 +78,40 @@ impl<T> Drop for AbortOnDrop<T> {
 /// are answered 421 without running (the sender looks the key up again and goes elsewhere), and
 /// the link closes when the client has closed its half and nothing is left running (or, for a
 /// client that ignores the go-away, after [`STOPPING_IDLE`] without a request).
-pub(crate) async fn serve<H, F>(mut stream: TcpStream, handle: H, mut stop: Watch)
+///
+/// `head` holds what was already read from the connection (the preface, when the node's port
+/// read it to tell the link from HTTP); the preface is read from it, then from the stream.
+pub(crate) async fn serve<H, F>(mut stream: TcpStream, head: Bytes, handle: H, mut stop: Watch)
 where
     H: Fn(LinkRequest) -> F,
-    F: std::future::Future<Output = (StatusCode, Bytes)> + Send + 'static,
+    F: std::future::Future<Output = Answer> + Send + 'static,
 {
-    let mut preface = [0u8; PREFACE.len()];
-    if stream.read_exact(&mut preface).await.is_err() || &preface != PREFACE {
+    let mut buf = BytesMut::with_capacity(64 * 1024);
+    buf.extend_from_slice(&head);
+    while buf.len() < PREFACE.len() {
+        match stream.read_buf(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+    }
+    if buf[..PREFACE.len()] != PREFACE[..] {
         return;
     }
+    buf.advance(PREFACE.len());
     if stream.write_all(PREFACE_ACK).await.is_err() {
         return;
     }
     let (mut reader, mut writer) = stream.into_split();
-    type Answer = std::pin::Pin<
-        Box<dyn std::future::Future<Output = (u64, ((StatusCode, Bytes), Duration))> + Send>,
-    >;
+    type Running =
+        std::pin::Pin<Box<dyn std::future::Future<Output = (u64, (Answer, Duration))> + Send>>;
     let mut busy = BusyAverage::default();
-    let mut running: FuturesUnordered<Answer> = FuturesUnordered::new();
+    let mut running: FuturesUnordered<Running> = FuturesUnordered::new();
     let mut stopping = stop.is_raised();
     // One wait for the whole link, not one per request.
     let stop_signal = stop.raised();
     tokio::pin!(stop_signal);
     let mut open = true;
     let mut idle_since = Instant::now();
-    let mut buf = BytesMut::with_capacity(64 * 1024);
     let mut out = Outbox::with_capacity(64 * 1024);
     if stopping {
         encode_goaway(&mut out);
@@ -113,13 +122,13 @@ where
     }
     while open || !running.is_empty() {
         tokio::select! {
-            Some((id, ((status, body), took))) = running.next(), if !running.is_empty() => {
+            Some((id, (answer, took))) = running.next(), if !running.is_empty() => {
                 busy.add(took);
-                encode_response(&mut out, id, status, &body);
+                encode_answer(&mut out, id, &answer);
                 // Collect every other answer that is ready now, then write them together.
-                while let Some(Some((id, ((status, body), took)))) = running.next().now_or_never() {
+                while let Some(Some((id, (answer, took)))) = running.next().now_or_never() {
                     busy.add(took);
-                    encode_response(&mut out, id, status, &body);
+                    encode_answer(&mut out, id, &answer);
                 }
                 if out.write_to(&mut writer).await.is_err() {
                     return;
@@ -141,7 +150,7 @@ where
                             };
                             let id = request.id;
                             if stopping {
-                                encode_response(&mut out, id, StatusCode::MISDIRECTED_REQUEST, &Bytes::from_static(LEAVING_BODY));
+                                encode_refusal(&mut out, id, Refusal::Leaving);
                             } else {
                                 let answer = timed(handle(request));
                                 if busy.above(INLINE_BUSY) {
@@ -150,7 +159,7 @@ where
                                         let mut task = task;
                                         let answer = (&mut task.0).await.unwrap_or_else(|_| {
                                             let body = Bytes::from_static(HANDLER_FAILED_BODY);
-                                            ((StatusCode::INTERNAL_SERVER_ERROR, body), Duration::ZERO)
+                                            (Ok((StatusCode::INTERNAL_SERVER_ERROR, body)), Duration::ZERO)
                                         });
                                         (id, answer)
                                     }));
@@ -159,11 +168,11 @@ where
                                 // Most handlers answer on their first poll: such an answer goes
                                 // out with this read's others, and how long it took counts at
                                 // once, before the next request of the read is started.
-                                let mut answer: Answer = Box::pin(async move { (id, answer.await) });
+                                let mut answer: Running = Box::pin(async move { (id, answer.await) });
                                 match answer.as_mut().now_or_never() {
-                                    Some((id, ((status, body), took))) => {
+                                    Some((id, (answer, took))) => {
                                         busy.add(took);
-                                        encode_response(&mut out, id, status, &body);
+                                        encode_answer(&mut out, id, &answer);
                                     }
                                     None => running.push(answer),
                                 }

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use super::RouteError;
-use crate::delivery::{MayHaveRun, NotRun, Undelivered};
+use crate::delivery::{MayHaveRun, NotRun, Refusal, Undelivered};
 
 /// What the router does after a failed forward.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,8 +31,12 @@ pub(super) enum Suspicion {
 /// failed (an answer that came back unusable, or no answer in time, is not sent again).
 pub(super) fn classify(failure: &Undelivered, idempotent: bool) -> Decision {
     let (retry, suspect) = match failure {
-        Undelivered::NotRun(NotRun::Leaving) => (true, Some(Suspicion::Node { leaving: true })),
-        Undelivered::NotRun(NotRun::NoService) => (true, Some(Suspicion::Service)),
+        Undelivered::NotRun(NotRun::Refused(Refusal::Leaving)) => {
+            (true, Some(Suspicion::Node { leaving: true }))
+        }
+        Undelivered::NotRun(NotRun::Refused(Refusal::NoService)) => {
+            (true, Some(Suspicion::Service))
+        }
         Undelivered::NotRun(NotRun::Connect(_) | NotRun::Unsent(_)) => {
             (true, Some(Suspicion::Node { leaving: false }))
         }
@@ -48,7 +52,7 @@ pub(super) fn classify(failure: &Undelivered, idempotent: bool) -> Decision {
 pub(super) fn error(failure: Undelivered, service_id: &Arc<str>, endpoint: &str) -> RouteError {
     let (service_id, endpoint) = (service_id.to_string(), endpoint.to_owned());
     match failure {
-        Undelivered::NotRun(NotRun::Leaving | NotRun::NoService) => RouteError::NotHere(service_id),
+        Undelivered::NotRun(NotRun::Refused(_)) => RouteError::NotHere(service_id),
         Undelivered::MayHaveRun(MayHaveRun::TimedOut(after)) => {
             RouteError::Timeout { service_id, after }
         }
@@ -72,8 +76,8 @@ mod tests {
 
     fn every_failure() -> Vec<Undelivered> {
         vec![
-            Undelivered::NotRun(NotRun::Leaving),
-            Undelivered::NotRun(NotRun::NoService),
+            Undelivered::refused(Refusal::Leaving),
+            Undelivered::refused(Refusal::NoService),
             Undelivered::connect("refused"),
             Undelivered::unsent("closed"),
             Undelivered::lost("reset"),
@@ -101,11 +105,11 @@ mod tests {
     fn broken_connections_and_refusals_make_the_owner_suspect() {
         let suspect = |f: Undelivered| classify(&f, false).suspect;
         assert_eq!(
-            suspect(Undelivered::NotRun(NotRun::Leaving)),
+            suspect(Undelivered::refused(Refusal::Leaving)),
             Some(Suspicion::Node { leaving: true })
         );
         assert_eq!(
-            suspect(Undelivered::NotRun(NotRun::NoService)),
+            suspect(Undelivered::refused(Refusal::NoService)),
             Some(Suspicion::Service)
         );
         for broken in [

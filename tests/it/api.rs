@@ -33,7 +33,7 @@ use crate::common::{
 const TEST_LIMIT: Duration = Duration::from_secs(60);
 
 /// Runs a test body, failing it when it takes longer than [`TEST_LIMIT`].
-async fn bounded(test: impl Future<Output = ()>) {
+pub(crate) async fn bounded(test: impl Future<Output = ()>) {
     tokio::time::timeout(TEST_LIMIT, test)
         .await
         .unwrap_or_else(|_| panic!("test did not finish within {TEST_LIMIT:?}"));

@@ -37,6 +37,7 @@ mod client;
 mod conformance;
 mod failure;
 mod handlers;
+mod hostile;
 mod layout;
 mod mesh;
 mod observability;

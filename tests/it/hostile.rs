@@ -1,0 +1,159 @@
+//! Hostile and broken input: what arrives on a node's port never makes it spin, and a status a
+//! handler returns is never taken for the node's own refusal.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::api::bounded;
+use crate::common::process::meshage_node;
+use crate::common::{gossip, wait_converged, Http};
+use http::StatusCode;
+use meshage::{HandlerError, Header, Node, NodeConfig, PeerProtocol};
+use serde_json::Value;
+
+/// Runs of each (service, key), shared by every node's handler.
+type Runs = Arc<Mutex<HashMap<(String, String), usize>>>;
+
+/// A node whose `claim` handler counts its runs and answers 421, as a handler may.
+async fn misdirecting_node(seeds: &[String], runs: &Runs, protocol: PeerProtocol) -> Node {
+    let runs = runs.clone();
+    meshage::init(gossip(seeds), "127.0.0.1:0")
+        .register("claim", move |_data: Value, header: Header| {
+            let runs = runs.clone();
+            async move {
+                let key = (
+                    header.service_id.to_string(),
+                    header.partition_key.to_string(),
+                );
+                *runs.lock().unwrap().entry(key).or_default() += 1;
+                Err::<Value, _>(HandlerError::with_status(
+                    StatusCode::MISDIRECTED_REQUEST,
+                    "not mine",
+                ))
+            }
+        })
+        .config(NodeConfig {
+            peer_protocol: protocol,
+            ..NodeConfig::default()
+        })
+        .start()
+        .await
+        .expect("node starts")
+}
+
+/// A handler's 421 is the handler's answer: it reaches the client unchanged, from the key's
+/// owner, having run once there and nowhere else, and the owner stays on the ring. Over every
+/// way a node forwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handlers_421_is_answered_once_and_changes_no_ring() {
+    bounded(async {
+        for protocol in [PeerProtocol::Link, PeerProtocol::Http1, PeerProtocol::Http2] {
+            let runs = Runs::default();
+            let first = misdirecting_node(&[], &runs, protocol).await;
+            let seed = vec![first.seed_address().unwrap()];
+            let mut nodes = vec![first];
+            for _ in 0..2 {
+                nodes.push(misdirecting_node(&seed, &runs, protocol).await);
+            }
+            wait_converged(&nodes, 3).await;
+            let entry = &nodes[0];
+            let own: Vec<String> = entry
+                .router()
+                .local_services()
+                .iter()
+                .map(|s| s.id.to_string())
+                .collect();
+            let table = entry.router().table();
+            let keys: Vec<(String, String)> = (0..200)
+                .map(|n| format!("k{n}"))
+                .filter_map(|key| {
+                    let owner = table.owner("claim", &key)?.id.to_string();
+                    (!own.contains(&owner)).then_some((key, owner))
+                })
+                .take(10)
+                .collect();
+            assert_eq!(keys.len(), 10, "keys owned by the other nodes");
+            let http = Http::default();
+            for (key, owner) in &keys {
+                let url = format!("http://{}/api/claim/{key}", entry.local_addr());
+                let answer = http.post(&url, "{}").await;
+                assert_eq!(
+                    answer.status,
+                    StatusCode::MISDIRECTED_REQUEST,
+                    "{protocol:?}"
+                );
+                assert_eq!(answer.json(), serde_json::json!({"error": "not mine"}));
+                assert_eq!(answer.service_id().as_deref(), Some(owner.as_str()));
+                let ran: Vec<((String, String), usize)> = runs
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .filter(|((_, k), _)| k == key)
+                    .map(|(run, n)| (run.clone(), *n))
+                    .collect();
+                assert_eq!(
+                    ran,
+                    [((owner.clone(), key.clone()), 1)],
+                    "{protocol:?}: key {key} ran once, on its owner"
+                );
+            }
+            assert_eq!(
+                entry.router().table().services.len(),
+                3,
+                "{protocol:?}: no owner left the ring"
+            );
+        }
+    })
+    .await;
+}
+
+/// CPU time (user and system, in clock ticks) a process has used.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // The fields after the command name, which is in parentheses and may hold spaces.
+    let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..]
+        .split_whitespace()
+        .collect();
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+/// Connections that send the first byte of a preface and then nothing leave the node idle:
+/// it waits for the rest without looking at the same byte again, and serves others meanwhile.
+#[test]
+fn stalled_prefaces_leave_the_node_idle() {
+    let node = meshage_node("stalled", &[], &["--echo", "echo"]);
+    let address = node.endpoint.trim_start_matches("http://").to_owned();
+    let stalled: Vec<std::net::TcpStream> = (0..50)
+        .map(|n| {
+            let mut stream = std::net::TcpStream::connect(&address).unwrap();
+            // Half of them the peer link's first byte, half HTTP/2's.
+            stream
+                .write_all(if n % 2 == 0 { b"M" } else { b"P" })
+                .unwrap();
+            stream
+        })
+        .collect();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let url = format!("{}/api/echo/k", node.endpoint);
+    runtime.block_on(async {
+        let answer = Http::default().post(&url, "{}").await;
+        assert_eq!(
+            answer.status,
+            StatusCode::OK,
+            "served beside the stalled ones"
+        );
+    });
+    // A node spinning on them burns two cores: 2 s of that is some 400 ticks.
+    let window = Duration::from_secs(2);
+    let before = cpu_ticks(node.proc.child.id());
+    // A measurement over a window, not a wait for a condition.
+    std::thread::sleep(window);
+    let used = cpu_ticks(node.proc.child.id()) - before;
+    assert!(
+        used < 40,
+        "{used} ticks of CPU in {window:?} with 50 stalled connections"
+    );
+    drop(stalled);
+}
