@@ -7,8 +7,8 @@
 //! original let users implement its `Cluster` interface. `events` keeps the log of membership
 //! changes that the node feeds and the status page reads.
 //!
-//! Depends only on the pure core (`address`, `path`); the table, the router and everything above
-//! depend on it.
+//! Depends only on the pure core (`address`, `path`) and on `wire` for bounded reads; the
+//! table, the router and everything above depend on it.
 
 use std::sync::Arc;
 use std::time::SystemTime;

@@ -191,7 +191,7 @@ impl Forwarder {
             if let Some(why) = refusal(&response) {
                 return Err(Undelivered::refused(why));
             }
-            let body = read_body(response.into_body(), self.max_response)
+            let body = read_body(&mut response.into_body(), self.max_response)
                 .await
                 .map_err(|e| match e {
                     BodyError::TooLarge => Undelivered::failed(format!("reading the answer: {e}")),

@@ -100,9 +100,9 @@ pub(crate) enum BodyError {
 }
 
 /// Reads a whole body (of a request, or of an answer from a peer or a handler) of at most
-/// `limit` bytes. A body that comes in one piece (most do) is handed on as it came, without a
+/// `limit` bytes; past the limit, the rest is left unread. A body that comes in one piece (most do) is handed on as it came, without a
 /// copy or a buffer list.
-pub(crate) async fn read_body(mut body: Incoming, limit: usize) -> Result<Bytes, BodyError> {
+pub(crate) async fn read_body(body: &mut Incoming, limit: usize) -> Result<Bytes, BodyError> {
     let mut first = Bytes::new();
     // The pieces joined, once a second one comes.
     let mut joined = bytes::BytesMut::new();

@@ -81,7 +81,7 @@ const TRACE_NAME: HeaderName = HeaderName::from_static(TRACE_HEADER);
 pub(super) async fn message(
     inbound: &Inbound,
     request: &http::request::Parts,
-    body: Incoming,
+    body: &mut Incoming,
     broadcast: bool,
     stream: &str,
     key: &str,
@@ -127,7 +127,7 @@ pub(super) async fn message(
 async fn respond(
     inbound: &Inbound,
     head: &MessageHead<'_>,
-    body: Incoming,
+    body: &mut Incoming,
     broadcast: bool,
     stream: &str,
     key: &str,

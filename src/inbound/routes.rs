@@ -2,9 +2,11 @@
 //! or run as a message.
 
 use std::convert::Infallible;
+use std::time::Duration;
 
 use http::{Request, Response};
-use hyper::body::Incoming;
+use http_body_util::BodyExt;
+use hyper::body::{Body as _, Incoming};
 
 use super::message::message;
 use super::Inbound;
@@ -84,19 +86,59 @@ fn split_stream_key(rest: &str) -> Option<(&str, &str)> {
     (!stream.is_empty()).then_some((stream, key))
 }
 
-/// Answers one request. Never fails: every error is a JSON answer.
+/// Answers one request. Never fails: every error is a JSON answer. A body the answer left
+/// unread (a refusal before reading it) is read and dropped after the answer ([`linger`]).
 pub(super) async fn handle(
     inbound: &Inbound,
     request: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
-    let (request, body) = request.into_parts();
+    let (request, mut body) = request.into_parts();
+    let response = answer(inbound, &request, &mut body).await;
+    if !body.is_end_stream() {
+        linger(body, inbound.body_limit);
+    }
+    Ok(response)
+}
+
+/// How long, at most, the rest of a refused request's body is read and dropped.
+const LINGER_TIME: Duration = Duration::from_secs(5);
+/// How much of it, at most: a few times the body limit, and enough for a client that sends tens
+/// of megabytes before it reads.
+const LINGER_BYTES: usize = 64 * 1024 * 1024;
+
+/// Reads and drops what is left of a request's body, in a task of its own, for at most
+/// [`LINGER_TIME`] and [`LINGER_BYTES`] (or 8 times `body_limit`, if more). A client that writes
+/// its whole body before it reads (Python's `urllib`, for one) then reads the answer the node
+/// gave before the body was read, instead of a reset connection, as nginx's lingering close
+/// does. If the body ends, the connection stays open for the next request.
+fn linger(mut body: Incoming, body_limit: usize) {
+    let bound = LINGER_BYTES.max(body_limit.saturating_mul(8));
+    tokio::spawn(async move {
+        let drain = async {
+            let mut read = 0usize;
+            while let Some(Ok(frame)) = body.frame().await {
+                read += frame.data_ref().map_or(0, |data| data.len());
+                if read > bound {
+                    return;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(LINGER_TIME, drain).await;
+    });
+}
+
+async fn answer(
+    inbound: &Inbound,
+    request: &http::request::Parts,
+    body: &mut Incoming,
+) -> Response<Body> {
     let path = request.uri.path();
-    Ok(match find(path) {
+    match find(path) {
         Endpoint::Message {
             broadcast,
             stream,
             key,
-        } => message(inbound, &request, body, broadcast, stream, key).await,
+        } => message(inbound, request, body, broadcast, stream, key).await,
         Endpoint::Admin(page) => {
             inbound
                 .admin
@@ -106,7 +148,7 @@ pub(super) async fn handle(
             let method = &request.method;
             ApiError::NotFound(format!("no route for {method} {path}; {hint}")).response()
         }
-    })
+    }
 }
 
 #[cfg(test)]

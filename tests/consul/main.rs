@@ -244,6 +244,58 @@ async fn joining_fails_when_the_agent_is_out_of_reach() {
     .await;
 }
 
+/// An agent that answers with more than a node will read: the node stops reading at its bound
+/// and fails to join, instead of holding whatever comes. A plain TCP server stands in for a
+/// broken or hostile agent, which a real Consul agent cannot be made to be.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_answer_past_the_bound_is_not_read_whole() {
+    bounded(async {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let sent = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = sent.clone();
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                let counted = counted.clone();
+                tokio::spawn(async move {
+                    let mut head = [0u8; 4096];
+                    let _ = socket.read(&mut head).await;
+                    let len = 1usize << 30;
+                    let _ = socket
+                        .write_all(
+                            format!("HTTP/1.1 200 OK\r\ncontent-length: {len}\r\n\r\n").as_bytes(),
+                        )
+                        .await;
+                    let chunk = vec![b' '; 1 << 20];
+                    while socket.write_all(&chunk).await.is_ok() {
+                        counted.fetch_add(chunk.len(), std::sync::atomic::Ordering::Relaxed);
+                    }
+                });
+            }
+        });
+        let cluster = ConsulCluster::new(addr.to_string(), NO_SEEDS).unwrap();
+        let error = meshage::init(cluster, "127.0.0.1:0")
+            .start()
+            .await
+            .err()
+            .expect("the node does not start");
+        let mut chain = error.to_string();
+        let mut source = std::error::Error::source(&error);
+        while let Some(e) = source {
+            chain.push_str(&format!(": {e}"));
+            source = e.source();
+        }
+        assert!(chain.contains("length limit exceeded"), "{chain}");
+        let sent = sent.load(std::sync::atomic::Ordering::Relaxed);
+        assert!(
+            sent < 256 << 20,
+            "the node read {sent} bytes of a 1 GiB answer"
+        );
+    })
+    .await;
+}
+
 /// A node of the original 0.3.8 as far as other nodes see it: `/api/health`, and
 /// `POST /api/{stream}/{key}` answered with what the handler returns. It records the keys it
 /// was sent and the `X-Service-ID` each named.

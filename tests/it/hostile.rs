@@ -157,3 +157,98 @@ fn stalled_prefaces_leave_the_node_idle() {
     );
     drop(stalled);
 }
+
+/// Sends `len` bytes to `url` as Python's `urllib.request` does (the whole body, then the
+/// answer) and returns what it got: `status body`, or the error it raised.
+fn python_post(url: &str, len: usize) -> String {
+    let script = r#"
+import sys, urllib.request, urllib.error
+request = urllib.request.Request(sys.argv[1], data=b"x" * int(sys.argv[2]), method="POST",
+                                 headers={"Content-Type": "application/json"})
+try:
+    with urllib.request.urlopen(request, timeout=30) as answer:
+        print(answer.status, answer.read().decode())
+except urllib.error.HTTPError as e:
+    print(e.code, e.read().decode())
+except Exception as e:
+    print("error", type(e).__name__, e)
+"#;
+    let output = std::process::Command::new("python3")
+        .args(["-c", script, url, &len.to_string()])
+        .output()
+        .expect("python3 runs");
+    String::from_utf8_lossy(&output.stdout).trim().to_owned()
+}
+
+/// Writes a whole request with a body of `len` bytes over a raw socket (declared, or chunked),
+/// then reads the answer's status line.
+fn raw_post(address: &str, len: usize, chunked: bool) -> String {
+    use std::io::{BufRead, BufReader};
+    let mut stream = std::net::TcpStream::connect(address).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let body = vec![b'x'; len];
+    let head = if chunked {
+        "POST /api/echo/k HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n".to_owned()
+    } else {
+        format!("POST /api/echo/k HTTP/1.1\r\nhost: x\r\ncontent-length: {len}\r\n\r\n")
+    };
+    let written = stream.write_all(head.as_bytes()).and_then(|()| {
+        if chunked {
+            for piece in body.chunks(64 * 1024) {
+                write!(stream, "{:x}\r\n", piece.len())?;
+                stream.write_all(piece)?;
+                stream.write_all(b"\r\n")?;
+            }
+            stream.write_all(b"0\r\n\r\n")
+        } else {
+            stream.write_all(&body)
+        }
+    });
+    if let Err(e) = written {
+        return format!("write failed: {e}");
+    }
+    let mut line = String::new();
+    match BufReader::new(stream).read_line(&mut line) {
+        Ok(_) => line.trim().to_owned(),
+        Err(e) => format!("read failed: {e}"),
+    }
+}
+
+/// A body over the limit is refused with a 413 that the client reads, also when the client
+/// sends the whole body before it reads: the node reads and drops the rest of the body after
+/// answering, instead of closing on a client that is still sending.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_body_still_gets_its_answer_read() {
+    bounded(async {
+        let node = crate::common::echo_node(&[]).await;
+        let address = node.local_addr().to_string();
+        let url = format!("http://{address}/api/echo/k");
+        for len in [2 << 20, 20 << 20] {
+            let (python, declared, chunked) = tokio::task::spawn_blocking({
+                let (url, address) = (url.clone(), address.clone());
+                move || {
+                    (
+                        python_post(&url, len),
+                        raw_post(&address, len, false),
+                        raw_post(&address, len, true),
+                    )
+                }
+            })
+            .await
+            .unwrap();
+            assert!(
+                python.starts_with("413 {\"error\":\"request body is larger than the limit"),
+                "{len} bytes from urllib: {python}"
+            );
+            for (how, line) in [("declared", declared), ("chunked", chunked)] {
+                assert_eq!(line, "HTTP/1.1 413 Payload Too Large", "{len} bytes, {how}");
+            }
+        }
+        // The node still serves.
+        let answer = Http::default().post(&url, "{}").await;
+        assert_eq!(answer.status, StatusCode::OK);
+    })
+    .await;
+}

@@ -6,10 +6,16 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::header::{HeaderValue, CONTENT_TYPE};
 use http::{Method, Request, StatusCode};
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use serde_json::Value;
+
+use crate::wire::read_body;
+
+/// The largest answer read from the agent: a catalog of thousands of services fits many times
+/// over, and an agent (or whatever answers in its place) cannot make the node hold more.
+const MAX_ANSWER: usize = 64 * 1024 * 1024;
 
 /// The agent's HTTP API.
 #[derive(Clone)]
@@ -60,12 +66,9 @@ impl Agent {
                 .get("x-consul-index")
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.parse().ok());
-            let body = response
-                .into_body()
-                .collect()
+            let body = read_body(&mut response.into_body(), MAX_ANSWER)
                 .await
-                .map_err(|e| e.to_string())?
-                .to_bytes();
+                .map_err(|e| format!("{method} {path_and_query}: reading the answer: {e}"))?;
             Ok::<_, String>(Answer {
                 status,
                 index,
