@@ -9,6 +9,9 @@
 //! | `GET /api/services` | every routable service, in the original's shape |
 //! | `GET /api/members` | every node this one knows: id, endpoint, state, services |
 //! | `GET /api/locate/{stream}/{key}` | the service and node that own the key; nothing runs |
+//! | `GET /api/openapi.json` | the OpenAPI 3.1 description of the whole HTTP API (`openapi.json`) |
+//!
+//! HEAD is answered as GET wherever GET is; another method is a 405 with `Allow`.
 //!
 //! It reads a narrow view of the node ([`Admin`]: the router, the membership view, the event
 //! log) and the load the HTTP server reports ([`Load`]); it never runs a message, and depends on
@@ -24,7 +27,11 @@ use crate::cluster::{ClusterView, EventLog};
 use crate::router::Router;
 
 mod inventory;
+mod openapi;
 mod status;
+
+#[cfg(test)]
+pub(crate) use openapi::DESCRIPTION as API_DESCRIPTION;
 
 /// What the admin endpoints read of a node.
 pub(crate) struct Admin {
@@ -51,6 +58,8 @@ pub(crate) enum Page<'a> {
     Health,
     Services,
     Members,
+    /// `/api/openapi.json`: the description of the API.
+    OpenApi,
     /// The stream and key, still percent-encoded.
     Locate {
         stream: &'a str,
@@ -82,6 +91,7 @@ impl Admin {
             Page::Health => inventory::health(self, method),
             Page::Services => inventory::services(self, method),
             Page::Members => inventory::members(self, method),
+            Page::OpenApi => openapi::description(method),
             Page::Locate { stream, key } => inventory::locate(self, method, stream, key),
             Page::Unknown(path) => status::not_found(method, path),
         }

@@ -12,9 +12,10 @@
 //! ([`crate::answer`]). `broadcast`, `locate` and `members` are reserved words: a stream with one
 //! of these names cannot be sent to over HTTP (`/api/members/...` is a 404), though the
 //! library's router reaches it and `/api/broadcast/{stream}/...` broadcasts to it. `health`,
-//! `services` and `status` are reserved only as whole paths: `/api/health/{key}` is a send to
-//! the stream `health`. Every message answer carries the request's trace id in
-//! `X-Meshage-Trace`.
+//! `services`, `status` and `openapi.json` are reserved only as whole paths: `/api/health/{key}`
+//! is a send to the stream `health`. Every message answer carries the request's trace id in
+//! `X-Meshage-Trace`. `GET /api/openapi.json` describes all of it (`src/admin/openapi.json`),
+//! and the routes' tests fail while a route the table finds is not described there.
 //!
 //! The edge of the node: depends on the router, the link, the admin endpoints and the rooms
 //! below them; nothing but the node depends on it.

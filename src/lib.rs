@@ -44,7 +44,7 @@
 //!
 //! - edges: `node` (start, the handle, graceful shutdown) and the binary's `main`; `inbound`
 //!   (accept, sniff, connections, admission, routes, the link's entry); `admin` (status page,
-//!   `/metrics`, health, members, locate: read-only); `answer` (errors to JSON answers);
+//!   `/metrics`, health, members, locate, the API's OpenAPI description: read-only); `answer` (errors to JSON answers);
 //!   `upstream` (handlers in any language over HTTP, with health checks); `client` (the
 //!   `meshage` command's client of a node's API).
 //! - `router`: owner choice, the local registry, placement and suspects, retries, broadcast.

@@ -28,8 +28,9 @@ pub(super) enum Endpoint<'a> {
     NoRoute(&'static str),
 }
 
-/// The paths that are answered as they are.
-const EXACT: [(&str, Page<'static>); 7] = [
+/// The paths that are answered as they are. `src/admin/openapi.json` describes each of them
+/// (the tests below check it).
+const EXACT: [(&str, Page<'static>); 8] = [
     ("/", Page::Index),
     ("/index.html", Page::Index),
     ("/metrics", Page::Metrics),
@@ -37,6 +38,7 @@ const EXACT: [(&str, Page<'static>); 7] = [
     ("/api/services", Page::Services),
     ("/api/status", Page::Status),
     ("/api/members", Page::Members),
+    ("/api/openapi.json", Page::OpenApi),
 ];
 
 const MESSAGES: &str = "messages go to /api/{stream}/{partitionKey}";
@@ -44,8 +46,8 @@ const LOCATE: &str = "use GET /api/locate/{stream}/{partitionKey}";
 const MEMBERS: &str = "`members` is reserved: GET /api/members lists the nodes";
 
 /// Finds where `path` leads. `broadcast`, `locate` and `members` are reserved words under
-/// `/api/` (see the crate's README); `health`, `services` and `status` only as whole paths,
-/// so `/api/health/{key}` is a send to the stream `health`. The key is everything after
+/// `/api/` (see the crate's README); `health`, `services`, `status` and `openapi.json` only as
+/// whole paths, so `/api/health/{key}` is a send to the stream `health`. The key is everything after
 /// `/api/{stream}/`, so it may hold `/`.
 pub(super) fn find(path: &str) -> Endpoint<'_> {
     if let Some((_, page)) = EXACT.iter().find(|(exact, _)| *exact == path) {
@@ -171,6 +173,7 @@ mod tests {
             ("/api/health", Endpoint::Admin(Page::Health)),
             ("/api/status", Endpoint::Admin(Page::Status)),
             ("/api/members", Endpoint::Admin(Page::Members)),
+            ("/api/openapi.json", Endpoint::Admin(Page::OpenApi)),
             (
                 "/favicon.ico",
                 Endpoint::Admin(Page::Unknown("/favicon.ico")),
@@ -180,6 +183,7 @@ mod tests {
             ("/api/echo/", message(false, "echo", "")),
             ("/api/health/k", message(false, "health", "k")),
             ("/api/status/k", message(false, "status", "k")),
+            ("/api/openapi.json/k", message(false, "openapi.json", "k")),
             ("/api/broadcast/echo/k", message(true, "echo", "k")),
             (
                 "/api/broadcast/broadcast/k",
@@ -202,5 +206,56 @@ mod tests {
         for (path, endpoint) in cases {
             assert_eq!(find(path), endpoint, "{path}");
         }
+    }
+
+    /// The path the API description names for where `path` leads; `None` for no route. The
+    /// match is exhaustive: a new kind of page or endpoint does not compile here until it says
+    /// where it is described.
+    fn described(path: &str) -> Option<&str> {
+        Some(match find(path) {
+            Endpoint::Admin(
+                Page::Index
+                | Page::Metrics
+                | Page::Status
+                | Page::Health
+                | Page::Services
+                | Page::Members
+                | Page::OpenApi,
+            ) => path,
+            Endpoint::Admin(Page::Locate { .. }) => "/api/locate/{stream}/{partitionKey}",
+            Endpoint::Message {
+                broadcast: true, ..
+            } => "/api/broadcast/{stream}/{partitionKey}",
+            Endpoint::Message {
+                broadcast: false, ..
+            } => "/api/{stream}/{partitionKey}",
+            Endpoint::Admin(Page::Unknown(_)) | Endpoint::NoRoute(_) => return None,
+        })
+    }
+
+    #[test]
+    fn the_api_description_describes_every_route_and_only_routes() {
+        let doc: serde_json::Value =
+            serde_json::from_str(crate::admin::API_DESCRIPTION).expect("openapi.json is JSON");
+        let paths = doc["paths"].as_object().expect("the description has paths");
+        // Every path of the table, and one of each shape the parser above finds.
+        let shapes = [
+            "/api/locate/s/k",
+            "/api/broadcast/s/k",
+            "/api/s/k",
+            "/api/s/a/b",
+        ];
+        let mut reached = std::collections::BTreeSet::new();
+        for path in EXACT.iter().map(|(path, _)| *path).chain(shapes) {
+            let described = described(path).unwrap_or_else(|| panic!("{path} is no route"));
+            assert!(
+                paths.contains_key(described),
+                "{path} (as {described}) is not in src/admin/openapi.json"
+            );
+            reached.insert(described);
+        }
+        let documented: std::collections::BTreeSet<&str> =
+            paths.keys().map(String::as_str).collect();
+        assert_eq!(documented, reached, "documented paths that lead nowhere");
     }
 }
