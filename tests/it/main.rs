@@ -41,6 +41,7 @@ mod hostile;
 mod layout;
 mod mesh;
 mod observability;
+mod openapi;
 mod ring_vectors;
 mod status_page;
 mod upstream;

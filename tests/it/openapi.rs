@@ -4,25 +4,14 @@
 //! admits. The schemas are checked by a small checker of the JSON Schema subset the description
 //! uses; `scripts/schemathesis.sh` runs schemathesis for generated requests.
 
-mod common;
-
-use std::future::Future;
 use std::time::Duration;
 
+use crate::api::bounded;
+use crate::common::{echo_by, echo_cluster, gossip, wait_until, Answer, Http};
 use bytes::Bytes;
-use common::{echo_by, echo_cluster, gossip, wait_until, Answer, Http};
 use http::{Method, StatusCode};
 use meshage::{HandlerError, Header, Node, NodeConfig};
 use serde_json::{json, Value};
-
-/// No test runs longer than this, whatever hangs.
-const TEST_LIMIT: Duration = Duration::from_secs(60);
-
-async fn bounded(test: impl Future<Output = ()>) {
-    tokio::time::timeout(TEST_LIMIT, test)
-        .await
-        .unwrap_or_else(|_| panic!("test did not finish within {TEST_LIMIT:?}"));
-}
 
 /// The methods an operation may be described under, in the order `Allow` lists them.
 const METHODS: [Method; 7] = [
