@@ -32,6 +32,9 @@ pub(crate) enum ApiError {
     BadRequest(String),
     #[error("request body is larger than the limit of {0} bytes")]
     TooLarge(usize),
+    /// The body did not arrive whole within the request's deadline.
+    #[error("the request body did not arrive within {0:?}")]
+    BodyTimeout(std::time::Duration),
     /// The methods the route takes, for the `Allow` header.
     #[error("method not allowed; use {0}")]
     MethodNotAllowed(&'static str),
@@ -45,6 +48,7 @@ impl ApiError {
             ApiError::Route(e) => e.status(),
             ApiError::BadPath(_) | ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
         }

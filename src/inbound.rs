@@ -33,7 +33,7 @@ mod server;
 mod sniff;
 
 use admission::Admission;
-pub(crate) use server::{serve, Timeouts};
+pub(crate) use server::{serve, Limits};
 
 /// What the inbound side needs of the node.
 pub(crate) struct Inbound {

@@ -114,6 +114,11 @@ struct NodeArgs {
     #[arg(long, env = "MESHAGE_MAX_IN_FLIGHT", default_value_t = 10_000,
           value_parser = clap::value_parser!(u64).range(1..))]
     max_in_flight: u64,
+    /// Connections open at once, from clients and peers; above it, new ones are closed at once.
+    /// Keep it below the process's open-file limit (`ulimit -n`).
+    #[arg(long, env = "MESHAGE_MAX_CONNECTIONS", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    max_connections: u64,
     /// Seconds a peer whose connection failed stays off this node's rings, unless gossip
     /// confirms it gone first.
     #[arg(long, env = "MESHAGE_SUSPECT_TIMEOUT", default_value_t = 5.0)]
@@ -261,6 +266,7 @@ async fn run_node(args: NodeArgs) -> Result<()> {
         idle_timeout: seconds("idle-timeout", args.idle_timeout)?,
         peer_protocol: args.peer_protocol,
         max_in_flight: usize::try_from(args.max_in_flight).unwrap_or(usize::MAX),
+        max_connections: usize::try_from(args.max_connections).unwrap_or(usize::MAX),
         suspect_timeout: seconds("suspect-timeout", args.suspect_timeout)?,
         ..NodeConfig::default()
     };

@@ -13,7 +13,7 @@ use tracing::{debug, info, warn};
 use crate::address::{Address, AddressError};
 use crate::admin::Admin;
 use crate::cluster::{Cluster, ClusterError, EventLog, LocalNode, Membership};
-use crate::inbound::{self, Inbound, Timeouts};
+use crate::inbound::{self, Inbound, Limits};
 use crate::message::{handler_fn, HandlerError, Header, SharedHandler};
 use crate::outbound::{Forwarder, PeerProtocol};
 use crate::router::{LocalService, Router, RouterConfig};
@@ -41,6 +41,9 @@ pub struct NodeConfig {
     /// Messages this node answers at once (from clients and from peers); above it, new ones get
     /// a 503 with `Retry-After` instead of a place in an unbounded queue.
     pub max_in_flight: usize,
+    /// Connections open at once, from clients and peers; above it, new ones are closed at once
+    /// while those open keep being served.
+    pub max_connections: usize,
     /// How long a peer whose connection failed stays off this node's rings, unless gossip
     /// confirms it gone first (see [`RouterConfig::suspect_timeout`]).
     pub suspect_timeout: Duration,
@@ -56,6 +59,7 @@ impl Default for NodeConfig {
             idle_timeout: Duration::from_secs(30),
             peer_protocol: PeerProtocol::Link,
             max_in_flight: 10_000,
+            max_connections: 10_000,
             suspect_timeout: RouterConfig::default().suspect_timeout,
         }
     }
@@ -229,7 +233,8 @@ impl NodeBuilder {
             listener,
             inbound,
             shutdown.signal(),
-            Timeouts {
+            Limits {
+                max_connections: config.max_connections,
                 drain: config.drain_timeout,
                 idle: config.idle_timeout,
             },

@@ -91,7 +91,8 @@ impl Forwarder {
                 .http2_adaptive_window(false);
         }
         let client = builder.build(connector);
-        let links = (protocol == PeerProtocol::Link).then(|| Links::new(connect_timeout));
+        let links =
+            (protocol == PeerProtocol::Link).then(|| Links::new(connect_timeout, max_response));
         Forwarder {
             client,
             links,

@@ -133,10 +133,8 @@ async fn respond(
     key: &str,
 ) -> Result<(Response<Body>, Option<Arc<str>>), ApiError> {
     let limit = inbound.router.config().request_timeout;
-    let deadline = Deadline::within(
-        parse_timeout(head.timeout).map_err(ApiError::BadRequest)?,
-        limit,
-    );
+    let asked = parse_timeout(head.timeout).map_err(ApiError::BadRequest)?;
+    let deadline = Deadline::within(asked, limit);
     let declared_too_long = head
         .content_length
         .and_then(|v| v.to_str().ok())
@@ -153,12 +151,16 @@ async fn respond(
         .target
         .and_then(|v| v.to_str().ok())
         .filter(|v| !v.is_empty());
-    let body = match read_body(body, inbound.body_limit).await {
-        Ok(body) => body,
-        Err(BodyError::TooLarge) => return Err(ApiError::TooLarge(inbound.body_limit)),
-        Err(BodyError::Read(e)) => {
+    // The body arrives within the request's deadline, or the request ends there: a client
+    // that stalls halfway holds a slot and a buffer no longer than any request may.
+    let until = tokio::time::Instant::from_std(deadline.instant());
+    let body = match tokio::time::timeout_at(until, read_body(body, inbound.body_limit)).await {
+        Ok(Ok(body)) => body,
+        Ok(Err(BodyError::TooLarge)) => return Err(ApiError::TooLarge(inbound.body_limit)),
+        Ok(Err(BodyError::Read(e))) => {
             return Err(ApiError::BadRequest(format!("cannot read the body: {e}")));
         }
+        Err(_) => return Err(ApiError::BodyTimeout(asked.map_or(limit, |t| t.min(limit)))),
     };
     let payload = Payload { body, content_type };
 

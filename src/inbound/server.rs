@@ -25,9 +25,11 @@ use crate::link;
 use crate::shutdown::Signal;
 use crate::wire::tune;
 
-/// How long connections may stay open and idle.
+/// How many connections may be open, and how long they may stay open and idle.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct Timeouts {
+pub(crate) struct Limits {
+    /// Connections open at once (HTTP and links); above it, new ones are closed at once.
+    pub(crate) max_connections: usize,
     /// How long a stopping node lets open requests (HTTP and peer links) finish.
     pub(crate) drain: Duration,
     /// A client connection that starts no request for this long is closed (see
@@ -41,7 +43,7 @@ pub(crate) async fn serve(
     listener: TcpListener,
     inbound: Arc<Inbound>,
     mut signal: Signal,
-    timeouts: Timeouts,
+    limits: Limits,
 ) {
     // HTTP/1.1 for clients; HTTP/2 with prior knowledge for peers configured to forward over it.
     // Which one a connection speaks is known from its first bytes (see `sniff`), so each is
@@ -61,6 +63,8 @@ pub(crate) async fn serve(
     // Connections accepted and not yet closed (HTTP and links): the drain waits for them.
     let open = Arc::new(AtomicUsize::new(0));
     let closed = Arc::new(tokio::sync::Notify::new());
+    // Whether the last connection was refused at the limit: the warning is logged once a spell.
+    let mut refusing = false;
     loop {
         let (stream, peer): (tokio::net::TcpStream, SocketAddr) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -74,6 +78,20 @@ pub(crate) async fn serve(
             },
             _ = signal.stop.raised() => break,
         };
+        if open.load(Ordering::Acquire) >= limits.max_connections {
+            // Those already open keep being served; this one is closed before it costs more.
+            if !refusing {
+                warn!(
+                    max = limits.max_connections,
+                    "at the connection limit; closing new connections"
+                );
+                refusing = true;
+            }
+            debug!(%peer, "connection refused: at the connection limit");
+            drop(stream);
+            continue;
+        }
+        refusing = false;
         tune(&stream);
         let inbound = inbound.clone();
         let mut signal = signal.clone();
@@ -91,9 +109,11 @@ pub(crate) async fn serve(
                 _ = signal.kill.raised() => return,
             };
             if protocol == Protocol::Link {
+                let body_limit = inbound.body_limit;
                 let serve = link::serve(
                     stream,
                     head,
+                    body_limit,
                     move |request| link_request(inbound.clone(), request),
                     signal.stop.clone(),
                 );
@@ -121,7 +141,7 @@ pub(crate) async fn serve(
             };
             tokio::select! {
                 _ = &mut serving => {}
-                _ = watch_connection(&activity, timeouts.idle, signal) => {
+                _ = watch_connection(&activity, limits.idle, signal) => {
                     serving.abort();
                     debug!(%peer, "connection dropped");
                 }
@@ -139,8 +159,8 @@ pub(crate) async fn serve(
             notified.await;
         }
     };
-    if tokio::time::timeout(timeouts.drain, drained).await.is_err() {
-        warn!(drain = ?timeouts.drain, "drain timed out; dropping open connections");
+    if tokio::time::timeout(limits.drain, drained).await.is_err() {
+        warn!(drain = ?limits.drain, "drain timed out; dropping open connections");
     }
 }
 

@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -14,10 +14,11 @@ use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
-use tracing::debug;
+use tracing::{debug, warn};
 
 use super::frame::{
-    decode_server_frame, encode_request, next_frame, Outbox, ServerFrame, PREFACE, PREFACE_ACK,
+    decode_server_frame, encode_request, next_frame, response_limit, Outbox, ServerFrame, PREFACE,
+    PREFACE_ACK,
 };
 use crate::delivery::{Refusal, Undelivered};
 use crate::message::{Payload, Reply};
@@ -29,6 +30,10 @@ use crate::FastMap;
 const MAX_KEPT_BATCH: usize = 256 * 1024;
 /// The writer's buffer to start with.
 const BATCH_CAPACITY: usize = 64 * 1024;
+/// Bytes a link holds waiting to be written (beside the batch being written): above it, new
+/// requests are not queued but fail as never sent, so that a peer that stops reading costs this
+/// node a bounded amount of memory, and its requests go to other owners.
+const MAX_QUEUED: usize = 64 * 1024 * 1024;
 
 /// What became of a request queued on a link, when no answer came. A waiter whose sender is
 /// dropped without a word lost its request after it was written: the peer may have run it.
@@ -276,6 +281,12 @@ impl Conn {
                     "link to the peer closed before the request was written",
                 )));
             }
+            let queued = queue.outbox.size();
+            if queued >= MAX_QUEUED {
+                return Err(LinkError::Undelivered(Undelivered::unsent(format!(
+                    "the link to the peer is backed up: {queued} bytes wait to be written"
+                ))));
+            }
             let id = queue.last_id + 1;
             let start = queue.outbox.len();
             encode(&mut queue.outbox, id)?;
@@ -305,7 +316,12 @@ impl Conn {
 
 impl Drop for Conn {
     fn drop(&mut self) {
-        self.shared.queue.lock().unwrap().dropped = true;
+        // Never a panic in drop: a poisoned lock still holds a usable queue.
+        self.shared
+            .queue
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .dropped = true;
         self.shared.ready.notify_one();
     }
 }
@@ -315,8 +331,9 @@ impl Drop for Conn {
 struct Peer {
     conn: ArcSwapOption<Conn>,
     connecting: tokio::sync::Mutex<()>,
-    /// The peer answered the preface with something else: it speaks HTTP only.
-    http_only: AtomicBool,
+    /// The peer answered the preface with something else (it speaks HTTP only): until when,
+    /// in milliseconds since [`Links::epoch`], it is not asked again. 0: not so.
+    http_only_until: AtomicU64,
 }
 
 /// Why the link could not carry a request.
@@ -326,18 +343,36 @@ pub(crate) enum LinkError {
     Undelivered(Undelivered),
 }
 
+/// How long a peer that answered the preface as HTTP does is reached over HTTP before the link
+/// is tried again: it may have been restarted with a version that speaks it.
+const HTTP_ONLY_FOR: Duration = Duration::from_secs(60);
+
 /// Link clients to every peer, keyed by `host:port`.
 pub(crate) struct Links {
     peers: ArcSwap<FastMap<Arc<str>, Arc<Peer>>>,
     connect_timeout: Duration,
+    /// Answer frames above this end the link.
+    answer_limit: usize,
+    http_only_for: Duration,
+    /// Where [`Peer::http_only_until`] counts from.
+    epoch: Instant,
 }
 
 impl Links {
-    pub(crate) fn new(connect_timeout: Duration) -> Self {
+    /// Links that connect within `connect_timeout` and take answers of up to `max_response`
+    /// bytes.
+    pub(crate) fn new(connect_timeout: Duration, max_response: usize) -> Self {
         Links {
             peers: ArcSwap::from_pointee(FastMap::default()),
             connect_timeout,
+            answer_limit: response_limit(max_response),
+            http_only_for: HTTP_ONLY_FOR,
+            epoch: Instant::now(),
         }
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
     fn peer(&self, authority: &str) -> Arc<Peer> {
@@ -356,8 +391,18 @@ impl Links {
 
     /// Ends the open link to `authority`, if any, because the node there is gone: requests
     /// waiting on it fail at once instead of at their deadlines.
+    /// The peer is forgotten, so that the map holds only peers still known.
     pub(crate) fn close(&self, authority: &str) {
-        let Some(peer) = self.peers.load().get(authority).cloned() else {
+        if !self.peers.load().contains_key(authority) {
+            return;
+        }
+        let mut removed = None;
+        self.peers.rcu(|peers| {
+            let mut next = HashMap::clone(peers);
+            removed = next.remove(authority);
+            next
+        });
+        let Some(peer) = removed else {
             return;
         };
         if let Some(conn) = peer.conn.swap(None) {
@@ -411,7 +456,7 @@ impl Links {
             Some(sent) => sent?,
             None => {
                 let peer = self.peer(authority);
-                if peer.http_only.load(Ordering::Relaxed) {
+                if peer.http_only_until.load(Ordering::Relaxed) > self.now_ms() {
                     return Err(LinkError::Unsupported);
                 }
                 let conn = self.conn(authority, &peer, deadline).await?;
@@ -447,11 +492,14 @@ impl Links {
             return Ok(conn);
         }
         let budget = self.connect_timeout.min(deadline.remaining());
-        let conn = match tokio::time::timeout(budget, connect(authority)).await {
+        let conn = match tokio::time::timeout(budget, connect(authority, self.answer_limit)).await {
             Ok(Ok(Some(conn))) => conn,
             Ok(Ok(None)) => {
                 debug!(%authority, "peer does not speak the link; using HTTP");
-                peer.http_only.store(true, Ordering::Relaxed);
+                let until = self.now_ms().saturating_add(
+                    u64::try_from(self.http_only_for.as_millis()).unwrap_or(u64::MAX),
+                );
+                peer.http_only_until.store(until.max(1), Ordering::Relaxed);
                 return Err(LinkError::Unsupported);
             }
             Ok(Err(e)) => return Err(LinkError::Undelivered(Undelivered::connect(e.to_string()))),
@@ -473,7 +521,7 @@ impl Links {
 /// Connects and exchanges the preface; `None` when the peer answers something else. A peer
 /// that closes the connection during the preface (a node stopping) is an error, not an HTTP
 /// peer.
-async fn connect(authority: &str) -> std::io::Result<Option<Arc<Conn>>> {
+async fn connect(authority: &str, limit: usize) -> std::io::Result<Option<Arc<Conn>>> {
     let mut stream = TcpStream::connect(authority).await?;
     tune(&stream);
     stream.write_all(PREFACE).await?;
@@ -505,7 +553,7 @@ async fn connect(authority: &str) -> std::io::Result<Option<Arc<Conn>>> {
     let writer = tokio::spawn(write_frames(writer, shared.clone()));
     let reading = shared.clone();
     tokio::spawn(async move {
-        read_responses(reader, &reading).await;
+        read_responses(reader, &reading, limit).await;
         let _ = writer.await;
         // Whatever still waits was written: the peer may have run it.
         reading.queue.lock().unwrap().pending.clear();
@@ -515,7 +563,8 @@ async fn connect(authority: &str) -> std::io::Result<Option<Arc<Conn>>> {
 
 /// Hands each answer to its waiting request until the link ends; then breaks it, so that the
 /// writer stops too.
-async fn read_responses(mut reader: tokio::net::tcp::OwnedReadHalf, shared: &Shared) {
+/// Answer frames above `limit` end the link.
+async fn read_responses(mut reader: tokio::net::tcp::OwnedReadHalf, shared: &Shared, limit: usize) {
     let mut broken_rx = shared.broken.watch();
     // One wait for the whole link, not one per read.
     let broken = broken_rx.raised();
@@ -535,7 +584,7 @@ async fn read_responses(mut reader: tokio::net::tcp::OwnedReadHalf, shared: &Sha
             Ok(_) => {}
         }
         loop {
-            match next_frame(&mut buf) {
+            match next_frame(&mut buf, limit) {
                 Ok(Some(frame)) => match decode_server_frame(frame) {
                     Some(ServerFrame::GoAway) => {
                         debug!("peer is stopping; its link takes no new requests");
@@ -548,7 +597,11 @@ async fn read_responses(mut reader: tokio::net::tcp::OwnedReadHalf, shared: &Sha
                     }
                 },
                 Ok(None) => break,
-                Err(()) => {
+                Err(len) => {
+                    warn!(
+                        len,
+                        limit, "link answer frame above the answer limit; closing the link"
+                    );
                     deliver(shared, &mut answers, &mut waiters);
                     break 'read;
                 }
@@ -639,9 +692,9 @@ mod tests {
                 }
                 async move { Ok((StatusCode::OK, Bytes::from_static(b"{}"))) }
             };
-            serve(stream, Bytes::new(), handle, stop).await;
+            serve(stream, Bytes::new(), 64 << 20, handle, stop).await;
         });
-        let links = Arc::new(Links::new(Duration::from_secs(2)));
+        let links = Arc::new(Links::new(Duration::from_secs(2), 16 << 20));
         let send = |key: &'static str, body: Bytes, within: Duration| {
             let (links, authority) = (links.clone(), authority.clone());
             tokio::spawn(async move {
@@ -724,6 +777,7 @@ mod tests {
             serve(
                 stream,
                 Bytes::new(),
+                16 << 20,
                 |request: LinkRequest| async move {
                     // Answers come back out of order: later keys wait less.
                     let n: u64 = request.key.parse().unwrap();
@@ -735,7 +789,7 @@ mod tests {
             )
             .await;
         });
-        let links = Arc::new(Links::new(Duration::from_secs(2)));
+        let links = Arc::new(Links::new(Duration::from_secs(2), 16 << 20));
         let sends: Vec<_> = (0..400u64)
             .map(|n| {
                 let (links, authority) = (links.clone(), authority.clone());
@@ -789,6 +843,7 @@ mod tests {
             serve(
                 stream,
                 Bytes::new(),
+                16 << 20,
                 |request: LinkRequest| async move {
                     if request.key == "silent" {
                         std::future::pending::<()>().await;
@@ -799,7 +854,7 @@ mod tests {
             )
             .await;
         });
-        let links = Links::new(Duration::from_secs(2));
+        let links = Links::new(Duration::from_secs(2), 16 << 20);
         let payload = Payload {
             body: Bytes::from_static(b"{}"),
             content_type: None,
@@ -853,6 +908,7 @@ mod tests {
             serve(
                 stream,
                 Bytes::new(),
+                16 << 20,
                 |request: LinkRequest| async move {
                     match request.key.as_str() {
                         "refused" => Err(Refusal::NoService),
@@ -863,7 +919,7 @@ mod tests {
             )
             .await;
         });
-        let links = Links::new(Duration::from_secs(2));
+        let links = Links::new(Duration::from_secs(2), 16 << 20);
         let payload = Payload {
             body: Bytes::from_static(b"{\"mine\":1}"),
             content_type: None,
@@ -884,5 +940,163 @@ mod tests {
         assert!(
             matches!(answered, Ok(ref reply) if reply.status == StatusCode::MISDIRECTED_REQUEST && reply.body == payload.body)
         );
+    }
+
+    /// A peer that stops reading costs a bounded outbox: once [`MAX_QUEUED`] bytes wait behind a
+    /// write it does not take, new requests fail at once as never sent.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_peer_that_stops_reading_gets_no_more_than_the_queue_bound() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let authority = listener.local_addr().unwrap().to_string();
+        let stop_flag = Flag::default();
+        let stop = stop_flag.watch();
+        let (go_tx, go) = std::sync::mpsc::channel::<()>();
+        let go = Arc::new(Mutex::new(go));
+        let ran = Arc::new(Mutex::new(Vec::new()));
+        let seen = ran.clone();
+        tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            let handle = move |request: LinkRequest| {
+                seen.lock().unwrap().push(request.key.clone());
+                if request.key == "block" {
+                    tokio::task::block_in_place(|| {
+                        let _ = go.lock().unwrap().recv();
+                    });
+                }
+                async move { Ok((StatusCode::OK, Bytes::from_static(b"{}"))) }
+            };
+            serve(stream, Bytes::new(), 64 << 20, handle, stop).await;
+        });
+        let links = Arc::new(Links::new(Duration::from_secs(2), 16 << 20));
+        let send = |key: &'static str, body: Bytes| {
+            let (links, authority) = (links.clone(), authority.clone());
+            tokio::spawn(async move {
+                let payload = Payload {
+                    body,
+                    content_type: None,
+                };
+                let deadline = Deadline::at(Instant::now() + Duration::from_secs(20));
+                links
+                    .send(&authority, "s", key, "svc", &payload, deadline)
+                    .await
+            })
+        };
+        let _block = send("block", Bytes::from_static(b"{}"));
+        until(&links, &authority, &ran, "blocked peer", |_, ran| {
+            ran == ["block"]
+        })
+        .await;
+        let large = Bytes::from(vec![b' '; 30 * 1024 * 1024]);
+        let _written = send("written", large.clone());
+        until(
+            &links,
+            &authority,
+            &ran,
+            "a write the peer does not take",
+            |queue, _| queue.pending.len() == 2 && queue.outbox.is_empty(),
+        )
+        .await;
+        let mut queued = Vec::new();
+        for key in ["q1", "q2", "q3"] {
+            queued.push(send(key, large.clone()));
+            let waiting = queued.len() + 2;
+            until(&links, &authority, &ran, "queued", |queue, _| {
+                queue.pending.len() == waiting
+            })
+            .await;
+        }
+        let refused = tokio::time::timeout(Duration::from_secs(5), send("q4", large.clone()))
+            .await
+            .expect("refused at once")
+            .unwrap();
+        match refused {
+            Err(LinkError::Undelivered(Undelivered::NotRun(NotRun::Unsent(reason)))) => {
+                assert!(reason.contains("backed up"), "{reason}");
+            }
+            _ => panic!("a fourth large request is queued past the bound"),
+        }
+        go_tx.send(()).unwrap();
+    }
+
+    async fn send_once(
+        links: &Links,
+        authority: &str,
+        payload: &Payload,
+    ) -> Result<Reply, LinkError> {
+        let deadline = Deadline::at(Instant::now() + Duration::from_secs(5));
+        links
+            .send(authority, "s", "k", "svc", payload, deadline)
+            .await
+    }
+
+    /// A peer that answered the preface as HTTP does is reached over HTTP for a while, with no
+    /// connection per request, and then asked again: it may speak the link by then.
+    #[tokio::test]
+    async fn an_http_only_peer_is_asked_again_later() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let authority = listener.local_addr().unwrap().to_string();
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = accepted.clone();
+        let stop_flag = Flag::default();
+        let stop = stop_flag.watch();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                if counted.fetch_add(1, Ordering::SeqCst) == 0 {
+                    // The first time, an HTTP server's answer to the preface.
+                    let mut preface = [0u8; PREFACE.len()];
+                    let _ = stream.read_exact(&mut preface).await;
+                    let _ = stream.write_all(b"HTTP/1.1 400 Bad Request\r\n\r\n").await;
+                    continue;
+                }
+                let stop = stop.clone();
+                tokio::spawn(serve(
+                    stream,
+                    Bytes::new(),
+                    1 << 20,
+                    |request: LinkRequest| async move { Ok((StatusCode::OK, request.payload.body)) },
+                    stop,
+                ));
+            }
+        });
+        let mut links = Links::new(Duration::from_secs(2), 16 << 20);
+        links.http_only_for = Duration::from_millis(300);
+        let payload = Payload {
+            body: Bytes::from_static(b"{}"),
+            content_type: None,
+        };
+        assert!(matches!(
+            send_once(&links, &authority, &payload).await,
+            Err(LinkError::Unsupported)
+        ));
+        assert!(matches!(
+            send_once(&links, &authority, &payload).await,
+            Err(LinkError::Unsupported)
+        ));
+        assert_eq!(
+            accepted.load(Ordering::SeqCst),
+            1,
+            "no connection per request"
+        );
+        let started = Instant::now();
+        loop {
+            match send_once(&links, &authority, &payload).await {
+                Ok(reply) => {
+                    assert_eq!(reply.status, StatusCode::OK);
+                    break;
+                }
+                Err(LinkError::Unsupported) => {
+                    assert!(
+                        started.elapsed() < Duration::from_secs(10),
+                        "never asked again"
+                    );
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(_) => panic!("the link failed"),
+            }
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+        // A peer that is gone is forgotten.
+        links.close(&authority);
+        assert!(!links.peers.load().contains_key(authority.as_str()));
     }
 }

@@ -1,5 +1,5 @@
 //! The link's frames: encoding into an outbox that one vectored write sends, and decoding.
-//! A frame's length is checked against [`MAX_FRAME`] before room is made for it.
+//! A frame's length is checked against the reader's limit before room is made for it.
 
 use std::time::Duration;
 
@@ -19,8 +19,23 @@ const KIND_REQUEST: u8 = 1;
 const KIND_RESPONSE: u8 = 2;
 const KIND_GOAWAY: u8 = 3;
 const KIND_REFUSED: u8 = 4;
-/// Frames above this size end the connection (a broken or hostile peer).
+/// The largest frame this node writes.
 const MAX_FRAME: usize = 64 * 1024 * 1024;
+/// Room in a request frame for what comes with the body: the fixed fields, and the stream, key,
+/// service id and content type.
+const REQUEST_HEAD: usize = 256 * 1024;
+/// Room in a response frame for what comes with the body.
+const RESPONSE_HEAD: usize = 64;
+
+/// The largest request frame a server with this body limit reads; a larger one ends the link.
+pub(super) fn request_limit(body_limit: usize) -> usize {
+    body_limit.saturating_add(REQUEST_HEAD)
+}
+
+/// The largest response frame a client that takes answers of up to `max_response` reads.
+pub(super) fn response_limit(max_response: usize) -> usize {
+    max_response.saturating_add(RESPONSE_HEAD)
+}
 /// Bodies of at least this size are not copied into an outbox but written from where they
 /// are, by reference: no copy of a large body while the link's lock is held.
 const BY_REFERENCE: usize = 16 * 1024;
@@ -51,6 +66,16 @@ impl Outbox {
     /// Where the next frame queued will start.
     pub(super) fn len(&self) -> usize {
         self.bytes.len()
+    }
+
+    /// Bytes queued: the frames, their large bodies included.
+    pub(super) fn size(&self) -> usize {
+        self.bytes.len()
+            + self
+                .bodies
+                .iter()
+                .map(|(_, body)| body.len())
+                .sum::<usize>()
     }
 
     /// Room in the buffer of small frames, kept between batches.
@@ -329,14 +354,15 @@ pub(super) fn decode_server_frame(frame: Bytes) -> Option<ServerFrame> {
     }
 }
 
-/// Splits every complete frame off the front of `buf`. `Err` on an oversized frame.
-pub(super) fn next_frame(buf: &mut BytesMut) -> Result<Option<Bytes>, ()> {
+/// Splits the next complete frame off the front of `buf`. Fails, with the length it announces,
+/// on a frame longer than `limit`, before any room is made for it.
+pub(super) fn next_frame(buf: &mut BytesMut, limit: usize) -> Result<Option<Bytes>, usize> {
     if buf.len() < 4 {
         return Ok(None);
     }
     let len = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
-    if len > MAX_FRAME {
-        return Err(());
+    if len > limit {
+        return Err(len);
     }
     if buf.len() < 4 + len {
         buf.reserve(4 + len - buf.len());
@@ -375,7 +401,7 @@ mod tests {
         );
         assert!(out.bodies.is_empty(), "small bodies are copied");
         let mut buf = out.bytes;
-        let request = decode_request(next_frame(&mut buf).unwrap().unwrap()).unwrap();
+        let request = decode_request(next_frame(&mut buf, MAX_FRAME).unwrap().unwrap()).unwrap();
         assert_eq!((request.id, request.trace), (7, 0xfeed));
         assert_eq!(request.timeout, Duration::from_millis(1500));
         assert_eq!(
@@ -388,12 +414,13 @@ mod tests {
             Some("application/json")
         );
         assert_eq!(&request.payload.body[..], b"{\"x\":1}");
-        let (id, reply) = decode_response(next_frame(&mut buf).unwrap().unwrap()).unwrap();
+        let (id, reply) =
+            decode_response(next_frame(&mut buf, MAX_FRAME).unwrap().unwrap()).unwrap();
         assert_eq!(
             (id, reply.status, &reply.body[..]),
             (9, StatusCode::CONFLICT, &b"{}"[..])
         );
-        assert!(next_frame(&mut buf).unwrap().is_none());
+        assert!(next_frame(&mut buf, MAX_FRAME).unwrap().is_none());
     }
 
     #[test]
@@ -408,7 +435,7 @@ mod tests {
             &Bytes::from_static(b"{}"),
         );
         let mut buf = out.bytes;
-        let mut next = || decode_server_frame(next_frame(&mut buf).unwrap().unwrap());
+        let mut next = || decode_server_frame(next_frame(&mut buf, MAX_FRAME).unwrap().unwrap());
         assert_eq!(
             next(),
             Some(ServerFrame::Answer(5, Err(Refusal::NoService)))
@@ -435,9 +462,16 @@ mod tests {
         let mut out = Outbox::default();
         encode_response(&mut out, 1, StatusCode::OK, &Bytes::from_static(b"hello"));
         let mut partial = out.bytes.split_to(6);
-        assert!(next_frame(&mut partial).unwrap().is_none());
+        assert!(next_frame(&mut partial, MAX_FRAME).unwrap().is_none());
         let mut huge = BytesMut::from(&u32::MAX.to_be_bytes()[..]);
-        assert!(next_frame(&mut huge).is_err());
+        assert_eq!(next_frame(&mut huge, MAX_FRAME), Err(u32::MAX as usize));
+        assert_eq!(
+            huge.capacity(),
+            4,
+            "no room made for a frame past the limit"
+        );
+        let mut over = BytesMut::from(&(request_limit(10) as u32 + 1).to_be_bytes()[..]);
+        assert!(next_frame(&mut over, request_limit(10)).is_err());
         assert!(decode_request(Bytes::from_static(b"\x01short")).is_none());
     }
 
@@ -475,7 +509,7 @@ mod tests {
             stream.extend_from_slice(&slice);
         }
         let mut seen = Vec::new();
-        while let Some(frame) = next_frame(&mut stream).unwrap() {
+        while let Some(frame) = next_frame(&mut stream, MAX_FRAME).unwrap() {
             let (id, reply) = decode_response(frame).unwrap();
             assert_eq!(reply.body, body(id as usize), "body of frame {id}");
             seen.push(id);
@@ -509,7 +543,7 @@ mod tests {
             let mut buf = BytesMut::new();
             let mut frames = Vec::new();
             while stream.read_buf(&mut buf).await.unwrap() > 0 {
-                while let Some(frame) = next_frame(&mut buf).unwrap() {
+                while let Some(frame) = next_frame(&mut buf, MAX_FRAME).unwrap() {
                     frames.push(decode_response(frame).expect("a response frame"));
                 }
             }

@@ -10,10 +10,11 @@ use futures_util::{FutureExt, StreamExt};
 use http::StatusCode;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tracing::warn;
 
 use super::frame::{
-    decode_request, encode_answer, encode_goaway, encode_refusal, next_frame, Answer, LinkRequest,
-    Outbox, PREFACE, PREFACE_ACK,
+    decode_request, encode_answer, encode_goaway, encode_refusal, next_frame, request_limit,
+    Answer, LinkRequest, Outbox, PREFACE, PREFACE_ACK,
 };
 use crate::delivery::Refusal;
 use crate::shutdown::Watch;
@@ -23,6 +24,9 @@ const HANDLER_FAILED_BODY: &[u8] = br#"{"error":"the handler failed (it panicked
 /// How long a stopping server keeps a link whose client neither closes it nor sends anything
 /// (a client that does not know the go-away frame).
 const STOPPING_IDLE: Duration = Duration::from_secs(2);
+/// How long a request frame may take to arrive whole, from its first byte: a peer that starts
+/// one and stalls loses the link, instead of holding it and its buffer.
+const FRAME_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long, on average, a link's requests may keep its task busy and still run inside it: above
 /// this, each request runs in a task of its own, so that the node's worker threads share them.
@@ -80,9 +84,15 @@ impl<T> Drop for AbortOnDrop<T> {
 /// client that ignores the go-away, after [`STOPPING_IDLE`] without a request).
 ///
 /// `head` holds what was already read from the connection (the preface, when the node's port
-/// read it to tell the link from HTTP); the preface is read from it, then from the stream.
-pub(crate) async fn serve<H, F>(mut stream: TcpStream, head: Bytes, handle: H, mut stop: Watch)
-where
+/// read it to tell the link from HTTP); the preface is read from it, then from the stream. A
+/// request frame larger than `body_limit` allows ends the link.
+pub(crate) async fn serve<H, F>(
+    mut stream: TcpStream,
+    head: Bytes,
+    body_limit: usize,
+    handle: H,
+    mut stop: Watch,
+) where
     H: Fn(LinkRequest) -> F,
     F: std::future::Future<Output = Answer> + Send + 'static,
 {
@@ -101,6 +111,7 @@ where
     if stream.write_all(PREFACE_ACK).await.is_err() {
         return;
     }
+    let frame_limit = request_limit(body_limit);
     let (mut reader, mut writer) = stream.into_split();
     type Running =
         std::pin::Pin<Box<dyn std::future::Future<Output = (u64, (Answer, Duration))> + Send>>;
@@ -112,6 +123,8 @@ where
     tokio::pin!(stop_signal);
     let mut open = true;
     let mut idle_since = Instant::now();
+    // When the partial frame at the end of `buf` began to arrive.
+    let mut partial_since: Option<Instant> = None;
     let mut out = Outbox::with_capacity(64 * 1024);
     if stopping {
         encode_goaway(&mut out);
@@ -142,8 +155,9 @@ where
                     Ok(_) => idle_since = Instant::now(),
                 }
                 loop {
-                    match next_frame(&mut buf) {
+                    match next_frame(&mut buf, frame_limit) {
                         Ok(Some(frame)) => {
+                            partial_since = None;
                             let Some(request) = decode_request(frame) else {
                                 open = false;
                                 break;
@@ -179,11 +193,15 @@ where
                             }
                         }
                         Ok(None) => break,
-                        Err(()) => {
+                        Err(len) => {
+                            warn!(len, limit = frame_limit, "link request frame above the body limit; closing the link");
                             open = false;
                             break;
                         }
                     }
+                }
+                if !buf.is_empty() && partial_since.is_none() {
+                    partial_since = Some(Instant::now());
                 }
                 if !out.is_empty() {
                     if out.write_to(&mut writer).await.is_err() {
@@ -200,6 +218,14 @@ where
                 }
                 out.clear();
                 idle_since = Instant::now();
+            }
+            _ = async move {
+                if let Some(since) = partial_since {
+                    tokio::time::sleep_until((since + FRAME_TIMEOUT).into()).await;
+                }
+            }, if open && partial_since.is_some() => {
+                warn!(timeout = ?FRAME_TIMEOUT, "a link request frame stalled; closing the link");
+                open = false;
             }
             // An async block, so that no timer is made (nor the clock read) while not stopping.
             _ = async { tokio::time::sleep(Duration::from_millis(100)).await }, if stopping && running.is_empty() => {

@@ -118,11 +118,23 @@ impl Router {
         if services.is_empty() || *endpoint == *self.inner.endpoint {
             return;
         }
-        let until = Instant::now() + self.inner.config.suspect_timeout;
+        let now = Instant::now();
+        let until = now + self.inner.config.suspect_timeout;
         let (endpoint, reason): (Arc<str>, Arc<str>) = (Arc::from(endpoint), Arc::from(reason));
+        // Requests in flight to a broken peer all fail at once: the first makes it suspect, the
+        // others find it so, and cost no rebuild, warning or timer of their own.
+        let mut added = false;
         self.inner.suspects.rcu(|current| {
+            added = false;
             let mut next = HashMap::clone(current);
             for (id, stream) in services {
+                let already = current
+                    .get(id)
+                    .is_some_and(|s| s.until > now && s.leaving == leaving);
+                if already {
+                    continue;
+                }
+                added = true;
                 next.insert(
                     id.clone(),
                     Suspect {
@@ -136,6 +148,9 @@ impl Router {
             }
             next
         });
+        if !added {
+            return;
+        }
         warn!(%endpoint, services = services.len(), %reason, leaving,
             "owner suspect: off the rings until gossip settles it or the suspicion expires");
         self.rebuild();

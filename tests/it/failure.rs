@@ -87,6 +87,54 @@ async fn a_dead_owners_keys_answer_at_once_without_waiting_for_gossip() {
     }
 }
 
+/// Requests in flight to an owner that dies all fail at once; the first makes it suspect and
+/// the others find it so: one table rebuild for the suspicion, not one per request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_requests_to_a_dead_owner_make_it_suspect_once() {
+    let runs = counter();
+    let mut nodes = work_cluster(runs.clone(), NodeConfig::default()).await;
+    let dead = nodes.pop().unwrap();
+    let dead_service = dead.router().local_services()[0].id.to_string();
+    let table = nodes[0].router().table();
+    let keys: Vec<String> = (0..2000)
+        .map(|i| format!("key-{i}"))
+        .filter(|k| table.owner("work", k).map(|s| &*s.id) == Some(&*dead_service))
+        .take(20)
+        .collect();
+    assert_eq!(keys.len(), 20);
+    let http = Http::default();
+    let sends = keys.iter().map(|key| {
+        let url = format!("{}/api/work/{key}", nodes[0].endpoint());
+        let http = &http;
+        async move { http.post(&url, r#"{"sleep_ms": 20000}"#).await }
+    });
+    let answers = futures_util::future::join_all(sends);
+    let kill = async {
+        wait_until(
+            Duration::from_secs(10),
+            "20 requests running on the owner",
+            || count(&runs) == 20,
+        )
+        .await;
+        let before = nodes[0].router().table().version;
+        dead.kill();
+        before
+    };
+    let (answers, before) = tokio::join!(answers, kill);
+    for answer in answers {
+        assert_eq!(answer.status, 502, "{:?}", answer.body);
+    }
+    let rebuilds = nodes[0].router().table().version - before;
+    // One for the suspicion; gossip may yet report the death within the test.
+    assert!(
+        rebuilds <= 2,
+        "{rebuilds} table rebuilds for one dead owner"
+    );
+    for node in nodes {
+        node.shutdown().await.unwrap();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_that_may_have_run_is_resent_only_when_idempotent() {
     let runs = counter();

@@ -252,3 +252,196 @@ async fn a_refused_body_still_gets_its_answer_read() {
     })
     .await;
 }
+
+/// A peer-link request frame: `u32 len`, kind 1, id, trace, timeout, the lengths, the strings,
+/// the body (the protocol in `src/link.rs`).
+fn link_request_frame(id: u64, stream: &str, key: &str, service: &str, body: &[u8]) -> Vec<u8> {
+    let mut frame = Vec::new();
+    frame.push(1u8);
+    frame.extend_from_slice(&id.to_be_bytes());
+    frame.extend_from_slice(&0u64.to_be_bytes());
+    frame.extend_from_slice(&5000u32.to_be_bytes());
+    frame.extend_from_slice(&(stream.len() as u16).to_be_bytes());
+    frame.extend_from_slice(&(key.len() as u32).to_be_bytes());
+    frame.extend_from_slice(&(service.len() as u16).to_be_bytes());
+    frame.extend_from_slice(&0u16.to_be_bytes());
+    for part in [stream.as_bytes(), key.as_bytes(), service.as_bytes(), body] {
+        frame.extend_from_slice(part);
+    }
+    let mut out = (frame.len() as u32).to_be_bytes().to_vec();
+    out.extend_from_slice(&frame);
+    out
+}
+
+/// The peer link keeps the node's body limit: a request frame larger than the limit allows ends
+/// the link before anything runs, while one within it runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_link_frame_past_the_body_limit_ends_the_link_unrun() {
+    bounded(async {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let runs = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = runs.clone();
+        let node = meshage::init(gossip(&[]), "127.0.0.1:0")
+            .register("count", move |_data: Value, _header: Header| {
+                let counted = counted.clone();
+                async move {
+                    counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    Ok::<_, HandlerError>(serde_json::json!({}))
+                }
+            })
+            .start()
+            .await
+            .expect("node starts");
+        let service = node.router().local_services()[0].id.to_string();
+        let open_link = || async {
+            let mut stream = tokio::net::TcpStream::connect(node.local_addr())
+                .await
+                .unwrap();
+            stream.write_all(b"MESHLNK3\r\n\r\n").await.unwrap();
+            let mut ack = [0u8; 8];
+            stream.read_exact(&mut ack).await.unwrap();
+            assert_eq!(&ack, b"MESHACK3");
+            stream
+        };
+        // Within the limit: it runs, and its answer comes back on the link.
+        let mut link = open_link().await;
+        let body = vec![b' '; 100 * 1024];
+        link.write_all(&link_request_frame(1, "count", "k", &service, &body))
+            .await
+            .unwrap();
+        let mut head = [0u8; 4 + 1 + 8 + 2];
+        link.read_exact(&mut head).await.unwrap();
+        assert_eq!(head[4], 2, "a response frame");
+        assert_eq!(u16::from_be_bytes([head[13], head[14]]), 200);
+        assert_eq!(runs.load(std::sync::atomic::Ordering::SeqCst), 1);
+        // Five times the limit: the link ends, and nothing more runs.
+        let mut link = open_link().await;
+        let body = vec![b' '; 5 << 20];
+        let frame = link_request_frame(2, "count", "k", &service, &body);
+        let _ = link.write_all(&frame).await;
+        let mut rest = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(10), link.read_to_end(&mut rest))
+            .await
+            .expect("the node ends the link");
+        assert!(rest.is_empty(), "no answer frame: {read:?}");
+        assert_eq!(
+            runs.load(std::sync::atomic::Ordering::SeqCst),
+            1,
+            "nothing more ran"
+        );
+    })
+    .await;
+}
+
+/// A client that sends part of a body and stalls holds its request no longer than the request's
+/// deadline: it gets a 408.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_that_stalls_ends_at_the_deadline() {
+    bounded(async {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let node = crate::common::echo_node(&[]).await;
+        let mut stream = tokio::net::TcpStream::connect(node.local_addr())
+            .await
+            .unwrap();
+        stream
+            .write_all(
+                b"POST /api/echo/k HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\
+                  x-request-timeout: 300\r\n\r\n{\"part\":",
+            )
+            .await
+            .unwrap();
+        let mut answer = vec![0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut answer))
+            .await
+            .expect("an answer within the deadline and some")
+            .unwrap();
+        let answer = String::from_utf8_lossy(&answer[..n]);
+        assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+        assert!(answer.contains("did not arrive within"), "{answer}");
+    })
+    .await;
+}
+
+/// A peer that starts a link frame and stalls loses the link (after 10 s), instead of holding
+/// it and its buffer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_link_frame_that_stalls_ends_the_link() {
+    bounded(async {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let node = crate::common::echo_node(&[]).await;
+        let mut link = tokio::net::TcpStream::connect(node.local_addr())
+            .await
+            .unwrap();
+        link.write_all(b"MESHLNK3\r\n\r\n").await.unwrap();
+        let mut ack = [0u8; 8];
+        link.read_exact(&mut ack).await.unwrap();
+        let frame = link_request_frame(1, "echo", "k", "svc", &[b' '; 1000]);
+        link.write_all(&frame[..100]).await.unwrap();
+        let mut rest = Vec::new();
+        tokio::time::timeout(Duration::from_secs(30), link.read_to_end(&mut rest))
+            .await
+            .expect("the node ends a link whose frame stalls")
+            .ok();
+        assert!(rest.is_empty(), "nothing answered");
+    })
+    .await;
+}
+
+/// Above `max_connections`, a new connection is closed at once, while a client already
+/// connected keeps being served; once one closes, there is room again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn above_the_connection_limit_new_connections_are_closed_and_old_ones_served() {
+    bounded(async {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        use tokio::net::TcpStream;
+        let node = meshage::init(gossip(&[]), "127.0.0.1:0")
+            .register("echo", crate::common::echo_by)
+            .config(NodeConfig {
+                max_connections: 8,
+                ..NodeConfig::default()
+            })
+            .start()
+            .await
+            .expect("node starts");
+        let address = node.local_addr();
+        let request = b"POST /api/echo/k HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\n\r\n{}";
+        async fn status_of(stream: &mut TcpStream) -> String {
+            let mut answer = vec![0u8; 4096];
+            let n = stream.read(&mut answer).await.unwrap_or(0);
+            String::from_utf8_lossy(&answer[..n])
+                .lines()
+                .next()
+                .unwrap_or("")
+                .to_owned()
+        }
+        let mut client = TcpStream::connect(address).await.unwrap();
+        client.write_all(request).await.unwrap();
+        assert_eq!(status_of(&mut client).await, "HTTP/1.1 200 OK");
+        let mut idle = Vec::new();
+        for _ in 0..7 {
+            idle.push(TcpStream::connect(address).await.unwrap());
+        }
+        let mut refused = TcpStream::connect(address).await.unwrap();
+        let mut byte = [0u8; 1];
+        let read = tokio::time::timeout(Duration::from_secs(5), refused.read(&mut byte))
+            .await
+            .expect("the ninth connection is closed at once");
+        assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+        client.write_all(request).await.unwrap();
+        assert_eq!(
+            status_of(&mut client).await,
+            "HTTP/1.1 200 OK",
+            "still served"
+        );
+        drop(idle.pop());
+        crate::common::wait_until_async(Duration::from_secs(10), "room again", || async {
+            let Ok(mut fresh) = TcpStream::connect(address).await else {
+                return false;
+            };
+            fresh.write_all(request).await.is_ok()
+                && status_of(&mut fresh).await == "HTTP/1.1 200 OK"
+        })
+        .await;
+    })
+    .await;
+}
