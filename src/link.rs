@@ -29,13 +29,15 @@
 //! (the link ended while it was queued, so it may go elsewhere) or written and then lost (the
 //! peer may have run it).
 //!
-//! Layout: `frame` (the codec and the outbox), `client` (the sending end), `server` (the
-//! receiving end). The link knows nothing of routing: the node hands the server a function
+//! Layout: `frame` (the codec and the outbox), `client` (the sending end: a link per peer),
+//! `conn` (one open link: its queue, writer, reader and expiry sweep), `server` (the receiving
+//! end). The link knows nothing of routing: the node hands the server a function
 //! from request to answer, and the forwarder reads what the client says in
 //! [`crate::delivery`] terms. Depends on `wire`, `shutdown`, `delivery`, `message`, and
 //! `observe` for the trace id.
 
 mod client;
+mod conn;
 mod frame;
 mod server;
 
