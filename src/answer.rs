@@ -32,6 +32,9 @@ pub(crate) enum ApiError {
     BadRequest(String),
     #[error("request body is larger than the limit of {0} bytes")]
     TooLarge(usize),
+    /// The node holds its budget (in bytes) of bodies still arriving.
+    #[error("the node holds its limit of {0} bytes of request bodies still arriving; retry later")]
+    Busy(usize),
     /// The body did not arrive whole within the request's deadline.
     #[error("the request body did not arrive within {0:?}")]
     BodyTimeout(std::time::Duration),
@@ -49,6 +52,7 @@ impl ApiError {
             ApiError::BadPath(_) | ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            ApiError::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
         }

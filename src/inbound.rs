@@ -24,6 +24,7 @@ use std::sync::Arc;
 
 use crate::admin::Admin;
 use crate::router::Router;
+use crate::wire::Budget;
 
 mod admission;
 mod connection;
@@ -42,20 +43,18 @@ pub(crate) struct Inbound {
     admission: Admission,
     /// Largest request body accepted.
     body_limit: usize,
+    /// Bounds what the node holds of request bodies and link frames still arriving.
+    budget: Arc<Budget>,
 }
 
 impl Inbound {
-    pub(crate) fn new(
-        router: Router,
-        admin: Admin,
-        body_limit: usize,
-        max_in_flight: usize,
-    ) -> Arc<Inbound> {
+    pub(crate) fn new(router: Router, admin: Admin, limits: &crate::NodeConfig) -> Arc<Inbound> {
         Arc::new(Inbound {
             router,
             admin,
-            admission: Admission::new(max_in_flight),
-            body_limit,
+            admission: Admission::new(limits.max_in_flight),
+            body_limit: limits.body_limit,
+            budget: Arc::new(Budget::new(limits.max_buffered)),
         })
     }
 }

@@ -119,6 +119,11 @@ struct NodeArgs {
     #[arg(long, env = "MESHAGE_MAX_CONNECTIONS", default_value_t = 10_000,
           value_parser = clap::value_parser!(u64).range(1..))]
     max_connections: u64,
+    /// Bytes of request bodies and peer-link frames still arriving that the node holds at once;
+    /// above it, new bodies get 503 and link frames wait.
+    #[arg(long, env = "MESHAGE_MAX_BUFFERED", default_value_t = 256 * 1024 * 1024,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    max_buffered: u64,
     /// Seconds a peer whose connection failed stays off this node's rings, unless gossip
     /// confirms it gone first.
     #[arg(long, env = "MESHAGE_SUSPECT_TIMEOUT", default_value_t = 5.0)]
@@ -267,6 +272,7 @@ async fn run_node(args: NodeArgs) -> Result<()> {
         peer_protocol: args.peer_protocol,
         max_in_flight: usize::try_from(args.max_in_flight).unwrap_or(usize::MAX),
         max_connections: usize::try_from(args.max_connections).unwrap_or(usize::MAX),
+        max_buffered: usize::try_from(args.max_buffered).unwrap_or(usize::MAX),
         suspect_timeout: seconds("suspect-timeout", args.suspect_timeout)?,
         ..NodeConfig::default()
     };

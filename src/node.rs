@@ -44,6 +44,10 @@ pub struct NodeConfig {
     /// Connections open at once, from clients and peers; above it, new ones are closed at once
     /// while those open keep being served.
     pub max_connections: usize,
+    /// Bytes of request bodies and peer-link frames still arriving that the node holds at
+    /// once, over every connection; above it, new bodies are refused with 503 and link frames
+    /// wait, while requests already read go on.
+    pub max_buffered: usize,
     /// How long a peer whose connection failed stays off this node's rings, unless gossip
     /// confirms it gone first (see [`RouterConfig::suspect_timeout`]).
     pub suspect_timeout: Duration,
@@ -60,6 +64,7 @@ impl Default for NodeConfig {
             peer_protocol: PeerProtocol::Link,
             max_in_flight: 10_000,
             max_connections: 10_000,
+            max_buffered: 256 * 1024 * 1024,
             suspect_timeout: RouterConfig::default().suspect_timeout,
         }
     }
@@ -199,12 +204,7 @@ impl NodeBuilder {
             events.clone(),
         ));
         let admin = Admin::new(router.clone(), membership.view(), events);
-        let inbound = Inbound::new(
-            router.clone(),
-            admin,
-            config.body_limit,
-            config.max_in_flight,
-        );
+        let inbound = Inbound::new(router.clone(), admin, &config);
         let shutdown = Shutdown::default();
         let monitors = self
             .upstreams

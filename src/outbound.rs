@@ -192,10 +192,12 @@ impl Forwarder {
             if let Some(why) = refusal(&response) {
                 return Err(Undelivered::refused(why));
             }
-            let body = read_body(&mut response.into_body(), self.max_response)
+            let body = read_body(&mut response.into_body(), self.max_response, |_| true)
                 .await
                 .map_err(|e| match e {
-                    BodyError::TooLarge => Undelivered::failed(format!("reading the answer: {e}")),
+                    BodyError::TooLarge | BodyError::Budget => {
+                        Undelivered::failed(format!("reading the answer: {e}"))
+                    }
                     BodyError::Read(_) => Undelivered::lost(format!("reading the answer: {e}")),
                 })?;
             Ok::<_, Undelivered>(Reply { status, body })

@@ -4,6 +4,7 @@
 //!
 //! Depends on nothing of the crate above the pure core.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -90,19 +91,105 @@ impl Deadline {
     }
 }
 
+/// A bound on the memory a node holds for what strangers send and it has not finished reading
+/// (request bodies, link frames), shared by every connection: each takes from it as bytes
+/// arrive and gives back once the whole request is read.
+#[derive(Debug)]
+pub(crate) struct Budget {
+    used: AtomicUsize,
+    max: usize,
+}
+
+impl Budget {
+    pub(crate) fn new(max: usize) -> Budget {
+        Budget {
+            used: AtomicUsize::new(0),
+            max,
+        }
+    }
+
+    pub(crate) fn max(&self) -> usize {
+        self.max
+    }
+
+    /// Takes `n` bytes, unless that would pass the bound.
+    fn take(&self, n: usize) -> bool {
+        let mut used = self.used.load(Ordering::Relaxed);
+        loop {
+            let Some(next) = used.checked_add(n).filter(|&next| next <= self.max) else {
+                return false;
+            };
+            match self
+                .used
+                .compare_exchange_weak(used, next, Ordering::AcqRel, Ordering::Relaxed)
+            {
+                Ok(_) => return true,
+                Err(now) => used = now,
+            }
+        }
+    }
+}
+
+/// Bytes held from a [`Budget`], given back when dropped.
+#[derive(Debug)]
+pub(crate) struct Held<'a> {
+    budget: &'a Budget,
+    bytes: usize,
+}
+
+impl<'a> Held<'a> {
+    pub(crate) fn new(budget: &'a Budget) -> Held<'a> {
+        Held { budget, bytes: 0 }
+    }
+
+    /// Takes `n` more bytes from the budget, unless that would pass its bound.
+    pub(crate) fn take(&mut self, n: usize) -> bool {
+        let taken = self.budget.take(n);
+        if taken {
+            self.bytes += n;
+        }
+        taken
+    }
+
+    pub(crate) fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Gives back everything held.
+    pub(crate) fn release(&mut self) {
+        self.budget
+            .used
+            .fetch_sub(std::mem::take(&mut self.bytes), Ordering::AcqRel);
+    }
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
 /// Why a body could not be read.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum BodyError {
     #[error("length limit exceeded")]
     TooLarge,
+    /// The node's budget for bodies still arriving is spent.
+    #[error("the node holds as much of bodies still arriving as it may")]
+    Budget,
     #[error("{0}")]
     Read(hyper::Error),
 }
 
 /// Reads a whole body (of a request, or of an answer from a peer or a handler) of at most
-/// `limit` bytes; past the limit, the rest is left unread. A body that comes in one piece (most do) is handed on as it came, without a
-/// copy or a buffer list.
-pub(crate) async fn read_body(body: &mut Incoming, limit: usize) -> Result<Bytes, BodyError> {
+/// `limit` bytes; past the limit, the rest is left unread. `reserve` is asked for room for each
+/// piece before it is kept (see [`Held::take`]); a refusal ends the read. A body that comes in
+/// one piece (most do) is handed on as it came, without a copy or a buffer list.
+pub(crate) async fn read_body(
+    body: &mut Incoming,
+    limit: usize,
+    mut reserve: impl FnMut(usize) -> bool,
+) -> Result<Bytes, BodyError> {
     let mut first = Bytes::new();
     // The pieces joined, once a second one comes.
     let mut joined = bytes::BytesMut::new();
@@ -117,6 +204,9 @@ pub(crate) async fn read_body(body: &mut Incoming, limit: usize) -> Result<Bytes
         let len = first.len() + joined.len() + data.len();
         if len > limit {
             return Err(BodyError::TooLarge);
+        }
+        if !reserve(data.len()) {
+            return Err(BodyError::Budget);
         }
         if first.is_empty() && joined.is_empty() {
             first = data;
@@ -186,6 +276,21 @@ mod tests {
         assert!(!asked.has_passed());
         assert!(Deadline::at(Instant::now()).has_passed());
         assert_eq!(Deadline::at(Instant::now()).remaining(), Duration::ZERO);
+    }
+
+    #[test]
+    fn a_budget_gives_no_more_than_its_bound_and_takes_back_what_is_dropped() {
+        let budget = Budget::new(100);
+        let mut first = Held::new(&budget);
+        assert!(first.take(60));
+        let mut second = Held::new(&budget);
+        assert!(!second.take(41), "past the bound");
+        assert!(second.take(40));
+        assert!(!first.take(1));
+        drop(first);
+        assert!(second.take(60));
+        second.release();
+        assert!(Held::new(&budget).take(100));
     }
 
     #[test]

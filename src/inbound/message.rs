@@ -19,7 +19,7 @@ use crate::observe::{Route, TraceId};
 use crate::path::decode_segment;
 use crate::router::{Part, RouteError, RouteRequest};
 use crate::wire::{
-    is_idempotent_value, parse_timeout, read_body, BodyError, Deadline, HOP_HEADER,
+    is_idempotent_value, parse_timeout, read_body, BodyError, Deadline, Held, HOP_HEADER,
     IDEMPOTENCY_KEY_HEADER, IDEMPOTENT_HEADER, SERVICE_ID_HEADER, TIMEOUT_HEADER, TRACE_HEADER,
 };
 
@@ -153,15 +153,21 @@ async fn respond(
         .filter(|v| !v.is_empty());
     // The body arrives within the request's deadline, or the request ends there: a client
     // that stalls halfway holds a slot and a buffer no longer than any request may.
+    // While it arrives, it holds part of the node's budget for bodies still arriving, given
+    // back once it is read whole.
     let until = tokio::time::Instant::from_std(deadline.instant());
-    let body = match tokio::time::timeout_at(until, read_body(body, inbound.body_limit)).await {
+    let mut held = Held::new(&inbound.budget);
+    let read = read_body(body, inbound.body_limit, |n| held.take(n));
+    let body = match tokio::time::timeout_at(until, read).await {
         Ok(Ok(body)) => body,
         Ok(Err(BodyError::TooLarge)) => return Err(ApiError::TooLarge(inbound.body_limit)),
+        Ok(Err(BodyError::Budget)) => return Err(ApiError::Busy(inbound.budget.max())),
         Ok(Err(BodyError::Read(e))) => {
             return Err(ApiError::BadRequest(format!("cannot read the body: {e}")));
         }
         Err(_) => return Err(ApiError::BodyTimeout(asked.map_or(limit, |t| t.min(limit)))),
     };
+    drop(held);
     let payload = Payload { body, content_type };
 
     if broadcast {

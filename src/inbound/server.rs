@@ -109,11 +109,11 @@ pub(crate) async fn serve(
                 _ = signal.kill.raised() => return,
             };
             if protocol == Protocol::Link {
-                let body_limit = inbound.body_limit;
                 let serve = link::serve(
                     stream,
                     head,
-                    body_limit,
+                    inbound.body_limit,
+                    inbound.budget.clone(),
                     move |request| link_request(inbound.clone(), request),
                     signal.stop.clone(),
                 );

@@ -218,10 +218,15 @@ mod tests {
     use crate::delivery::{MayHaveRun, NotRun};
     use crate::link::{serve, LinkRequest};
     use crate::shutdown::Flag;
+    use crate::wire::Budget;
     use bytes::Bytes;
     use http::StatusCode;
     use std::sync::Mutex;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    fn unbounded() -> Arc<Budget> {
+        Arc::new(Budget::new(usize::MAX))
+    }
 
     /// Waits until `condition` holds for the open link's queue and the keys the peer ran.
     async fn until(
@@ -272,7 +277,7 @@ mod tests {
                 }
                 async move { Ok((StatusCode::OK, Bytes::from_static(b"{}"))) }
             };
-            serve(stream, Bytes::new(), 64 << 20, handle, stop).await;
+            serve(stream, Bytes::new(), 64 << 20, unbounded(), handle, stop).await;
         });
         let links = Arc::new(Links::new(Duration::from_secs(2), 16 << 20));
         let send = |key: &'static str, body: Bytes, within: Duration| {
@@ -358,6 +363,7 @@ mod tests {
                 stream,
                 Bytes::new(),
                 16 << 20,
+                unbounded(),
                 |request: LinkRequest| async move {
                     // Answers come back out of order: later keys wait less.
                     let n: u64 = request.key.parse().unwrap();
@@ -424,6 +430,7 @@ mod tests {
                 stream,
                 Bytes::new(),
                 16 << 20,
+                unbounded(),
                 |request: LinkRequest| async move {
                     if request.key == "silent" {
                         std::future::pending::<()>().await;
@@ -489,6 +496,7 @@ mod tests {
                 stream,
                 Bytes::new(),
                 16 << 20,
+                unbounded(),
                 |request: LinkRequest| async move {
                     match request.key.as_str() {
                         "refused" => Err(Refusal::NoService),
@@ -545,7 +553,7 @@ mod tests {
                 }
                 async move { Ok((StatusCode::OK, Bytes::from_static(b"{}"))) }
             };
-            serve(stream, Bytes::new(), 64 << 20, handle, stop).await;
+            serve(stream, Bytes::new(), 64 << 20, unbounded(), handle, stop).await;
         });
         let links = Arc::new(Links::new(Duration::from_secs(2), 16 << 20));
         let send = |key: &'static str, body: Bytes| {
@@ -633,6 +641,7 @@ mod tests {
                     stream,
                     Bytes::new(),
                     1 << 20,
+                    unbounded(),
                     |request: LinkRequest| async move { Ok((StatusCode::OK, request.payload.body)) },
                     stop,
                 ));

@@ -354,6 +354,12 @@ pub(super) fn decode_server_frame(frame: Bytes) -> Option<ServerFrame> {
     }
 }
 
+/// The length the frame at the front of `buf` announces, once its length prefix has arrived.
+pub(super) fn announced(buf: &[u8]) -> Option<usize> {
+    let prefix: [u8; 4] = buf.get(..4)?.try_into().ok()?;
+    Some(u32::from_be_bytes(prefix) as usize)
+}
+
 /// Splits the next complete frame off the front of `buf`. Fails, with the length it announces,
 /// on a frame longer than `limit`, before any room is made for it.
 pub(super) fn next_frame(buf: &mut BytesMut, limit: usize) -> Result<Option<Bytes>, usize> {

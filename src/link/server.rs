@@ -2,6 +2,7 @@
 //! function, and writes the answers ready together in one write. It knows nothing of routing:
 //! the node gives it a function from [`LinkRequest`] to an answer.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -13,11 +14,12 @@ use tokio::net::TcpStream;
 use tracing::warn;
 
 use super::frame::{
-    decode_request, encode_answer, encode_goaway, encode_refusal, next_frame, request_limit,
-    Answer, LinkRequest, Outbox, PREFACE, PREFACE_ACK,
+    announced, decode_request, encode_answer, encode_goaway, encode_refusal, next_frame,
+    request_limit, Answer, LinkRequest, Outbox, PREFACE, PREFACE_ACK,
 };
 use crate::delivery::Refusal;
 use crate::shutdown::Watch;
+use crate::wire::{Budget, Held};
 
 /// The body of the 500 for a request whose handler panicked.
 const HANDLER_FAILED_BODY: &[u8] = br#"{"error":"the handler failed (it panicked)"}"#;
@@ -64,6 +66,25 @@ async fn timed<F: std::future::Future>(future: F) -> (F::Output, Duration) {
     (output, busy)
 }
 
+/// Frames up to this size arrive without taking room in the budget: the link's buffer holds
+/// them anyway.
+const SMALL_FRAME: usize = 64 * 1024;
+/// How often a link that waits for room in the budget looks again.
+const STARVED_RETRY: Duration = Duration::from_millis(10);
+
+/// Makes `held` hold room for the whole of the partial frame at the front of `buf`, if it is
+/// large; false when the budget has none.
+fn hold_partial(held: &mut Held<'_>, buf: &BytesMut) -> bool {
+    let Some(len) = announced(buf) else {
+        return true;
+    };
+    let need = len + 4;
+    if need <= SMALL_FRAME || held.bytes() >= need {
+        return true;
+    }
+    held.take(need - held.bytes())
+}
+
 /// A spawned request's task, aborted if the link is dropped before it answers.
 struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
 
@@ -85,11 +106,14 @@ impl<T> Drop for AbortOnDrop<T> {
 ///
 /// `head` holds what was already read from the connection (the preface, when the node's port
 /// read it to tell the link from HTTP); the preface is read from it, then from the stream. A
-/// request frame larger than `body_limit` allows ends the link.
+/// request frame larger than `body_limit` allows ends the link. A large frame takes room in
+/// `budget` while it arrives; when there is none, the link is not read until there is (and ends
+/// if the frame is not whole within [`FRAME_TIMEOUT`]).
 pub(crate) async fn serve<H, F>(
     mut stream: TcpStream,
     head: Bytes,
     body_limit: usize,
+    budget: Arc<Budget>,
     handle: H,
     mut stop: Watch,
 ) where
@@ -125,6 +149,10 @@ pub(crate) async fn serve<H, F>(
     let mut idle_since = Instant::now();
     // When the partial frame at the end of `buf` began to arrive.
     let mut partial_since: Option<Instant> = None;
+    // The room the partial frame at the end of `buf` holds in the budget; `starved` while it
+    // needs more than the budget has, and the link is not read.
+    let mut held = Held::new(&budget);
+    let mut starved = false;
     let mut out = Outbox::with_capacity(64 * 1024);
     if stopping {
         encode_goaway(&mut out);
@@ -149,7 +177,7 @@ pub(crate) async fn serve<H, F>(
                 out.clear();
                 idle_since = Instant::now();
             }
-            read = reader.read_buf(&mut buf), if open => {
+            read = reader.read_buf(&mut buf), if open && !starved => {
                 match read {
                     Ok(0) | Err(_) => open = false,
                     Ok(_) => idle_since = Instant::now(),
@@ -158,6 +186,7 @@ pub(crate) async fn serve<H, F>(
                     match next_frame(&mut buf, frame_limit) {
                         Ok(Some(frame)) => {
                             partial_since = None;
+                            held.release();
                             let Some(request) = decode_request(frame) else {
                                 open = false;
                                 break;
@@ -203,6 +232,7 @@ pub(crate) async fn serve<H, F>(
                 if !buf.is_empty() && partial_since.is_none() {
                     partial_since = Some(Instant::now());
                 }
+                starved = open && !hold_partial(&mut held, &buf);
                 if !out.is_empty() {
                     if out.write_to(&mut writer).await.is_err() {
                         return;
@@ -227,6 +257,9 @@ pub(crate) async fn serve<H, F>(
                 warn!(timeout = ?FRAME_TIMEOUT, "a link request frame stalled; closing the link");
                 open = false;
             }
+            _ = async { tokio::time::sleep(STARVED_RETRY).await }, if open && starved => {
+                starved = !hold_partial(&mut held, &buf);
+            }
             // An async block, so that no timer is made (nor the clock read) while not stopping.
             _ = async { tokio::time::sleep(Duration::from_millis(100)).await }, if stopping && running.is_empty() => {
                 if idle_since.elapsed() >= STOPPING_IDLE {
@@ -236,4 +269,37 @@ pub(crate) async fn serve<H, F>(
         }
     }
     let _ = writer.shutdown().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_large_partial_frame_holds_room_in_the_budget_and_a_small_one_none() {
+        let budget = Budget::new(1 << 20);
+        let frame = |len: u32| {
+            let mut buf = BytesMut::from(&len.to_be_bytes()[..]);
+            buf.extend_from_slice(b"part of it");
+            buf
+        };
+        let mut small = Held::new(&budget);
+        assert!(hold_partial(&mut small, &frame(1000)));
+        assert_eq!(small.bytes(), 0, "a small frame takes no room");
+        let mut large = Held::new(&budget);
+        assert!(hold_partial(&mut large, &frame(700 << 10)));
+        assert_eq!(large.bytes(), (700 << 10) + 4);
+        assert!(hold_partial(&mut large, &frame(700 << 10)), "held already");
+        let mut second = Held::new(&budget);
+        assert!(
+            !hold_partial(&mut second, &frame(700 << 10)),
+            "no room left"
+        );
+        large.release();
+        assert!(hold_partial(&mut second, &frame(700 << 10)));
+        assert!(hold_partial(
+            &mut Held::new(&budget),
+            &BytesMut::from(&b"ab"[..])
+        ));
+    }
 }

@@ -112,7 +112,11 @@ impl Pool {
                 Err(()) => return Err(SendError::Closed),
             };
             let status = response.status();
-            let body = match drive(connection, read_body(&mut response.into_body(), max_body)).await
+            let body = match drive(
+                connection,
+                read_body(&mut response.into_body(), max_body, |_| true),
+            )
+            .await
             {
                 Ok(Ok(body)) => body,
                 Ok(Err(e)) => return Err(SendError::Body(e)),

@@ -445,3 +445,56 @@ async fn above_the_connection_limit_new_connections_are_closed_and_old_ones_serv
     })
     .await;
 }
+
+/// What the node holds of bodies still arriving is bounded: while one client's large body
+/// arrives slowly, another's is refused with 503 (not queued), and once the slow one ends (at
+/// its deadline, 408), there is room again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_still_arriving_share_a_bounded_budget() {
+    bounded(async {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let node = meshage::init(gossip(&[]), "127.0.0.1:0")
+            .register("echo", crate::common::echo_by)
+            .config(NodeConfig {
+                max_buffered: 1 << 20,
+                ..NodeConfig::default()
+            })
+            .start()
+            .await
+            .expect("node starts");
+        let url = format!("http://{}/api/echo/k", node.local_addr());
+        let mut slow = tokio::net::TcpStream::connect(node.local_addr())
+            .await
+            .unwrap();
+        slow.write_all(
+            b"POST /api/echo/k HTTP/1.1\r\nhost: x\r\ncontent-length: 1000000\r\n\
+              x-request-timeout: 3000\r\n\r\n",
+        )
+        .await
+        .unwrap();
+        slow.write_all(&vec![b' '; 900_000]).await.unwrap();
+        let http = Http::default();
+        let other = format!("{{\"pad\":\"{}\"}}", "x".repeat(200_000));
+        crate::common::wait_until_async(
+            Duration::from_secs(10),
+            "a body refused while the slow one holds the budget",
+            || async {
+                let answer = http.post(&url, &other).await;
+                answer.status == StatusCode::SERVICE_UNAVAILABLE
+                    && String::from_utf8_lossy(&answer.body).contains("still arriving")
+            },
+        )
+        .await;
+        let mut answer = vec![0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(10), slow.read(&mut answer))
+            .await
+            .expect("the slow body ends at its deadline")
+            .unwrap();
+        assert!(String::from_utf8_lossy(&answer[..n]).starts_with("HTTP/1.1 408"));
+        crate::common::wait_until_async(Duration::from_secs(10), "room again", || async {
+            http.post(&url, &other).await.status == StatusCode::OK
+        })
+        .await;
+    })
+    .await;
+}

@@ -66,7 +66,7 @@ impl Agent {
                 .get("x-consul-index")
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.parse().ok());
-            let body = read_body(&mut response.into_body(), MAX_ANSWER)
+            let body = read_body(&mut response.into_body(), MAX_ANSWER, |_| true)
                 .await
                 .map_err(|e| format!("{method} {path_and_query}: reading the answer: {e}"))?;
             Ok::<_, String>(Answer {
