@@ -48,13 +48,19 @@ pub(crate) struct Inbound {
 }
 
 impl Inbound {
-    pub(crate) fn new(router: Router, admin: Admin, limits: &crate::NodeConfig) -> Arc<Inbound> {
+    pub(crate) fn new(
+        router: Router,
+        admin: Admin,
+        body_limit: usize,
+        max_in_flight: usize,
+        max_buffered: usize,
+    ) -> Arc<Inbound> {
         Arc::new(Inbound {
             router,
             admin,
-            admission: Admission::new(limits.max_in_flight),
-            body_limit: limits.body_limit,
-            budget: Arc::new(Budget::new(limits.max_buffered)),
+            admission: Admission::new(max_in_flight),
+            body_limit,
+            budget: Arc::new(Budget::new(max_buffered)),
         })
     }
 }

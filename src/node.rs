@@ -204,7 +204,13 @@ impl NodeBuilder {
             events.clone(),
         ));
         let admin = Admin::new(router.clone(), membership.view(), events);
-        let inbound = Inbound::new(router.clone(), admin, &config);
+        let inbound = Inbound::new(
+            router.clone(),
+            admin,
+            config.body_limit,
+            config.max_in_flight,
+            config.max_buffered,
+        );
         let shutdown = Shutdown::default();
         let monitors = self
             .upstreams

@@ -36,6 +36,7 @@ mod binary;
 mod client;
 mod conformance;
 mod failure;
+mod flood;
 mod handlers;
 mod hostile;
 mod layout;
