@@ -86,18 +86,21 @@ pub(super) async fn message(
     stream: &str,
     key: &str,
 ) -> Response<Body> {
+    let head = MessageHead::read(&request.headers);
+    let trace = head.trace.and_then(|v| TraceId::parse(v.as_bytes()));
+    // Refused before it is routed: answered with its trace id all the same.
+    let refuse = |e: ApiError| with_trace(e.response(), trace.unwrap_or_else(TraceId::new));
     if request.method != Method::POST {
-        return ApiError::MethodNotAllowed("POST").response();
+        return refuse(ApiError::MethodNotAllowed("POST"));
     }
     let _slot = match inbound.admission.admit() {
         Ok(slot) => slot,
-        Err(e) => return ApiError::from(e).response(),
+        Err(e) => return refuse(e.into()),
     };
     let (stream, key) = match (decode_segment(stream), decode_segment(key)) {
         (Ok(s), Ok(k)) => (s, k),
-        (Err(e), _) | (_, Err(e)) => return ApiError::BadPath(e.to_string()).response(),
+        (Err(e), _) | (_, Err(e)) => return refuse(ApiError::BadPath(e.to_string())),
     };
-    let head = MessageHead::read(&request.headers);
     let route = if broadcast {
         Route::Broadcast
     } else if head.hop {
@@ -105,11 +108,10 @@ pub(super) async fn message(
     } else {
         Route::Unrouted
     };
-    let trace = head.trace.and_then(|v| TraceId::parse(v.as_bytes()));
     let mut scope = inbound.router.observe(&stream, &key, route, trace);
     let trace = scope.trace();
     let respond = std::pin::pin!(respond(inbound, &head, body, broadcast, &stream, &key));
-    let (mut response, owner) = match scope.run(respond).await {
+    let (response, owner) = match scope.run(respond).await {
         Ok(answered) => answered,
         Err(e) => {
             debug!(%stream, error = %e, "request failed");
@@ -117,6 +119,11 @@ pub(super) async fn message(
         }
     };
     scope.finish(response.status(), owner.as_deref());
+    with_trace(response, trace)
+}
+
+/// `response` with `trace` in `X-Meshage-Trace`.
+fn with_trace(mut response: Response<Body>, trace: TraceId) -> Response<Body> {
     if let Ok(v) = HeaderValue::from_bytes(&trace.hex()) {
         response.headers_mut().insert(TRACE_NAME, v);
     }

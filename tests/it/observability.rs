@@ -109,6 +109,26 @@ async fn metrics_count_requests_by_stream_route_and_outcome() {
         chosen.headers["x-meshage-trace"], "0000000000c0ffee",
         "a client's id is kept"
     );
+    // Answers refused before routing carry it too: a wrong method, a bad path.
+    for (method, path) in [
+        (http::Method::GET, "/api/echo/k".to_owned()),
+        (http::Method::POST, "/api/echo/%zz".to_owned()),
+    ] {
+        let refused = http
+            .request(
+                method.clone(),
+                &format!("{}{path}", nodes[1].endpoint()),
+                &[("x-meshage-trace", "00c0ffee")],
+                "{}",
+            )
+            .await
+            .unwrap();
+        assert!(refused.status.is_client_error(), "{method} {path}");
+        assert_eq!(
+            refused.headers["x-meshage-trace"], "0000000000c0ffee",
+            "{method} {path}"
+        );
+    }
 
     assert_eq!(
         http.post(&format!("{}/api/fail/k", nodes[1].endpoint()), "{}")
