@@ -56,6 +56,7 @@ pub enum PortSpec {
 
 /// Why a string is not a valid address (or seed).
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum AddressError {
     /// The string was empty (or only whitespace / a scheme).
     #[error("address is empty (expected host:port, a port, or `find`)")]

@@ -26,6 +26,7 @@ use crate::wire::{error_chain, RESERVED_STREAMS};
 
 /// Why a client call failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum ClientError {
     /// The input was not acceptable: a message that is not JSON, an unreadable file, a reserved
     /// stream, or a 4xx other than 404 from the node or the handler.

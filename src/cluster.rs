@@ -88,6 +88,7 @@ pub struct ClusterView {
 
 /// Errors of a membership backend.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ClusterError {
     #[error("invalid cluster address")]
     Address(#[from] crate::address::AddressError),

@@ -72,6 +72,7 @@ impl Default for NodeConfig {
 
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum StartError {
     #[error("invalid HTTP address")]
     Address(#[from] AddressError),

@@ -53,6 +53,7 @@ use retry::{classify, Suspicion};
 
 /// Why a message could not be answered.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum RouteError {
     #[error("No matching services found for '{0}'")]
     UnknownStream(String),

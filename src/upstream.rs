@@ -77,6 +77,7 @@ impl Default for HealthConfig {
 
 /// Why an upstream or a handler spec is not acceptable.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum UpstreamError {
     #[error("invalid handler URL `{url}`: {reason}")]
     BadUrl { url: String, reason: String },

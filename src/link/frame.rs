@@ -487,7 +487,11 @@ mod tests {
     fn an_outbox_keeps_only_the_frames_it_is_told_to() {
         let mut out = Outbox::default();
         let body = |n: usize| {
-            let len = if n % 2 == 0 { 3 } else { BY_REFERENCE + n };
+            let len = if n.is_multiple_of(2) {
+                3
+            } else {
+                BY_REFERENCE + n
+            };
             Bytes::from(vec![n as u8; len])
         };
         let mut frames = Vec::new();
@@ -534,7 +538,11 @@ mod tests {
         let mut out = Outbox::default();
         let count = 2 * MAX_SLICES;
         let body = |n: usize| {
-            let len = if n % 3 == 0 { 5 } else { BY_REFERENCE + n };
+            let len = if n.is_multiple_of(3) {
+                5
+            } else {
+                BY_REFERENCE + n
+            };
             Bytes::from(vec![(n % 251) as u8; len])
         };
         for n in 0..count {

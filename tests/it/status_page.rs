@@ -303,7 +303,11 @@ async fn the_status_page_lists_every_node_and_follows_a_leave() {
                 let http = Http::default();
                 let mut i = 0u64;
                 while !stop.load(Ordering::Relaxed) && i < 100_000 {
-                    let stream = if i % 3 == 0 { "orders" } else { "echo" };
+                    let stream = if i.is_multiple_of(3) {
+                        "orders"
+                    } else {
+                        "echo"
+                    };
                     let _ = http
                         .request(
                             http::Method::POST,
