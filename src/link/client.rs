@@ -249,16 +249,21 @@ mod tests {
         }
     }
 
-    /// A peer that stops reading: requests queued behind a write it does not take expire, and
-    /// when it reads again their frames are not sent (it never runs them); the link still
-    /// carries new requests. The peer stops reading because a handler blocks its link's task;
-    /// a body far larger than the socket buffers then keeps the writer waiting.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn requests_that_expire_while_queued_are_not_sent() {
+    /// A peer whose one link stops reading while it runs the key `block`, until `go` is sent.
+    struct BlockingPeer {
+        authority: String,
+        go: std::sync::mpsc::Sender<()>,
+        /// The keys it ran, in order.
+        ran: Arc<Mutex<Vec<String>>>,
+        /// Its server stops when this is dropped.
+        stop: Flag,
+    }
+
+    async fn blocking_peer() -> BlockingPeer {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let authority = listener.local_addr().unwrap().to_string();
-        let stop_flag = Flag::default();
-        let stop = stop_flag.watch();
+        let stop = Flag::default();
+        let watch = stop.watch();
         let (go_tx, go) = std::sync::mpsc::channel::<()>();
         let go = Arc::new(Mutex::new(go));
         let ran = Arc::new(Mutex::new(Vec::new()));
@@ -277,8 +282,28 @@ mod tests {
                 }
                 async move { Ok((StatusCode::OK, Bytes::from_static(b"{}"))) }
             };
-            serve(stream, Bytes::new(), 64 << 20, unbounded(), handle, stop).await;
+            serve(stream, Bytes::new(), 64 << 20, unbounded(), handle, watch).await;
         });
+        BlockingPeer {
+            authority,
+            go: go_tx,
+            ran,
+            stop,
+        }
+    }
+
+    /// A peer that stops reading: requests queued behind a write it does not take expire, and
+    /// when it reads again their frames are not sent (it never runs them); the link still
+    /// carries new requests. The peer stops reading because a handler blocks its link's task;
+    /// a body far larger than the socket buffers then keeps the writer waiting.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn requests_that_expire_while_queued_are_not_sent() {
+        let BlockingPeer {
+            authority,
+            go: go_tx,
+            ran,
+            stop: _stop,
+        } = blocking_peer().await;
         let links = Arc::new(Links::new(Duration::from_secs(2), 16 << 20));
         let send = |key: &'static str, body: Bytes, within: Duration| {
             let (links, authority) = (links.clone(), authority.clone());
@@ -534,27 +559,12 @@ mod tests {
     /// write it does not take, new requests fail at once as never sent.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_peer_that_stops_reading_gets_no_more_than_the_queue_bound() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let authority = listener.local_addr().unwrap().to_string();
-        let stop_flag = Flag::default();
-        let stop = stop_flag.watch();
-        let (go_tx, go) = std::sync::mpsc::channel::<()>();
-        let go = Arc::new(Mutex::new(go));
-        let ran = Arc::new(Mutex::new(Vec::new()));
-        let seen = ran.clone();
-        tokio::spawn(async move {
-            let (stream, _) = listener.accept().await.unwrap();
-            let handle = move |request: LinkRequest| {
-                seen.lock().unwrap().push(request.key.clone());
-                if request.key == "block" {
-                    tokio::task::block_in_place(|| {
-                        let _ = go.lock().unwrap().recv();
-                    });
-                }
-                async move { Ok((StatusCode::OK, Bytes::from_static(b"{}"))) }
-            };
-            serve(stream, Bytes::new(), 64 << 20, unbounded(), handle, stop).await;
-        });
+        let BlockingPeer {
+            authority,
+            go: go_tx,
+            ran,
+            stop: _stop,
+        } = blocking_peer().await;
         let links = Arc::new(Links::new(Duration::from_secs(2), 16 << 20));
         let send = |key: &'static str, body: Bytes| {
             let (links, authority) = (links.clone(), authority.clone());

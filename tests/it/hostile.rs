@@ -9,6 +9,7 @@ use std::time::Duration;
 use crate::api::bounded;
 use crate::common::process::meshage_node;
 use crate::common::{gossip, wait_converged, Http};
+use crate::flood::cpu_ticks;
 use http::StatusCode;
 use meshage::{HandlerError, Header, Node, NodeConfig, PeerProtocol};
 use serde_json::Value;
@@ -107,16 +108,6 @@ async fn a_handlers_421_is_answered_once_and_changes_no_ring() {
         }
     })
     .await;
-}
-
-/// CPU time (user and system, in clock ticks) a process has used.
-fn cpu_ticks(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    // The fields after the command name, which is in parentheses and may hold spaces.
-    let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..]
-        .split_whitespace()
-        .collect();
-    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
 }
 
 /// Connections that send the first byte of a preface and then nothing leave the node idle:
