@@ -32,6 +32,8 @@ mod server;
 mod sniff;
 
 use admission::Admission;
+#[cfg(feature = "fuzzing")]
+pub(crate) use routes::{find, Endpoint};
 pub(crate) use server::{serve, Timeouts};
 
 /// What the inbound side needs of the node.

@@ -34,5 +34,10 @@ mod frame;
 mod server;
 
 pub(crate) use client::{LinkError, Links};
+#[cfg(feature = "fuzzing")]
+pub(crate) use frame::{
+    decode_request, decode_response, encode_request, encode_response, next_frame, Outbox,
+    KIND_GOAWAY, PREFACE_ACK,
+};
 pub(crate) use frame::{LinkRequest, PREFACE};
 pub(crate) use server::serve;

@@ -14,10 +14,10 @@ use crate::message::{Payload, Reply};
 /// an HTTP request head, so an HTTP server that gets it answers 400 at once instead of waiting
 /// for the rest of a request line, and the client falls back to HTTP without delay.
 pub(crate) const PREFACE: &[u8; 12] = b"MESHLNK2\r\n\r\n";
-pub(super) const PREFACE_ACK: &[u8; 8] = b"MESHACK2";
+pub(crate) const PREFACE_ACK: &[u8; 8] = b"MESHACK2";
 const KIND_REQUEST: u8 = 1;
 const KIND_RESPONSE: u8 = 2;
-pub(super) const KIND_GOAWAY: u8 = 3;
+pub(crate) const KIND_GOAWAY: u8 = 3;
 /// Frames above this size end the connection (a broken or hostile peer).
 const MAX_FRAME: usize = 64 * 1024 * 1024;
 /// Bodies of at least this size are not copied into an outbox but written from where they
@@ -29,7 +29,7 @@ const MAX_SLICES: usize = 1024;
 /// Frames waiting to be written: small ones back to back in one buffer, large bodies by
 /// reference, each to go at its place in the buffer. One vectored write sends them all.
 #[derive(Default)]
-pub(super) struct Outbox {
+pub(crate) struct Outbox {
     bytes: BytesMut,
     /// Large bodies, each with the length `bytes` had when it was queued: it goes there.
     bodies: Vec<(usize, Bytes)>,
@@ -123,7 +123,7 @@ impl Outbox {
     }
 
     /// Writes everything queued, in order.
-    pub(super) async fn write_to<W: tokio::io::AsyncWrite + Unpin>(
+    pub(crate) async fn write_to<W: tokio::io::AsyncWrite + Unpin>(
         &self,
         writer: &mut W,
     ) -> std::io::Result<()> {
@@ -158,7 +158,7 @@ pub(crate) struct LinkRequest {
 }
 
 #[allow(clippy::too_many_arguments)]
-pub(super) fn encode_request(
+pub(crate) fn encode_request(
     out: &mut Outbox,
     id: u64,
     trace: u64,
@@ -214,7 +214,7 @@ pub(super) fn encode_request(
     Ok(())
 }
 
-pub(super) fn encode_response(out: &mut Outbox, id: u64, status: StatusCode, body: &Bytes) {
+pub(crate) fn encode_response(out: &mut Outbox, id: u64, status: StatusCode, body: &Bytes) {
     let len = 1 + 8 + 2 + body.len();
     out.reserve(4 + len, body);
     let buf = &mut out.bytes;
@@ -237,7 +237,7 @@ fn take_string(frame: &mut Bytes, len: usize) -> Option<String> {
     String::from_utf8(frame.split_to(len).to_vec()).ok()
 }
 
-pub(super) fn decode_request(mut frame: Bytes) -> Option<LinkRequest> {
+pub(crate) fn decode_request(mut frame: Bytes) -> Option<LinkRequest> {
     if frame.len() < 1 + 8 + 8 + 4 + 2 + 4 + 2 + 2 || frame.get_u8() != KIND_REQUEST {
         return None;
     }
@@ -266,7 +266,7 @@ pub(super) fn decode_request(mut frame: Bytes) -> Option<LinkRequest> {
     })
 }
 
-pub(super) fn decode_response(mut frame: Bytes) -> Option<(u64, Reply)> {
+pub(crate) fn decode_response(mut frame: Bytes) -> Option<(u64, Reply)> {
     if frame.len() < 1 + 8 + 2 || frame.get_u8() != KIND_RESPONSE {
         return None;
     }
@@ -282,7 +282,7 @@ pub(super) fn decode_response(mut frame: Bytes) -> Option<(u64, Reply)> {
 }
 
 /// Splits every complete frame off the front of `buf`. `Err` on an oversized frame.
-pub(super) fn next_frame(buf: &mut BytesMut) -> Result<Option<Bytes>, ()> {
+pub(crate) fn next_frame(buf: &mut BytesMut) -> Result<Option<Bytes>, ()> {
     if buf.len() < 4 {
         return Ok(None);
     }
