@@ -458,13 +458,16 @@ pub fn handlers_file(data: &[u8]) {
 /// `key=value` (as UTF-8; split at the first `=`) set on a node's gossip state, read as a live
 /// and as a dead member. Asserts that a node without `http` is no member, that the member's
 /// endpoint, state and services are what its keys say, and that a view of it builds a service
-/// table (see [`check_table`]).
+/// table (see [`check_table`]). Keys that start with a character of more than one byte are
+/// left out: chitchat 0.13 panics on them (see [`gossip_key`]), open in RELIABILITY.md.
 pub fn gossip_entries(data: &[u8]) {
     let lines = text(data);
     let mut state = NodeState::for_test();
     for line in lines.split('\n') {
         let (key, value) = line.split_once('=').unwrap_or((line, ""));
-        state.set(key, value);
+        if key.chars().next().is_none_or(|c| c.is_ascii()) {
+            state.set(key, value);
+        }
     }
     let id = ChitchatId::new("fuzzed", 0, SocketAddr::from(([127, 0, 0, 1], 9742)));
     for live in [true, false] {
@@ -493,6 +496,14 @@ pub fn gossip_entries(data: &[u8]) {
         check_view(&view);
         check_table(&view);
     }
+}
+
+/// Sets `key` on a gossip state, as applying a peer's delta does. chitchat 0.13 panics when
+/// the key starts with a character of more than one byte (`&key[0..1]` in its listeners), so a
+/// peer that gossips such a key stops the gossip of the nodes that read it. Found by
+/// `gossip_entries`; not fixed yet (`tests/fuzz_corpus.rs` keeps an ignored test of it).
+pub fn gossip_key(key: &str) {
+    NodeState::for_test().set(key, "");
 }
 
 /// A view of `member` and a neighbour with the service `s1` on the stream `echo`, which the

@@ -76,3 +76,12 @@ fn etcd_records() {
 fn consul_records() {
     replay("consul_records", meshage::fuzzing::consul_records);
 }
+
+/// Found by `gossip_entries` (input in `fuzz/regressions/gossip_entries/`): chitchat 0.13
+/// panics on a gossip key that starts with a character of more than one byte, also when the key
+/// comes in a peer's delta. Open: see RELIABILITY.md. Run with `--ignored` to see it.
+#[test]
+#[ignore = "open: chitchat 0.13 panics on such a key"]
+fn a_gossip_key_starting_with_a_multibyte_character() {
+    meshage::fuzzing::gossip_key("\u{e9}cho");
+}
