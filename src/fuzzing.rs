@@ -201,7 +201,7 @@ static LINK_HARNESS: OnceLock<LinkHarness> = OnceLock::new();
 const LINK_DEADLINE: Duration = Duration::from_secs(10);
 
 /// The whole link server reading what a peer sends: a loopback connection to the server the
-/// node runs ([`crate::link::serve`]), whose handler answers each request 200 with its body
+/// node runs (`link::serve`), whose handler answers each request 200 with its body
 /// (after yielding once for the stream `yield`, after keeping the thread busy for 500 µs for
 /// `busy`, which moves the link's requests into tasks of their own). The low bit of the first
 /// byte of `data` says whether the node is stopping; the rest is what the peer sends after the
@@ -458,7 +458,7 @@ pub fn handlers_file(data: &[u8]) {
 /// `key=value` (as UTF-8; split at the first `=`) set on a node's gossip state, read as a live
 /// and as a dead member. Asserts that a node without `http` is no member, that the member's
 /// endpoint, state and services are what its keys say, and that a view of it builds a service
-/// table (see [`check_table`]). Keys that start with a character of more than one byte are
+/// table (see `check_table`). Keys that start with a character of more than one byte are
 /// left out: chitchat 0.13 panics on them (see [`gossip_key`]), open in RELIABILITY.md.
 pub fn gossip_entries(data: &[u8]) {
     let lines = text(data);
