@@ -51,6 +51,9 @@ echo "==> cargo clippy (warnings denied)"
 cargo clippy --all-targets --locked -- -D warnings
 cargo clippy --all-targets --all-features --locked -- -D warnings
 echo "==> cargo test (every feature: the etcd and Consul backends too)"
+# With every feature, this includes tests/fuzz_corpus.rs (feature `fuzzing`): the fuzz targets'
+# seeds and every input that once crashed one, replayed through the same entry points in well
+# under a second. The long runs need cargo-fuzz: see RELIABILITY.md, "Fuzzed decoders".
 cargo test --all-targets --all-features --locked
 cargo test --doc --all-features --locked
 echo "==> schemathesis against a live 3-node cluster"

@@ -34,6 +34,8 @@ mod server;
 mod sniff;
 
 use admission::Admission;
+#[cfg(feature = "fuzzing")]
+pub(crate) use routes::{find, Endpoint};
 pub(crate) use server::{serve, Limits};
 
 /// What the inbound side needs of the node.

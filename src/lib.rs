@@ -54,6 +54,9 @@
 //! - `cluster`: the membership traits, the event log, and the gossip, etcd and Consul backends.
 //! - the pure core: `table` (an immutable snapshot of routable services with one ring per
 //!   stream), `ring` (identical to npm `hashring` 3.2.0), `address`, `path`, `message`.
+//!
+//! Beside the rooms, `fuzzing` (feature `fuzzing`, hidden) hands the decoders of everything
+//! that arrives from outside to the fuzz targets in `fuzz/` and to `tests/fuzz_corpus.rs`.
 
 #![forbid(unsafe_code)]
 #![warn(unreachable_pub)]
@@ -64,6 +67,9 @@ mod answer;
 pub mod client;
 pub mod cluster;
 mod delivery;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod inbound;
 mod link;
 mod message;

@@ -42,5 +42,10 @@ mod frame;
 mod server;
 
 pub(crate) use client::{LinkError, Links};
+#[cfg(feature = "fuzzing")]
+pub(crate) use frame::{
+    decode_request, decode_response, decode_server_frame, encode_request, encode_response,
+    next_frame, request_limit, Outbox, ServerFrame, PREFACE_ACK,
+};
 pub(crate) use frame::{Answer, LinkRequest, PREFACE};
 pub(crate) use server::serve;

@@ -158,11 +158,13 @@ impl HttpUpstream {
         };
         let authority = url.authority().ok_or_else(|| bad("no host".into()))?;
         let host = HeaderValue::from_str(authority.as_str()).map_err(|e| bad(e.to_string()))?;
-        let target = url
-            .path_and_query()
-            .map_or("/", |p| p.as_str())
-            .parse()
-            .map_err(|e: http::uri::InvalidUri| bad(e.to_string()))?;
+        // The path (`/` when the URL has none, even with a query) and the query.
+        let target = match url.query() {
+            Some(query) => format!("{}?{query}", url.path()),
+            None => url.path().to_owned(),
+        }
+        .parse()
+        .map_err(|e: http::uri::InvalidUri| bad(e.to_string()))?;
         // `[::1]` in a URL is `::1` to connect to.
         let name = authority
             .host()
@@ -523,6 +525,21 @@ mod tests {
                 bad.parse::<HandlerSpec>().is_err(),
                 "{bad} should not parse"
             );
+        }
+    }
+
+    /// Found by fuzzing (`fuzz/regressions/handlers_file/`): a URL with a query and no path
+    /// parsed as a spec, but made no upstream (its request target was `?token=x`, no path).
+    #[test]
+    fn a_url_with_a_query_and_no_path_makes_an_upstream() {
+        for (url, target) in [
+            ("http://127.0.0.1:1?token=x", "/?token=x"),
+            ("http://127.0.0.1:1", "/"),
+            ("http://127.0.0.1:1/h?a=1&b", "/h?a=1&b"),
+        ] {
+            let spec: HandlerSpec = format!("echo={url}").parse().unwrap();
+            let upstream = HttpUpstream::new(&spec.url, UpstreamConfig::default()).unwrap();
+            assert_eq!(upstream.inner.target, target, "{url}");
         }
     }
 

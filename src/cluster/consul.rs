@@ -279,6 +279,28 @@ impl Drop for ConsulMembership {
     }
 }
 
+/// The view after one answer of `/v1/health/service/<stream>` per stream, each read as the
+/// stream's watcher reads it (an answer that does not parse is skipped), and the streams a
+/// `/v1/catalog/services` answer names. For the fuzz targets (`crate::fuzzing`).
+#[cfg(feature = "fuzzing")]
+pub(crate) fn read_answers(
+    own: Member,
+    catalog: &[u8],
+    health: &[&[u8]],
+) -> (Result<Vec<String>, String>, ClusterView) {
+    use catalog::{instances_of, streams_of};
+    let mut state = WatchState {
+        streams: BTreeMap::new(),
+        own,
+    };
+    for (n, body) in health.iter().enumerate() {
+        if let Ok(instances) = instances_of(body) {
+            state.streams.insert(format!("stream-{n}"), instances);
+        }
+    }
+    (streams_of(catalog), state.view())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -243,6 +243,25 @@ impl Drop for EtcdMembership {
     }
 }
 
+/// The view of a prefix holding these keys and values, each read as `Session::reload` reads
+/// it: a key that is not UTF-8 or a value that is not an entry is skipped. For the fuzz targets
+/// (`crate::fuzzing`).
+#[cfg(feature = "fuzzing")]
+pub(crate) fn view_of_values<'a>(
+    kvs: impl IntoIterator<Item = (&'a [u8], &'a [u8])>,
+) -> ClusterView {
+    use keys::view_of;
+    let kv = kvs
+        .into_iter()
+        .filter_map(|(key, value)| {
+            let key = std::str::from_utf8(key).ok()?.to_owned();
+            let entry = serde_json::from_slice(value).ok()?;
+            Some((key, entry))
+        })
+        .collect();
+    view_of(&kv)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

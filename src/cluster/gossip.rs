@@ -231,7 +231,7 @@ async fn watch_members(
     }
 }
 
-fn member_of(id: &ChitchatId, state: &NodeState, live: bool) -> Option<Member> {
+pub(crate) fn member_of(id: &ChitchatId, state: &NodeState, live: bool) -> Option<Member> {
     let endpoint = state.get(KEY_HTTP)?.to_string();
     let state_kind = if !live {
         MemberState::Dead

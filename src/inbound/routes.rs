@@ -15,7 +15,7 @@ use crate::answer::{ApiError, Body};
 
 /// Where a path leads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Endpoint<'a> {
+pub(crate) enum Endpoint<'a> {
     Admin(Page<'a>),
     /// A message to the owner of `key`, or to every service of `stream`; both still
     /// percent-encoded.
@@ -49,7 +49,7 @@ const MEMBERS: &str = "`members` is reserved: GET /api/members lists the nodes";
 /// `/api/` (see the crate's README); `health`, `services`, `status` and `openapi.json` only as
 /// whole paths, so `/api/health/{key}` is a send to the stream `health`. The key is everything after
 /// `/api/{stream}/`, so it may hold `/`.
-pub(super) fn find(path: &str) -> Endpoint<'_> {
+pub(crate) fn find(path: &str) -> Endpoint<'_> {
     if let Some((_, page)) = EXACT.iter().find(|(exact, _)| *exact == path) {
         return Endpoint::Admin(*page);
     }

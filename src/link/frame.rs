@@ -14,7 +14,7 @@ use crate::message::{Payload, Reply};
 /// an HTTP request head, so an HTTP server that gets it answers 400 at once instead of waiting
 /// for the rest of a request line, and the client falls back to HTTP without delay.
 pub(crate) const PREFACE: &[u8; 12] = b"MESHLNK3\r\n\r\n";
-pub(super) const PREFACE_ACK: &[u8; 8] = b"MESHACK3";
+pub(crate) const PREFACE_ACK: &[u8; 8] = b"MESHACK3";
 const KIND_REQUEST: u8 = 1;
 const KIND_RESPONSE: u8 = 2;
 const KIND_GOAWAY: u8 = 3;
@@ -28,7 +28,7 @@ const REQUEST_HEAD: usize = 256 * 1024;
 const RESPONSE_HEAD: usize = 64;
 
 /// The largest request frame a server with this body limit reads; a larger one ends the link.
-pub(super) fn request_limit(body_limit: usize) -> usize {
+pub(crate) fn request_limit(body_limit: usize) -> usize {
     body_limit.saturating_add(REQUEST_HEAD)
 }
 
@@ -45,7 +45,7 @@ const MAX_SLICES: usize = 1024;
 /// Frames waiting to be written: small ones back to back in one buffer, large bodies by
 /// reference, each to go at its place in the buffer. One vectored write sends them all.
 #[derive(Default)]
-pub(super) struct Outbox {
+pub(crate) struct Outbox {
     bytes: BytesMut,
     /// Large bodies, each with the length `bytes` had when it was queued: it goes there.
     bodies: Vec<(usize, Bytes)>,
@@ -149,7 +149,7 @@ impl Outbox {
     }
 
     /// Writes everything queued, in order.
-    pub(super) async fn write_to<W: tokio::io::AsyncWrite + Unpin>(
+    pub(crate) async fn write_to<W: tokio::io::AsyncWrite + Unpin>(
         &self,
         writer: &mut W,
     ) -> std::io::Result<()> {
@@ -184,7 +184,7 @@ pub(crate) struct LinkRequest {
 }
 
 #[allow(clippy::too_many_arguments)]
-pub(super) fn encode_request(
+pub(crate) fn encode_request(
     out: &mut Outbox,
     id: u64,
     trace: u64,
@@ -240,7 +240,7 @@ pub(super) fn encode_request(
     Ok(())
 }
 
-pub(super) fn encode_response(out: &mut Outbox, id: u64, status: StatusCode, body: &Bytes) {
+pub(crate) fn encode_response(out: &mut Outbox, id: u64, status: StatusCode, body: &Bytes) {
     let len = 1 + 8 + 2 + body.len();
     out.reserve(4 + len, body);
     let buf = &mut out.bytes;
@@ -263,7 +263,7 @@ fn take_string(frame: &mut Bytes, len: usize) -> Option<String> {
     String::from_utf8(frame.split_to(len).to_vec()).ok()
 }
 
-pub(super) fn decode_request(mut frame: Bytes) -> Option<LinkRequest> {
+pub(crate) fn decode_request(mut frame: Bytes) -> Option<LinkRequest> {
     if frame.len() < 1 + 8 + 8 + 4 + 2 + 4 + 2 + 2 || frame.get_u8() != KIND_REQUEST {
         return None;
     }
@@ -292,7 +292,7 @@ pub(super) fn decode_request(mut frame: Bytes) -> Option<LinkRequest> {
     })
 }
 
-fn decode_response(mut frame: Bytes) -> Option<(u64, Reply)> {
+pub(crate) fn decode_response(mut frame: Bytes) -> Option<(u64, Reply)> {
     if frame.len() < 1 + 8 + 2 || frame.get_u8() != KIND_RESPONSE {
         return None;
     }
@@ -330,7 +330,7 @@ pub(super) fn encode_refusal(out: &mut Outbox, id: u64, why: Refusal) {
 
 /// A frame a link's server sends.
 #[derive(Debug, PartialEq, Eq)]
-pub(super) enum ServerFrame {
+pub(crate) enum ServerFrame {
     /// What became of request `id`: an answer, or the node's refusal to run it.
     Answer(u64, Result<Reply, Refusal>),
     /// The server is stopping.
@@ -338,7 +338,7 @@ pub(super) enum ServerFrame {
 }
 
 /// Decodes a frame from a link's server; `None` for one that is not well formed.
-pub(super) fn decode_server_frame(frame: Bytes) -> Option<ServerFrame> {
+pub(crate) fn decode_server_frame(frame: Bytes) -> Option<ServerFrame> {
     match *frame.first()? {
         KIND_GOAWAY => Some(ServerFrame::GoAway),
         KIND_REFUSED if frame.len() == 1 + 8 + 1 => {
@@ -362,7 +362,7 @@ pub(super) fn announced(buf: &[u8]) -> Option<usize> {
 
 /// Splits the next complete frame off the front of `buf`. Fails, with the length it announces,
 /// on a frame longer than `limit`, before any room is made for it.
-pub(super) fn next_frame(buf: &mut BytesMut, limit: usize) -> Result<Option<Bytes>, usize> {
+pub(crate) fn next_frame(buf: &mut BytesMut, limit: usize) -> Result<Option<Bytes>, usize> {
     if buf.len() < 4 {
         return Ok(None);
     }

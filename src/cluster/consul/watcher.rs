@@ -24,7 +24,7 @@ pub(super) struct WatchState {
 }
 
 impl WatchState {
-    fn view(&self) -> ClusterView {
+    pub(super) fn view(&self) -> ClusterView {
         let own_ids: std::collections::HashSet<&str> =
             self.own.services.iter().map(|s| &*s.id).collect();
         let mut members: BTreeMap<&str, Member> = BTreeMap::new();
