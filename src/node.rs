@@ -247,6 +247,15 @@ impl NodeBuilder {
             },
         ));
         info!(node = %node_id, %endpoint, %local_addr, "node started");
+        let gossip = membership.seed_address();
+        if let Some(open) = exposed(local_addr, gossip.as_deref()) {
+            warn!(
+                address = %open,
+                "listening beyond loopback with no authentication or encryption: anyone who \
+                 reaches this node's ports can join the cluster, take keys, run handlers and \
+                 read every message"
+            );
+        }
         Ok(Node {
             router,
             membership,
@@ -257,6 +266,20 @@ impl NodeBuilder {
             table_task,
             monitors,
         })
+    }
+}
+
+/// The first of the node's listening addresses (HTTP, and gossip when it has one) that is not
+/// loopback, if any: what a stranger on the network can reach.
+fn exposed(http: std::net::SocketAddr, gossip: Option<&str>) -> Option<String> {
+    if !http.ip().is_loopback() {
+        return Some(http.to_string());
+    }
+    let gossip = gossip?;
+    let ip = gossip.parse::<std::net::SocketAddr>().ok().map(|a| a.ip());
+    match ip {
+        Some(ip) if ip.is_loopback() => None,
+        _ => Some(gossip.to_owned()),
     }
 }
 
@@ -357,5 +380,28 @@ impl Drop for Node {
             monitor.abort();
         }
         self.membership.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_node_is_exposed_when_any_port_is_beyond_loopback() {
+        let loopback: std::net::SocketAddr = "127.0.0.1:8080".parse().unwrap();
+        let all: std::net::SocketAddr = "0.0.0.0:8080".parse().unwrap();
+        assert_eq!(exposed(loopback, None), None);
+        assert_eq!(exposed(loopback, Some("[::1]:9742")), None);
+        assert_eq!(exposed(all, None).as_deref(), Some("0.0.0.0:8080"));
+        assert_eq!(
+            exposed(loopback, Some("10.0.0.5:9742")).as_deref(),
+            Some("10.0.0.5:9742")
+        );
+        assert_eq!(
+            exposed(loopback, Some("myhost:9742")).as_deref(),
+            Some("myhost:9742"),
+            "a name may resolve to anything"
+        );
     }
 }

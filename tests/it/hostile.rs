@@ -489,3 +489,43 @@ async fn bodies_still_arriving_share_a_bounded_budget() {
     })
     .await;
 }
+
+/// A node that listens beyond loopback with no key or TLS says once, at start, what anyone who
+/// reaches it can do; one on loopback says nothing of it.
+#[test]
+fn an_exposed_node_warns_once_at_start() {
+    const WARNING: &str = "no authentication or encryption";
+    let mut command = crate::common::meshage_command();
+    command.args([
+        "node",
+        "--http-host",
+        "0.0.0.0",
+        "--http-port",
+        "0",
+        "--cluster-host",
+        "127.0.0.1",
+        "--cluster-port",
+        "0",
+        "--echo",
+        "echo",
+    ]);
+    let exposed = crate::common::proc::Proc::spawn("exposed", command);
+    exposed.wait_line(Duration::from_secs(20), |l| l.starts_with("meshage node "));
+    // Its log (stderr) may come in after its first line on stdout.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !exposed.output().contains(WARNING) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no warning: {}",
+            exposed.output()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(exposed.output().matches(WARNING).count(), 1);
+    let local = meshage_node("local", &[], &["--echo", "echo"]);
+    assert!(
+        !local.proc.output().contains(WARNING),
+        "{}",
+        local.proc.output()
+    );
+}

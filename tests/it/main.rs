@@ -19,7 +19,7 @@ mod common {
     mod http_client;
     mod http_shortcuts;
     mod nodes;
-    mod proc;
+    pub mod proc;
     pub mod process;
     mod service_id;
     mod wait;
