@@ -216,7 +216,7 @@ mod tests {
     use super::*;
     use crate::delivery::Refusal;
     use crate::delivery::{MayHaveRun, NotRun};
-    use crate::link::{serve, LinkRequest};
+    use crate::link::{serve, Answer, LinkRequest};
     use crate::shutdown::Flag;
     use crate::wire::Budget;
     use bytes::Bytes;
@@ -226,6 +226,24 @@ mod tests {
 
     fn unbounded() -> Arc<Budget> {
         Arc::new(Budget::new(usize::MAX))
+    }
+
+    /// A link server on a new port that serves one connection with `handle`; its address, the
+    /// flag that stops it (dropping it stops it too), and its task.
+    async fn serve_one<H, F>(handle: H) -> (String, Flag, tokio::task::JoinHandle<()>)
+    where
+        H: Fn(LinkRequest) -> F + Send + 'static,
+        F: std::future::Future<Output = Answer> + Send + 'static,
+    {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let authority = listener.local_addr().unwrap().to_string();
+        let stop = Flag::default();
+        let watch = stop.watch();
+        let server = tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            serve(stream, Bytes::new(), 16 << 20, unbounded(), handle, watch).await;
+        });
+        (authority, stop, server)
     }
 
     /// Waits until `condition` holds for the open link's queue and the keys the peer ran.
@@ -378,28 +396,14 @@ mod tests {
     /// and the server sees the link closed, with nothing left running.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_requests_on_one_link_each_get_their_own_answer() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let authority = listener.local_addr().unwrap().to_string();
-        let stop_flag = Flag::default();
-        let stop = stop_flag.watch();
-        let server = tokio::spawn(async move {
-            let (stream, _) = listener.accept().await.unwrap();
-            serve(
-                stream,
-                Bytes::new(),
-                16 << 20,
-                unbounded(),
-                |request: LinkRequest| async move {
-                    // Answers come back out of order: later keys wait less.
-                    let n: u64 = request.key.parse().unwrap();
-                    tokio::time::sleep(Duration::from_micros(500 - n)).await;
-                    let body = format!("{}:{}", request.key, request.payload.body.len());
-                    Ok((StatusCode::OK, Bytes::from(body)))
-                },
-                stop,
-            )
-            .await;
-        });
+        let (authority, _stop, server) = serve_one(|request: LinkRequest| async move {
+            // Answers come back out of order: later keys wait less.
+            let n: u64 = request.key.parse().unwrap();
+            tokio::time::sleep(Duration::from_micros(500 - n)).await;
+            let body = format!("{}:{}", request.key, request.payload.body.len());
+            Ok((StatusCode::OK, Bytes::from(body)))
+        })
+        .await;
         let links = Arc::new(Links::new(Duration::from_secs(2), 16 << 20));
         let sends: Vec<_> = (0..400u64)
             .map(|n| {
@@ -445,27 +449,13 @@ mod tests {
     /// nothing is left waiting on it.
     #[tokio::test]
     async fn a_request_past_its_deadline_times_out_and_leaves_nothing_behind() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let authority = listener.local_addr().unwrap().to_string();
-        let stop_flag = Flag::default();
-        let stop = stop_flag.watch();
-        tokio::spawn(async move {
-            let (stream, _) = listener.accept().await.unwrap();
-            serve(
-                stream,
-                Bytes::new(),
-                16 << 20,
-                unbounded(),
-                |request: LinkRequest| async move {
-                    if request.key == "silent" {
-                        std::future::pending::<()>().await;
-                    }
-                    Ok((StatusCode::OK, request.payload.body))
-                },
-                stop,
-            )
-            .await;
-        });
+        let (authority, _stop, _server) = serve_one(|request: LinkRequest| async move {
+            if request.key == "silent" {
+                std::future::pending::<()>().await;
+            }
+            Ok((StatusCode::OK, request.payload.body))
+        })
+        .await;
         let links = Links::new(Duration::from_secs(2), 16 << 20);
         let payload = Payload {
             body: Bytes::from_static(b"{}"),
@@ -511,27 +501,13 @@ mod tests {
     /// the second as an answer like any other.
     #[tokio::test]
     async fn a_refusal_is_not_run_and_a_handlers_421_is_an_answer() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let authority = listener.local_addr().unwrap().to_string();
-        let stop_flag = Flag::default();
-        let stop = stop_flag.watch();
-        tokio::spawn(async move {
-            let (stream, _) = listener.accept().await.unwrap();
-            serve(
-                stream,
-                Bytes::new(),
-                16 << 20,
-                unbounded(),
-                |request: LinkRequest| async move {
-                    match request.key.as_str() {
-                        "refused" => Err(Refusal::NoService),
-                        _ => Ok((StatusCode::MISDIRECTED_REQUEST, request.payload.body)),
-                    }
-                },
-                stop,
-            )
-            .await;
-        });
+        let (authority, _stop, _server) = serve_one(|request: LinkRequest| async move {
+            match request.key.as_str() {
+                "refused" => Err(Refusal::NoService),
+                _ => Ok((StatusCode::MISDIRECTED_REQUEST, request.payload.body)),
+            }
+        })
+        .await;
         let links = Links::new(Duration::from_secs(2), 16 << 20);
         let payload = Payload {
             body: Bytes::from_static(b"{\"mine\":1}"),
