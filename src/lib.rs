@@ -42,7 +42,7 @@
 //!
 //! The rooms, from the edges down to the pure core (each imports only rooms below it):
 //!
-//! - edges: `node` (start, the handle, graceful shutdown) and the binary's `main`; `inbound`
+//! - edges: `node` (start, the handle, graceful shutdown) and the binary (`src/bin/meshage/`); `inbound`
 //!   (accept, sniff, connections, admission, routes, the link's entry); `admin` (status page,
 //!   `/metrics`, health, members, locate, the API's OpenAPI description: read-only); `answer` (errors to JSON answers);
 //!   `upstream` (handlers in any language over HTTP, with health checks); `client` (the

@@ -1,7 +1,7 @@
 //! The layout of `src/`, checked on the source text (std only, no parser crate):
 //!
 //! 1. No import circle between top-level modules. A top-level module `X` is `src/X.rs` and
-//!    everything under `src/X/`; `lib.rs` and `main.rs` are roots, not modules (`main.rs` is
+//!    everything under `src/X/`; `lib.rs` and the binary (`src/bin/`) are roots, not modules (the binary is
 //!    ignored: it reaches the library as `meshage::`). `X -> Y` when the code of `X` outside its
 //!    `#[cfg(test)] mod tests` names a path from the crate root through `Y`: `crate::Y...`
 //!    (also `$crate::`), grouped `use crate::{Y, Z::w}` over any number of lines, or `super::`
@@ -76,7 +76,8 @@ fn collect_rs(dir: &Path, into: &mut Vec<PathBuf>) {
 /// `src/X.rs` -> `[X]`, `src/X/a.rs` -> `[X, a]`, `src/X/mod.rs` -> `[X]`, the roots -> `[]`.
 fn module_path(name: &str) -> Vec<String> {
     let below = name.strip_prefix("src/").unwrap_or(name);
-    if below == "lib.rs" || below == "main.rs" {
+    // The binary's files (`src/bin/`) import the library as `meshage::`, never as `crate::`.
+    if below == "lib.rs" || below == "main.rs" || below.starts_with("bin/") {
         return Vec::new();
     }
     let mut parts: Vec<String> = below

@@ -1,49 +1,16 @@
-//! The `meshage` binary: `meshage node` runs a node (configured by flags or by the original's
-//! environment variables), `meshage demo` a 3-node cluster in one process, and `send`,
-//! `broadcast`, `services`, `members` and `locate` talk to a running cluster.
-
-use std::io::Write;
-use std::process::ExitCode;
-use std::time::Duration;
+//! `meshage node`: flags and environment variables into a node's configuration.
 
 use anyhow::{bail, Context, Result};
-use clap::{Args, Parser, Subcommand};
-use meshage::client::{read_message, ClientError, MeshClient};
+use clap::Args;
 use meshage::{
-    Cluster, GossipCluster, HandlerError, HandlerSpec, HealthConfig, HttpUpstream, Message, Node,
-    NodeConfig, UpstreamConfig, NO_SEEDS,
+    Cluster, GossipCluster, HandlerSpec, HealthConfig, HttpUpstream, NodeConfig, UpstreamConfig,
 };
-use serde_json::{json, Value};
-use tracing::{info, warn};
+use tracing::info;
 
-/// mimalloc: a node makes many small, short-lived allocations per request, which it serves
-/// faster than glibc malloc does (see BENCHMARKS.md).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-#[derive(Parser)]
-#[command(
-    name = "meshage",
-    version,
-    about = "A peer-to-peer service mesh for message handlers"
-)]
-struct Cli {
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Subcommand)]
-enum Command {
-    /// Run a node: join the cluster and serve the HTTP API.
-    Node(Box<NodeArgs>),
-    /// Start a 3-node cluster in this process, send a few keys, and keep serving until Ctrl-C.
-    Demo,
-    #[command(flatten)]
-    Client(ClientCommand),
-}
+use crate::{echo, seconds, stop_with_second_signal, wait_for_signal};
 
 #[derive(Args)]
-struct NodeArgs {
+pub(crate) struct NodeArgs {
     /// Membership backend: `gossip` (built in), `etcd` or `consul` (with the cargo features of
     /// those names).
     #[arg(long, env = "CLUSTER_TYPE", default_value = "gossip")]
@@ -109,7 +76,7 @@ struct NodeArgs {
     idle_timeout: f64,
     /// Log lines as `text` or as `json` objects (one a line, with the request span's fields).
     #[arg(long, env = "MESHAGE_LOG_FORMAT", value_enum, default_value = "text")]
-    log_format: LogFormat,
+    pub(crate) log_format: LogFormat,
     /// Messages the node answers at once, from clients and peers; above it, 503 with Retry-After.
     #[arg(long, env = "MESHAGE_MAX_IN_FLIGHT", default_value_t = 10_000,
           value_parser = clap::value_parser!(u64).range(1..))]
@@ -131,7 +98,7 @@ struct NodeArgs {
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-enum LogFormat {
+pub(crate) enum LogFormat {
     Text,
     Json,
 }
@@ -241,12 +208,7 @@ fn address(host: Option<&str>, port: &str) -> String {
     }
 }
 
-fn seconds(name: &str, value: f64) -> Result<Duration> {
-    Duration::try_from_secs_f64(value)
-        .with_context(|| format!("--{name} must be a non-negative number of seconds"))
-}
-
-async fn run_node(args: NodeArgs) -> Result<()> {
+pub(crate) async fn run_node(args: NodeArgs) -> Result<()> {
     let mut seeds = args.seeds;
     if seeds.is_empty() {
         if let Ok(seed) = std::env::var("SEED") {
@@ -309,158 +271,6 @@ async fn run_node(args: NodeArgs) -> Result<()> {
     stop_with_second_signal(node).await
 }
 
-async fn echo(data: Value, _header: meshage::Header) -> Result<Value, HandlerError> {
-    Ok(json!({ "echoed": data }))
-}
-
-/// Waits for SIGTERM or SIGINT (Ctrl-C).
-async fn wait_for_signal() -> Result<()> {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        _ = term.recv() => {}
-        r = tokio::signal::ctrl_c() => r?,
-    }
-    Ok(())
-}
-
-/// Shuts `node` down gracefully; a second signal exits at once.
-async fn stop_with_second_signal(node: Node) -> Result<()> {
-    tokio::select! {
-        r = node.shutdown() => r.context("graceful shutdown failed"),
-        _ = wait_for_signal() => {
-            warn!("second signal: exiting without draining");
-            Ok(())
-        }
-    }
-}
-
-async fn run_demo() -> Result<()> {
-    let mut nodes: Vec<Node> = Vec::new();
-    for i in 0..3 {
-        let seeds: Vec<String> = nodes
-            .first()
-            .and_then(|n| n.seed_address())
-            .into_iter()
-            .collect();
-        let cluster = if seeds.is_empty() {
-            GossipCluster::new("127.0.0.1:find", NO_SEEDS)?
-        } else {
-            GossipCluster::new("127.0.0.1:find", seeds)?
-        };
-        let node = meshage::init(cluster, "127.0.0.1:find")
-            .register("echo", echo)
-            .start()
-            .await
-            .with_context(|| format!("starting demo node {}", i + 1))?;
-        nodes.push(node);
-    }
-    // Wait until every node sees all three services.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while nodes.iter().any(|n| n.router().table().services.len() < 3) {
-        if tokio::time::Instant::now() > deadline {
-            bail!("the demo cluster did not converge within 10 s");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    println!("3 nodes up, each with one service on stream `echo`:");
-    for (i, node) in nodes.iter().enumerate() {
-        let service = node.router().local_services();
-        println!(
-            "  node {} at {}  service {}",
-            i + 1,
-            node.endpoint(),
-            service[0].id
-        );
-    }
-    println!("\nSending keys through different nodes:");
-    for (i, key) in ["alice", "bob", "carol", "dave", "erin", "frank"]
-        .iter()
-        .enumerate()
-    {
-        let node = &nodes[i % 3];
-        let owner = node
-            .router()
-            .table()
-            .owner("echo", key)
-            .map(|s| s.id.to_string())
-            .unwrap_or_default();
-        let answer = node
-            .router()
-            .send(Message::new("echo", *key, json!({ "hello": key })))
-            .await?;
-        println!(
-            "  key {key:<6} sent to node {} -> handled by service {owner}: {answer}",
-            i % 3 + 1
-        );
-    }
-    let first = nodes[0].endpoint();
-    println!("\nTry it (any node answers for any key):");
-    println!("  curl -s -X POST {first}/api/echo/$RANDOM -H 'Content-Type: application/json' -d '{{\"hello\":\"world\"}}'");
-    println!("  curl -s -X POST {first}/api/broadcast/echo/x -d '{{\"hello\":\"all\"}}'");
-    println!("  curl -s {}/api/services", nodes[1].endpoint());
-    println!("\nServing until Ctrl-C.");
-    wait_for_signal().await?;
-    for node in nodes {
-        node.shutdown().await?;
-    }
-    Ok(())
-}
-
-fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let logs = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,chitchat=warn")),
-        )
-        .with_writer(std::io::stderr);
-    match &cli.command {
-        Command::Node(args) if args.log_format == LogFormat::Json => logs
-            .json()
-            .with_current_span(true)
-            .with_span_list(false)
-            .init(),
-        _ => logs
-            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-            .init(),
-    }
-    // MESHAGE_THREADS sets the number of worker threads (default: one per core).
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if let Some(threads) = std::env::var("MESHAGE_THREADS")
-        .ok()
-        .and_then(|t| t.parse::<usize>().ok())
-        .filter(|t| *t > 0)
-    {
-        builder.worker_threads(threads);
-    }
-    let runtime = match builder.enable_all().build() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("meshage: error: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let result = runtime.block_on(async {
-        match cli.command {
-            Command::Node(args) => run_node(*args).await,
-            Command::Demo => run_demo().await,
-            Command::Client(command) => run_client(command).await,
-        }
-    });
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) if e.is::<ClientError>() => {
-            let e = e.downcast::<ClientError>().expect("checked");
-            eprintln!("meshage: {e}");
-            ExitCode::from(e.exit_code())
-        }
-        Err(e) => {
-            eprintln!("meshage: error: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
 fn upstream_config(
     timeout: f64,
     health_interval: f64,
@@ -505,90 +315,4 @@ fn upstreams(
             Ok((spec.stream, upstream))
         })
         .collect()
-}
-
-#[derive(Subcommand)]
-enum ClientCommand {
-    /// Send a message to the service that owns KEY on STREAM and print its answer.
-    Send(MessageArgs),
-    /// Send a message to every service of STREAM; prints one entry per service.
-    Broadcast(MessageArgs),
-    /// List every routable service of the cluster.
-    Services(ClientArgs),
-    /// List the nodes of the cluster: id, endpoint, state (live, leaving, dead), services.
-    Members(ClientArgs),
-    /// Show which service and node own KEY on STREAM, without running a handler.
-    Locate(LocateArgs),
-}
-
-#[derive(Args)]
-struct ClientArgs {
-    /// Any node of the cluster.
-    #[arg(long, env = "MESHAGE_NODE", default_value = "http://127.0.0.1:8080")]
-    node: String,
-    /// Print compact JSON (the default when the output is not a terminal).
-    #[arg(long)]
-    json: bool,
-    /// Seconds to wait for the node's answer.
-    #[arg(long, default_value_t = 30.0)]
-    timeout: f64,
-}
-
-#[derive(Args)]
-struct MessageArgs {
-    /// The stream to send on.
-    stream: String,
-    /// The partition key (any text; it is percent-encoded on the way).
-    key: String,
-    /// The message: JSON, `@FILE` for a file's contents, or `-` for standard input (default `{}`).
-    message: Option<String>,
-    #[command(flatten)]
-    client: ClientArgs,
-}
-
-#[derive(Args)]
-struct LocateArgs {
-    /// The stream to look in.
-    stream: String,
-    /// The partition key.
-    key: String,
-    #[command(flatten)]
-    client: ClientArgs,
-}
-
-/// Runs a client command and prints its answer. Its errors are [`ClientError`]s, so that
-/// `main` exits with their codes.
-async fn run_client(command: ClientCommand) -> Result<()> {
-    let args = match &command {
-        ClientCommand::Send(m) | ClientCommand::Broadcast(m) => &m.client,
-        ClientCommand::Services(c) | ClientCommand::Members(c) => c,
-        ClientCommand::Locate(l) => &l.client,
-    };
-    let timeout = Duration::try_from_secs_f64(args.timeout).map_err(|_| {
-        ClientError::BadInput("--timeout must be a non-negative number of seconds".into())
-    })?;
-    let client = MeshClient::new(&args.node, timeout)?;
-    let compact = args.json || !std::io::IsTerminal::is_terminal(&std::io::stdout());
-    let answer = match &command {
-        ClientCommand::Send(m) => {
-            let message = read_message(m.message.as_deref(), std::io::stdin().lock())?;
-            client.send(&m.stream, &m.key, message).await?
-        }
-        ClientCommand::Broadcast(m) => {
-            let message = read_message(m.message.as_deref(), std::io::stdin().lock())?;
-            client.broadcast(&m.stream, &m.key, message).await?
-        }
-        ClientCommand::Services(_) => client.services().await?,
-        ClientCommand::Members(_) => client.members().await?,
-        ClientCommand::Locate(l) => client.locate(&l.stream, &l.key).await?,
-    };
-    let text = if compact {
-        serde_json::to_string(&answer)
-    } else {
-        serde_json::to_string_pretty(&answer)
-    }
-    .context("cannot print the answer")?;
-    // A closed pipe (`meshage services | head -1`) is not an error worth reporting.
-    let _ = writeln!(std::io::stdout().lock(), "{text}");
-    Ok(())
 }

@@ -1,0 +1,94 @@
+//! The client subcommands: `send`, `broadcast`, `services`, `members`, `locate`.
+
+use std::io::Write;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::{Args, Subcommand};
+use meshage::client::{read_message, ClientError, MeshClient};
+
+#[derive(Subcommand)]
+pub(crate) enum ClientCommand {
+    /// Send a message to the service that owns KEY on STREAM and print its answer.
+    Send(MessageArgs),
+    /// Send a message to every service of STREAM; prints one entry per service.
+    Broadcast(MessageArgs),
+    /// List every routable service of the cluster.
+    Services(ClientArgs),
+    /// List the nodes of the cluster: id, endpoint, state (live, leaving, dead), services.
+    Members(ClientArgs),
+    /// Show which service and node own KEY on STREAM, without running a handler.
+    Locate(LocateArgs),
+}
+
+#[derive(Args)]
+pub(crate) struct ClientArgs {
+    /// Any node of the cluster.
+    #[arg(long, env = "MESHAGE_NODE", default_value = "http://127.0.0.1:8080")]
+    node: String,
+    /// Print compact JSON (the default when the output is not a terminal).
+    #[arg(long)]
+    json: bool,
+    /// Seconds to wait for the node's answer.
+    #[arg(long, default_value_t = 30.0)]
+    timeout: f64,
+}
+
+#[derive(Args)]
+pub(crate) struct MessageArgs {
+    /// The stream to send on.
+    stream: String,
+    /// The partition key (any text; it is percent-encoded on the way).
+    key: String,
+    /// The message: JSON, `@FILE` for a file's contents, or `-` for standard input (default `{}`).
+    message: Option<String>,
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+#[derive(Args)]
+pub(crate) struct LocateArgs {
+    /// The stream to look in.
+    stream: String,
+    /// The partition key.
+    key: String,
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+/// Runs a client command and prints its answer. Its errors are [`ClientError`]s, so that
+/// `main` exits with their codes.
+pub(crate) async fn run_client(command: ClientCommand) -> Result<()> {
+    let args = match &command {
+        ClientCommand::Send(m) | ClientCommand::Broadcast(m) => &m.client,
+        ClientCommand::Services(c) | ClientCommand::Members(c) => c,
+        ClientCommand::Locate(l) => &l.client,
+    };
+    let timeout = Duration::try_from_secs_f64(args.timeout).map_err(|_| {
+        ClientError::BadInput("--timeout must be a non-negative number of seconds".into())
+    })?;
+    let client = MeshClient::new(&args.node, timeout)?;
+    let compact = args.json || !std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let answer = match &command {
+        ClientCommand::Send(m) => {
+            let message = read_message(m.message.as_deref(), std::io::stdin().lock())?;
+            client.send(&m.stream, &m.key, message).await?
+        }
+        ClientCommand::Broadcast(m) => {
+            let message = read_message(m.message.as_deref(), std::io::stdin().lock())?;
+            client.broadcast(&m.stream, &m.key, message).await?
+        }
+        ClientCommand::Services(_) => client.services().await?,
+        ClientCommand::Members(_) => client.members().await?,
+        ClientCommand::Locate(l) => client.locate(&l.stream, &l.key).await?,
+    };
+    let text = if compact {
+        serde_json::to_string(&answer)
+    } else {
+        serde_json::to_string_pretty(&answer)
+    }
+    .context("cannot print the answer")?;
+    // A closed pipe (`meshage services | head -1`) is not an error worth reporting.
+    let _ = writeln!(std::io::stdout().lock(), "{text}");
+    Ok(())
+}
