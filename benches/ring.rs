@@ -33,6 +33,7 @@ fn view(services: usize, streams: usize) -> ClusterView {
                 })
                 .collect(),
             last_heard: None,
+            fingerprint: None,
         })
         .collect();
     ClusterView { members }

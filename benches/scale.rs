@@ -48,10 +48,10 @@ async fn simulate(n: usize) {
         }
         .expect("valid address");
         let membership = Box::new(cluster)
-            .join(LocalNode {
-                node_id: format!("node-{i:03}"),
-                endpoint: format!("http://127.0.0.1:{}", 20000 + i),
-            })
+            .join(LocalNode::new(
+                format!("node-{i:03}"),
+                format!("http://127.0.0.1:{}", 20000 + i),
+            ))
             .await
             .expect("gossip starts");
         membership

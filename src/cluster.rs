@@ -17,6 +17,8 @@ use async_trait::async_trait;
 use serde::Serialize;
 use tokio::sync::watch;
 
+use crate::security::Keys;
+
 #[cfg(feature = "consul")]
 pub mod consul;
 #[cfg(feature = "etcd")]
@@ -33,11 +35,30 @@ pub use gossip::{GossipCluster, GossipConfig, NO_SEEDS};
 
 /// What a node tells its cluster about itself when it joins.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct LocalNode {
     /// A unique id for this run of the node.
     pub node_id: String,
     /// Where peers send HTTP requests: `http://host:port`.
     pub endpoint: String,
+    /// The cluster's secrets, when it runs with them: the gossip backend seals every datagram
+    /// with them.
+    pub keys: Option<Keys>,
+    /// The SHA-256 fingerprint (hex) of the certificate this node's peer links and forwards
+    /// present, published so that peers accept exactly it.
+    pub fingerprint: Option<String>,
+}
+
+impl LocalNode {
+    /// A node with no keys and no certificate.
+    pub fn new(node_id: impl Into<String>, endpoint: impl Into<String>) -> LocalNode {
+        LocalNode {
+            node_id: node_id.into(),
+            endpoint: endpoint.into(),
+            keys: None,
+            fingerprint: None,
+        }
+    }
 }
 
 /// Membership traffic of one node since it joined.
@@ -77,6 +98,9 @@ pub struct Member {
     /// When this node last heard from the member, where the backend knows.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_heard: Option<SystemTime>,
+    /// The SHA-256 fingerprint (hex) of the member's peer certificate, when it published one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<String>,
 }
 
 /// Everything a backend knows at one moment. Services of members that are not

@@ -226,6 +226,7 @@ fn neighbour() -> Member {
             stream: Arc::from("echo"),
         }],
         last_heard: None,
+        fingerprint: None,
     }
 }
 
@@ -334,6 +335,7 @@ pub fn consul_records(data: &[u8]) {
             stream: Arc::from("echo"),
         }],
         last_heard: None,
+        fingerprint: None,
     };
     let (streams, view) = read_answers(own.clone(), catalog, &health);
     if let Ok(streams) = streams {

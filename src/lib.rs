@@ -79,6 +79,7 @@ mod outbound;
 mod path;
 mod ring;
 mod router;
+pub mod security;
 mod shutdown;
 mod table;
 mod upstream;
@@ -105,6 +106,7 @@ pub use node::{init, Node, NodeBuilder, NodeConfig, StartError};
 pub use outbound::PeerProtocol;
 pub use ring::HashRing;
 pub use router::{RouteError, Routed, Router, RouterConfig, SendOptions};
+pub use security::{ClusterKey, KeyError, Keyring, Keys};
 pub use table::{ServiceInfo, ServiceTable};
 pub use upstream::{
     parse_handlers_file, HandlerSpec, HealthConfig, HttpUpstream, UpstreamConfig, UpstreamError,

@@ -17,6 +17,7 @@ use crate::inbound::{self, Inbound, Limits};
 use crate::message::{handler_fn, HandlerError, Header, SharedHandler};
 use crate::outbound::{Forwarder, PeerProtocol};
 use crate::router::{LocalService, Router, RouterConfig};
+use crate::security::Keys;
 use crate::shutdown::Shutdown;
 use crate::upstream::{self, HttpUpstream};
 
@@ -51,6 +52,9 @@ pub struct NodeConfig {
     /// How long a peer whose connection failed stays off this node's rings, unless gossip
     /// confirms it gone first (see [`RouterConfig::suspect_timeout`]).
     pub suspect_timeout: Duration,
+    /// The cluster's secrets. With them, gossip is sealed and peers talk over mutual TLS;
+    /// without them, the node trusts whatever reaches its ports (see the README's "Security").
+    pub keys: Option<Keys>,
 }
 
 impl Default for NodeConfig {
@@ -66,6 +70,7 @@ impl Default for NodeConfig {
             max_connections: 10_000,
             max_buffered: 256 * 1024 * 1024,
             suspect_timeout: RouterConfig::default().suspect_timeout,
+            keys: None,
         }
     }
 }
@@ -166,8 +171,8 @@ impl NodeBuilder {
         let membership = self
             .cluster
             .join(LocalNode {
-                node_id: node_id.to_string(),
-                endpoint: endpoint.clone(),
+                keys: self.config.keys.clone(),
+                ..LocalNode::new(node_id.to_string(), endpoint.clone())
             })
             .await?;
         let config = self.config;

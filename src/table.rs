@@ -153,6 +153,7 @@ mod tests {
                 })
                 .collect(),
             last_heard: None,
+            fingerprint: None,
         }
     }
 

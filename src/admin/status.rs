@@ -81,6 +81,7 @@ fn members(admin: &Admin) -> Vec<Member> {
         },
         services: admin.router.local_services(),
         last_heard: None,
+        fingerprint: None,
     });
     members.sort_by(|a, b| a.id.cmp(&b.id));
     members

@@ -189,6 +189,7 @@ mod tests {
                 })
                 .collect(),
             last_heard: None,
+            fingerprint: None,
         }
     }
 

@@ -256,6 +256,7 @@ pub(crate) fn member_of(id: &ChitchatId, state: &NodeState, live: bool) -> Optio
         state: state_kind,
         services,
         last_heard: None,
+        fingerprint: None,
     })
 }
 

@@ -212,6 +212,7 @@ impl Router {
             },
             services: self.local_services(),
             last_heard: None,
+            fingerprint: None,
         });
         let members = without_suspects(members, &self.inner.suspects.load(), Instant::now());
         let version = self.inner.version.fetch_add(1, Ordering::AcqRel) + 1;

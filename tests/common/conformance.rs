@@ -127,10 +127,7 @@ pub async fn join_member(backend: &dyn Backend, seeds: &[String], addr: &str) ->
     let id = uuid::Uuid::new_v4().to_string();
     let membership = backend
         .cluster(seeds)
-        .join(LocalNode {
-            node_id: id.clone(),
-            endpoint: endpoint.clone(),
-        })
+        .join(LocalNode::new(id.clone(), endpoint.clone()))
         .await
         .expect("the member joins");
     TestMember {

@@ -363,6 +363,7 @@ impl FixedMembership {
             state: MemberState::Live,
             services: services.to_vec(),
             last_heard: None,
+            fingerprint: None,
         };
         self.view.send_replace(Arc::new(ClusterView {
             members: vec![me, self.far.clone()],
@@ -382,6 +383,7 @@ impl Cluster for FixedCluster {
                 stream: Arc::from("far"),
             }],
             last_heard: None,
+            fingerprint: None,
         };
         let membership = FixedMembership {
             local,

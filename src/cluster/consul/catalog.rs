@@ -133,10 +133,7 @@ mod tests {
 
     #[test]
     fn a_registration_has_the_originals_shape() {
-        let local = LocalNode {
-            node_id: "n1".into(),
-            endpoint: "http://10.1.2.3:8080".into(),
-        };
+        let local = LocalNode::new("n1", "http://10.1.2.3:8080");
         let config = ConsulConfig::default();
         let body = registration(&local, "s1", "echo", &config);
         assert_eq!(

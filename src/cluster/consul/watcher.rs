@@ -40,6 +40,7 @@ impl WatchState {
                     state: MemberState::Live,
                     services: Vec::new(),
                     last_heard: None,
+                    fingerprint: None,
                 })
                 .services
                 .push(ServiceEntry {
@@ -256,6 +257,7 @@ mod tests {
                     stream: Arc::from("echo"),
                 }],
                 last_heard: None,
+                fingerprint: None,
             },
         };
         let view = state.view();

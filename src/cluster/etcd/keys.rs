@@ -31,6 +31,7 @@ pub(super) fn view_of(kv: &BTreeMap<String, Entry>) -> ClusterView {
             state: MemberState::Live,
             services: Vec::new(),
             last_heard: None,
+            fingerprint: None,
         });
         if let (Some(stream), Some(id)) = (&entry.stream, &entry.id) {
             member.services.push(ServiceEntry {
