@@ -2,7 +2,8 @@
 //! reconciliation and a phi-accrual failure detector), so nothing else needs installing.
 //!
 //! Each node's gossip state holds its HTTP endpoint (`http`), its state (`status`: `live` or
-//! `leaving`) and one key per service (`service:<id>` = stream). Whenever chitchat's set of live
+//! `leaving`), one key per service (`service:<id>` = stream) and, in a cluster with a key, the
+//! fingerprint of its peer certificate (`tls`). Whenever chitchat's set of live
 //! nodes or their states change, a task turns them into a [`ClusterView`] and publishes it.
 //! The defaults suit a LAN: a gossip round every 150 ms and a phi threshold of 10 notice a
 //! killed node within about two seconds.
@@ -32,6 +33,8 @@ use crate::address::{parse_seed, Address};
 
 const KEY_HTTP: &str = "http";
 const KEY_STATUS: &str = "status";
+/// The SHA-256 fingerprint of the node's peer certificate, when the cluster has a key.
+const KEY_TLS: &str = "tls";
 const SERVICE_PREFIX: &str = "service:";
 
 /// No seeds: `GossipCluster::new(9742, NO_SEEDS)` starts a new cluster.
@@ -167,10 +170,13 @@ impl Cluster for GossipCluster {
             extra_liveness_predicate: None,
             protocol_version: ProtocolVersion::V0,
         };
-        let initial = vec![
+        let mut initial = vec![
             (KEY_HTTP.to_string(), local.endpoint.clone()),
             (KEY_STATUS.to_string(), "live".to_string()),
         ];
+        if let Some(fingerprint) = &local.fingerprint {
+            initial.push((KEY_TLS.to_string(), fingerprint.clone()));
+        }
         let traffic = Arc::new(TrafficCounters::default());
         let transport = CountingTransport {
             counters: traffic.clone(),
@@ -256,7 +262,7 @@ pub(crate) fn member_of(id: &ChitchatId, state: &NodeState, live: bool) -> Optio
         state: state_kind,
         services,
         last_heard: None,
-        fingerprint: None,
+        fingerprint: state.get(KEY_TLS).map(str::to_owned),
     })
 }
 
