@@ -25,6 +25,7 @@ use tokio::sync::watch;
 use crate::answer::Body;
 use crate::cluster::{ClusterView, EventLog};
 use crate::router::Router;
+use crate::security::Keys;
 
 mod inventory;
 mod openapi;
@@ -39,6 +40,8 @@ pub(crate) struct Admin {
     /// The membership backend's latest view, for `/api/members` and the page.
     view: watch::Receiver<Arc<ClusterView>>,
     events: Arc<EventLog>,
+    /// The cluster's keys, whose public ids the status shows during a rotation.
+    keys: Option<Keys>,
 }
 
 /// Messages the node is answering now, and its limit; reported by the HTTP server.
@@ -74,11 +77,13 @@ impl Admin {
         router: Router,
         view: watch::Receiver<Arc<ClusterView>>,
         events: Arc<EventLog>,
+        keys: Option<Keys>,
     ) -> Admin {
         Admin {
             router,
             view,
             events,
+            keys,
         }
     }
 

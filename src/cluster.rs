@@ -66,6 +66,8 @@ impl LocalNode {
 pub struct Traffic {
     pub bytes_sent: u64,
     pub bytes_received: u64,
+    /// Datagrams dropped because no key of the node's keyring opened them (sealed gossip).
+    pub datagrams_rejected: u64,
 }
 
 /// One service a node advertises: a registered handler on a stream.

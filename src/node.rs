@@ -209,7 +209,12 @@ impl NodeBuilder {
             router.clone(),
             events.clone(),
         ));
-        let admin = Admin::new(router.clone(), membership.view(), events);
+        let admin = Admin::new(
+            router.clone(),
+            membership.view(),
+            events,
+            config.keys.clone(),
+        );
         let inbound = Inbound::new(
             router.clone(),
             admin,

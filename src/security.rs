@@ -8,8 +8,6 @@
 //! is tried to open, as serf and Consul do it.
 
 mod keyring;
-// Used by sealed gossip, which lands next.
-#[allow(dead_code)]
 pub(crate) mod seal;
 
 pub use keyring::{ClusterKey, KeyError, Keyring, Keys};

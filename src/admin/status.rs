@@ -235,6 +235,7 @@ fn status(admin: &Admin, load: Load) -> Value {
         "tableVersion": table.version,
         "inFlight": load.in_flight,
         "gossip": admin.router.membership_traffic(),
+        "keyring": admin.keys.as_ref().map(|keys| keys.current().ids()),
         "members": members,
         "streams": streams,
         "events": admin.events.recent(),

@@ -25,6 +25,8 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
+mod sealed;
+
 use super::{
     Cluster, ClusterError, ClusterView, LocalNode, Member, MemberState, Membership, ServiceEntry,
     Traffic,
@@ -178,13 +180,22 @@ impl Cluster for GossipCluster {
             initial.push((KEY_TLS.to_string(), fingerprint.clone()));
         }
         let traffic = Arc::new(TrafficCounters::default());
-        let transport = CountingTransport {
-            counters: traffic.clone(),
-        };
-        let handle = spawn_chitchat(chitchat_config, initial, &transport)
-            .await
-            .map_err(|e| ClusterError::Backend(format!("gossip on {listen_addr}: {e}")))?;
-        info!(%listen_addr, %advertise_addr, seeds = ?seed_nodes, "gossip started");
+        let sealed = local.keys.is_some();
+        let handle = match local.keys {
+            Some(keys) => {
+                let transport =
+                    sealed::SealedTransport::new(keys, &config.cluster_id, traffic.clone());
+                spawn_chitchat(chitchat_config, initial, &transport).await
+            }
+            None => {
+                let transport = CountingTransport {
+                    counters: traffic.clone(),
+                };
+                spawn_chitchat(chitchat_config, initial, &transport).await
+            }
+        }
+        .map_err(|e| ClusterError::Backend(format!("gossip on {listen_addr}: {e}")))?;
+        info!(%listen_addr, %advertise_addr, seeds = ?seed_nodes, sealed, "gossip started");
 
         let (view_tx, view_rx) = watch::channel(Arc::new(ClusterView::default()));
         let watcher = tokio::spawn(watch_members(handle.chitchat(), view_tx));
@@ -342,6 +353,7 @@ impl Membership for GossipMembership {
         Some(Traffic {
             bytes_sent: self.traffic.sent.load(Ordering::Relaxed),
             bytes_received: self.traffic.received.load(Ordering::Relaxed),
+            datagrams_rejected: self.traffic.rejected.load(Ordering::Relaxed),
         })
     }
 
@@ -361,11 +373,13 @@ impl Drop for GossipMembership {
     }
 }
 
-/// Bytes of gossip sent and received, counted at the UDP socket.
+/// Bytes of gossip sent and received, counted at the UDP socket, and datagrams dropped
+/// because no key opened them.
 #[derive(Debug, Default)]
 struct TrafficCounters {
     sent: AtomicU64,
     received: AtomicU64,
+    rejected: AtomicU64,
 }
 
 /// chitchat's UDP transport, counting bytes.

@@ -402,6 +402,17 @@ impl Metrics {
                 "meshage_gossip_bytes_total{{direction=\"received\"}} {}",
                 traffic.bytes_received
             );
+            header(
+                &mut out,
+                "meshage_gossip_rejected_total",
+                "counter",
+                "Gossip datagrams dropped because no key of this node's keyring opened them.",
+            );
+            let _ = writeln!(
+                out,
+                "meshage_gossip_rejected_total {}",
+                traffic.datagrams_rejected
+            );
         }
         out
     }
@@ -479,6 +490,7 @@ mod tests {
             gossip: Some(Traffic {
                 bytes_sent: 10,
                 bytes_received: 20,
+                datagrams_rejected: 3,
             }),
             in_flight: 1,
             max_in_flight: 100,
@@ -540,6 +552,7 @@ mod tests {
             r#"meshage_services{stream="echo"} 2"#.into(),
             "meshage_table_rebuilds_total 5".into(),
             r#"meshage_gossip_bytes_total{direction="received"} 20"#.into(),
+            "meshage_gossip_rejected_total 3".into(),
             r#"meshage_membership_events_total{kind="joined"} 2"#.into(),
             r#"meshage_membership_events_total{kind="dead"} 0"#.into(),
         ] {

@@ -123,7 +123,6 @@ impl fmt::Debug for ClusterKey {
 #[derive(Clone)]
 pub struct Keyring {
     keys: Vec<ClusterKey>,
-    #[allow(dead_code)]
     gossip: Vec<XChaCha20Poly1305>,
 }
 
@@ -169,7 +168,6 @@ impl Keyring {
     }
 
     /// The gossip ciphers, the sealing one first.
-    #[allow(dead_code)]
     pub(crate) fn gossip(&self) -> &[XChaCha20Poly1305] {
         &self.gossip
     }

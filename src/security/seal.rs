@@ -23,8 +23,6 @@ const NONCE: usize = 24;
 const TAG: usize = 16;
 /// Bytes a sealed datagram adds to what it carries.
 pub(crate) const OVERHEAD: usize = HEADER + NONCE + TAG;
-/// The most fragments of one message.
-pub(crate) const MAX_FRAGMENTS: u8 = 15;
 
 /// Where a datagram's plaintext belongs in its message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -33,7 +31,7 @@ pub(crate) struct Fragment {
     pub(crate) message: u32,
     /// 0-based.
     pub(crate) index: u8,
-    /// 1 to [`MAX_FRAGMENTS`].
+    /// 1 to 15.
     pub(crate) count: u8,
 }
 

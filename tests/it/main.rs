@@ -44,5 +44,6 @@ mod mesh;
 mod observability;
 mod openapi;
 mod ring_vectors;
+mod sealed;
 mod status_page;
 mod upstream;

@@ -4,7 +4,9 @@
 
 mod client;
 mod demo;
+mod keys;
 mod node;
+mod reload;
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -41,6 +43,8 @@ enum Command {
     Node(Box<NodeArgs>),
     /// Start a 3-node cluster in this process, send a few keys, and keep serving until Ctrl-C.
     Demo,
+    /// Print a new random cluster secret (base64) for `--cluster-key` or a keyring file.
+    Keygen,
     #[command(flatten)]
     Client(ClientCommand),
 }
@@ -115,6 +119,10 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Node(args) => node::run_node(*args).await,
             Command::Demo => demo::run_demo().await,
+            Command::Keygen => {
+                keys::keygen();
+                Ok(())
+            }
             Command::Client(command) => run_client(command).await,
         }
     });

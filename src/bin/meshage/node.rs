@@ -30,6 +30,8 @@ pub(crate) struct NodeArgs {
     seeds: Vec<String>,
     #[command(flatten)]
     backend: BackendArgs,
+    #[command(flatten)]
+    keys: crate::keys::KeyArgs,
     /// Host to serve HTTP on (default: all interfaces, advertising the machine's hostname).
     #[arg(long, env = "HTTP_HOST")]
     http_host: Option<String>,
@@ -226,6 +228,7 @@ pub(crate) async fn run_node(args: NodeArgs) -> Result<()> {
         seeds,
         &args.backend,
     )?;
+    let keys = args.keys.load()?;
     let config = NodeConfig {
         request_timeout: seconds("request-timeout", args.request_timeout)?,
         body_limit: args.body_limit,
@@ -236,6 +239,7 @@ pub(crate) async fn run_node(args: NodeArgs) -> Result<()> {
         max_connections: usize::try_from(args.max_connections).unwrap_or(usize::MAX),
         max_buffered: usize::try_from(args.max_buffered).unwrap_or(usize::MAX),
         suspect_timeout: seconds("suspect-timeout", args.suspect_timeout)?,
+        keys,
         ..NodeConfig::default()
     };
     let mut builder =
