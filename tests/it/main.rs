@@ -33,6 +33,7 @@ mod common {
 
 mod api;
 mod binary;
+mod certs;
 mod client;
 mod conformance;
 mod failure;

@@ -214,7 +214,12 @@ async fn keys_rotate_under_load_and_the_old_key_is_cut_off() {
             while !stop.load(Ordering::SeqCst) {
                 let url = format!("{}/api/echo/w{worker}-{i}", endpoints[i % 3]);
                 match http
-                    .request(http::Method::POST, &url, &[], bytes::Bytes::from_static(b"{}"))
+                    .request(
+                        http::Method::POST,
+                        &url,
+                        &[],
+                        bytes::Bytes::from_static(b"{}"),
+                    )
                     .await
                 {
                     Ok(a) if a.status == StatusCode::OK => ok.fetch_add(1, Ordering::SeqCst),
@@ -308,4 +313,44 @@ fn keygen_prints_a_new_key_each_time_and_bad_keys_are_not_echoed() {
     let help = meshage_cli(&["node", "--help"], &[("MESHAGE_CLUSTER_KEY", key)], None);
     assert!(help.stdout.contains("--cluster-key"), "{help:?}");
     assert!(!help.stdout.contains(key), "{help:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cluster_key_never_appears_in_logs_answers_or_metrics() {
+    let key = ClusterKey::generate();
+    let secret = key.to_base64().trim_end_matches('=').to_owned();
+    let env = [("MESHAGE_CLUSTER_KEY", secret.as_str()), ("RUST_LOG", "debug")];
+    let first = crate::common::process::meshage_node_env("first", &[], &["--echo", "echo"], &env);
+    let second = crate::common::process::meshage_node_env(
+        "second",
+        &[&first.seed],
+        &["--echo", "echo"],
+        &env,
+    );
+    let http = Http::default();
+    wait_until_async(Duration::from_secs(10), "the two keyed nodes meet", || async {
+        services(&http, &first).await == 2 && services(&http, &second).await == 2
+    })
+    .await;
+    let mut seen = String::new();
+    for i in 0..10 {
+        let answer = http
+            .post(&format!("{}/api/echo/k{i}", first.endpoint), "{}")
+            .await;
+        assert_eq!(answer.status, StatusCode::OK);
+        seen.push_str(&String::from_utf8_lossy(&answer.body));
+    }
+    for path in ["/api/status", "/metrics", "/api/members", "/api/services", "/"] {
+        let answer = http.get(&format!("{}{path}", first.endpoint)).await;
+        seen.push_str(&String::from_utf8_lossy(&answer.body));
+    }
+    assert!(seen.contains(&key.id()), "the status names the key by its public id");
+    seen.push_str(&first.proc.output());
+    seen.push_str(&second.proc.output());
+    assert!(seen.contains("DEBUG"), "debug logging was on");
+    // Any 12 consecutive characters of the key would be a leak.
+    for start in 0..secret.len() - 12 {
+        let piece = &secret[start..start + 12];
+        assert!(!seen.contains(piece), "a piece of the key leaked: {piece}");
+    }
 }

@@ -2,6 +2,7 @@
 //! environment variables), `meshage demo` a 3-node cluster in one process, and `send`,
 //! `broadcast`, `services`, `members` and `locate` talk to a running cluster.
 
+mod certs;
 mod client;
 mod demo;
 mod keys;
@@ -45,6 +46,9 @@ enum Command {
     Demo,
     /// Print a new random cluster secret (base64) for `--cluster-key` or a keyring file.
     Keygen,
+    /// Make a certificate authority and node certificates, for operators without a PKI.
+    #[command(subcommand)]
+    Certs(certs::CertsCommand),
     #[command(flatten)]
     Client(ClientCommand),
 }
@@ -119,6 +123,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Node(args) => node::run_node(*args).await,
             Command::Demo => demo::run_demo().await,
+            Command::Certs(command) => certs::run(command),
             Command::Keygen => {
                 keys::keygen();
                 Ok(())
