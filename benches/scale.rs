@@ -2,7 +2,9 @@
 //!
 //! An in-process simulation of 50 and 100 gossip nodes on loopback with the shipped defaults:
 //! start to convergence, time to detect a dead node, gossip bytes per node per second, and the
-//! share of keys that move when one node joins or leaves (expected about 1/N). These guide the
+//! share of keys that move when one node joins or leaves (expected about 1/N); each size runs
+//! once with plain gossip and once sealed with a cluster key, with the process's CPU time over
+//! the steady-state window. These guide the
 //! defaults in `GossipConfig`. Under `cargo test` (no `--bench` argument) it runs a 5-node smoke
 //! version, so the simulation itself stays tested.
 
@@ -10,8 +12,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use meshage::{
-    Cluster, ClusterView, GossipCluster, HashRing, LocalNode, MemberState, Membership,
-    ServiceEntry, NO_SEEDS,
+    Cluster, ClusterKey, ClusterView, GossipCluster, HashRing, Keyring, Keys, LocalNode,
+    MemberState, Membership, ServiceEntry, NO_SEEDS,
 };
 
 fn live_services(view: &ClusterView) -> usize {
@@ -37,7 +39,24 @@ async fn wait_all(
     None
 }
 
-async fn simulate(n: usize) {
+/// CPU time of this process so far (user and system), from /proc/self/stat, in seconds.
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name, which is in parentheses: utime and stime are the 12th
+    // and 13th of them, in clock ticks (100 a second on Linux).
+    let after = stat.rsplit(')').next().unwrap_or_default();
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+async fn simulate(n: usize, sealed: bool) {
+    let keys = Keys::new(Keyring::new(ClusterKey::generate()));
     let started = Instant::now();
     let mut nodes: Vec<Arc<dyn Membership>> = Vec::with_capacity(n);
     let mut seed = None;
@@ -47,13 +66,14 @@ async fn simulate(n: usize) {
             Some(seed) => GossipCluster::new("127.0.0.1:0", [seed]),
         }
         .expect("valid address");
-        let membership = Box::new(cluster)
-            .join(LocalNode::new(
-                format!("node-{i:03}"),
-                format!("http://127.0.0.1:{}", 20000 + i),
-            ))
-            .await
-            .expect("gossip starts");
+        let mut local = LocalNode::new(
+            format!("node-{i:03}"),
+            format!("http://127.0.0.1:{}", 20000 + i),
+        );
+        if sealed {
+            local = local.with_keys(keys.clone());
+        }
+        let membership = Box::new(cluster).join(local).await.expect("gossip starts");
         membership
             .advertise(&[ServiceEntry {
                 id: Arc::from(format!("service-{i:03}").as_str()),
@@ -75,7 +95,9 @@ async fn simulate(n: usize) {
         .map(|m| m.traffic().unwrap_or_default().bytes_sent)
         .sum();
     let window = Duration::from_secs(3);
+    let cpu_before = cpu_seconds();
     tokio::time::sleep(window).await;
+    let cpu = (cpu_seconds() - cpu_before) / window.as_secs_f64();
     let after: u64 = nodes
         .iter()
         .map(|m| m.traffic().unwrap_or_default().bytes_sent)
@@ -91,10 +113,12 @@ async fn simulate(n: usize) {
     .await;
 
     println!(
-        "{n:>4} nodes | convergence {} | dead node detected by all in {} | gossip sent {:.1} KB/s per node",
+        "{n:>4} nodes {} | convergence {} | dead node detected by all in {} | gossip sent {:.1} KB/s per node | CPU {:.1}% of a core per node",
+        if sealed { "sealed" } else { "plain " },
         convergence.map_or("not within 60 s".into(), |d| format!("{:.2} s", d.as_secs_f64())),
         detected.map_or("not within 60 s".into(), |d| format!("{:.2} s", d.as_secs_f64())),
         per_node / 1024.0,
+        cpu * 100.0 / n as f64,
     );
     for node in nodes {
         let _ = node.shutdown().await;
@@ -136,7 +160,8 @@ fn main() {
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     println!("gossip scale simulation on loopback, shipped GossipConfig defaults");
     for &n in sizes {
-        runtime.block_on(simulate(n));
+        runtime.block_on(simulate(n, false));
+        runtime.block_on(simulate(n, true));
     }
     for &n in if bench {
         &[3usize, 10, 50, 100][..]

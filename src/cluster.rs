@@ -59,6 +59,12 @@ impl LocalNode {
             fingerprint: None,
         }
     }
+
+    /// The same node with the cluster's keys: the gossip backend seals with them.
+    pub fn with_keys(mut self, keys: Keys) -> LocalNode {
+        self.keys = Some(keys);
+        self
+    }
 }
 
 /// Membership traffic of one node since it joined.

@@ -319,7 +319,10 @@ fn keygen_prints_a_new_key_each_time_and_bad_keys_are_not_echoed() {
 async fn the_cluster_key_never_appears_in_logs_answers_or_metrics() {
     let key = ClusterKey::generate();
     let secret = key.to_base64().trim_end_matches('=').to_owned();
-    let env = [("MESHAGE_CLUSTER_KEY", secret.as_str()), ("RUST_LOG", "debug")];
+    let env = [
+        ("MESHAGE_CLUSTER_KEY", secret.as_str()),
+        ("RUST_LOG", "debug"),
+    ];
     let first = crate::common::process::meshage_node_env("first", &[], &["--echo", "echo"], &env);
     let second = crate::common::process::meshage_node_env(
         "second",
@@ -328,9 +331,11 @@ async fn the_cluster_key_never_appears_in_logs_answers_or_metrics() {
         &env,
     );
     let http = Http::default();
-    wait_until_async(Duration::from_secs(10), "the two keyed nodes meet", || async {
-        services(&http, &first).await == 2 && services(&http, &second).await == 2
-    })
+    wait_until_async(
+        Duration::from_secs(10),
+        "the two keyed nodes meet",
+        || async { services(&http, &first).await == 2 && services(&http, &second).await == 2 },
+    )
     .await;
     let mut seen = String::new();
     for i in 0..10 {
@@ -340,11 +345,20 @@ async fn the_cluster_key_never_appears_in_logs_answers_or_metrics() {
         assert_eq!(answer.status, StatusCode::OK);
         seen.push_str(&String::from_utf8_lossy(&answer.body));
     }
-    for path in ["/api/status", "/metrics", "/api/members", "/api/services", "/"] {
+    for path in [
+        "/api/status",
+        "/metrics",
+        "/api/members",
+        "/api/services",
+        "/",
+    ] {
         let answer = http.get(&format!("{}{path}", first.endpoint)).await;
         seen.push_str(&String::from_utf8_lossy(&answer.body));
     }
-    assert!(seen.contains(&key.id()), "the status names the key by its public id");
+    assert!(
+        seen.contains(&key.id()),
+        "the status names the key by its public id"
+    );
     seen.push_str(&first.proc.output());
     seen.push_str(&second.proc.output());
     assert!(seen.contains("DEBUG"), "debug logging was on");
