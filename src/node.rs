@@ -258,7 +258,8 @@ impl NodeBuilder {
         ));
         info!(node = %node_id, %endpoint, %local_addr, "node started");
         let gossip = membership.seed_address();
-        if let Some(open) = exposed(local_addr, gossip.as_deref()) {
+        let open = exposed(local_addr, gossip.as_deref()).filter(|_| config.keys.is_none());
+        if let Some(open) = open {
             warn!(
                 address = %open,
                 "listening beyond loopback with no authentication or encryption: anyone who \

@@ -491,7 +491,7 @@ async fn bodies_still_arriving_share_a_bounded_budget() {
 }
 
 /// A node that listens beyond loopback with no key or TLS says once, at start, what anyone who
-/// reaches it can do; one on loopback says nothing of it.
+/// reaches it can do; one on loopback, or one with a cluster key, says nothing of it.
 #[test]
 fn an_exposed_node_warns_once_at_start() {
     const WARNING: &str = "no authentication or encryption";
@@ -528,4 +528,20 @@ fn an_exposed_node_warns_once_at_start() {
         "{}",
         local.proc.output()
     );
+    // With a cluster key, gossip is sealed and peers authenticated: no warning either. The
+    // warning would come before "node started" is followed by the stdout line.
+    let key = meshage::ClusterKey::generate();
+    let mut command = crate::common::meshage_command();
+    command
+        .args(["node", "--http-host", "0.0.0.0", "--http-port", "0"])
+        .args(["--cluster-host", "127.0.0.1", "--cluster-port", "0"])
+        .env("MESHAGE_CLUSTER_KEY", &*key.to_base64());
+    let keyed = crate::common::proc::Proc::spawn("keyed", command);
+    keyed.wait_line(Duration::from_secs(20), |l| l.starts_with("meshage node "));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !keyed.output().contains("node started") {
+        assert!(std::time::Instant::now() < deadline, "{}", keyed.output());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(!keyed.output().contains(WARNING), "{}", keyed.output());
 }
