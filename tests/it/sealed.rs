@@ -65,19 +65,27 @@ async fn nodes_without_the_key_or_with_another_never_join() {
     )
     .await;
 
+    // On a busy machine the failure detector may briefly lose a keyed peer, so the check is
+    // that no node ever sees a node of the other side, not that the keyed pair never blinks.
     let start = Instant::now();
     while start.elapsed() < WATCH {
         for node in [&a, &b] {
-            assert_eq!(
-                endpoints(node),
-                keyed_endpoints,
-                "a keyed node saw a stranger"
+            let seen = endpoints(node);
+            assert!(
+                seen.iter().all(|e| keyed_endpoints.contains(e)),
+                "a keyed node saw a stranger: {seen:?}"
             );
         }
         assert_eq!(endpoints(&stranger), [stranger.endpoint().to_string()]);
         assert_eq!(endpoints(&wrong), [wrong.endpoint().to_string()]);
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    wait_until(
+        Duration::from_secs(10),
+        "the keyed nodes see each other",
+        || endpoints(&a) == keyed_endpoints && endpoints(&b) == keyed_endpoints,
+    )
+    .await;
     assert!(rejected(&a) > 0, "A counted the strangers' datagrams");
     assert!(
         rejected(&wrong) > 0,
