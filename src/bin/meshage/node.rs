@@ -89,8 +89,9 @@ pub(crate) struct NodeArgs {
           value_parser = clap::value_parser!(u64).range(1..))]
     max_connections: u64,
     /// Bytes of request bodies and peer-link frames still arriving that the node holds at once;
-    /// above it, new bodies get 503 and link frames wait.
-    #[arg(long, env = "MESHAGE_MAX_BUFFERED", default_value_t = 256 * 1024 * 1024,
+    /// above it, new bodies get 503 and link frames wait. Default: 256 MiB, or a quarter of
+    /// the memory the process may use (its cgroup's limit, else the machine's) if that is less.
+    #[arg(long, env = "MESHAGE_MAX_BUFFERED", default_value_t = default_max_buffered(),
           value_parser = clap::value_parser!(u64).range(1..))]
     max_buffered: u64,
     /// Seconds a peer whose connection failed stays off this node's rings, unless gossip
@@ -319,4 +320,40 @@ fn upstreams(
             Ok((spec.stream, upstream))
         })
         .collect()
+}
+
+/// 256 MiB, or a quarter of the memory this process may use if that is less: the limit of its
+/// cgroup (v2 `memory.max`, as in a container), else the machine's memory.
+fn default_max_buffered() -> u64 {
+    const CAP: u64 = 256 * 1024 * 1024;
+    let cgroup = std::fs::read_to_string("/sys/fs/cgroup/memory.max")
+        .ok()
+        .and_then(|t| t.trim().parse::<u64>().ok());
+    let machine = std::fs::read_to_string("/proc/meminfo").ok().and_then(|t| {
+        t.lines()
+            .find_map(|l| l.strip_prefix("MemTotal:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .map(|kib| kib * 1024)
+    });
+    buffered_for(cgroup.or(machine), CAP)
+}
+
+/// A quarter of `memory` (when known), at most `cap` and at least 16 MiB.
+fn buffered_for(memory: Option<u64>, cap: u64) -> u64 {
+    memory.map_or(cap, |m| (m / 4).clamp(16 * 1024 * 1024, cap))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_buffer_budget_fits_the_memory() {
+        const MIB: u64 = 1024 * 1024;
+        assert_eq!(buffered_for(None, 256 * MIB), 256 * MIB);
+        assert_eq!(buffered_for(Some(24 * 1024 * MIB), 256 * MIB), 256 * MIB);
+        assert_eq!(buffered_for(Some(512 * MIB), 256 * MIB), 128 * MIB);
+        assert_eq!(buffered_for(Some(32 * MIB), 256 * MIB), 16 * MIB);
+        assert!(default_max_buffered() >= 16 * MIB);
+    }
 }
