@@ -28,7 +28,8 @@ impl TraceId {
 
     /// The id in a header value or frame field: 1 to 16 hex digits, not all zero.
     pub(crate) fn parse(text: &[u8]) -> Option<TraceId> {
-        if text.is_empty() || text.len() > 16 {
+        // `from_str_radix` alone would also take a leading `+`.
+        if text.is_empty() || text.len() > 16 || !text.iter().all(u8::is_ascii_hexdigit) {
             return None;
         }
         let text = std::str::from_utf8(text).ok()?;
@@ -74,7 +75,7 @@ mod tests {
         assert_eq!(TraceId::parse(&id.hex()), Some(id));
         assert_eq!(id.to_string().as_bytes(), id.hex());
         assert_eq!(TraceId::parse(b"00ff").map(TraceId::as_u64), Some(255));
-        for junk in [&b""[..], b"0", b"xyz", b"00000000000000000", b"12 4"] {
+        for junk in [&b""[..], b"0", b"xyz", b"00000000000000000", b"12 4", b"+ff", b"-1"] {
             assert_eq!(TraceId::parse(junk), None, "{junk:?}");
         }
         assert_eq!(TraceId::from_u64(0), None);
