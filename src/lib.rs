@@ -106,7 +106,9 @@ pub use node::{init, Node, NodeBuilder, NodeConfig, StartError};
 pub use outbound::PeerProtocol;
 pub use ring::HashRing;
 pub use router::{RouteError, Routed, Router, RouterConfig, SendOptions};
-pub use security::{ClusterKey, KeyError, Keyring, Keys};
+pub use security::{
+    ApiTokens, ClusterKey, KeyError, Keyring, Keys, TokenError, TokenFileError, Tokens,
+};
 pub use table::{ServiceInfo, ServiceTable};
 pub use upstream::{
     parse_handlers_file, HandlerSpec, HealthConfig, HttpUpstream, UpstreamConfig, UpstreamError,

@@ -3,7 +3,8 @@
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use meshage::{
-    Cluster, GossipCluster, HandlerSpec, HealthConfig, HttpUpstream, NodeConfig, UpstreamConfig,
+    Cluster, GossipCluster, HandlerSpec, HealthConfig, HttpUpstream, NodeConfig, Tokens,
+    UpstreamConfig,
 };
 use tracing::info;
 
@@ -95,6 +96,16 @@ pub(crate) struct NodeArgs {
     /// confirms it gone first.
     #[arg(long, env = "MESHAGE_SUSPECT_TIMEOUT", default_value_t = 5.0)]
     suspect_timeout: f64,
+    /// A file of API tokens clients must send (`Authorization: Bearer TOKEN`): one `TOKEN` or
+    /// `TOKEN stream,stream` (limited to those streams) a line; `#` starts a comment. Reread
+    /// when it changes.
+    #[arg(
+        long,
+        env = "MESHAGE_API_TOKENS",
+        value_name = "FILE",
+        hide_env_values = true
+    )]
+    api_tokens: Option<std::path::PathBuf>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -236,6 +247,7 @@ pub(crate) async fn run_node(args: NodeArgs) -> Result<()> {
         max_connections: usize::try_from(args.max_connections).unwrap_or(usize::MAX),
         max_buffered: usize::try_from(args.max_buffered).unwrap_or(usize::MAX),
         suspect_timeout: seconds("suspect-timeout", args.suspect_timeout)?,
+        api_tokens: args.api_tokens.map(Tokens::from_file).transpose()?,
         ..NodeConfig::default()
     };
     let mut builder =
