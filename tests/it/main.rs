@@ -45,4 +45,5 @@ mod observability;
 mod openapi;
 mod ring_vectors;
 mod status_page;
+mod tokens;
 mod upstream;
