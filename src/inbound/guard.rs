@@ -32,14 +32,10 @@ pub(super) fn guard(
     let Some(tokens) = &inbound.tokens else {
         return Ok(());
     };
-    // Exhaustive: a new page does not compile until it says whether it needs a token.
-    let stream = match *endpoint {
-        Endpoint::Message { stream, .. } | Endpoint::Admin(Page::Locate { stream, .. }) => {
-            Some(stream)
-        }
-        Endpoint::Admin(Page::Metrics | Page::Status | Page::Services | Page::Members) => None,
-        Endpoint::Admin(Page::Index | Page::Health | Page::OpenApi | Page::Unknown(_))
-        | Endpoint::NoRoute(_) => return Ok(()),
+    let stream = match needs(endpoint) {
+        Need::Nothing => return Ok(()),
+        Need::Token => None,
+        Need::TokenFor(stream) => Some(stream),
     };
     if forwarded_by_peer(request) {
         return Ok(());
@@ -56,6 +52,30 @@ pub(super) fn guard(
             (denied, _) => ApiError::Unauthorized(denied),
         }
     })
+}
+
+/// What a request to an endpoint needs on a node with tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Need<'a> {
+    Nothing,
+    /// Any valid token.
+    Token,
+    /// A token that may use this stream (still percent-encoded).
+    TokenFor(&'a str),
+}
+
+/// What a request to `endpoint` needs. Exhaustive: a new page does not compile until it says.
+fn needs<'a>(endpoint: &Endpoint<'a>) -> Need<'a> {
+    match *endpoint {
+        Endpoint::Message { stream, .. } | Endpoint::Admin(Page::Locate { stream, .. }) => {
+            Need::TokenFor(stream)
+        }
+        Endpoint::Admin(Page::Metrics | Page::Status | Page::Services | Page::Members) => {
+            Need::Token
+        }
+        Endpoint::Admin(Page::Index | Page::Health | Page::OpenApi | Page::Unknown(_))
+        | Endpoint::NoRoute(_) => Need::Nothing,
+    }
 }
 
 /// Whether `request` is a forward from a peer (`X-Meshage-Hop`), whose entry node checked the
@@ -83,6 +103,36 @@ fn bearer(headers: &HeaderMap) -> Option<&[u8]> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::inbound::routes::find;
+
+    /// The API description says which operations ask for a token (`security`, none for the
+    /// open ones) and which may answer 403: as the guard does.
+    #[test]
+    fn the_api_description_says_what_needs_a_token() {
+        let doc: serde_json::Value =
+            serde_json::from_str(crate::admin::API_DESCRIPTION).expect("openapi.json is JSON");
+        assert_eq!(doc["security"], serde_json::json!([{}, {"bearer": []}]));
+        let mut checked = 0;
+        for (template, item) in doc["paths"].as_object().unwrap() {
+            let path = template
+                .replace("{stream}", "s")
+                .replace("{partitionKey}", "k");
+            let need = needs(&find(&path));
+            for (method, operation) in item.as_object().unwrap() {
+                let Some(responses) = operation.get("responses") else {
+                    continue;
+                };
+                let what = format!("{method} {template}: {need:?}");
+                let open = operation.get("security") == Some(&serde_json::json!([]));
+                assert_eq!(open, need == Need::Nothing, "{what}");
+                assert_eq!(responses.get("401").is_some(), !open, "{what}");
+                let stream = matches!(need, Need::TokenFor(_));
+                assert_eq!(responses.get("403").is_some(), stream, "{what}");
+                checked += 1;
+            }
+        }
+        assert!(checked >= 20, "{checked} operations");
+    }
 
     #[test]
     fn bearer_tokens_are_read_from_the_authorization_header() {

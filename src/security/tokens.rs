@@ -351,10 +351,8 @@ impl Tokens {
             tokio::time::sleep(period).await;
             let tokens = self.clone();
             // A small file, read on a blocking thread all the same.
-            if tokio::task::spawn_blocking(move || tokens.poll())
-                .await
-                .is_err()
-            {
+            if let Err(e) = tokio::task::spawn_blocking(move || tokens.poll()).await {
+                warn!(error = %e, "API tokens file no longer reread");
                 return;
             }
         }
