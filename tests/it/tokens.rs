@@ -25,10 +25,10 @@ const NEXT: &str = "rotated-in-token-0003";
 const STRANGER: &str = "nobody-knows-this-0004";
 
 /// A tokens file in the temporary directory, removed on drop.
-pub(crate) struct TokenFile(PathBuf);
+struct TokenFile(PathBuf);
 
 impl TokenFile {
-    pub(crate) fn new(text: &str) -> TokenFile {
+    fn new(text: &str) -> TokenFile {
         let path = std::env::temp_dir().join(format!(
             "meshage-tokens-{}-{}",
             std::process::id(),
@@ -40,13 +40,13 @@ impl TokenFile {
     }
 
     /// Replaces the file's text as an operator would: a new file renamed over the old one.
-    pub(crate) fn write(&self, text: &str) {
+    fn write(&self, text: &str) {
         let next = self.0.with_extension("next");
         std::fs::write(&next, text).unwrap();
         std::fs::rename(&next, &self.0).unwrap();
     }
 
-    pub(crate) fn path(&self) -> &Path {
+    fn path(&self) -> &Path {
         &self.0
     }
 }
@@ -58,7 +58,7 @@ impl Drop for TokenFile {
 }
 
 /// The usual tokens file: one token for everything, one for `orders`.
-pub(crate) fn usual_tokens() -> TokenFile {
+fn usual_tokens() -> TokenFile {
     TokenFile::new(&format!(
         "# API tokens\n{FULL}\n{ORDERS} orders   # the orders team\n"
     ))
