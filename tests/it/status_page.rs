@@ -439,11 +439,15 @@ fn enter_token(browser: &mut Browser, token: &str) {
 }
 
 /// `{box: whether the token form shows, why: what it says, members: [...], stored: the
-/// token in sessionStorage}`.
-const TOKEN_STATE: &str = "JSON.stringify({box: !document.getElementById('token-box').hidden, \
+/// token in sessionStorage}`; while the page is still loading, `box` is false and `why` says
+/// why.
+const TOKEN_STATE: &str = "(() => { try { return JSON.stringify({\
+    box: !document.getElementById('token-box').hidden, \
     why: document.getElementById('token-why').textContent, \
     members: document.querySelectorAll('#members tr[data-member]').length, \
-    stored: sessionStorage.getItem('meshage-api-token')})";
+    stored: sessionStorage.getItem('meshage-api-token')}); \
+    } catch (e) { return JSON.stringify({box: false, why: String(e), members: 0, stored: null}); } \
+    })()";
 
 /// On a node with API tokens the page itself opens, finds that `/api/status` answers 401 and
 /// asks for a token; a refused token is asked for again, and once a good one is entered the
