@@ -11,7 +11,9 @@
 //! | `GET /api/locate/{stream}/{key}` | the service and node that own the key; nothing runs |
 //! | `GET /api/openapi.json` | the OpenAPI 3.1 description of the whole HTTP API (`openapi.json`) |
 //!
-//! HEAD is answered as GET wherever GET is; another method is a 405 with `Allow`.
+//! HEAD is answered as GET wherever GET is; another method is a 405 with `Allow`. On a node
+//! with API tokens, `inbound` lets a request reach the others only with a valid token; health,
+//! the description and the page itself are open (the page asks for a token on a 401).
 //!
 //! It reads a narrow view of the node ([`Admin`]: the router, the membership view, the event
 //! log) and the load the HTTP server reports ([`Load`]); it never runs a message, and depends on

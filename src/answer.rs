@@ -2,16 +2,20 @@
 //! with ([`ApiError`]) to a status, a `{"error": "..."}` body and its headers. The HTTP routes,
 //! the admin endpoints and the peer link's server all answer errors through it.
 //!
-//! Depends on `router` (for [`RouteError`]) and nothing above it.
+//! Depends on `router` (for [`RouteError`]), `security` (for why a token is refused) and
+//! nothing above them.
 
 use bytes::Bytes;
-use http::header::{HeaderValue, ALLOW, CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER};
+use http::header::{
+    HeaderValue, ALLOW, CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE,
+};
 use http::{Response, StatusCode};
 use http_body_util::Full;
 use serde_json::{json, Value};
 
 use crate::delivery::Refusal;
 use crate::router::RouteError;
+use crate::security::Denied;
 use crate::wire::REFUSED_HEADER;
 
 /// `X-Meshage-Refused`, parsed once.
@@ -43,6 +47,15 @@ pub(crate) enum ApiError {
     MethodNotAllowed(&'static str),
     #[error("{0}")]
     NotFound(String),
+    /// No bearer token, where the node asks for one (`Unknown`: one it does not accept).
+    #[error("{}", match .0 {
+        Denied::Unknown => "the API token is not valid",
+        _ => "this node needs an API token: send `Authorization: Bearer TOKEN`",
+    })]
+    Unauthorized(Denied),
+    /// A token that may not use the stream named.
+    #[error("the API token may not use the stream `{0}`")]
+    Forbidden(String),
 }
 
 impl ApiError {
@@ -55,6 +68,8 @@ impl ApiError {
             ApiError::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
         }
     }
 
@@ -64,13 +79,17 @@ impl ApiError {
     }
 
     /// The whole answer: status, body, and the headers that go with it (`Allow` on a 405,
-    /// `Retry-After` where coming back later may succeed).
+    /// `Retry-After` where coming back later may succeed, the challenge of RFC 6750 on a 401
+    /// and 403).
     pub(crate) fn response(&self) -> Response<Body> {
         let status = self.status();
         let mut response = json_response(status, self.body());
         let headers = response.headers_mut();
         if let ApiError::MethodNotAllowed(allow) = self {
             headers.insert(ALLOW, HeaderValue::from_static(allow));
+        }
+        if let Some(challenge) = self.challenge() {
+            headers.insert(WWW_AUTHENTICATE, HeaderValue::from_static(challenge));
         }
         if retry_later(status) {
             headers.insert(RETRY_AFTER, HeaderValue::from_static("1"));
@@ -83,6 +102,20 @@ impl ApiError {
             );
         }
         response
+    }
+
+    /// `WWW-Authenticate` of a refusal for want of a token (RFC 6750, section 3): a bare
+    /// challenge when none was sent, `invalid_token` for one the node does not accept,
+    /// `insufficient_scope` for one that may not use the stream.
+    fn challenge(&self) -> Option<&'static str> {
+        Some(match self {
+            ApiError::Unauthorized(Denied::Unknown) => {
+                r#"Bearer realm="meshage", error="invalid_token""#
+            }
+            ApiError::Unauthorized(_) => r#"Bearer realm="meshage""#,
+            ApiError::Forbidden(_) => r#"Bearer realm="meshage", error="insufficient_scope""#,
+            _ => return None,
+        })
     }
 }
 
@@ -147,5 +180,25 @@ mod tests {
         assert_eq!(large.status(), StatusCode::PAYLOAD_TOO_LARGE);
         assert_eq!(large.headers()[CONTENT_TYPE], "application/json");
         assert_eq!(ApiError::BadPath("x".into()).to_string(), "bad path: x");
+
+        let missing = ApiError::Unauthorized(Denied::Missing).response();
+        assert_eq!(missing.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            missing.headers()[WWW_AUTHENTICATE],
+            r#"Bearer realm="meshage""#
+        );
+        let unknown = ApiError::Unauthorized(Denied::Unknown);
+        assert_eq!(
+            unknown.response().headers()[WWW_AUTHENTICATE],
+            r#"Bearer realm="meshage", error="invalid_token""#
+        );
+        let body: Value = serde_json::from_slice(&unknown.body()).unwrap();
+        assert_eq!(body, json!({"error": "the API token is not valid"}));
+        let forbidden = ApiError::Forbidden("orders".into()).response();
+        assert_eq!(forbidden.status(), StatusCode::FORBIDDEN);
+        assert!(forbidden.headers()[WWW_AUTHENTICATE]
+            .to_str()
+            .unwrap()
+            .ends_with(r#"error="insufficient_scope""#));
     }
 }

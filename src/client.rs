@@ -5,7 +5,8 @@
 //! Errors fall into the classes the command's exit codes tell apart: [`ClientError::BadInput`]
 //! (the message or a name was not acceptable, here or by the handler: any 4xx but 404),
 //! [`ClientError::NotFound`] (no such stream: 404), [`ClientError::Unreachable`] (no answer
-//! from the node) and [`ClientError::Failed`] (anything else, such as a 502 from an owner).
+//! from the node), [`ClientError::Unauthorized`] (no token, or one the node refuses: 401 and
+//! 403) and [`ClientError::Failed`] (anything else, such as a 502 from an owner).
 //!
 //! An edge: depends on `wire` and `path` only, never on a node's internals.
 
@@ -13,7 +14,7 @@ use std::io::Read;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::CONTENT_TYPE;
+use http::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE};
 use http::{Method, Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -38,6 +39,10 @@ pub enum ClientError {
     /// The node could not be reached, or did not answer in time.
     #[error("cluster unreachable: {0}")]
     Unreachable(String),
+    /// The node wants an API token and got none, or one it does not accept (401), or one that
+    /// may not use the stream (403).
+    #[error("not authorized: {0}")]
+    Unauthorized(String),
     /// Any other failure, such as a 502 when the owner of a key is down.
     #[error("{0}")]
     Failed(String),
@@ -45,12 +50,13 @@ pub enum ClientError {
 
 impl ClientError {
     /// The `meshage` command's exit code for this error: 2 bad input (as for a bad flag),
-    /// 3 not found, 4 cluster unreachable, 1 anything else.
+    /// 3 not found, 4 cluster unreachable, 5 not authorized, 1 anything else.
     pub fn exit_code(&self) -> u8 {
         match self {
             ClientError::BadInput(_) => 2,
             ClientError::NotFound(_) => 3,
             ClientError::Unreachable(_) => 4,
+            ClientError::Unauthorized(_) => 5,
             ClientError::Failed(_) => 1,
         }
     }
@@ -63,6 +69,8 @@ pub struct MeshClient {
     base: String,
     client: Client<HttpConnector, Full<Bytes>>,
     timeout: Duration,
+    /// `Bearer TOKEN`, marked sensitive: its `Debug` shows `Sensitive`.
+    authorization: Option<HeaderValue>,
 }
 
 /// An answer: its status and JSON body (or the body's text when it is not JSON).
@@ -102,7 +110,20 @@ impl MeshClient {
             base,
             client,
             timeout,
+            authorization: None,
         })
+    }
+
+    /// This client, sending `token` as `Authorization: Bearer TOKEN` with every call. Fails
+    /// (without showing it) on a token that cannot be a header value.
+    pub fn with_token(mut self, token: &str) -> Result<MeshClient, ClientError> {
+        let value = zeroize::Zeroizing::new(format!("Bearer {}", token.trim()));
+        let mut value = HeaderValue::from_str(&value).map_err(|_| {
+            ClientError::BadInput("the API token holds characters a header cannot".into())
+        })?;
+        value.set_sensitive(true);
+        self.authorization = Some(value);
+        Ok(self)
     }
 
     /// The node this client talks to.
@@ -166,6 +187,9 @@ impl MeshClient {
         if !body.is_empty() {
             builder = builder.header(CONTENT_TYPE, "application/json");
         }
+        if let Some(authorization) = &self.authorization {
+            builder = builder.header(AUTHORIZATION, authorization.clone());
+        }
         let request = builder
             .body(Full::new(body))
             .map_err(|e| ClientError::BadInput(format!("cannot build a request to {url}: {e}")))?;
@@ -215,6 +239,12 @@ impl MeshClient {
         };
         Err(match status {
             StatusCode::NOT_FOUND => ClientError::NotFound(message),
+            StatusCode::UNAUTHORIZED if self.authorization.is_none() => ClientError::Unauthorized(
+                format!("{message} (401; give one with --token or MESHAGE_TOKEN)"),
+            ),
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
+                ClientError::Unauthorized(format!("{message} ({status})"))
+            }
             s if s.is_client_error() => ClientError::BadInput(format!("{} ({s})", message)),
             s => ClientError::Failed(format!("{} answered {s}: {message}", self.base)),
         })
@@ -287,6 +317,27 @@ mod tests {
             let e = MeshClient::new(bad, t).unwrap_err();
             assert_eq!(e.exit_code(), 2, "{bad}: {e}");
         }
+    }
+
+    #[test]
+    fn a_token_is_sent_as_a_bearer_header_and_never_shown() {
+        let t = Duration::from_secs(1);
+        let secret = "a-secret-token-0123456789";
+        let client = MeshClient::new("h:1", t)
+            .unwrap()
+            .with_token(secret)
+            .unwrap();
+        let authorization = client.authorization.as_ref().unwrap();
+        assert_eq!(authorization, &format!("Bearer {secret}")[..]);
+        assert!(authorization.is_sensitive());
+        assert!(!format!("{client:?}").contains(secret));
+        let e = MeshClient::new("h:1", t)
+            .unwrap()
+            .with_token("bad\nsecret-token")
+            .unwrap_err();
+        assert_eq!(e.exit_code(), 2);
+        assert!(!e.to_string().contains("secret-token"), "{e}");
+        assert_eq!(ClientError::Unauthorized(String::new()).exit_code(), 5);
     }
 
     #[test]

@@ -15,7 +15,9 @@
 //! `services`, `status` and `openapi.json` are reserved only as whole paths: `/api/health/{key}`
 //! is a send to the stream `health`. Every message answer carries the request's trace id in
 //! `X-Meshage-Trace`. `GET /api/openapi.json` describes all of it (`src/admin/openapi.json`),
-//! and the routes' tests fail while a route the table finds is not described there.
+//! and the routes' tests fail while a route the table finds is not described there. A node
+//! with API tokens refuses a request without a valid one (401) or whose token may not use the
+//! stream (403) before reading its body (`guard`).
 //!
 //! The edge of the node: depends on the router, the link, the admin endpoints and the rooms
 //! below them; nothing but the node depends on it.
@@ -24,10 +26,12 @@ use std::sync::Arc;
 
 use crate::admin::Admin;
 use crate::router::Router;
+use crate::security::Tokens;
 use crate::wire::Budget;
 
 mod admission;
 mod connection;
+mod guard;
 mod message;
 mod routes;
 mod server;
@@ -47,6 +51,8 @@ pub(crate) struct Inbound {
     body_limit: usize,
     /// Bounds what the node holds of request bodies and link frames still arriving.
     budget: Arc<Budget>,
+    /// The bearer tokens clients must send, if the node asks for any (see `guard`).
+    tokens: Option<Tokens>,
 }
 
 impl Inbound {
@@ -56,6 +62,7 @@ impl Inbound {
         body_limit: usize,
         max_in_flight: usize,
         max_buffered: usize,
+        tokens: Option<Tokens>,
     ) -> Arc<Inbound> {
         Arc::new(Inbound {
             router,
@@ -63,6 +70,7 @@ impl Inbound {
             admission: Admission::new(max_in_flight),
             body_limit,
             budget: Arc::new(Budget::new(max_buffered)),
+            tokens,
         })
     }
 }

@@ -28,8 +28,9 @@
 //! One request, from HTTP in to answer:
 //!
 //! 1. `inbound` accepts the connection, tells a peer link from HTTP by its first bytes, finds
-//!    the route (`POST /api/{stream}/{key}`), takes an in-flight slot, reads the bounded body and
-//!    the request's deadline (`wire`), and opens its trace scope (`observe`).
+//!    the route (`POST /api/{stream}/{key}`), checks the client's API token if the node asks
+//!    for one (`security`), takes an in-flight slot, reads the bounded body and the request's
+//!    deadline (`wire`), and opens its trace scope (`observe`).
 //! 2. `router` looks the key up in the current `table` snapshot (rings from `ring`). A local
 //!    owner runs its handler (`message`) here; a remote one gets the request through
 //!    `outbound`, over the peer `link` or HTTP, at most once more.
@@ -52,6 +53,8 @@
 //! - `observe` (metrics, trace ids, request scopes), `wire` (header names, deadlines, body
 //!   reading), `shutdown` (stop signals), `delivery` (what a failed forward says).
 //! - `cluster`: the membership traits, the event log, and the gossip, etcd and Consul backends.
+//! - `security`: the cluster key and its keyring, sealed datagrams, and the client API tokens
+//!   (parsed, compared in constant time, reloaded live).
 //! - the pure core: `table` (an immutable snapshot of routable services with one ring per
 //!   stream), `ring` (identical to npm `hashring` 3.2.0), `address`, `path`, `message`.
 //!
@@ -106,7 +109,9 @@ pub use node::{init, Node, NodeBuilder, NodeConfig, StartError};
 pub use outbound::PeerProtocol;
 pub use ring::HashRing;
 pub use router::{RouteError, Routed, Router, RouterConfig, SendOptions};
-pub use security::{ClusterKey, KeyError, Keyring, Keys};
+pub use security::{
+    ApiTokens, ClusterKey, KeyError, Keyring, Keys, TokenError, TokenFileError, Tokens,
+};
 pub use table::{ServiceInfo, ServiceTable};
 pub use upstream::{
     parse_handlers_file, HandlerSpec, HealthConfig, HttpUpstream, UpstreamConfig, UpstreamError,

@@ -17,7 +17,7 @@ use crate::inbound::{self, Inbound, Limits};
 use crate::message::{handler_fn, HandlerError, Header, SharedHandler};
 use crate::outbound::{Forwarder, PeerProtocol};
 use crate::router::{LocalService, Router, RouterConfig};
-use crate::security::Keys;
+use crate::security::{Keys, Tokens};
 use crate::shutdown::Shutdown;
 use crate::upstream::{self, HttpUpstream};
 
@@ -55,6 +55,10 @@ pub struct NodeConfig {
     /// The cluster's secrets. With them, gossip is sealed and peers talk over mutual TLS;
     /// without them, the node trusts whatever reaches its ports (see the README's "Security").
     pub keys: Option<Keys>,
+    /// The bearer tokens clients must send (`Authorization: Bearer TOKEN`); `None` lets every
+    /// client in. Tokens made from a file ([`Tokens::from_file`]) are reread every second
+    /// while the node runs, so they rotate without a restart.
+    pub api_tokens: Option<Tokens>,
 }
 
 impl Default for NodeConfig {
@@ -71,6 +75,7 @@ impl Default for NodeConfig {
             max_buffered: 256 * 1024 * 1024,
             suspect_timeout: RouterConfig::default().suspect_timeout,
             keys: None,
+            api_tokens: None,
         }
     }
 }
@@ -90,6 +95,9 @@ pub enum StartError {
     #[error(transparent)]
     Cluster(#[from] ClusterError),
 }
+
+/// How often a node rereads its API tokens file.
+const TOKENS_POLL: Duration = Duration::from_secs(1);
 
 /// Starts configuring a node that joins `cluster` and serves HTTP on `address` (any form
 /// [`Address`] accepts: `host:port`, a bare port, the `find` forms).
@@ -221,6 +229,7 @@ impl NodeBuilder {
             config.body_limit,
             config.max_in_flight,
             config.max_buffered,
+            config.api_tokens.clone(),
         );
         let shutdown = Shutdown::default();
         let monitors = self
@@ -256,6 +265,20 @@ impl NodeBuilder {
                 idle: config.idle_timeout,
             },
         ));
+        let token_watch = config.api_tokens.as_ref().and_then(|tokens| {
+            info!(
+                tokens = tokens.current().len(),
+                "clients need an API token (Authorization: Bearer)"
+            );
+            if config.keys.is_none() {
+                warn!(
+                    "API tokens without a cluster key: peers are not authenticated, so a client \
+                     that speaks the peer protocol (or sends X-Meshage-Hop) gets past the tokens"
+                );
+            }
+            tokens.path()?;
+            Some(tokio::spawn(tokens.clone().watch(TOKENS_POLL)))
+        });
         info!(node = %node_id, %endpoint, %local_addr, "node started");
         let gossip = membership.seed_address();
         let open = exposed(local_addr, gossip.as_deref()).filter(|_| config.keys.is_none());
@@ -276,6 +299,7 @@ impl NodeBuilder {
             server,
             table_task,
             monitors,
+            token_watch,
         })
     }
 }
@@ -323,6 +347,8 @@ pub struct Node {
     table_task: JoinHandle<()>,
     /// Health checks of upstream handlers; they end when the node stops.
     monitors: Vec<JoinHandle<()>>,
+    /// Rereads the API tokens file, if the tokens come from one.
+    token_watch: Option<JoinHandle<()>>,
 }
 
 impl Node {
@@ -389,6 +415,9 @@ impl Drop for Node {
         self.table_task.abort();
         for monitor in &self.monitors {
             monitor.abort();
+        }
+        if let Some(watch) = &self.token_watch {
+            watch.abort();
         }
         self.membership.abort();
     }

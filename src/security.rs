@@ -1,6 +1,7 @@
 //! What a mesh with a cluster secret uses to keep others out: the [`Keyring`] (the secret and
 //! the keys derived from it, rotated live through [`Keys`]), and the sealing of datagrams with
-//! one of its keys (`seal`).
+//! one of its keys (`seal`). And what keeps unknown clients out of the HTTP API: the bearer
+//! tokens a node accepts ([`ApiTokens`], live and reloaded through [`Tokens`]).
 //!
 //! One 32-byte secret, shared by every node, is the root of trust. Keys for each use (gossip,
 //! and whatever else needs one) are derived from it with HKDF-SHA256, so that no two uses ever
@@ -9,5 +10,8 @@
 
 mod keyring;
 pub(crate) mod seal;
+mod tokens;
 
 pub use keyring::{ClusterKey, KeyError, Keyring, Keys};
+pub(crate) use tokens::Denied;
+pub use tokens::{ApiTokens, TokenError, TokenFileError, Tokens, MIN_TOKEN_LEN};

@@ -8,6 +8,7 @@ use http::{Request, Response};
 use http_body_util::BodyExt;
 use hyper::body::{Body as _, Incoming};
 
+use super::guard::guard;
 use super::message::message;
 use super::Inbound;
 use crate::admin::Page;
@@ -135,7 +136,11 @@ async fn answer(
     body: &mut Incoming,
 ) -> Response<Body> {
     let path = request.uri.path();
-    match find(path) {
+    let endpoint = find(path);
+    if let Err(refused) = guard(inbound, request, &endpoint) {
+        return refused.response();
+    }
+    match endpoint {
         Endpoint::Message {
             broadcast,
             stream,

@@ -75,7 +75,15 @@ mod tests {
         assert_eq!(TraceId::parse(&id.hex()), Some(id));
         assert_eq!(id.to_string().as_bytes(), id.hex());
         assert_eq!(TraceId::parse(b"00ff").map(TraceId::as_u64), Some(255));
-        for junk in [&b""[..], b"0", b"xyz", b"00000000000000000", b"12 4", b"+ff", b"-1"] {
+        for junk in [
+            &b""[..],
+            b"0",
+            b"xyz",
+            b"00000000000000000",
+            b"12 4",
+            b"+ff",
+            b"-1",
+        ] {
             assert_eq!(TraceId::parse(junk), None, "{junk:?}");
         }
         assert_eq!(TraceId::from_u64(0), None);

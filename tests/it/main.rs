@@ -47,4 +47,5 @@ mod openapi;
 mod ring_vectors;
 mod sealed;
 mod status_page;
+mod tokens;
 mod upstream;

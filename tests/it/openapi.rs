@@ -24,11 +24,12 @@ const METHODS: [Method; 7] = [
     Method::OPTIONS,
 ];
 
-/// The description a node serves.
-struct Description(Value);
+/// The description a node serves; `tokens.rs` checks the refusals of a node with tokens
+/// against it.
+pub(crate) struct Description(Value);
 
 impl Description {
-    async fn of(node: &Node) -> Description {
+    pub(crate) async fn of(node: &Node) -> Description {
         let answer = Http::default()
             .get(&format!("http://{}/api/openapi.json", node.local_addr()))
             .await;
@@ -71,7 +72,7 @@ impl Description {
     /// is described for the operation (exactly, or by its range), its required headers are
     /// there and every described header it carries fits its schema, its content type is one
     /// described, and its body fits that content's schema.
-    fn check(&self, template: &str, method: &Method, answer: &Answer) {
+    pub(crate) fn check(&self, template: &str, method: &Method, answer: &Answer) {
         let what = format!("{method} {template} answered {}", answer.status);
         let operation = self
             .path(template)

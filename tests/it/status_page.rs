@@ -428,3 +428,108 @@ async fn the_status_page_lists_every_node_and_follows_a_leave() {
         .await
         .expect("the status page test finishes within 2 minutes");
 }
+
+/// Types `token` into the page's token form and submits it.
+fn enter_token(browser: &mut Browser, token: &str) {
+    browser.eval(&format!(
+        "document.getElementById('token-input').value = {}; \
+         document.getElementById('token-form').requestSubmit(); true",
+        json!(token)
+    ));
+}
+
+/// `{box: whether the token form shows, why: what it says, members: [...], stored: the
+/// token in sessionStorage}`; while the page is still loading, `box` is false and `why` says
+/// why.
+const TOKEN_STATE: &str = "(() => { try { return JSON.stringify({\
+    box: !document.getElementById('token-box').hidden, \
+    why: document.getElementById('token-why').textContent, \
+    members: document.querySelectorAll('#members tr[data-member]').length, \
+    stored: sessionStorage.getItem('meshage-api-token')}); \
+    } catch (e) { return JSON.stringify({box: false, why: String(e), members: 0, stored: null}); } \
+    })()";
+
+/// On a node with API tokens the page itself opens, finds that `/api/status` answers 401 and
+/// asks for a token; a refused token is asked for again, and once a good one is entered the
+/// page shows the node, sending the token with every fetch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_status_page_asks_for_a_token_when_the_node_needs_one() {
+    let test = async {
+        const TOKEN: &str = "page-token-0123456789";
+        let tokens = meshage::ApiTokens::parse(TOKEN).unwrap();
+        let node = meshage::init(gossip(&[]), "127.0.0.1:0")
+            .register("echo", echo_by)
+            .config(meshage::NodeConfig {
+                api_tokens: Some(meshage::Tokens::new(tokens)),
+                ..meshage::NodeConfig::default()
+            })
+            .start()
+            .await
+            .expect("node starts");
+        let mut browser = blocking(Browser::start);
+        blocking(|| browser.open(&format!("{}/", node.endpoint())));
+        let state = |v: &Value| -> Value { serde_json::from_str(v.as_str().unwrap()).unwrap() };
+        wait_for_page(
+            &mut browser,
+            Duration::from_secs(20),
+            "the token form",
+            TOKEN_STATE,
+            |v| state(v)["box"] == true,
+        )
+        .await;
+        let asked = state(&blocking(|| browser.eval(TOKEN_STATE)));
+        assert_eq!(
+            asked["members"], 0,
+            "nothing shown without a token: {asked}"
+        );
+        assert_eq!(asked["why"], "This node asks for an API token.");
+
+        blocking(|| enter_token(&mut browser, "wrong-token-0123456789"));
+        wait_for_page(
+            &mut browser,
+            Duration::from_secs(20),
+            "the token refused",
+            TOKEN_STATE,
+            |v| {
+                let v = state(v);
+                v["box"] == true && v["why"].as_str().unwrap().contains("refused")
+            },
+        )
+        .await;
+        assert_eq!(
+            state(&blocking(|| browser.eval(TOKEN_STATE)))["stored"],
+            Value::Null,
+            "a refused token is forgotten"
+        );
+
+        blocking(|| enter_token(&mut browser, TOKEN));
+        let shown = wait_for_page(
+            &mut browser,
+            Duration::from_secs(20),
+            "the node, with the token",
+            TOKEN_STATE,
+            |v| {
+                let v = state(v);
+                v["box"] == false && v["members"] == 1
+            },
+        )
+        .await;
+        assert_eq!(state(&shown)["stored"], TOKEN);
+        // The page keeps refreshing with the token: the node's clock moves on the page.
+        let updated = "document.getElementById('updated').textContent";
+        let first = blocking(|| browser.eval(updated));
+        wait_for_page(
+            &mut browser,
+            Duration::from_secs(20),
+            "a later refresh",
+            updated,
+            |v| *v != first,
+        )
+        .await;
+        drop(browser);
+        node.shutdown().await.unwrap();
+    };
+    tokio::time::timeout(Duration::from_secs(120), test)
+        .await
+        .expect("the status page test finishes within 2 minutes");
+}

@@ -32,6 +32,9 @@ pub(crate) struct ClientArgs {
     /// Seconds to wait for the node's answer.
     #[arg(long, default_value_t = 30.0)]
     timeout: f64,
+    /// The API token to send (`Authorization: Bearer TOKEN`), for nodes that ask for one.
+    #[arg(long, env = "MESHAGE_TOKEN", hide_env_values = true)]
+    token: Option<String>,
 }
 
 #[derive(Args)]
@@ -67,7 +70,10 @@ pub(crate) async fn run_client(command: ClientCommand) -> Result<()> {
     let timeout = Duration::try_from_secs_f64(args.timeout).map_err(|_| {
         ClientError::BadInput("--timeout must be a non-negative number of seconds".into())
     })?;
-    let client = MeshClient::new(&args.node, timeout)?;
+    let mut client = MeshClient::new(&args.node, timeout)?;
+    if let Some(token) = args.token.as_deref().filter(|t| !t.trim().is_empty()) {
+        client = client.with_token(token)?;
+    }
     let compact = args.json || !std::io::IsTerminal::is_terminal(&std::io::stdout());
     let answer = match &command {
         ClientCommand::Send(m) => {

@@ -3,7 +3,8 @@
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use meshage::{
-    Cluster, GossipCluster, HandlerSpec, HealthConfig, HttpUpstream, NodeConfig, UpstreamConfig,
+    Cluster, GossipCluster, HandlerSpec, HealthConfig, HttpUpstream, NodeConfig, Tokens,
+    UpstreamConfig,
 };
 use tracing::info;
 
@@ -98,6 +99,16 @@ pub(crate) struct NodeArgs {
     /// confirms it gone first.
     #[arg(long, env = "MESHAGE_SUSPECT_TIMEOUT", default_value_t = 5.0)]
     suspect_timeout: f64,
+    /// A file of API tokens clients must send (`Authorization: Bearer TOKEN`): one `TOKEN` or
+    /// `TOKEN stream,stream` (limited to those streams) a line; `#` starts a comment. Reread
+    /// when it changes.
+    #[arg(
+        long,
+        env = "MESHAGE_API_TOKENS",
+        value_name = "FILE",
+        hide_env_values = true
+    )]
+    api_tokens: Option<std::path::PathBuf>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -230,6 +241,12 @@ pub(crate) async fn run_node(args: NodeArgs) -> Result<()> {
         &args.backend,
     )?;
     let keys = args.keys.load()?;
+    let api_tokens = args.api_tokens.map(Tokens::from_file).transpose()?;
+    if let Some(tokens) = api_tokens.clone() {
+        crate::reload::on_hangup("the API tokens", move || {
+            tokens.reload().map_err(|e| e.to_string())
+        });
+    }
     let config = NodeConfig {
         request_timeout: seconds("request-timeout", args.request_timeout)?,
         body_limit: args.body_limit,
@@ -241,6 +258,7 @@ pub(crate) async fn run_node(args: NodeArgs) -> Result<()> {
         max_buffered: usize::try_from(args.max_buffered).unwrap_or(usize::MAX),
         suspect_timeout: seconds("suspect-timeout", args.suspect_timeout)?,
         keys,
+        api_tokens,
         ..NodeConfig::default()
     };
     let mut builder =

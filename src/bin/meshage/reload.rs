@@ -1,4 +1,4 @@
-//! Files a running node rereads without a restart (the keyring; later others): checked for a
+//! Files a running node rereads without a restart (the keyring, the API tokens): checked for a
 //! change every second, and reread at once on SIGHUP.
 
 use std::path::{Path, PathBuf};
@@ -67,6 +67,31 @@ where
                 Err(e) => {
                     warn!(file = %path.display(), error = %e, "cannot read {what}; the previous one stays in force")
                 }
+            }
+        }
+    });
+}
+
+/// Calls `reload` each time the process gets SIGHUP, for what the library already rereads on
+/// a change (the API tokens). `reload` returns whether anything changed, or why not (never the
+/// file's text).
+pub(crate) fn on_hangup<F>(what: &'static str, reload: F)
+where
+    F: Fn() -> Result<bool, String> + Send + 'static,
+{
+    tokio::spawn(async move {
+        let mut hangup = match signal(SignalKind::hangup()) {
+            Ok(hangup) => hangup,
+            Err(e) => {
+                warn!(error = %e, "cannot listen for SIGHUP; {what} is reread only when it changes");
+                return;
+            }
+        };
+        while hangup.recv().await.is_some() {
+            match reload() {
+                Ok(true) => info!("{what} reloaded on SIGHUP"),
+                Ok(false) => {}
+                Err(e) => warn!(error = %e, "{what} not reloaded; the previous ones stay in force"),
             }
         }
     });
