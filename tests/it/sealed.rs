@@ -214,7 +214,12 @@ async fn keys_rotate_under_load_and_the_old_key_is_cut_off() {
             while !stop.load(Ordering::SeqCst) {
                 let url = format!("{}/api/echo/w{worker}-{i}", endpoints[i % 3]);
                 match http
-                    .request(http::Method::POST, &url, &[], bytes::Bytes::from_static(b"{}"))
+                    .request(
+                        http::Method::POST,
+                        &url,
+                        &[],
+                        bytes::Bytes::from_static(b"{}"),
+                    )
                     .await
                 {
                     Ok(a) if a.status == StatusCode::OK => ok.fetch_add(1, Ordering::SeqCst),
