@@ -97,7 +97,7 @@ pub use cluster::{
 #[cfg(feature = "consul")]
 pub use cluster::{ConsulCluster, ConsulConfig};
 #[cfg(feature = "etcd")]
-pub use cluster::{EtcdCluster, EtcdConfig};
+pub use cluster::{EtcdCluster, EtcdConfig, EtcdCredentials, EtcdTls};
 pub use message::{
     handler_fn, typed_handler_fn, BoxFuture, Handler, HandlerError, Header, Message, Payload,
     Reply, SharedHandler,
@@ -106,7 +106,7 @@ pub use node::{init, Node, NodeBuilder, NodeConfig, StartError};
 pub use outbound::PeerProtocol;
 pub use ring::HashRing;
 pub use router::{RouteError, Routed, Router, RouterConfig, SendOptions};
-pub use security::{ClusterKey, KeyError, Keyring, Keys};
+pub use security::{ClientTls, ClusterKey, KeyError, Keyring, Keys, Secret, TlsError};
 pub use table::{ServiceInfo, ServiceTable};
 pub use upstream::{
     parse_handlers_file, HandlerSpec, HealthConfig, HttpUpstream, UpstreamConfig, UpstreamError,

@@ -62,7 +62,7 @@ fn stream_name() -> String {
 
 fn config(agent: &Agent) -> ConsulConfig {
     ConsulConfig {
-        token: agent.token(),
+        token: agent.token().map(Into::into),
         check_interval: Duration::from_secs(1),
         ..ConsulConfig::default()
     }
@@ -738,7 +738,7 @@ impl Backend for ConsulBackend {
             ConsulCluster::new(self.agent.addr(), NO_SEEDS)
                 .unwrap()
                 .with_config(ConsulConfig {
-                    token: self.agent.token(),
+                    token: self.agent.token().map(Into::into),
                     check_interval: Duration::from_secs(1),
                     ..ConsulConfig::default()
                 }),

@@ -222,7 +222,7 @@ async fn the_upstream_gets_the_bytes_and_headers_and_its_answer_passes_through()
     assert_eq!(e.status, StatusCode::BAD_GATEWAY);
     assert!(e.message.contains("unreachable"), "{e}");
 
-    assert!(HttpUpstream::new("https://example.com/", UpstreamConfig::default()).is_err());
+    assert!(HttpUpstream::new("ftp://example.com/", UpstreamConfig::default()).is_err());
 }
 
 /// An answer larger than one read is put back together whole; one larger than
