@@ -21,7 +21,7 @@ use tokio::net::TcpStream;
 use crate::message::BoxFuture;
 use crate::security::trust::MaybeTls;
 use crate::security::ClientTls;
-use crate::wire::read_body;
+use crate::wire::{error_chain, read_body};
 
 /// The largest answer read from the agent: a catalog of thousands of services fits many times
 /// over, and an agent (or whatever answers in its place) cannot make the node hold more.
@@ -70,7 +70,7 @@ impl Agent {
                 .client
                 .request(request)
                 .await
-                .map_err(|e| format!("{e:?}"))?;
+                .map_err(|e| error_chain(&e))?;
             let status = response.status();
             let index = response
                 .headers()
