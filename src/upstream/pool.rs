@@ -368,6 +368,18 @@ mod tests {
             (u.inner.pool.host.as_str(), u.inner.pool.port),
             ("handlers.internal", 80)
         );
+        assert!(u.inner.pool.tls.is_none());
+        let ca = rcgen::generate_simple_self_signed(vec!["ca".into()]).unwrap();
+        let config = UpstreamConfig {
+            tls: Some(crate::ClientTls::from_ca_pem(ca.cert.pem().as_bytes()).unwrap()),
+            ..UpstreamConfig::default()
+        };
+        let secure = HttpUpstream::new("https://handlers.internal/h", config).unwrap();
+        assert_eq!(
+            (secure.inner.pool.host.as_str(), secure.inner.pool.port),
+            ("handlers.internal", 443)
+        );
+        assert!(secure.inner.pool.tls.is_some());
         assert_eq!(
             (u.inner.target.to_string(), u.inner.host.to_str().unwrap()),
             ("/".into(), "handlers.internal")
