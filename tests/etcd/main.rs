@@ -487,7 +487,7 @@ impl EtcdCerts {
             ca.write("client.pem", &client.cert_pem),
             ca.write("client-key.pem", &client.key_pem),
         );
-        let etcd = Etcd::start_with(1, Some(tls)).await?;
+        let etcd = Etcd::start_with(1, Some(tls), &[]).await?;
         Some((etcd, EtcdCerts { ca, files }))
     }
 
@@ -666,6 +666,45 @@ async fn with_auth_on_a_wrong_password_fails_clearly_and_never_shows() {
             .expect("the right password opens etcd");
         assert_eq!(ids(&node).len(), 1);
         node.shutdown().await.unwrap();
+    })
+    .await;
+}
+
+/// etcd's auth tokens expire (after 5 idle minutes by default, here 1 s), and an etcd that
+/// restarts forgets them: nodes authenticate again and carry on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_auth_on_nodes_authenticate_again_when_their_token_expires() {
+    bounded(async {
+        let Some(mut etcd) = Etcd::start_with(1, None, &["--auth-token-ttl", "1"]).await else {
+            return;
+        };
+        let urls = etcd.urls();
+        enable_auth(&urls, None).await;
+        let cluster = || {
+            EtcdCluster::new(&urls).unwrap().with_config(EtcdConfig {
+                credentials: credentials(PASSWORD),
+                lease_ttl: Duration::from_secs(10),
+                ..EtcdConfig::default()
+            })
+        };
+        let a = try_node(cluster()).await.unwrap();
+        // The expiry itself is what is tested: let the token's TTL pass.
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        a.router()
+            .register(STREAM, meshage::handler_fn(echo_by))
+            .await
+            .expect("a registers with a new token");
+        etcd.member(0).stop();
+        etcd.member(0).restart().await;
+        let b = try_node(cluster()).await.unwrap();
+        a.router()
+            .register(STREAM, meshage::handler_fn(echo_by))
+            .await
+            .expect("a registers after the restart");
+        let took = wait_exact(&[&a, &b], Duration::from_secs(15), "a and b see each other").await;
+        eprintln!("converged {took:?} after etcd restarted with auth on");
+        a.shutdown().await.unwrap();
+        b.shutdown().await.unwrap();
     })
     .await;
 }

@@ -63,6 +63,8 @@ pub struct EtcdMember {
     /// Serves `/health` over plain HTTP, for a TLS member.
     metrics_port: u16,
     tls: Option<ServerTls>,
+    /// More flags for etcd.
+    extra: Vec<String>,
     binary: PathBuf,
     dir: PathBuf,
     /// Bumped by `restart_empty`: a new data dir.
@@ -123,6 +125,7 @@ impl EtcdMember {
                 .arg(format!("http://127.0.0.1:{}", self.metrics_port));
         }
         let child = command
+            .args(&self.extra)
             .arg("--name")
             .arg(&self.name)
             .arg("--data-dir")
@@ -266,12 +269,12 @@ pub struct Etcd {
 
 impl Etcd {
     pub async fn start(n: usize) -> Option<Etcd> {
-        Etcd::start_with(n, None).await
+        Etcd::start_with(n, None, &[]).await
     }
 
     /// An etcd of `n` members whose clients must use TLS (and a client certificate) when
-    /// `tls` is given.
-    pub async fn start_with(n: usize, tls: Option<ServerTls>) -> Option<Etcd> {
+    /// `tls` is given, each run with the flags `extra` too.
+    pub async fn start_with(n: usize, tls: Option<ServerTls>, extra: &[&str]) -> Option<Etcd> {
         let binary = etcd_binary()?;
         for attempt in 0.. {
             let names: Vec<String> = (1..=n).map(|i| format!("m{i}")).collect();
@@ -293,6 +296,7 @@ impl Etcd {
                     peer_port,
                     metrics_port: free_port(),
                     tls: tls.clone(),
+                    extra: extra.iter().map(|s| s.to_string()).collect(),
                     binary: binary.clone(),
                     generation: 0,
                     initial_cluster: initial_cluster.clone(),
