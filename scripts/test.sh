@@ -12,6 +12,9 @@ command -v python3 >/dev/null 2>&1 || need_apt+=(python3)
 command -v node >/dev/null 2>&1 || need_apt+=(nodejs)
 # scripts/schemathesis.sh runs schemathesis from a Python virtual environment (below).
 python3 -c 'import ensurepip' >/dev/null 2>&1 || need_apt+=(python3-venv)
+# https:// handlers and Consul agents without a CA of their own are verified against the
+# system's CA bundle (the tests check that it does not vouch for their test certificates).
+[ -f /etc/ssl/certs/ca-certificates.crt ] || need_apt+=(ca-certificates)
 # The etcd feature: etcd-client compiles its protocol with protoc; its tests run real etcd.
 command -v protoc >/dev/null 2>&1 || need_apt+=(protobuf-compiler)
 [ -f /usr/include/google/protobuf/descriptor.proto ] || need_apt+=(libprotobuf-dev)

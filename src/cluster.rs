@@ -29,7 +29,7 @@ pub mod gossip;
 #[cfg(feature = "consul")]
 pub use consul::{ConsulCluster, ConsulConfig};
 #[cfg(feature = "etcd")]
-pub use etcd::{EtcdCluster, EtcdConfig};
+pub use etcd::{EtcdCluster, EtcdConfig, EtcdCredentials, EtcdTls};
 pub(crate) use events::EventLog;
 pub use gossip::{GossipCluster, GossipConfig, NO_SEEDS};
 

@@ -100,7 +100,7 @@ pub use cluster::{
 #[cfg(feature = "consul")]
 pub use cluster::{ConsulCluster, ConsulConfig};
 #[cfg(feature = "etcd")]
-pub use cluster::{EtcdCluster, EtcdConfig};
+pub use cluster::{EtcdCluster, EtcdConfig, EtcdCredentials, EtcdTls};
 pub use message::{
     handler_fn, typed_handler_fn, BoxFuture, Handler, HandlerError, Header, Message, Payload,
     Reply, SharedHandler,
@@ -110,7 +110,8 @@ pub use outbound::PeerProtocol;
 pub use ring::HashRing;
 pub use router::{RouteError, Routed, Router, RouterConfig, SendOptions};
 pub use security::{
-    ApiTokens, ClusterKey, KeyError, Keyring, Keys, TokenError, TokenFileError, Tokens,
+    ApiTokens, ClientTls, ClusterKey, KeyError, Keyring, Keys, Secret, TlsError, TokenError,
+    TokenFileError, Tokens,
 };
 pub use table::{ServiceInfo, ServiceTable};
 pub use upstream::{

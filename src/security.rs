@@ -7,11 +7,19 @@
 //! and whatever else needs one) are derived from it with HKDF-SHA256, so that no two uses ever
 //! share a key. A keyring holds several secrets during a rotation: the first seals, every one
 //! is tried to open, as serf and Consul do it.
+//!
+//! Besides, what the node holds to reach the engines and handlers it depends on: [`Secret`]s
+//! (passwords, tokens) that are never shown, and [`ClientTls`], the authorities it verifies
+//! their servers against (`trust`).
 
 mod keyring;
 pub(crate) mod seal;
+mod secret;
 mod tokens;
+pub(crate) mod trust;
 
 pub use keyring::{ClusterKey, KeyError, Keyring, Keys};
+pub use secret::Secret;
 pub(crate) use tokens::Denied;
 pub use tokens::{ApiTokens, TokenError, TokenFileError, Tokens, MIN_TOKEN_LEN};
+pub use trust::{ClientTls, TlsError};

@@ -18,6 +18,7 @@ use tracing::{debug, info, warn};
 use crate::message::{BoxFuture, Handler, HandlerError, Header, Payload, Reply};
 use crate::path::encode_segment;
 use crate::router::Router;
+use crate::security::{ClientTls, TlsError};
 use crate::shutdown::Watch;
 use crate::wire::{RESERVED_STREAMS, SERVICE_ID_HEADER};
 
@@ -41,6 +42,9 @@ pub struct UpstreamConfig {
     pub max_response: usize,
     /// Health checking; `None` keeps the service advertised whatever happens.
     pub health: Option<HealthConfig>,
+    /// The authorities an `https` upstream's certificate is verified against; `None`: the
+    /// system's CA bundle ([`ClientTls::system`]).
+    pub tls: Option<ClientTls>,
 }
 
 impl Default for UpstreamConfig {
@@ -50,6 +54,7 @@ impl Default for UpstreamConfig {
             connect_timeout: Duration::from_secs(1),
             max_response: 16 * 1024 * 1024,
             health: Some(HealthConfig::default()),
+            tls: None,
         }
     }
 }
@@ -83,6 +88,8 @@ pub enum UpstreamError {
     BadUrl { url: String, reason: String },
     #[error("invalid handler `{spec}`: {reason}")]
     BadSpec { spec: String, reason: String },
+    #[error("handler URL `{url}`: {error}")]
+    Tls { url: String, error: TlsError },
 }
 
 /// A handler that relays each message to an HTTP endpoint over pooled keep-alive connections,
@@ -137,9 +144,13 @@ fn parse_url(url: &str) -> Result<Uri, UpstreamError> {
     };
     let uri: Uri = url.trim().parse().map_err(|e| bad(&format!("{e}")))?;
     match uri.scheme_str() {
-        Some("http") => {}
-        Some(other) => return Err(bad(&format!("scheme `{other}` is not supported; use http"))),
-        None => return Err(bad("expected http://host:port/path")),
+        Some("http" | "https") => {}
+        Some(other) => {
+            return Err(bad(&format!(
+                "scheme `{other}` is not supported; use http or https"
+            )))
+        }
+        None => return Err(bad("expected http://host:port/path or https://...")),
     }
     if uri.host().is_none_or(str::is_empty) {
         return Err(bad("no host"));
@@ -148,8 +159,10 @@ fn parse_url(url: &str) -> Result<Uri, UpstreamError> {
 }
 
 impl HttpUpstream {
-    /// An upstream at `url` (`http://host:port/path`). Fails on a URL that does not parse or is
-    /// not `http`.
+    /// An upstream at `url` (`http://host:port/path` or `https://...`, whose certificate is
+    /// verified against [`UpstreamConfig::tls`] and its name against the URL's host). Fails on
+    /// a URL that does not parse or is neither `http` nor `https`, and on an `https` URL
+    /// without a CA given when the system has no CA bundle.
     pub fn new(url: &str, config: UpstreamConfig) -> Result<HttpUpstream, UpstreamError> {
         let url = parse_url(url)?;
         let bad = |reason: String| UpstreamError::BadUrl {
@@ -170,9 +183,21 @@ impl HttpUpstream {
             .host()
             .trim_start_matches('[')
             .trim_end_matches(']');
+        let tls = match url.scheme_str() {
+            Some("https") => Some(match &config.tls {
+                Some(tls) => tls.clone(),
+                None => ClientTls::system().map_err(|error| UpstreamError::Tls {
+                    url: url.to_string(),
+                    error,
+                })?,
+            }),
+            _ => None,
+        };
+        let default_port = if tls.is_some() { 443 } else { 80 };
         let pool = Pool::new(
             name.to_owned(),
-            authority.port_u16().unwrap_or(80),
+            authority.port_u16().unwrap_or(default_port),
+            tls,
             config.connect_timeout,
             // Below the keep-alive timeouts of common servers (Node's is 5 s), so that we do not
             // reuse a connection the upstream is closing, which would fail a request.
@@ -381,7 +406,7 @@ impl FromStr for HandlerSpec {
     type Err = UpstreamError;
 
     /// Parses `STREAM=URL`. Fails on a missing `=`, an empty, reserved or `/`-holding stream,
-    /// or a URL that is not `http://...`.
+    /// or a URL that is neither `http://...` nor `https://...`.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let bad = |reason: String| UpstreamError::BadSpec {
             spec: s.to_owned(),
@@ -517,7 +542,7 @@ mod tests {
             "a/b=http://x:1/",
             "members=http://x:1/",
             "broadcast=http://x:1/",
-            "orders=https://x:1/",
+            "orders=ftp://x:1/",
             "orders=x:1",
             "orders=http://",
         ] {

@@ -15,6 +15,8 @@
 //!   original parses it; its member is the node id in `Meta`, or for an original node (no meta)
 //!   the endpoint itself.
 //! - Every request carries `X-Consul-Token` when a token is configured.
+//! - An agent reached by `https://` is dialed over TLS, its certificate verified against the
+//!   configured CA (the system's bundle when none is given) and its name against the host.
 //! - Every `resync_interval` the node checks that the agent still has its services and
 //!   registers again what it lost (an agent restarted without its state) or what failed to
 //!   register while the agent was out of reach.
@@ -37,7 +39,6 @@ use std::time::Duration;
 use async_trait::async_trait;
 use http::header::HeaderValue;
 use http::Method;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use tokio::sync::watch;
@@ -49,7 +50,8 @@ use super::{
 };
 use crate::address::parse_seed;
 use crate::path::encode_segment;
-use agent::Agent;
+use crate::security::{ClientTls, Secret};
+use agent::{Agent, Dialer};
 use registrar::{remove_leftovers, Books, Registrar};
 use watcher::{Shared, WatchState, Watcher};
 
@@ -61,8 +63,11 @@ mod watcher;
 /// Tuning of the Consul backend.
 #[derive(Debug, Clone)]
 pub struct ConsulConfig {
-    /// ACL token sent as `X-Consul-Token` with every request.
-    pub token: Option<String>,
+    /// ACL token sent as `X-Consul-Token` with every request (`Debug` shows `***`).
+    pub token: Option<Secret>,
+    /// The authorities an agent reached by `https://` is verified against; `None`: the
+    /// system's CA bundle.
+    pub tls: Option<ClientTls>,
     /// How often the agent runs each service's HTTP health check (the original: 5 s).
     pub check_interval: Duration,
     /// How long a service may stay critical before the agent deregisters it (Consul's minimum
@@ -83,6 +88,7 @@ impl Default for ConsulConfig {
     fn default() -> Self {
         ConsulConfig {
             token: None,
+            tls: None,
             check_interval: Duration::from_secs(5),
             deregister_critical_after: Duration::from_secs(60),
             wait: Duration::from_secs(30),
@@ -103,9 +109,9 @@ pub struct ConsulCluster {
 
 impl ConsulCluster {
     /// A Consul cluster reached through the agent's HTTP API at `agent_address` (`host:port`,
-    /// `http://host:port`, or a bare port on 127.0.0.1), joining the agent to the first of
-    /// `seeds` (serf LAN addresses, `host:port`) when there is one. Fails when the address does
-    /// not parse or asks for TLS (`https://`), which this build does not support.
+    /// `http://host:port`, `https://host:port` for TLS, or a bare port on 127.0.0.1), joining
+    /// the agent to the first of `seeds` (serf LAN addresses, `host:port`) when there is one.
+    /// Fails when the address does not parse.
     pub fn new<A, I, S>(agent_address: A, seeds: I) -> Result<Self, ClusterError>
     where
         A: ToString,
@@ -113,13 +119,13 @@ impl ConsulCluster {
         S: ToString,
     {
         let address = agent_address.to_string();
-        if address.trim().starts_with("https://") {
-            return Err(ClusterError::Backend(format!(
-                "Consul agent {address}: TLS is not supported; use http://"
-            )));
-        }
+        let scheme = if address.trim().starts_with("https://") {
+            "https"
+        } else {
+            "http"
+        };
         Ok(ConsulCluster {
-            agent: format!("http://{}", parse_seed(&address)?),
+            agent: format!("{scheme}://{}", parse_seed(&address)?),
             seeds: seeds
                 .into_iter()
                 .map(|s| s.to_string().trim().to_owned())
@@ -149,19 +155,29 @@ impl Cluster for ConsulCluster {
             seeds,
             config,
         } = *self;
+        let fail = |e: String| ClusterError::Backend(format!("Consul agent {agent}: {e}"));
         let token = match &config.token {
-            Some(t) => Some(HeaderValue::from_str(t).map_err(|_| {
-                ClusterError::Backend("the Consul token is not a valid header value".into())
-            })?),
+            Some(t) => {
+                let mut value = HeaderValue::from_str(t.expose())
+                    .map_err(|_| fail("the token is not a valid header value".into()))?;
+                value.set_sensitive(true);
+                Some(value)
+            }
             None => None,
         };
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(config.request_timeout));
-        connector.set_nodelay(true);
+        let tls = match (agent.starts_with("https://"), &config.tls) {
+            (true, Some(tls)) => Some(tls.clone()),
+            (true, None) => Some(ClientTls::system().map_err(|e| fail(e.to_string()))?),
+            (false, _) => None,
+        };
+        let dialer = Dialer {
+            tls,
+            connect_timeout: config.request_timeout,
+        };
         let agent = Agent {
             base: agent,
             token,
-            client: Client::builder(TokioExecutor::new()).build(connector),
+            client: Client::builder(TokioExecutor::new()).build(dialer),
         };
         let fail = |e: String| ClusterError::Backend(format!("Consul agent {}: {e}", agent.base));
         if let Some(seed) = seeds.first() {
@@ -312,7 +328,7 @@ mod tests {
         assert_eq!(agent("127.0.0.1:8500").unwrap(), "http://127.0.0.1:8500");
         assert_eq!(agent("http://consul:8500").unwrap(), "http://consul:8500");
         assert_eq!(agent("8500").unwrap(), "http://127.0.0.1:8500");
-        assert!(agent("https://consul:8501").is_err());
+        assert_eq!(agent("https://consul:8501").unwrap(), "https://consul:8501");
         assert!(agent("consul:find").is_err());
     }
 

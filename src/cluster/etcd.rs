@@ -16,7 +16,9 @@
 //! lost its data) is granted again and every key written again; a watch whose revision was
 //! compacted, or an etcd whose history went backwards, is met with a full reload of the prefix.
 //! While etcd is out of reach the last known view stays in force.
-
+//!
+//! A secured etcd is reached over TLS (a CA, and a client certificate for
+//! `--client-cert-auth`) and with a user and password (`access`).
 //!
 //! This file holds the configuration, joining and the handle that sends commands to the
 //! session's task. The session itself is in `session` (its state, the loop that repairs it,
@@ -35,8 +37,11 @@ use tracing::info;
 
 use super::{Cluster, ClusterError, ClusterView, LocalNode, Membership, ServiceEntry};
 use crate::address::parse_seed;
+use crate::wire::error_chain;
+pub use access::{EtcdCredentials, EtcdTls};
 use session::Session;
 
+mod access;
 mod keys;
 mod lease;
 mod replica;
@@ -56,6 +61,10 @@ pub struct EtcdConfig {
     pub request_timeout: Duration,
     /// Longest wait between two attempts to repair a broken session.
     pub max_backoff: Duration,
+    /// TLS to etcd; with it every endpoint is dialed as `https://`.
+    pub tls: Option<EtcdTls>,
+    /// The user to authenticate as, when etcd runs with `auth enable`.
+    pub credentials: Option<EtcdCredentials>,
 }
 
 impl Default for EtcdConfig {
@@ -66,6 +75,8 @@ impl Default for EtcdConfig {
             lease_ttl: Duration::from_secs(5),
             request_timeout: Duration::from_secs(3),
             max_backoff: Duration::from_secs(1),
+            tls: None,
+            credentials: None,
         }
     }
 }
@@ -78,9 +89,11 @@ pub struct EtcdCluster {
 }
 
 impl EtcdCluster {
-    /// An etcd cluster reached through `endpoints` (`host:port`, `http://host:port`, or a bare
-    /// port on 127.0.0.1). Fails when there is no endpoint, when one does not parse, or when one
-    /// asks for TLS (`https://`), which this build does not support.
+    /// An etcd cluster reached through `endpoints` (`host:port`, `http://host:port`,
+    /// `https://host:port`, or a bare port on 127.0.0.1). Endpoints are dialed over TLS when
+    /// they say `https://` (verified against the system's CA bundle unless the config gives
+    /// [`EtcdTls`]), or all of them when the config gives [`EtcdTls`]. Fails when there is no
+    /// endpoint or one does not parse.
     pub fn new<I, S>(endpoints: I) -> Result<Self, ClusterError>
     where
         I: IntoIterator<Item = S>,
@@ -91,12 +104,12 @@ impl EtcdCluster {
             .map(|s| s.to_string())
             .filter(|s| !s.trim().is_empty())
             .map(|s| {
-                if s.trim().starts_with("https://") {
-                    return Err(ClusterError::Backend(format!(
-                        "etcd endpoint {s}: TLS is not supported; use http://"
-                    )));
-                }
-                Ok(format!("http://{}", parse_seed(&s)?))
+                let scheme = if s.trim().starts_with("https://") {
+                    "https"
+                } else {
+                    "http"
+                };
+                Ok::<_, ClusterError>(format!("{scheme}://{}", parse_seed(&s)?))
             })
             .collect::<Result<Vec<_>, _>>()?;
         if endpoints.is_empty() {
@@ -108,8 +121,15 @@ impl EtcdCluster {
         })
     }
 
-    /// Replaces the tuning.
+    /// Replaces the tuning. With [`EtcdConfig::tls`] every endpoint becomes `https://`.
     pub fn with_config(mut self, config: EtcdConfig) -> Self {
+        if config.tls.is_some() {
+            for endpoint in &mut self.endpoints {
+                if let Some(rest) = endpoint.strip_prefix("http://") {
+                    *endpoint = format!("https://{rest}");
+                }
+            }
+        }
         self.config = config;
         self
     }
@@ -124,19 +144,37 @@ impl EtcdCluster {
 impl Cluster for EtcdCluster {
     async fn join(self: Box<Self>, local: LocalNode) -> Result<Arc<dyn Membership>, ClusterError> {
         let EtcdCluster { endpoints, config } = *self;
+        let fail = |e: String| ClusterError::Backend(format!("etcd at {endpoints:?}: {e}"));
+        let https = endpoints
+            .iter()
+            .filter(|e| e.starts_with("https://"))
+            .count();
+        if https != 0 && https != endpoints.len() {
+            return Err(fail("the endpoints mix http:// and https://".into()));
+        }
+        // https:// endpoints without TLS settings: verified against the system's CA bundle.
+        let system = (https != 0 && config.tls.is_none()).then(|| EtcdTls::new(None, None));
+        let tls = match system {
+            Some(tls) => Some(tls.map_err(|e| fail(e.to_string()))?),
+            None => config.tls.clone(),
+        };
         // HTTP/2 pings find a dead connection that TCP does not report; etcd refuses pings more
         // often than every 5 s.
         let options = ConnectOptions::new()
             .with_connect_timeout(config.request_timeout)
             .with_keep_alive(Duration::from_secs(10), config.request_timeout)
             .with_keep_alive_while_idle(true);
+        let options = access::secure(options, tls.as_ref(), config.credentials.as_ref())
+            .map_err(|e| fail(e.to_string()))?;
+        // Errors name the endpoints and etcd's reason, never the password (etcd-client sends
+        // it only in its `Authenticate` call, and no error carries a request).
         let client = tokio::time::timeout(
             config.request_timeout,
             Client::connect(&endpoints, Some(options)),
         )
         .await
-        .map_err(|_| ClusterError::Backend(format!("etcd at {endpoints:?}: connect timed out")))?
-        .map_err(|e| ClusterError::Backend(format!("etcd at {endpoints:?}: {e}")))?;
+        .map_err(|_| fail("connect timed out".into()))?
+        .map_err(|e| fail(error_chain(&e)))?;
 
         let root = format!(
             "{}/{}/",
@@ -277,8 +315,31 @@ mod tests {
                 "http://127.0.0.1:2380"
             ]
         );
-        assert!(EtcdCluster::new(["https://x:2379"]).is_err());
         assert!(EtcdCluster::new(Vec::<String>::new()).is_err());
         assert!(EtcdCluster::new(["x:find"]).is_err());
+    }
+
+    #[test]
+    fn tls_makes_every_endpoint_https_and_debug_hides_the_password() {
+        let cluster = EtcdCluster::new(["https://etcd-1:2379"]).unwrap();
+        assert_eq!(cluster.endpoints(), ["https://etcd-1:2379"]);
+        let config = EtcdConfig {
+            tls: Some(EtcdTls::new(None, None).unwrap()),
+            credentials: Some(EtcdCredentials {
+                user: "meshage".into(),
+                password: "hunter2".into(),
+            }),
+            ..EtcdConfig::default()
+        };
+        let cluster = EtcdCluster::new(["127.0.0.1:2379", "http://etcd-2:2379"])
+            .unwrap()
+            .with_config(config);
+        assert_eq!(
+            cluster.endpoints(),
+            ["https://127.0.0.1:2379", "https://etcd-2:2379"]
+        );
+        let debug = format!("{cluster:?}");
+        assert!(debug.contains("user: \"meshage\""), "{debug}");
+        assert!(!debug.contains("hunter2"), "{debug}");
     }
 }

@@ -5,6 +5,9 @@
 //! message, as a general-purpose client needs. An idle connection is not polled; one the
 //! upstream closed meanwhile is found closed when it is next taken, and the call moves on to
 //! another, or a new one, as long as its request has not been sent.
+//!
+//! An `https` upstream's connections are TLS, verified when they open, and reused as plain
+//! ones are: the handshake is paid once per connection, not per message.
 
 use std::future::Future;
 use std::pin::pin;
@@ -21,10 +24,12 @@ use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
+use crate::security::trust::MaybeTls;
+use crate::security::ClientTls;
 use crate::wire::{error_chain, read_body, BodyError};
 
 /// The half of a connection that does its I/O; once it has ended it stays ended.
-type Connection = Fuse<http1::Connection<TokioIo<TcpStream>, Full<Bytes>>>;
+type Connection = Fuse<http1::Connection<TokioIo<MaybeTls>, Full<Bytes>>>;
 
 /// One HTTP/1.1 connection: the half that sends requests and the half that does its I/O.
 struct Conn {
@@ -55,6 +60,8 @@ pub(super) enum SendError {
 pub(super) struct Pool {
     host: String,
     port: u16,
+    /// Set for an `https` upstream: its connections are TLS, verified against these roots.
+    tls: Option<ClientTls>,
     connect_timeout: Duration,
     idle_timeout: Duration,
     max_idle: usize,
@@ -65,6 +72,7 @@ impl Pool {
     pub(super) fn new(
         host: String,
         port: u16,
+        tls: Option<ClientTls>,
         connect_timeout: Duration,
         idle_timeout: Duration,
         max_idle: usize,
@@ -72,6 +80,7 @@ impl Pool {
         Pool {
             host,
             port,
+            tls,
             connect_timeout,
             idle_timeout,
             max_idle,
@@ -127,8 +136,17 @@ impl Pool {
         }
     }
 
+    /// Opens a connection: TCP, and the TLS handshake for an `https` upstream, both within the
+    /// connect timeout.
     async fn connect(&self) -> Result<Box<Conn>, SendError> {
-        let connect = TcpStream::connect((self.host.as_str(), self.port));
+        let connect = async {
+            let tcp = TcpStream::connect((self.host.as_str(), self.port)).await?;
+            let _ = tcp.set_nodelay(true);
+            match &self.tls {
+                Some(tls) => Ok(MaybeTls::Tls(Box::new(tls.connect(&self.host, tcp).await?))),
+                None => Ok::<_, std::io::Error>(MaybeTls::Plain(tcp)),
+            }
+        };
         let stream = match tokio::time::timeout(self.connect_timeout, connect).await {
             Ok(Ok(stream)) => stream,
             Ok(Err(e)) => return Err(SendError::Connect(e.to_string())),
@@ -139,7 +157,6 @@ impl Pool {
                 )))
             }
         };
-        let _ = stream.set_nodelay(true);
         let (sender, connection) = http1::handshake(TokioIo::new(stream))
             .await
             .map_err(|e| SendError::Connect(error_chain(&e)))?;
@@ -302,6 +319,7 @@ mod tests {
         Pool::new(
             "127.0.0.1".into(),
             port,
+            None,
             Duration::from_secs(1),
             idle_timeout,
             max_idle,
@@ -350,6 +368,18 @@ mod tests {
             (u.inner.pool.host.as_str(), u.inner.pool.port),
             ("handlers.internal", 80)
         );
+        assert!(u.inner.pool.tls.is_none());
+        let ca = rcgen::generate_simple_self_signed(vec!["ca".into()]).unwrap();
+        let config = UpstreamConfig {
+            tls: Some(crate::ClientTls::from_ca_pem(ca.cert.pem().as_bytes()).unwrap()),
+            ..UpstreamConfig::default()
+        };
+        let secure = HttpUpstream::new("https://handlers.internal/h", config).unwrap();
+        assert_eq!(
+            (secure.inner.pool.host.as_str(), secure.inner.pool.port),
+            ("handlers.internal", 443)
+        );
+        assert!(secure.inner.pool.tls.is_some());
         assert_eq!(
             (u.inner.target.to_string(), u.inner.host.to_str().unwrap()),
             ("/".into(), "handlers.internal")

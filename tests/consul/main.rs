@@ -1,26 +1,32 @@
 //! The Consul backend: registrations in the original's format, joining the first seed, ACL
 //! tokens, and a meshage node and an original node in one Consul sending every key to the same
-//! service. Runs against the in-process stand-in agent (`stand_in.rs`), or against
-//! a real agent when `CONSUL_HTTP_ADDR` is set (tests that need the stand-in's records say so
-//! and skip). The behaviour every backend shares is the
-//! conformance suite (`tests/common/conformance.rs`), run here as `conformance::*`.
+//! service; the agent over HTTPS, and the token never showing. Runs against the in-process
+//! stand-in agent (`stand_in.rs`), or against a real agent when `CONSUL_HTTP_ADDR` is set
+//! (tests that need the stand-in's records say so and skip; the HTTPS ones always use the
+//! stand-in). The behaviour every backend shares is the conformance suite
+//! (`tests/common/conformance.rs`), run here as `conformance::*`, and over HTTPS as
+//! `conformance_https::*`.
 #![cfg(feature = "consul")]
 
 /// The parts of the shared harness (`tests/common/`) this suite uses, each file whole.
 #[path = "../common"]
 mod common {
+    mod certs;
     mod command;
     pub mod conformance;
     mod echo;
     mod http_client;
     mod http_shortcuts;
     mod proc;
+    mod tls_server;
     mod wait;
 
+    pub use certs::*;
     pub use command::*;
     pub use echo::*;
     pub use http_client::*;
     pub use proc::*;
+    pub use tls_server::*;
     pub use wait::*;
 }
 mod stand_in;
@@ -39,7 +45,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use meshage::{Cluster, ConsulCluster, ConsulConfig, HashRing, Node, NO_SEEDS};
+use meshage::{ClientTls, Cluster, ConsulCluster, ConsulConfig, HashRing, Node, NO_SEEDS};
 use serde_json::{json, Value};
 use stand_in::{parse_go_duration, Agent, ConsulStandIn};
 
@@ -62,7 +68,7 @@ fn stream_name() -> String {
 
 fn config(agent: &Agent) -> ConsulConfig {
     ConsulConfig {
-        token: agent.token(),
+        token: agent.token().map(Into::into),
         check_interval: Duration::from_secs(1),
         ..ConsulConfig::default()
     }
@@ -718,27 +724,245 @@ async fn services_are_registered_again_when_the_agent_restarts_without_them() {
     .await;
 }
 
+/// The token of the HTTPS tests: what they look for in everything a node shows.
+const TOKEN: &str = "t0ken-5e2a9c-never-shown";
+
+/// A stand-in agent that serves HTTPS only (and asks for `token`, if given), with a
+/// certificate for 127.0.0.1 from a CA of its own, returned with it.
+async fn https_agent(token: Option<&str>) -> (ConsulStandIn, TestCa) {
+    let ca = TestCa::new("meshage Consul test CA");
+    let agent = ConsulStandIn::start_tls(token, acceptor(&ca.issue(&["127.0.0.1"]))).await;
+    (agent, ca)
+}
+
+/// Starts a node on `cluster`; the error's whole chain when it does not start.
+async fn try_node(cluster: ConsulCluster) -> Result<Node, String> {
+    meshage::init(cluster, "127.0.0.1:0")
+        .start()
+        .await
+        .map_err(|e| {
+            let mut text = e.to_string();
+            let mut source = std::error::Error::source(&e);
+            while let Some(s) = source {
+                text.push_str(&format!(": {s}"));
+                source = s.source();
+            }
+            text
+        })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_https_agent_is_reached_only_when_its_certificate_verifies() {
+    bounded(async {
+        let (agent, ca) = https_agent(Some(TOKEN)).await;
+        let url = format!("https://{}", agent.addr);
+        let with = |tls: Option<ClientTls>| {
+            ConsulCluster::new(&url, NO_SEEDS)
+                .unwrap()
+                .with_config(ConsulConfig {
+                    token: Some(TOKEN.into()),
+                    tls,
+                    check_interval: Duration::from_secs(1),
+                    request_timeout: Duration::from_secs(2),
+                    ..ConsulConfig::default()
+                })
+        };
+        let trusted = ClientTls::from_ca_pem(ca.pem.as_bytes()).unwrap();
+        let cluster = with(Some(trusted));
+        assert!(
+            !format!("{cluster:?}").contains(TOKEN),
+            "Debug shows the token: {cluster:?}"
+        );
+        let stream = stream_name();
+        let node = meshage::init(cluster, "127.0.0.1:0")
+            .register(stream.clone(), echo_by)
+            .start()
+            .await
+            .expect("the agent's certificate verifies against its CA");
+        let id = node.router().local_services()[0].id.to_string();
+        wait_until(Duration::from_secs(10), "the service passes", || {
+            agent.status(&id).as_deref() == Some("passing")
+        })
+        .await;
+        node.shutdown().await.unwrap();
+        assert_eq!(agent.status(&id), None, "deregistered over HTTPS");
+
+        // Another CA, or the system's bundle, does not vouch for the agent's certificate.
+        let other = TestCa::new("another CA");
+        for tls in [ClientTls::from_ca_pem(other.pem.as_bytes()).ok(), None] {
+            let error = try_node(with(tls))
+                .await
+                .err()
+                .expect("not trusted, not joined");
+            eprintln!("untrusted agent: {error}");
+            assert!(error.contains("Consul agent"), "{error}");
+            assert!(
+                error.contains("invalid peer certificate: UnknownIssuer"),
+                "the error says why: {error}"
+            );
+            assert!(!error.contains(TOKEN), "the error shows the token: {error}");
+        }
+        // Plain HTTP to an HTTPS port gets no answer that passes for one.
+        let plain = ConsulCluster::new(agent.addr.to_string(), NO_SEEDS)
+            .unwrap()
+            .with_config(ConsulConfig {
+                request_timeout: Duration::from_secs(2),
+                ..ConsulConfig::default()
+            });
+        assert!(try_node(plain).await.is_err());
+    })
+    .await;
+}
+
+/// An agent (or whatever answers in its place) that quotes the token in a refusal: the node's
+/// error says 403 and why, and shows `***` where the token was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_that_quotes_the_token_does_not_bring_it_into_errors() {
+    bounded(async {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut head = [0u8; 4096];
+                    let _ = socket.read(&mut head).await;
+                    let body = format!("ACL not found: token {TOKEN} is unknown");
+                    let answer = format!(
+                        "HTTP/1.1 403 Forbidden\r\ncontent-length: {}\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = socket.write_all(answer.as_bytes()).await;
+                });
+            }
+        });
+        let cluster = ConsulCluster::new(addr.to_string(), NO_SEEDS)
+            .unwrap()
+            .with_config(ConsulConfig {
+                token: Some(TOKEN.into()),
+                ..ConsulConfig::default()
+            });
+        let error = try_node(cluster).await.err().expect("refused");
+        assert!(error.contains("403"), "{error}");
+        assert!(
+            error.contains("ACL not found: token *** is unknown"),
+            "{error}"
+        );
+        assert!(!error.contains(TOKEN), "{error}");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_meshage_binary_reaches_an_https_agent_and_never_shows_the_token() {
+    bounded(async {
+        let (agent, ca) = https_agent(Some(TOKEN)).await;
+        let ca_file = ca.write("consul-ca.pem", &ca.pem);
+        let stream = stream_name();
+        let mut command = common::meshage_command();
+        command
+            .args(["node", "--http-host", "127.0.0.1", "--http-port", "0"])
+            .args(["--echo", &stream, "--check-interval", "1"])
+            .env("CLUSTER_TYPE", "consul")
+            // The Consul CLI's variables: an address without a scheme, and SSL on.
+            .env("CONSUL_HTTP_ADDR", agent.addr.to_string())
+            .env("CONSUL_HTTP_SSL", "true")
+            .env("CONSUL_CACERT", &ca_file)
+            .env("CONSUL_HTTP_TOKEN", TOKEN)
+            // Everything the node and its libraries log, to look for the token in.
+            .env("RUST_LOG", "trace,chitchat=warn");
+        let node = common::Proc::spawn("node", command);
+        let line = node.wait_line(Duration::from_secs(20), |l| l.starts_with("meshage node "));
+        let endpoint = line
+            .split_whitespace()
+            .skip_while(|w| *w != "serving")
+            .nth(1)
+            .unwrap()
+            .to_owned();
+        let http = Http::default();
+        let services = http.get(&format!("{endpoint}/api/services")).await.json();
+        let id = services[0]["id"].as_str().unwrap().to_owned();
+        wait_until(
+            Duration::from_secs(10),
+            "the service is registered over HTTPS and passes",
+            || agent.status(&id).as_deref() == Some("passing"),
+        )
+        .await;
+
+        // The token is nowhere a node shows anything.
+        for path in ["/api/status", "/metrics", "/", "/api/members"] {
+            let answer = http.get(&format!("{endpoint}{path}")).await;
+            assert_eq!(answer.status, 200, "{path}");
+            let body = String::from_utf8_lossy(&answer.body);
+            assert!(!body.contains(TOKEN), "{path} shows the token");
+        }
+        assert!(!node.output().contains(TOKEN), "the log shows the token");
+        let help = common::meshage_command()
+            .args(["node", "--help"])
+            .env("CONSUL_HTTP_TOKEN", TOKEN)
+            .env("MESHAGE_ETCD_PASSWORD", TOKEN)
+            .output()
+            .unwrap();
+        let help = String::from_utf8_lossy(&help.stdout);
+        assert!(help.contains("CONSUL_HTTP_TOKEN") && help.contains("MESHAGE_ETCD_PASSWORD"));
+        assert!(!help.contains(TOKEN), "--help shows the token");
+
+        // A CA file with plain HTTP is a mistake the node refuses to start with.
+        let output = common::meshage_command()
+            .args(["node", "--http-host", "127.0.0.1", "--http-port", "0"])
+            .env("CLUSTER_TYPE", "consul")
+            .env("CONSUL_HTTP_ADDR", agent.addr.to_string())
+            .env("CONSUL_CACERT", &ca_file)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success());
+        assert!(stderr.contains("CONSUL_HTTP_SSL"), "{stderr}");
+    })
+    .await;
+}
+
 /// The shared conformance suite's backend: the stand-in agent of the test's own (or the real
-/// agent at `CONSUL_HTTP_ADDR`), with checks every second.
+/// agent at `CONSUL_HTTP_ADDR`), with checks every second; or, for `conformance_https`, a
+/// stand-in that serves HTTPS only and asks for a token.
 struct ConsulBackend {
     agent: Agent,
+    /// The agent's URL, and its CA, when it serves HTTPS.
+    https: Option<(String, TestCa)>,
 }
 
 impl ConsulBackend {
     async fn start() -> Option<Self> {
         Some(ConsulBackend {
             agent: Agent::start(None).await,
+            https: None,
+        })
+    }
+
+    async fn start_https() -> Option<Self> {
+        let (agent, ca) = https_agent(Some(TOKEN)).await;
+        Some(ConsulBackend {
+            https: Some((format!("https://{}", agent.addr), ca)),
+            agent: Agent::StandIn(agent),
         })
     }
 }
 
 impl Backend for ConsulBackend {
     fn cluster(&self, _seeds: &[String]) -> Box<dyn Cluster> {
+        let (address, tls) = match &self.https {
+            Some((url, ca)) => (
+                url.clone(),
+                Some(ClientTls::from_ca_pem(ca.pem.as_bytes()).unwrap()),
+            ),
+            None => (self.agent.addr(), None),
+        };
         Box::new(
-            ConsulCluster::new(self.agent.addr(), NO_SEEDS)
+            ConsulCluster::new(address, NO_SEEDS)
                 .unwrap()
                 .with_config(ConsulConfig {
-                    token: self.agent.token(),
+                    token: self.agent.token().map(Into::into),
+                    tls,
                     check_interval: Duration::from_secs(1),
                     ..ConsulConfig::default()
                 }),
@@ -750,3 +974,4 @@ impl Backend for ConsulBackend {
 }
 
 conformance_tests!(conformance, ConsulBackend::start());
+conformance_tests!(conformance_https, ConsulBackend::start_https());

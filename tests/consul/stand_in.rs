@@ -17,6 +17,9 @@
 //! with `index=N` waits until the index passes N or `wait` elapses (Go duration, default 5m,
 //! capped at 10m; no jitter), then answers the current state.
 //!
+//! TLS: started with [`ConsulStandIn::start_tls`], it serves its API over HTTPS only, as an
+//! agent with `ports { http = -1, https = 8501 }` does.
+//!
 //! ACL: when made with a token, requests must carry it in `X-Consul-Token` (or `?token=`);
 //! others get 403 `Permission denied`, as an agent with `default_policy = deny` answers.
 //!
@@ -44,6 +47,7 @@ use percent_encoding::percent_decode_str;
 use serde_json::{json, Value};
 use tokio::sync::{oneshot, watch};
 use tokio::task::{JoinHandle, JoinSet};
+use tokio_rustls::TlsAcceptor;
 
 use crate::common::Http;
 
@@ -142,6 +146,15 @@ impl ConsulStandIn {
     /// Starts on `addr`: a restarted agent, with no state, where the old one was. Rebinding a
     /// port that was just let go is retried for a while.
     pub async fn start_on(addr: &str, token: Option<&str>) -> ConsulStandIn {
+        ConsulStandIn::serve(addr, token, None).await
+    }
+
+    /// Starts on a free loopback port, serving HTTPS with `tls`'s certificate.
+    pub async fn start_tls(token: Option<&str>, tls: TlsAcceptor) -> ConsulStandIn {
+        ConsulStandIn::serve("127.0.0.1:0", token, Some(tls)).await
+    }
+
+    async fn serve(addr: &str, token: Option<&str>, tls: Option<TlsAcceptor>) -> ConsulStandIn {
         let mut tries = 0;
         let listener = loop {
             match tokio::net::TcpListener::bind(addr).await {
@@ -175,11 +188,21 @@ impl ConsulStandIn {
                     break;
                 };
                 let shared = serving.clone();
+                let tls = tls.clone();
                 connections.spawn(async move {
                     let service = service_fn(move |request| handle(shared.clone(), request));
-                    let _ = http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
+                    let http = http1::Builder::new();
+                    match tls {
+                        Some(tls) => {
+                            // A client that does not trust the certificate hangs up here.
+                            if let Ok(stream) = tls.accept(stream).await {
+                                let _ = http.serve_connection(TokioIo::new(stream), service).await;
+                            }
+                        }
+                        None => {
+                            let _ = http.serve_connection(TokioIo::new(stream), service).await;
+                        }
+                    }
                 });
                 while connections.try_join_next().is_some() {}
             }

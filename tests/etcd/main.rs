@@ -1,12 +1,16 @@
 //! The etcd backend against real etcd processes: a three-member etcd losing a member, etcd
 //! restarting (with its data, and empty) under running nodes, a watch that falls behind a
-//! compaction, and a lease that etcd drops. The behaviour every backend shares is the
-//! conformance suite (`tests/common/conformance.rs`), run here as `conformance::*`.
+//! compaction, and a lease that etcd drops; a secured etcd (TLS with client certificates, and
+//! users with passwords) and the password never showing. The behaviour every backend shares is
+//! the conformance suite (`tests/common/conformance.rs`), run here as `conformance::*` against
+//! a plain etcd, `conformance_tls::*` against one over TLS and `conformance_auth::*` against
+//! one with auth enabled.
 #![cfg(feature = "etcd")]
 
 /// The parts of the shared harness (`tests/common/`) this suite uses, each file whole.
 #[path = "../common"]
 mod common {
+    mod certs;
     mod command;
     pub mod conformance;
     mod echo;
@@ -16,6 +20,7 @@ mod common {
     mod service_id;
     mod wait;
 
+    pub use certs::*;
     pub use command::*;
     pub use echo::*;
     pub use http_client::*;
@@ -30,8 +35,8 @@ use std::time::Duration;
 
 use common::conformance::{conformance_tests, Backend};
 use common::*;
-use meshage::{Cluster, EtcdCluster, EtcdConfig, HashRing, Node};
-use server::Etcd;
+use meshage::{Cluster, EtcdCluster, EtcdConfig, EtcdCredentials, EtcdTls, HashRing, Node};
+use server::{Etcd, ServerTls};
 
 const STREAM: &str = "echo";
 
@@ -452,16 +457,413 @@ async fn the_meshage_binary_runs_on_etcd() {
     .await;
 }
 
+/// The user meshage authenticates as, whose role may read and write under `/meshage/` only,
+/// and its password: what the tests look for in everything a node shows.
+const USER: &str = "meshage";
+const PASSWORD: &str = "Pw-4b1c9e-never-shown";
+
+/// The CA of a TLS etcd, and the files its clients use. Keep it while the etcd runs: the
+/// files go with it.
+struct EtcdCerts {
+    ca: TestCa,
+    /// The CA file, the client certificate and its key.
+    files: (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf),
+}
+
+impl EtcdCerts {
+    /// A single-member etcd whose clients must speak TLS and present a certificate of its CA.
+    async fn start() -> Option<(Etcd, EtcdCerts)> {
+        let ca = TestCa::new("meshage etcd test CA");
+        let server = ca.issue(&["127.0.0.1", "localhost"]);
+        let client = ca.issue(&["meshage-node"]);
+        let ca_file = ca.write("ca.pem", &ca.pem);
+        let tls = ServerTls {
+            cert: ca.write("etcd.pem", &server.cert_pem),
+            key: ca.write("etcd-key.pem", &server.key_pem),
+            client_ca: ca_file.clone(),
+        };
+        let files = (
+            ca_file,
+            ca.write("client.pem", &client.cert_pem),
+            ca.write("client-key.pem", &client.key_pem),
+        );
+        let etcd = Etcd::start_with(1, Some(tls), &[]).await?;
+        Some((etcd, EtcdCerts { ca, files }))
+    }
+
+    /// The node's TLS settings: the CA, and the client certificate.
+    fn tls(&self) -> EtcdTls {
+        let (ca, cert, key) = &self.files;
+        EtcdTls::new(Some(ca), Some((cert, key))).expect("the test's files")
+    }
+
+    /// etcd-client's own TLS options, for the test's direct calls.
+    fn options(&self) -> etcd_client::ConnectOptions {
+        let (_, cert, key) = &self.files;
+        let identity = etcd_client::Identity::from_pem(
+            std::fs::read(cert).unwrap(),
+            std::fs::read(key).unwrap(),
+        );
+        etcd_client::ConnectOptions::new().with_tls(
+            etcd_client::TlsOptions::new()
+                .ca_certificate(etcd_client::Certificate::from_pem(&self.ca.pem))
+                .identity(identity),
+        )
+    }
+}
+
+/// Turns auth on: a root user (etcd wants one), and [`USER`] with [`PASSWORD`] and a role
+/// that may read and write `/meshage/...` only.
+async fn enable_auth(urls: &[String], options: Option<etcd_client::ConnectOptions>) {
+    use etcd_client::Permission;
+    let mut client = etcd_client::Client::connect(urls, options).await.unwrap();
+    client
+        .user_add("root", "root-password", None)
+        .await
+        .unwrap();
+    client.user_grant_role("root", "root").await.unwrap();
+    client.role_add(USER).await.unwrap();
+    client
+        .role_grant_permission(USER, Permission::read_write("/meshage/").with_prefix())
+        .await
+        .unwrap();
+    client.user_add(USER, PASSWORD, None).await.unwrap();
+    client.user_grant_role(USER, USER).await.unwrap();
+    client.auth_enable().await.unwrap();
+}
+
+fn credentials(password: &str) -> Option<EtcdCredentials> {
+    Some(EtcdCredentials {
+        user: USER.into(),
+        password: password.into(),
+    })
+}
+
+/// Starts a node on `cluster`; the error's whole chain when it does not start.
+async fn try_node(cluster: EtcdCluster) -> Result<Node, String> {
+    meshage::init(cluster, "127.0.0.1:0")
+        .register(STREAM, echo_by)
+        .start()
+        .await
+        .map_err(|e| {
+            let mut text = e.to_string();
+            let mut source = std::error::Error::source(&e);
+            while let Some(s) = source {
+                text.push_str(&format!(": {s}"));
+                source = s.source();
+            }
+            text
+        })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_etcd_takes_only_nodes_that_trust_it_and_that_it_trusts() {
+    bounded(async {
+        let Some((etcd, secured)) = EtcdCerts::start().await else {
+            return;
+        };
+        let urls = etcd.urls();
+        assert!(urls[0].starts_with("https://"), "{urls:?}");
+        let with = |tls: Option<EtcdTls>| {
+            EtcdCluster::new(&urls).unwrap().with_config(EtcdConfig {
+                tls,
+                request_timeout: Duration::from_secs(2),
+                ..EtcdConfig::default()
+            })
+        };
+        let a = try_node(with(Some(secured.tls())))
+            .await
+            .expect("a node with the CA and a client certificate joins");
+        let b = try_node(with(Some(secured.tls()))).await.unwrap();
+        wait_exact(
+            &[&a, &b],
+            Duration::from_secs(10),
+            "two nodes see each other over TLS",
+        )
+        .await;
+        assert_routes_by_the_ring(&[&a, &b]).await;
+
+        // A node that trusts another CA does not accept etcd's certificate.
+        let other = TestCa::new("another CA");
+        let other_ca = other.write("ca.pem", &other.pem);
+        let (_, cert, key) = &secured.files;
+        let untrusting = EtcdTls::new(Some(&other_ca), Some((cert, key))).unwrap();
+        let error = try_node(with(Some(untrusting)))
+            .await
+            .err()
+            .expect("etcd's certificate is not trusted");
+        eprintln!("with another CA: {error}");
+        assert!(error.contains("etcd at"), "{error}");
+        assert!(
+            error.to_lowercase().contains("certificate"),
+            "the error says why: {error}"
+        );
+
+        // A node without a client certificate is refused by etcd.
+        let (ca, _, _) = &secured.files;
+        let anonymous = EtcdTls::new(Some(ca), None).unwrap();
+        let error = try_node(with(Some(anonymous)))
+            .await
+            .err()
+            .expect("no client certificate, no etcd");
+        eprintln!("without a client certificate: {error}");
+
+        // Nor does plain HTTP reach it.
+        let plain = EtcdCluster::new([etcd.members[0].client_addr()]).unwrap();
+        assert!(try_node(plain.with_config(EtcdConfig {
+            request_timeout: Duration::from_secs(2),
+            ..EtcdConfig::default()
+        }))
+        .await
+        .is_err());
+
+        a.shutdown().await.unwrap();
+        b.shutdown().await.unwrap();
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_auth_on_a_wrong_password_fails_clearly_and_never_shows() {
+    bounded(async {
+        let Some(etcd) = Etcd::start(1).await else {
+            return;
+        };
+        let urls = etcd.urls();
+        enable_auth(&urls, None).await;
+        let with = |credentials: Option<EtcdCredentials>| {
+            EtcdCluster::new(&urls).unwrap().with_config(EtcdConfig {
+                credentials,
+                request_timeout: Duration::from_secs(2),
+                ..EtcdConfig::default()
+            })
+        };
+        let wrong = "Wr0ng-pa55word-8d2f";
+        let error = try_node(with(credentials(wrong)))
+            .await
+            .err()
+            .expect("a wrong password is refused");
+        eprintln!("with a wrong password: {error}");
+        assert!(
+            error.contains("authentication failed"),
+            "the error says why: {error}"
+        );
+        assert!(
+            !error.contains(wrong),
+            "the error shows the password: {error}"
+        );
+        let cluster = with(credentials(wrong));
+        assert!(
+            !format!("{cluster:?}").contains(wrong),
+            "Debug shows the password: {cluster:?}"
+        );
+
+        let error = try_node(with(None)).await.err().expect("no user, no etcd");
+        eprintln!("without a user: {error}");
+
+        let node = try_node(with(credentials(PASSWORD)))
+            .await
+            .expect("the right password opens etcd");
+        assert_eq!(ids(&node).len(), 1);
+        node.shutdown().await.unwrap();
+    })
+    .await;
+}
+
+/// etcd's auth tokens expire (after 5 idle minutes by default, here 1 s), and an etcd that
+/// restarts forgets them: nodes authenticate again and carry on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_auth_on_nodes_authenticate_again_when_their_token_expires() {
+    bounded(async {
+        let Some(mut etcd) = Etcd::start_with(1, None, &["--auth-token-ttl", "1"]).await else {
+            return;
+        };
+        let urls = etcd.urls();
+        enable_auth(&urls, None).await;
+        let cluster = || {
+            EtcdCluster::new(&urls).unwrap().with_config(EtcdConfig {
+                credentials: credentials(PASSWORD),
+                lease_ttl: Duration::from_secs(10),
+                ..EtcdConfig::default()
+            })
+        };
+        let a = try_node(cluster()).await.unwrap();
+        // The expiry itself is what is tested: let the token's TTL pass.
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        a.router()
+            .register(STREAM, meshage::handler_fn(echo_by))
+            .await
+            .expect("a registers with a new token");
+        etcd.member(0).stop();
+        etcd.member(0).restart().await;
+        let b = try_node(cluster()).await.unwrap();
+        a.router()
+            .register(STREAM, meshage::handler_fn(echo_by))
+            .await
+            .expect("a registers after the restart");
+        let took = wait_exact(&[&a, &b], Duration::from_secs(15), "a and b see each other").await;
+        eprintln!("converged {took:?} after etcd restarted with auth on");
+        a.shutdown().await.unwrap();
+        b.shutdown().await.unwrap();
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_meshage_binary_runs_on_a_tls_etcd_with_auth_and_never_shows_the_password() {
+    bounded(async {
+        let Some((etcd, secured)) = EtcdCerts::start().await else {
+            return;
+        };
+        enable_auth(&etcd.urls(), Some(secured.options())).await;
+        let (ca, cert, key) = &secured.files;
+        let port = etcd.members[0].client_port.to_string();
+        let start = |name: &str| {
+            let mut command = common::meshage_command();
+            command
+                .args(["node", "--http-host", "127.0.0.1", "--http-port", "0"])
+                .args(["--echo", STREAM, "--cluster-type", "etcd"])
+                .args(["--cluster-host", "127.0.0.1", "--cluster-port", &port])
+                .arg("--etcd-ca")
+                .arg(ca)
+                .arg("--etcd-cert")
+                .arg(cert)
+                .arg("--etcd-key")
+                .arg(key)
+                .args(["--etcd-user", USER])
+                .env("MESHAGE_ETCD_PASSWORD", PASSWORD)
+                .env("MESHAGE_LEASE_TTL", "2")
+                // Everything the node and its libraries log, to look for the password in.
+                .env("RUST_LOG", "trace,chitchat=warn");
+            let proc = common::Proc::spawn(name, command);
+            let line = proc.wait_line(Duration::from_secs(20), |l| l.starts_with("meshage node "));
+            assert!(line.ends_with("etcd membership"), "{line}");
+            let endpoint = line
+                .split_whitespace()
+                .skip_while(|w| *w != "serving")
+                .nth(1)
+                .unwrap()
+                .to_owned();
+            (proc, endpoint)
+        };
+        let (a_proc, a) = start("node a");
+        let (b_proc, b) = start("node b");
+        let http = Http::default();
+        let services = |endpoint: String| {
+            let http = http.clone();
+            async move {
+                let answer = http.get(&format!("{endpoint}/api/services")).await;
+                answer.json().as_array().map_or(0, Vec::len)
+            }
+        };
+        wait_until_async(
+            Duration::from_secs(10),
+            "each node lists both services",
+            || async { services(a.clone()).await == 2 && services(b.clone()).await == 2 },
+        )
+        .await;
+        let answer = http
+            .post(&format!("{b}/api/{STREAM}/some-key"), r#"{"x":1}"#)
+            .await;
+        assert_eq!(answer.status, 200);
+
+        // The password is nowhere a node shows anything.
+        for path in ["/api/status", "/metrics", "/", "/api/members"] {
+            let answer = http.get(&format!("{a}{path}")).await;
+            assert_eq!(answer.status, 200, "{path}");
+            assert!(
+                !String::from_utf8_lossy(&answer.body).contains(PASSWORD),
+                "{path} shows the password"
+            );
+        }
+        for proc in [&a_proc, &b_proc] {
+            assert!(
+                !proc.output().contains(PASSWORD),
+                "the log shows the password"
+            );
+        }
+
+        // A wrong password stops the binary with a clear error that does not quote it.
+        let wrong = "Wr0ng-pa55word-8d2f";
+        let output = common::meshage_command()
+            .args(["node", "--http-host", "127.0.0.1", "--http-port", "0"])
+            .args([
+                "--cluster-type",
+                "etcd",
+                "--cluster-host",
+                "127.0.0.1",
+                "--cluster-port",
+                &port,
+            ])
+            .arg("--etcd-ca")
+            .arg(ca)
+            .arg("--etcd-cert")
+            .arg(cert)
+            .arg("--etcd-key")
+            .arg(key)
+            .args(["--etcd-user", USER])
+            .env("MESHAGE_ETCD_PASSWORD", wrong)
+            .env("RUST_LOG", "trace,chitchat=warn")
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(!output.status.success());
+        assert!(
+            text.contains("meshage: error:") && text.contains("authentication failed"),
+            "{text}"
+        );
+        assert!(
+            !text.contains(wrong),
+            "the output shows the password: {text}"
+        );
+    })
+    .await;
+}
+
 /// The shared conformance suite's backend: a single-member etcd of the test's own, with a 2 s
-/// lease TTL.
+/// lease TTL; over TLS, or with auth on, for the suites of those names.
 struct EtcdBackend {
     etcd: Etcd,
+    config: EtcdConfig,
+    /// The TLS etcd's CA and files, kept while the etcd runs.
+    _certs: Option<EtcdCerts>,
 }
 
 impl EtcdBackend {
     async fn start() -> Option<Self> {
         Some(EtcdBackend {
             etcd: Etcd::start(1).await?,
+            config: EtcdConfig::default(),
+            _certs: None,
+        })
+    }
+
+    async fn start_tls() -> Option<Self> {
+        let (etcd, certs) = EtcdCerts::start().await?;
+        Some(EtcdBackend {
+            etcd,
+            config: EtcdConfig {
+                tls: Some(certs.tls()),
+                ..EtcdConfig::default()
+            },
+            _certs: Some(certs),
+        })
+    }
+
+    async fn start_auth() -> Option<Self> {
+        let etcd = Etcd::start(1).await?;
+        enable_auth(&etcd.urls(), None).await;
+        Some(EtcdBackend {
+            etcd,
+            config: EtcdConfig {
+                credentials: credentials(PASSWORD),
+                ..EtcdConfig::default()
+            },
+            _certs: None,
         })
     }
 }
@@ -473,7 +875,7 @@ impl Backend for EtcdBackend {
                 .unwrap()
                 .with_config(EtcdConfig {
                     lease_ttl: Duration::from_secs(2),
-                    ..EtcdConfig::default()
+                    ..self.config.clone()
                 }),
         )
     }
@@ -483,3 +885,5 @@ impl Backend for EtcdBackend {
 }
 
 conformance_tests!(conformance, EtcdBackend::start());
+conformance_tests!(conformance_tls, EtcdBackend::start_tls());
+conformance_tests!(conformance_auth, EtcdBackend::start_auth());

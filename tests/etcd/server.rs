@@ -1,5 +1,7 @@
 //! Real etcd processes for the tests: one member or three, on free loopback ports, each with a
-//! temporary data dir, killed when dropped.
+//! temporary data dir, killed when dropped. With [`ServerTls`], clients must speak TLS and
+//! present a certificate of the trusted CA (`--client-cert-auth`); health is then read from a
+//! plain-HTTP metrics port.
 //!
 //! etcd cannot take an already-bound socket, so its ports are found by binding port 0 and letting
 //! go; a start that loses that race is retried on other ports.
@@ -38,6 +40,15 @@ fn free_port() -> u16 {
         .expect("a free port")
 }
 
+/// The files of a TLS etcd: its certificate and key, and the CA its clients' certificates
+/// must come from.
+#[derive(Clone)]
+pub struct ServerTls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub client_ca: PathBuf,
+}
+
 fn temp_dir(tag: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("meshage-etcd-{tag}-{}", uuid::Uuid::new_v4()));
     std::fs::create_dir_all(&dir).expect("temp dir");
@@ -49,6 +60,11 @@ pub struct EtcdMember {
     pub name: String,
     pub client_port: u16,
     pub peer_port: u16,
+    /// Serves `/health` over plain HTTP, for a TLS member.
+    metrics_port: u16,
+    tls: Option<ServerTls>,
+    /// More flags for etcd.
+    extra: Vec<String>,
     binary: PathBuf,
     dir: PathBuf,
     /// Bumped by `restart_empty`: a new data dir.
@@ -65,7 +81,15 @@ impl EtcdMember {
     }
 
     pub fn client_url(&self) -> String {
-        format!("http://{}", self.client_addr())
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", self.client_addr())
+    }
+
+    fn health_url(&self) -> String {
+        match self.tls {
+            Some(_) => format!("http://127.0.0.1:{}/health", self.metrics_port),
+            None => format!("{}/health", self.client_url()),
+        }
     }
 
     fn peer_url(&self) -> String {
@@ -87,7 +111,21 @@ impl EtcdMember {
             .append(true)
             .open(self.log_path())
             .expect("etcd log file");
-        let child = Command::new(&self.binary)
+        let mut command = Command::new(&self.binary);
+        if let Some(tls) = &self.tls {
+            command
+                .arg("--cert-file")
+                .arg(&tls.cert)
+                .arg("--key-file")
+                .arg(&tls.key)
+                .arg("--trusted-ca-file")
+                .arg(&tls.client_ca)
+                .arg("--client-cert-auth")
+                .arg("--listen-metrics-urls")
+                .arg(format!("http://127.0.0.1:{}", self.metrics_port));
+        }
+        let child = command
+            .args(&self.extra)
             .arg("--name")
             .arg(&self.name)
             .arg("--data-dir")
@@ -178,7 +216,7 @@ async fn healthy(member: &EtcdMember) -> bool {
     match http
         .request(
             http::Method::GET,
-            &format!("{}/health", member.client_url()),
+            &member.health_url(),
             &[],
             bytes::Bytes::new(),
         )
@@ -231,6 +269,12 @@ pub struct Etcd {
 
 impl Etcd {
     pub async fn start(n: usize) -> Option<Etcd> {
+        Etcd::start_with(n, None, &[]).await
+    }
+
+    /// An etcd of `n` members whose clients must use TLS (and a client certificate) when
+    /// `tls` is given, each run with the flags `extra` too.
+    pub async fn start_with(n: usize, tls: Option<ServerTls>, extra: &[&str]) -> Option<Etcd> {
         let binary = etcd_binary()?;
         for attempt in 0.. {
             let names: Vec<String> = (1..=n).map(|i| format!("m{i}")).collect();
@@ -250,6 +294,9 @@ impl Etcd {
                     name,
                     client_port,
                     peer_port,
+                    metrics_port: free_port(),
+                    tls: tls.clone(),
+                    extra: extra.iter().map(|s| s.to_string()).collect(),
                     binary: binary.clone(),
                     generation: 0,
                     initial_cluster: initial_cluster.clone(),

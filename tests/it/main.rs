@@ -13,6 +13,7 @@
 /// This binary uses every file.
 #[path = "../common"]
 mod common {
+    mod certs;
     mod command;
     pub mod conformance;
     mod echo;
@@ -22,12 +23,15 @@ mod common {
     pub mod proc;
     pub mod process;
     mod service_id;
+    mod tls_server;
     mod wait;
 
+    pub use certs::*;
     pub use command::*;
     pub use echo::*;
     pub use http_client::*;
     pub use nodes::*;
+    pub use tls_server::*;
     pub use wait::*;
 }
 

@@ -1,5 +1,7 @@
 //! `HttpUpstream` as a library user sees it: what reaches the upstream, what comes back, and
-//! health checks that withdraw and restore a service, against a test upstream on a real socket.
+//! health checks that withdraw and restore a service, against a test upstream on a real socket;
+//! and upstreams over HTTPS, verified against a CA, in the library and behind `meshage node
+//! --handler-ca`.
 
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::Arc;
@@ -13,18 +15,23 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use meshage::{
-    Handler, HandlerError, Header, HealthConfig, HttpUpstream, Payload, Reply, UpstreamConfig,
+    ClientTls, Handler, HandlerError, Header, HealthConfig, HttpUpstream, Payload, Reply,
+    UpstreamConfig,
 };
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
 
-use crate::common::{gossip, wait_until, Http};
+use crate::common::process::meshage_node;
+use crate::common::{acceptor, gossip, wait_until, wait_until_async, Http, TestCa};
 
 /// A test upstream. `POST /echo` answers what it received; `/big`, [`BIG_ANSWER`]; other
 /// paths answer as their names say; `GET` (the health check) answers the status in `health`.
 struct TestUpstream {
     base: String,
     health: Arc<AtomicU16>,
+    /// Connections accepted (TLS ones once their handshake passed).
+    connections: Arc<AtomicU16>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -93,28 +100,55 @@ static BIG_ANSWER: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
 });
 
 async fn test_upstream() -> TestUpstream {
+    serve_upstream(None).await
+}
+
+/// A test upstream over HTTPS, presenting a certificate of `tls`.
+async fn https_upstream(tls: TlsAcceptor) -> TestUpstream {
+    serve_upstream(Some(tls)).await
+}
+
+async fn serve_upstream(tls: Option<TlsAcceptor>) -> TestUpstream {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let base = format!("{scheme}://{}", listener.local_addr().unwrap());
     let health = Arc::new(AtomicU16::new(200));
-    let h = health.clone();
+    let connections = Arc::new(AtomicU16::new(0));
+    let (h, counted) = (health.clone(), connections.clone());
     let task = tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else {
                 return;
             };
-            let h = h.clone();
+            let (h, tls, counted) = (h.clone(), tls.clone(), counted.clone());
             tokio::spawn(async move {
                 let service = service_fn(move |r| {
                     let h = h.clone();
                     async move { Ok::<_, std::convert::Infallible>(answer(r, h).await) }
                 });
-                let _ = http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
+                let http = http1::Builder::new();
+                match tls {
+                    Some(tls) => {
+                        // A client that does not trust the certificate hangs up here.
+                        if let Ok(stream) = tls.accept(stream).await {
+                            counted.fetch_add(1, Ordering::SeqCst);
+                            let _ = http.serve_connection(TokioIo::new(stream), service).await;
+                        }
+                    }
+                    None => {
+                        counted.fetch_add(1, Ordering::SeqCst);
+                        let _ = http.serve_connection(TokioIo::new(stream), service).await;
+                    }
+                }
             });
         }
     });
-    TestUpstream { base, health, task }
+    TestUpstream {
+        base,
+        health,
+        connections,
+        task,
+    }
 }
 
 fn header(key: &str) -> Header {
@@ -222,7 +256,133 @@ async fn the_upstream_gets_the_bytes_and_headers_and_its_answer_passes_through()
     assert_eq!(e.status, StatusCode::BAD_GATEWAY);
     assert!(e.message.contains("unreachable"), "{e}");
 
-    assert!(HttpUpstream::new("https://example.com/", UpstreamConfig::default()).is_err());
+    assert!(HttpUpstream::new("ftp://example.com/", UpstreamConfig::default()).is_err());
+}
+
+/// An upstream over HTTPS whose certificate verifies against `ca` (its name, too).
+fn https(url: &str, ca: Option<&TestCa>) -> HttpUpstream {
+    HttpUpstream::new(
+        url,
+        UpstreamConfig {
+            timeout: Duration::from_secs(2),
+            health: Some(HealthConfig {
+                timeout: Duration::from_secs(2),
+                ..HealthConfig::default()
+            }),
+            tls: ca.map(|ca| ClientTls::from_ca_pem(ca.pem.as_bytes()).unwrap()),
+            ..UpstreamConfig::default()
+        },
+    )
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_upstreams_are_verified_against_their_ca_and_keep_their_connections() {
+    let ca = TestCa::new("meshage handler test CA");
+    let up = https_upstream(acceptor(&ca.issue(&["127.0.0.1"]))).await;
+    let echo = format!("{}/echo", up.base);
+    let payload = || Payload {
+        body: Bytes::from_static(b"{\"over\":\"tls\"}"),
+        content_type: None,
+    };
+    let upstream = https(&echo, Some(&ca));
+    for _ in 0..3 {
+        let reply = upstream.handle(payload(), header("k")).await.unwrap();
+        let seen: Value = serde_json::from_slice(&reply.body).unwrap();
+        assert_eq!(seen["body"], "{\"over\":\"tls\"}");
+    }
+    upstream
+        .check()
+        .await
+        .expect("the health check passes over TLS");
+    assert_eq!(
+        up.connections.load(Ordering::SeqCst),
+        1,
+        "one TLS connection, handshaken once, serves every call"
+    );
+
+    // Another CA, the system's bundle, or a certificate for another name: no call goes out,
+    // and the error says why.
+    let other = TestCa::new("another CA");
+    let misnamed = https_upstream(acceptor(&ca.issue(&["handlers.example"]))).await;
+    let cases = [
+        (https(&echo, Some(&other)), "UnknownIssuer"),
+        (https(&echo, None), "UnknownIssuer"),
+        (
+            https(&format!("{}/echo", misnamed.base), Some(&ca)),
+            "certificate not valid for name \"127.0.0.1\"",
+        ),
+    ];
+    for (upstream, why) in cases {
+        let e = upstream.handle(payload(), header("k")).await.unwrap_err();
+        assert_eq!(e.status, StatusCode::BAD_GATEWAY);
+        assert!(
+            e.message.contains("is unreachable") && e.message.contains(why),
+            "{e}"
+        );
+        let reason = upstream.check().await.unwrap_err();
+        assert!(
+            reason.contains("invalid peer certificate") && reason.contains(why),
+            "{reason}"
+        );
+    }
+    assert_eq!(up.connections.load(Ordering::SeqCst), 1);
+    assert_eq!(misnamed.connections.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_meshage_binary_serves_https_handlers_that_verify_and_withdraws_those_that_do_not() {
+    let ca = TestCa::new("meshage handler test CA");
+    let good = https_upstream(acceptor(&ca.issue(&["127.0.0.1"]))).await;
+    let other = TestCa::new("a CA the node does not trust");
+    let bad = https_upstream(acceptor(&other.issue(&["127.0.0.1"]))).await;
+    let ca_file = ca.write("handlers-ca.pem", &ca.pem);
+    let orders = format!("orders={}/echo", good.base);
+    let refunds = format!("refunds={}/echo", bad.base);
+    let node = meshage_node(
+        "node",
+        &[],
+        &[
+            "--handler",
+            &orders,
+            "--handler",
+            &refunds,
+            "--handler-ca",
+            ca_file.to_str().unwrap(),
+            "--health-interval",
+            "0.1",
+        ],
+    );
+    let http = Http::default();
+    let send = |stream: &'static str| {
+        let (http, url) = (http.clone(), format!("{}/api/{stream}/k", node.endpoint));
+        async move { http.post(&url, r#"{"n":1}"#).await }
+    };
+    wait_until_async(
+        Duration::from_secs(10),
+        "the verified handler is advertised",
+        || async { send("orders").await.status == 200 },
+    )
+    .await;
+    let answer = send("orders").await;
+    assert_eq!(answer.json()["body"], r#"{"n":1}"#);
+
+    // The handler whose certificate does not verify never passes a check: its service stays
+    // withdrawn, and the log says why.
+    wait_until(
+        Duration::from_secs(10),
+        "the log says why refunds waits",
+        || {
+            node.proc.output().lines().any(|l| {
+                l.contains("handler is not healthy")
+                    && l.contains(&bad.base)
+                    && l.contains("invalid peer certificate: UnknownIssuer")
+            })
+        },
+    )
+    .await;
+    assert_eq!(send("refunds").await.status, 404);
+    assert_eq!(bad.connections.load(Ordering::SeqCst), 0);
 }
 
 /// An answer larger than one read is put back together whole; one larger than

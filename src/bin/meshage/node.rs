@@ -1,5 +1,7 @@
 //! `meshage node`: flags and environment variables into a node's configuration.
 
+use std::path::PathBuf;
+
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use meshage::{
@@ -48,6 +50,10 @@ pub(crate) struct NodeArgs {
     /// A file of handlers: one `STREAM=URL` a line; `#` starts a comment line.
     #[arg(long, env = "MESHAGE_HANDLERS_FILE", value_name = "FILE")]
     handlers_file: Option<std::path::PathBuf>,
+    /// CA certificates (PEM) that `https://` handlers are verified against, instead of the
+    /// system's CA bundle.
+    #[arg(long, env = "MESHAGE_HANDLER_CA", value_name = "FILE")]
+    handler_ca: Option<std::path::PathBuf>,
     /// Seconds a handler may take to answer before the caller gets a 502.
     #[arg(long, env = "MESHAGE_HANDLER_TIMEOUT", default_value_t = 5.0)]
     handler_timeout: f64,
@@ -127,9 +133,45 @@ struct BackendArgs {
     /// etcd: seconds of the node's lease; a crashed node's services vanish after it.
     #[arg(long, env = "MESHAGE_LEASE_TTL", default_value_t = 5.0)]
     lease_ttl: f64,
+    /// etcd: CA certificates (PEM) that etcd's certificate is verified against; turns TLS on
+    /// (the endpoints become https://).
+    #[arg(long, env = "MESHAGE_ETCD_CA", value_name = "FILE")]
+    etcd_ca: Option<PathBuf>,
+    /// etcd: client certificate (PEM), for an etcd with --client-cert-auth; turns TLS on.
+    #[arg(
+        long,
+        env = "MESHAGE_ETCD_CERT",
+        value_name = "FILE",
+        requires = "etcd_key"
+    )]
+    etcd_cert: Option<PathBuf>,
+    /// etcd: the client certificate's private key (PEM).
+    #[arg(
+        long,
+        env = "MESHAGE_ETCD_KEY",
+        value_name = "FILE",
+        requires = "etcd_cert"
+    )]
+    etcd_key: Option<PathBuf>,
+    /// etcd: user to authenticate as (etcd with auth enabled). Its password is read from the
+    /// environment variable MESHAGE_ETCD_PASSWORD only, never from a flag.
+    #[arg(long, env = "MESHAGE_ETCD_USER", value_name = "USER")]
+    etcd_user: Option<String>,
     /// consul: ACL token, sent as X-Consul-Token.
     #[arg(long, env = "CONSUL_HTTP_TOKEN", hide_env_values = true)]
     consul_token: Option<String>,
+    /// consul: the agent's HTTP API, `host:port` or `https://host:port`, when CLUSTER_HOST
+    /// and CLUSTER_PORT are not set.
+    #[arg(long, env = "CONSUL_HTTP_ADDR", value_name = "ADDR")]
+    consul_http_addr: Option<String>,
+    /// consul: `true` to reach the agent over HTTPS.
+    #[arg(long, env = "CONSUL_HTTP_SSL", value_name = "BOOL",
+          value_parser = clap::builder::BoolishValueParser::new())]
+    consul_http_ssl: Option<bool>,
+    /// consul: CA certificates (PEM) that the agent's certificate is verified against,
+    /// instead of the system's CA bundle (HTTPS only).
+    #[arg(long, env = "CONSUL_CACERT", value_name = "FILE")]
+    consul_cacert: Option<PathBuf>,
     /// consul: seconds between the agent's health checks of each service.
     #[arg(long, env = "MESHAGE_CHECK_INTERVAL", default_value_t = 5.0)]
     check_interval: f64,
@@ -162,7 +204,14 @@ fn cluster_backend(
                 .context("bad cluster address")?,
         )),
         "etcd" => etcd_backend(engine_address(host, port, 2379), seeds, flags),
-        "consul" => consul_backend(engine_address(host, port, 8500), seeds, flags),
+        "consul" => {
+            // The Consul CLI's CONSUL_HTTP_ADDR, unless meshage's own variables say otherwise.
+            let address = match (&flags.consul_http_addr, host, port) {
+                (Some(addr), None, None) if !addr.trim().is_empty() => addr.trim().to_owned(),
+                _ => engine_address(host, port, 8500),
+            };
+            consul_backend(address, seeds, flags)
+        }
         other => bail!("unknown CLUSTER_TYPE `{other}`: use gossip, etcd or consul"),
     }
 }
@@ -173,9 +222,33 @@ fn etcd_backend(
     seeds: Vec<String>,
     flags: &BackendArgs,
 ) -> Result<Box<dyn Cluster>> {
+    let tls = match (&flags.etcd_ca, &flags.etcd_cert, &flags.etcd_key) {
+        (None, None, _) => None,
+        (ca, cert, key) => {
+            let identity = cert.as_deref().zip(key.as_deref());
+            Some(meshage::EtcdTls::new(ca.as_deref(), identity).context("etcd TLS")?)
+        }
+    };
+    // The password only ever comes from the environment: a flag would show on the command
+    // line, in `ps`, to every user of the machine.
+    let password = std::env::var("MESHAGE_ETCD_PASSWORD")
+        .ok()
+        .filter(|p| !p.is_empty())
+        .map(meshage::Secret::from);
+    let credentials = match (flags.etcd_user.as_ref().filter(|u| !u.is_empty()), password) {
+        (Some(user), Some(password)) => Some(meshage::EtcdCredentials {
+            user: user.clone(),
+            password,
+        }),
+        (Some(_), None) => bail!("--etcd-user needs its password in MESHAGE_ETCD_PASSWORD"),
+        (None, Some(_)) => bail!("MESHAGE_ETCD_PASSWORD is set, but no --etcd-user"),
+        (None, None) => None,
+    };
     let config = meshage::EtcdConfig {
         prefix: flags.etcd_prefix.clone(),
         lease_ttl: seconds("lease-ttl", flags.lease_ttl)?,
+        tls,
+        credentials,
         ..meshage::EtcdConfig::default()
     };
     let endpoints = std::iter::once(address).chain(seeds);
@@ -197,8 +270,34 @@ fn consul_backend(
     seeds: Vec<String>,
     flags: &BackendArgs,
 ) -> Result<Box<dyn Cluster>> {
+    // As the Consul CLI: https when the address says so or CONSUL_HTTP_SSL is true (which an
+    // `http://` address does not undo).
+    let https = address.trim().starts_with("https://") || flags.consul_http_ssl == Some(true);
+    let address = if https {
+        format!(
+            "https://{}",
+            address
+                .trim()
+                .trim_start_matches("http://")
+                .trim_start_matches("https://")
+        )
+    } else {
+        address
+    };
+    let tls = match &flags.consul_cacert {
+        Some(_) if !https => bail!(
+            "CONSUL_CACERT is set but the Consul agent is reached over plain HTTP: set CONSUL_HTTP_SSL=true or use an https:// address"
+        ),
+        Some(path) => Some(meshage::ClientTls::from_ca_file(path).context("CONSUL_CACERT")?),
+        None => None,
+    };
     let config = meshage::ConsulConfig {
-        token: flags.consul_token.clone().filter(|t| !t.is_empty()),
+        token: flags
+            .consul_token
+            .clone()
+            .filter(|t| !t.is_empty())
+            .map(meshage::Secret::from),
+        tls,
         check_interval: seconds("check-interval", flags.check_interval)?,
         deregister_critical_after: seconds("deregister-after", flags.deregister_after)?,
         ..meshage::ConsulConfig::default()
@@ -274,6 +373,7 @@ pub(crate) async fn run_node(args: NodeArgs) -> Result<()> {
             args.health_interval,
             args.health_timeout,
             args.health_failures,
+            args.handler_ca.as_deref(),
         )?,
     )? {
         builder = builder.register_upstream(stream, upstream);
@@ -299,6 +399,7 @@ fn upstream_config(
     health_interval: f64,
     health_timeout: f64,
     health_failures: u32,
+    ca: Option<&std::path::Path>,
 ) -> Result<UpstreamConfig> {
     let interval = seconds("health-interval", health_interval)?;
     let health = if interval.is_zero() {
@@ -310,9 +411,14 @@ fn upstream_config(
             failures: health_failures,
         })
     };
+    let tls = ca
+        .map(meshage::ClientTls::from_ca_file)
+        .transpose()
+        .context("--handler-ca")?;
     Ok(UpstreamConfig {
         timeout: seconds("handler-timeout", timeout)?,
         health,
+        tls,
         ..UpstreamConfig::default()
     })
 }

@@ -69,6 +69,8 @@ impl Session {
     /// gets no answer within a third of the timeout is sent again too, while time is left: it
     /// may wait on the connection to a member that has just stopped, and every call made here
     /// can be repeated (a second lease that is granted and not used expires with its TTL).
+    /// When time runs out, the error says why the last attempt failed (etcd's certificate not
+    /// trusted, say), if it did.
     pub(super) async fn retried<T, F, Fut>(&self, what: &str, mut call: F) -> Result<T, StepError>
     where
         F: FnMut(Client) -> Fut,
@@ -77,6 +79,7 @@ impl Session {
         let deadline = Instant::now() + self.config.request_timeout;
         let attempt = (self.config.request_timeout / 3).max(Duration::from_millis(200));
         let pause = Duration::from_millis(20);
+        let mut last: Option<etcd_client::Error> = None;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             let budget = if left > attempt * 2 { attempt } else { left };
@@ -84,6 +87,7 @@ impl Session {
                 Ok(Ok(v)) => return Ok(v),
                 Ok(Err(e)) if not_sent(&e) && Instant::now() + pause < deadline => {
                     debug!(what, error = %e, "an etcd endpoint is out of reach; trying again");
+                    last = Some(e);
                     tokio::time::sleep(pause).await;
                 }
                 Ok(Err(e)) => return Err(format!("{what}: {e}")),
@@ -91,10 +95,11 @@ impl Session {
                     debug!(what, after = ?budget, "no answer from etcd yet; asking again");
                 }
                 Err(_) => {
+                    let why = last.map_or(String::new(), |e| format!(" (last error: {e})"));
                     return Err(format!(
-                        "{what}: no answer within {:?}",
+                        "{what}: no answer within {:?}{why}",
                         self.config.request_timeout
-                    ))
+                    ));
                 }
             }
         }
