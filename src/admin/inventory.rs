@@ -12,7 +12,7 @@ use crate::router::RouteError;
 /// `GET|POST /api/health`: `{"status":"up"}`, 503 `leaving` while the node stops.
 pub(super) fn health(admin: &Admin, method: &Method) -> Response<Body> {
     if !matches!(*method, Method::GET | Method::POST | Method::HEAD) {
-        return ApiError::MethodNotAllowed("GET, POST").response();
+        return ApiError::MethodNotAllowed("GET, HEAD, POST").response();
     }
     let table = admin.router.table();
     let leaving = admin.router.is_leaving();
@@ -34,7 +34,7 @@ pub(super) fn health(admin: &Admin, method: &Method) -> Response<Body> {
 /// `GET /api/services`: every routable service, in the original's shape.
 pub(super) fn services(admin: &Admin, method: &Method) -> Response<Body> {
     if !matches!(*method, Method::GET | Method::HEAD) {
-        return ApiError::MethodNotAllowed("GET").response();
+        return ApiError::MethodNotAllowed("GET, HEAD").response();
     }
     let table = admin.router.table();
     let list: Vec<Value> = table
@@ -55,7 +55,7 @@ pub(super) fn services(admin: &Admin, method: &Method) -> Response<Body> {
 /// `GET /api/members`: every node this one knows, with this node's withdrawn services.
 pub(super) fn members(admin: &Admin, method: &Method) -> Response<Body> {
     if !matches!(*method, Method::GET | Method::HEAD) {
-        return ApiError::MethodNotAllowed("GET").response();
+        return ApiError::MethodNotAllowed("GET, HEAD").response();
     }
     let view = admin.view.borrow().clone();
     let own_id = admin.router.node_id();
@@ -91,7 +91,7 @@ pub(super) fn members(admin: &Admin, method: &Method) -> Response<Body> {
 /// `GET /api/locate/{stream}/{key}`: the service and node that own the key; nothing runs.
 pub(super) fn locate(admin: &Admin, method: &Method, stream: &str, key: &str) -> Response<Body> {
     if !matches!(*method, Method::GET | Method::HEAD) {
-        return ApiError::MethodNotAllowed("GET").response();
+        return ApiError::MethodNotAllowed("GET, HEAD").response();
     }
     let (stream, key) = match (decode_segment(stream), decode_segment(key)) {
         (Ok(s), Ok(k)) => (s, k),

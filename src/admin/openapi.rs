@@ -14,7 +14,7 @@ pub(crate) const DESCRIPTION: &str = include_str!("openapi.json");
 /// `GET /api/openapi.json`.
 pub(super) fn description(method: &Method) -> Response<Body> {
     if !matches!(*method, Method::GET | Method::HEAD) {
-        return ApiError::MethodNotAllowed("GET").response();
+        return ApiError::MethodNotAllowed("GET, HEAD").response();
     }
     json_response(StatusCode::OK, Bytes::from_static(DESCRIPTION.as_bytes()))
 }
@@ -79,6 +79,6 @@ mod tests {
         assert_eq!(description(&Method::HEAD).status(), StatusCode::OK);
         let refused = description(&Method::POST);
         assert_eq!(refused.status(), StatusCode::METHOD_NOT_ALLOWED);
-        assert_eq!(refused.headers()["allow"], "GET");
+        assert_eq!(refused.headers()["allow"], "GET, HEAD");
     }
 }

@@ -33,7 +33,7 @@ fn get_only(method: &Method, answer: impl FnOnce() -> Response<Body>) -> Respons
     if matches!(*method, Method::GET | Method::HEAD) {
         answer()
     } else {
-        no_store(ApiError::MethodNotAllowed("GET").response())
+        no_store(ApiError::MethodNotAllowed("GET, HEAD").response())
     }
 }
 

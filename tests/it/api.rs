@@ -602,7 +602,7 @@ async fn methods_outside_the_contract_are_405() {
                 .await
                 .unwrap();
             json_error(&answer, StatusCode::METHOD_NOT_ALLOWED);
-            assert_allow(&answer, "GET");
+            assert_allow(&answer, "GET, HEAD");
         }
 
         for method in [Method::GET, Method::POST] {
@@ -618,7 +618,7 @@ async fn methods_outside_the_contract_are_405() {
             .await
             .unwrap();
         json_error(&answer, StatusCode::METHOD_NOT_ALLOWED);
-        assert_allow(&answer, "GET, POST");
+        assert_allow(&answer, "GET, HEAD, POST");
     })
     .await;
 }
