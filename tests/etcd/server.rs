@@ -126,6 +126,10 @@ impl EtcdMember {
         }
         let child = command
             .args(&self.extra)
+            // The cheapest password hashing etcd allows: with auth on, every client that
+            // connects makes etcd run bcrypt, and at the default cost a few nodes joining at
+            // once on a loaded 2-core machine outlast the 3 s connect timeout.
+            .args(["--bcrypt-cost", "4"])
             .arg("--name")
             .arg(&self.name)
             .arg("--data-dir")
