@@ -43,6 +43,10 @@ pub(crate) enum ApiError {
     MethodNotAllowed(&'static str),
     #[error("{0}")]
     NotFound(String),
+    /// A forward (`X-Meshage-Hop`) to a node with a cluster key, not over mutual TLS from a
+    /// peer whose certificate a member published.
+    #[error("forwards are taken only over mutual TLS from a peer of the cluster")]
+    NotPeer,
 }
 
 impl ApiError {
@@ -55,6 +59,7 @@ impl ApiError {
             ApiError::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::NotPeer => StatusCode::UNAUTHORIZED,
         }
     }
 

@@ -17,6 +17,11 @@
 //! `X-Meshage-Trace`. `GET /api/openapi.json` describes all of it (`src/admin/openapi.json`),
 //! and the routes' tests fail while a route the table finds is not described there.
 //!
+//! On a node with a cluster key the port also takes TLS (told by its first byte), and links
+//! and forwards are taken only over mutual TLS from a peer whose certificate a member
+//! published (`peer`): a link from anyone else is closed at once, a forward answered 401,
+//! before anything runs.
+//!
 //! The edge of the node: depends on the router, the link, the admin endpoints and the rooms
 //! below them; nothing but the node depends on it.
 
@@ -24,11 +29,13 @@ use std::sync::Arc;
 
 use crate::admin::Admin;
 use crate::router::Router;
+use crate::security::PeerTls;
 use crate::wire::Budget;
 
 mod admission;
 mod connection;
 mod message;
+mod peer;
 mod routes;
 mod server;
 mod sniff;
@@ -47,6 +54,9 @@ pub(crate) struct Inbound {
     body_limit: usize,
     /// Bounds what the node holds of request bodies and link frames still arriving.
     budget: Arc<Budget>,
+    /// The node's TLS, when it has a cluster key: the port then takes TLS, and links and
+    /// forwards only from peers over it.
+    tls: Option<Arc<PeerTls>>,
 }
 
 impl Inbound {
@@ -56,6 +66,7 @@ impl Inbound {
         body_limit: usize,
         max_in_flight: usize,
         max_buffered: usize,
+        tls: Option<Arc<PeerTls>>,
     ) -> Arc<Inbound> {
         Arc::new(Inbound {
             router,
@@ -63,6 +74,12 @@ impl Inbound {
             admission: Admission::new(max_in_flight),
             body_limit,
             budget: Arc::new(Budget::new(max_buffered)),
+            tls,
         })
+    }
+
+    /// Whether the node has a cluster key: links and forwards then come from peers only.
+    fn keyed(&self) -> bool {
+        self.tls.is_some()
     }
 }
