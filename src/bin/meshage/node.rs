@@ -3,7 +3,8 @@
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use meshage::{
-    Cluster, GossipCluster, HandlerSpec, HealthConfig, HttpUpstream, NodeConfig, UpstreamConfig,
+    Cluster, ClusterKey, GossipCluster, HandlerSpec, HealthConfig, HttpUpstream, Keyring, Keys,
+    NodeConfig, UpstreamConfig,
 };
 use tracing::info;
 
@@ -95,6 +96,15 @@ pub(crate) struct NodeArgs {
     /// confirms it gone first.
     #[arg(long, env = "MESHAGE_SUSPECT_TIMEOUT", default_value_t = 5.0)]
     suspect_timeout: f64,
+    /// The cluster key (base64, 32 bytes): peer links and forwards then run over mutual TLS,
+    /// taken only from nodes that hold the same key.
+    #[arg(
+        long,
+        env = "MESHAGE_CLUSTER_KEY",
+        hide_env_values = true,
+        value_name = "KEY"
+    )]
+    cluster_key: Option<String>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -236,6 +246,12 @@ pub(crate) async fn run_node(args: NodeArgs) -> Result<()> {
         max_connections: usize::try_from(args.max_connections).unwrap_or(usize::MAX),
         max_buffered: usize::try_from(args.max_buffered).unwrap_or(usize::MAX),
         suspect_timeout: seconds("suspect-timeout", args.suspect_timeout)?,
+        keys: match args.cluster_key.as_deref().filter(|k| !k.trim().is_empty()) {
+            Some(key) => Some(Keys::new(Keyring::new(
+                ClusterKey::parse(key).context("bad --cluster-key")?,
+            ))),
+            None => None,
+        },
         ..NodeConfig::default()
     };
     let mut builder =
