@@ -627,6 +627,60 @@ mod tests {
             .await
     }
 
+    /// Between keyed nodes the link runs over mutual TLS: requests and answers of any size
+    /// cross it whole. To a peer that published no certificate, nothing is sent.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_keyed_link_runs_over_tls_and_only_to_a_published_peer() {
+        use crate::security::{client_fingerprint, Identity, PeerTls};
+        let (near, far) = (
+            Arc::new(PeerTls::new(Identity::generate())),
+            Arc::new(PeerTls::new(Identity::generate())),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let authority = listener.local_addr().unwrap().to_string();
+        let stop = Flag::default();
+        let (watch, acceptor) = (stop.watch(), far.acceptor());
+        let server = tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            let stream = acceptor.accept(stream).await.unwrap();
+            let client = client_fingerprint(stream.get_ref().1);
+            let handle =
+                |request: LinkRequest| async move { Ok((StatusCode::OK, request.payload.body)) };
+            serve(stream, Bytes::new(), 16 << 20, unbounded(), handle, watch).await;
+            client
+        });
+        let links = Links::new(Duration::from_secs(2), 16 << 20, Some(near.clone()));
+        for size in [2, 100 * 1024, 3 << 20] {
+            let payload = Payload {
+                body: Bytes::from(vec![b'x'; size]),
+                content_type: None,
+            };
+            let deadline = Deadline::at(Instant::now() + Duration::from_secs(10));
+            let peer = Some(far.fingerprint());
+            let sent = links.send(&authority, peer, "s", "k", "svc", &payload, deadline);
+            match sent.await {
+                Ok(reply) => assert_eq!(reply.body, payload.body, "{size} bytes"),
+                Err(_) => panic!("{size} bytes over TLS failed"),
+            }
+        }
+        links.close(&authority);
+        let seen = tokio::time::timeout(Duration::from_secs(5), server)
+            .await
+            .expect("the link closes")
+            .unwrap();
+        assert_eq!(seen, Some(near.fingerprint()), "the client's certificate");
+        let payload = Payload {
+            body: Bytes::from_static(b"{}"),
+            content_type: None,
+        };
+        assert!(matches!(
+            send_once(&links, &authority, &payload).await,
+            Err(LinkError::Undelivered(Undelivered::NotRun(
+                NotRun::Connect(_)
+            )))
+        ));
+    }
+
     /// A peer that answered the preface as HTTP does is reached over HTTP for a while, with no
     /// connection per request, and then asked again: it may speak the link by then.
     #[tokio::test]
