@@ -118,10 +118,11 @@ pub(crate) async fn serve(
                 _ = stopping.raised() => return,
                 _ = signal.kill.raised() => return,
             };
+            // What serves the connection goes in a box of its own, sized for its protocol: a
+            // connection that has not said what it speaks (thousands of them, in a flood)
+            // holds no more than the sniffing, and only TLS connections hold a TLS session.
             let protocol = match (protocol, &inbound.tls) {
                 (Protocol::Tls, Some(_)) => {
-                    // In a box of its own: the TLS session is larger than the rest of an idle
-                    // connection's task, and only TLS connections should pay for it.
                     let tls = serve_tls(stream, head, peer, inbound, signal, http, limits);
                     return Box::pin(tls).await;
                 }
@@ -130,7 +131,7 @@ pub(crate) async fn serve(
                 (other, _) => other,
             };
             let connection = (stream, protocol, head, Caller::plain(peer));
-            serve_connection(connection, inbound, signal, &http, limits).await;
+            Box::pin(serve_connection(connection, inbound, signal, &http, limits)).await;
         });
     }
     drop(listener);
