@@ -10,8 +10,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use meshage::{
-    ClusterError, ClusterKey, ClusterView, HandlerError, Header, Keyring, Keys, LocalNode, Member,
-    MemberState, Membership, Message, Node, NodeConfig, PeerProtocol, ServiceEntry,
+    ClusterError, ClusterKey, ClusterView, Fingerprint, HandlerError, Header, Keyring, Keys,
+    LocalNode, Member, MemberState, Membership, Message, Node, NodeConfig, PeerProtocol,
+    ServiceEntry,
 };
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
@@ -298,8 +299,26 @@ impl ServerCertVerifier for AnyServer {
     }
 }
 
+/// A certificate of its own for a TLS client: the DER and the key.
+fn certificate() -> (CertificateDer<'static>, PrivatePkcs8KeyDer<'static>) {
+    let made = rcgen::generate_simple_self_signed(vec!["meshage-peer".to_owned()]).unwrap();
+    let key = PrivatePkcs8KeyDer::from(made.signing_key.serialize_der());
+    (made.cert.der().clone(), key)
+}
+
 /// A TLS connection to `node`, presenting a fresh certificate that nobody published, or none.
-async fn stranger(node: &Node, certificate: bool) -> tokio_rustls::client::TlsStream<TcpStream> {
+async fn stranger(
+    node: &Node,
+    with_certificate: bool,
+) -> tokio_rustls::client::TlsStream<TcpStream> {
+    tls_client(node, with_certificate.then(certificate)).await
+}
+
+/// A TLS connection to `node` that accepts any server certificate, presenting `certificate`.
+async fn tls_client(
+    node: &Node,
+    certificate: Option<(CertificateDer<'static>, PrivatePkcs8KeyDer<'static>)>,
+) -> tokio_rustls::client::TlsStream<TcpStream> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])
@@ -308,14 +327,11 @@ async fn stranger(node: &Node, certificate: bool) -> tokio_rustls::client::TlsSt
         .with_custom_certificate_verifier(Arc::new(AnyServer(
             provider.signature_verification_algorithms,
         )));
-    let config = if certificate {
-        let made = rcgen::generate_simple_self_signed(vec!["meshage-peer".to_owned()]).unwrap();
-        let key = PrivatePkcs8KeyDer::from(made.signing_key.serialize_der());
-        builder
-            .with_client_auth_cert(vec![made.cert.der().clone()], key.into())
-            .unwrap()
-    } else {
-        builder.with_no_client_auth()
+    let config = match certificate {
+        Some((der, key)) => builder
+            .with_client_auth_cert(vec![der], key.into())
+            .unwrap(),
+        None => builder.with_no_client_auth(),
     };
     let tcp = TcpStream::connect(node.local_addr()).await.unwrap();
     tokio_rustls::TlsConnector::from(Arc::new(config))
@@ -487,6 +503,52 @@ async fn a_keyed_node_does_not_forward_to_an_unkeyed_one() {
                 assert!(refused >= 1.0, "{refused}");
             }
         }
+    })
+    .await;
+}
+
+/// A node may dial a peer a gossip round before that peer has heard of it: a link whose
+/// certificate is published while the link waits to be taken is taken, and its request runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_published_while_its_link_waits_is_taken() {
+    bounded(async {
+        let cluster = SharedCluster::new();
+        let runs = Runs::default();
+        let config = NodeConfig {
+            keys: keys(&ClusterKey::generate()),
+            ..NodeConfig::default()
+        };
+        let node = node(cluster.clone(), "keyed", &runs, config).await;
+        let service = node.router().local_services()[0].id.to_string();
+        let (der, key) = certificate();
+        let fingerprint = Fingerprint::of(&der);
+        let mut link = tls_client(&node, Some((der, key))).await;
+        let mut sent = PREFACE.to_vec();
+        sent.extend_from_slice(&link_request_frame("echo", "k", &service));
+        link.write_all(&sent).await.unwrap();
+        link.flush().await.unwrap();
+        // The node waits for the certificate to be published: the client's member arrives.
+        cluster.members.lock().unwrap().push(Member {
+            id: "late".into(),
+            endpoint: "http://127.0.0.1:9".into(),
+            state: MemberState::Live,
+            services: Vec::new(),
+            last_heard: None,
+            fingerprint: Some(fingerprint.to_string()),
+        });
+        cluster.publish();
+        let mut ack = [0u8; 8];
+        tokio::time::timeout(Duration::from_secs(10), link.read_exact(&mut ack))
+            .await
+            .expect("the link is acknowledged")
+            .unwrap();
+        assert_eq!(&ack, b"MESHACK3");
+        wait_until(Duration::from_secs(5), "the request ran", || {
+            ran(&runs) == 1
+        })
+        .await;
+        let m = metrics(&node).await;
+        assert_eq!(sample(&m, "meshage_peer_tls_connections_total"), 1.0);
     })
     .await;
 }
