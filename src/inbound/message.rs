@@ -81,7 +81,6 @@ const TRACE_NAME: HeaderName = HeaderName::from_static(TRACE_HEADER);
 /// still percent-encoded, from `caller`. Every answer carries the request's trace id. On a
 /// keyed node, a forward (`X-Meshage-Hop`) from anyone but a peer over mutual TLS is answered
 /// 401 before anything else is done with it.
-#[allow(clippy::too_many_arguments)]
 pub(super) async fn message(
     inbound: &Inbound,
     caller: &Caller,

@@ -1,7 +1,7 @@
 //! The accept loop and the drain: each accepted connection is tuned, told apart by its first
 //! bytes (a peer link, HTTP/2 with prior knowledge, or HTTP/1.1; on a keyed node also TLS,
-//! inside which they are told apart again) and served in a task of its own; when the node stops, the listener closes and open connections get the drain timeout to
-//! finish.
+//! inside which they are told apart again) and served in a task of its own; when the node
+//! stops, the listener closes and open connections get the drain timeout to finish.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -10,13 +10,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, info, warn};
-
-use bytes::Bytes;
 
 use super::connection::{watch_connection, Activity, Open};
 use super::message::link_request;
