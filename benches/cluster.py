@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Cluster benchmark: meshage against a bare server and nginx, in one run on one machine.
 
-Run with: python3 benches/cluster.py [--quick] [--rounds N] [--duration S] [--out FILE]
+Run with: python3 benches/cluster.py [--quick] [--rounds N] [--duration S] [--only ROWS] [--out FILE]
 
 Builds release, starts the baselines (a bare echo server; nginx hashing over three of them; the
 least work a forwarding hop can do, examples/min_proxy.rs, in front of one) and a 3-node meshage
@@ -9,13 +9,16 @@ cluster on loopback, drives each with
 wrk (POST {"hello":"world"}, partition key varied per request, 4 and 64 connections, bounded
 duration) and prints one table: req/s, p50, p99, non-2xx answers, and each row's ratio to the bare
 server measured in the same run. With --rounds N every row runs N times, interleaved, and each
-figure is the median over the rounds, ratios taken within each round. It also reports each
+figure is the median over the rounds, ratios taken within each round. A second 3-node cluster
+runs with a cluster key (peer links and forwards over mutual TLS) for the rows "with the key",
+and the report gives the keyed forwarded row against the same row without, round by round. It also reports each
 node's RSS (idle, peak, and over a soak in the full mode), the cluster's start-to-convergence time (median of several starts) and the time for
 the others to drop a SIGKILLed node. Installs wrk and nginx from Debian when missing.
 Every load is bounded: wrk runs for a fixed duration; every wait has a deadline.
 """
 
 import argparse
+import base64
 import json
 import os
 import re
@@ -36,6 +39,7 @@ BARE = os.path.join(TARGET, "release", "examples", "bare_echo")
 KEYS = os.path.join(TARGET, "release", "examples", "bench_keys")
 MIN_PROXY = os.path.join(TARGET, "release", "examples", "min_proxy")
 BODY = '{"hello":"world"}'
+KEYED_FORWARDED = "meshage forwarded, with the cluster key (mTLS)"
 PEER_PROTOCOL = "link"
 
 LUA = r"""
@@ -141,8 +145,9 @@ def rss_kb(pid, field="VmRSS"):
     return 0
 
 
-def start_cluster(procs):
-    """Three meshage nodes on loopback; returns (processes, http urls, seconds until converged)."""
+def start_cluster(procs, key=None):
+    """Three meshage nodes on loopback, with the cluster key `key` if given; returns (processes,
+    http urls, seconds until converged)."""
     gossip = [free_port(socket.SOCK_DGRAM) for _ in range(3)]
     http = [free_port() for _ in range(3)]
     urls = [f"http://127.0.0.1:{p}" for p in http]
@@ -159,6 +164,8 @@ def start_cluster(procs):
         }
         if i > 0:
             env["SEEDS"] = f"127.0.0.1:{gossip[0]}"
+        if key:
+            env["MESHAGE_CLUSTER_KEY"] = key
         nodes.append(procs.start([MESHAGE, "node", "--echo", "echo"], env, name=f"node{i + 1}"))
 
     def converged():
@@ -229,6 +236,31 @@ http {{
     return path
 
 
+def key_files(tmp, entry, prefix):
+    """Keys of the echo stream whose owner is on `entry` ("local"), elsewhere ("forwarded"), and
+    both ("mixed"), each in a file of its own named with `prefix`."""
+    node_id = http_json(entry + "/api/health")["node"]
+    services = http_json(entry + "/api/services")
+    local_id = next(s["id"] for s in services if s["node"] == node_id)
+    ids = ",".join(s["id"] for s in services)
+    lines = subprocess.run([KEYS, local_id, ids, "3000"], capture_output=True, text=True, check=True).stdout.split("\n")
+    keysets = {"L": [], "R": []}
+    for line in filter(None, lines):
+        side, key = line.split(" ", 1)
+        keysets[side].append(key)
+    files = {}
+    for name, keys in (("local", keysets["L"]), ("forwarded", keysets["R"]), ("mixed", keysets["L"] + keysets["R"])):
+        path = os.path.join(tmp, prefix + name + ".keys")
+        with open(path, "w") as f:
+            f.write("\n".join(sorted(keys, key=lambda k: hash(k))) + "\n")
+        files[name] = path
+    # Sanity: the answers are the echo, for local and forwarded keys alike.
+    for side in ("L", "R"):
+        answer = http_json(f"{entry}/api/echo/{keysets[side][0]}", BODY)
+        assert answer == {"echoed": {"hello": "world"}}, answer
+    return files
+
+
 def main():
     global LUA_FILE, PEER_PROTOCOL
     ap = argparse.ArgumentParser()
@@ -239,6 +271,8 @@ def main():
     ap.add_argument("--rounds", type=int, default=1,
                     help="run every row this many times, interleaved, and report medians (ratios are taken within each round)")
     ap.add_argument("--duration", type=int, help="seconds per row (default 10, or 2 with --quick)")
+    ap.add_argument("--only", help="comma-separated parts of row names: run only the rows that contain one "
+                                   "(the bare server and nginx always run: the ratios need them); no soak")
     args = ap.parse_args()
     PEER_PROTOCOL = args.peer_protocol
     duration = args.duration or (2 if args.quick else 10)
@@ -275,46 +309,44 @@ def main():
 
         nodes, urls, first_convergence = start_cluster(procs)
         entry = urls[0]
-        node_id = http_json(entry + "/api/health")["node"]
-        services = http_json(entry + "/api/services")
-        local_id = next(s["id"] for s in services if s["node"] == node_id)
-        ids = ",".join(s["id"] for s in services)
-        lines = subprocess.run([KEYS, local_id, ids, "3000"], capture_output=True, text=True, check=True).stdout.split("\n")
-        keysets = {"L": [], "R": []}
-        for line in filter(None, lines):
-            side, key = line.split(" ", 1)
-            keysets[side].append(key)
-        files = {}
-        for name, keys in (("local", keysets["L"]), ("forwarded", keysets["R"]), ("mixed", keysets["L"] + keysets["R"])):
-            path = os.path.join(tmp, name + ".keys")
-            with open(path, "w") as f:
-                f.write("\n".join(sorted(keys, key=lambda k: hash(k))) + "\n")
-            files[name] = path
-        # Sanity: the answers are the echo, and local keys really are local.
-        answer = http_json(f"{entry}/api/echo/{keysets['L'][0]}", BODY)
-        assert answer == {"echoed": {"hello": "world"}}, answer
+        files = key_files(tmp, entry, "")
         idle_rss = [rss_kb(p.pid) for p in nodes]
+        # The same cluster with a cluster key: peers link and forward over mutual TLS.
+        key = base64.b64encode(os.urandom(32)).decode()
+        keyed_nodes, keyed_urls, _ = start_cluster(procs, key=key)
+        keyed_entry = keyed_urls[0]
+        keyed_files = key_files(tmp, keyed_entry, "keyed-")
+        keyed_idle_rss = [rss_kb(p.pid) for p in keyed_nodes]
+
+        wanted = [w.strip() for w in args.only.split(",")] if args.only else None
+        rows = (
+            ("bare server", bare_url, "/api/echo/", files["mixed"]),
+            ("nginx consistent hash -> 3 bare", nginx_url, "/api/echo/", files["mixed"]),
+            ("min proxy -> bare (least work a hop can do)", min_proxy_url, "/api/echo/", files["mixed"]),
+            ("meshage local", entry, "/api/echo/", files["local"]),
+            ("meshage forwarded", entry, "/api/echo/", files["forwarded"]),
+            (KEYED_FORWARDED, keyed_entry, "/api/echo/", keyed_files["forwarded"]),
+            ("meshage mixed", entry, "/api/echo/", files["mixed"]),
+            ("meshage broadcast (3 services)", entry, "/api/broadcast/echo/", files["mixed"]),
+        )
+        rows = [r for r in rows if wanted is None or r[0].startswith(("bare", "nginx")) or any(w in r[0] for w in wanted)]
 
         runs = []
         for rnd in range(rounds):
             for c in conns:
-                for name, url, prefix, keys in (
-                    ("bare server", bare_url, "/api/echo/", files["mixed"]),
-                    ("nginx consistent hash -> 3 bare", nginx_url, "/api/echo/", files["mixed"]),
-                    ("min proxy -> bare (least work a hop can do)", min_proxy_url, "/api/echo/", files["mixed"]),
-                    ("meshage local", entry, "/api/echo/", files["local"]),
-                    ("meshage forwarded", entry, "/api/echo/", files["forwarded"]),
-                    ("meshage mixed", entry, "/api/echo/", files["mixed"]),
-                    ("meshage broadcast (3 services)", entry, "/api/broadcast/echo/", files["mixed"]),
-                ):
+                for name, url, prefix, keys in rows:
                     log(f"round {rnd + 1}/{rounds}: wrk {name} c={c} {duration}s")
                     r = wrk(url, prefix, keys, c, duration)
                     r.update(name=name, conns=c, round=rnd)
                     runs.append(r)
         peak_rss = [rss_kb(p.pid, "VmHWM") for p in nodes]
+        keyed_peak_rss = [rss_kb(p.pid, "VmHWM") for p in keyed_nodes]
+        for p in keyed_nodes:
+            p.kill()
+            p.wait()
 
         soak = None
-        if not args.quick:
+        if not args.quick and not args.only:
             log("soak: 60 s of mixed load at 64 connections, sampling RSS")
             env = dict(os.environ, BENCH_KEYS=files["mixed"], BENCH_PREFIX="/api/echo/")
             w = subprocess.Popen(["wrk", "-t2", "-c64", "-d60s", "-s", LUA_FILE, entry], env=env, stdout=subprocess.DEVNULL)
@@ -387,8 +419,19 @@ def main():
             f"{r['x_bare']:.2f} | {r['x_nginx']:.2f} | {r['p99_bare']:.2f} |{spread}"
         )
     out.append("")
+    for c in conns:
+        pairs = [(k["rps"], p["rps"]) for k in runs for p in runs
+                 if k["name"] == KEYED_FORWARDED and p["name"] == "meshage forwarded"
+                 and k["conns"] == p["conns"] == c and k["round"] == p["round"]]
+        if pairs:
+            ratios = [k / p for k, p in pairs]
+            spread = f" (rounds: {', '.join(f'{r:.2f}' for r in ratios)})" if len(ratios) > 1 else ""
+            out.append(f"- forwarded with the cluster key (mutual TLS between nodes) at {c} connections: "
+                       f"{statistics.median(ratios):.2f}x the same row without{spread}")
     out.append(f"- RSS per node, idle after start: {', '.join(f'{k / 1024:.1f} MB' for k in idle_rss)}; "
                f"peak after the load rows: {', '.join(f'{k / 1024:.1f} MB' for k in peak_rss)}")
+    out.append(f"- RSS per keyed node, idle after start: {', '.join(f'{k / 1024:.1f} MB' for k in keyed_idle_rss)}; "
+               f"peak after the load rows: {', '.join(f'{k / 1024:.1f} MB' for k in keyed_peak_rss)}")
     if soak:
         flat = [[s[i] for s in soak["samples"]] for i in range(3)]
         out.append("- RSS during a 60 s mixed soak at 64 connections (min-max per node): "

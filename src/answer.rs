@@ -56,6 +56,10 @@ pub(crate) enum ApiError {
     /// A token that may not use the stream named.
     #[error("the API token may not use the stream `{0}`")]
     Forbidden(String),
+    /// A forward (`X-Meshage-Hop`) to a node with a cluster key, not over mutual TLS from a
+    /// peer whose certificate a member published.
+    #[error("forwards are taken only over mutual TLS from a peer of the cluster")]
+    NotPeer,
 }
 
 impl ApiError {
@@ -70,6 +74,7 @@ impl ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::NotPeer => StatusCode::UNAUTHORIZED,
         }
     }
 

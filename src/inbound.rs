@@ -19,6 +19,11 @@
 //! with API tokens refuses a request without a valid one (401) or whose token may not use the
 //! stream (403) before reading its body (`guard`).
 //!
+//! On a node with a cluster key the port also takes TLS (told by its first byte), and links
+//! and forwards are taken only over mutual TLS from a peer whose certificate a member
+//! published (`peer`): a link from anyone else is closed at once, a forward answered 401,
+//! before anything runs.
+//!
 //! The edge of the node: depends on the router, the link, the admin endpoints and the rooms
 //! below them; nothing but the node depends on it.
 
@@ -26,13 +31,14 @@ use std::sync::Arc;
 
 use crate::admin::Admin;
 use crate::router::Router;
-use crate::security::Tokens;
+use crate::security::{PeerTls, Tokens};
 use crate::wire::Budget;
 
 mod admission;
 mod connection;
 mod guard;
 mod message;
+mod peer;
 mod routes;
 mod server;
 mod sniff;
@@ -53,6 +59,9 @@ pub(crate) struct Inbound {
     budget: Arc<Budget>,
     /// The bearer tokens clients must send, if the node asks for any (see `guard`).
     tokens: Option<Tokens>,
+    /// The node's TLS, when it has a cluster key: the port then takes TLS, and links and
+    /// forwards only from peers over it.
+    tls: Option<Arc<PeerTls>>,
 }
 
 impl Inbound {
@@ -63,6 +72,7 @@ impl Inbound {
         max_in_flight: usize,
         max_buffered: usize,
         tokens: Option<Tokens>,
+        tls: Option<Arc<PeerTls>>,
     ) -> Arc<Inbound> {
         Arc::new(Inbound {
             router,
@@ -71,6 +81,12 @@ impl Inbound {
             body_limit,
             budget: Arc::new(Budget::new(max_buffered)),
             tokens,
+            tls,
         })
+    }
+
+    /// Whether the node has a cluster key: links and forwards then come from peers only.
+    fn keyed(&self) -> bool {
+        self.tls.is_some()
     }
 }

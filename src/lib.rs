@@ -27,15 +27,19 @@
 //!
 //! One request, from HTTP in to answer:
 //!
-//! 1. `inbound` accepts the connection, tells a peer link from HTTP by its first bytes, finds
-//!    the route (`POST /api/{stream}/{key}`), checks the client's API token if the node asks
-//!    for one (`security`), takes an in-flight slot, reads the bounded body and the request's
-//!    deadline (`wire`), and opens its trace scope (`observe`).
+//! 1. `inbound` accepts the connection, tells a peer link from HTTP (and, with a cluster key,
+//!    TLS, inside which it tells them apart again) by its first bytes, finds the route
+//!    (`POST /api/{stream}/{key}`), checks the client's API token if the node asks for one
+//!    (`security`), takes an in-flight slot, reads the bounded body and the request's deadline
+//!    (`wire`), and opens its trace scope (`observe`).
 //! 2. `router` looks the key up in the current `table` snapshot (rings from `ring`). A local
 //!    owner runs its handler (`message`) here; a remote one gets the request through
 //!    `outbound`, over the peer `link` or HTTP, at most once more.
 //! 3. On the owner, `inbound` receives the forward (a link frame or an HTTP request marked as a
-//!    hop) and its `router` runs the named service, never forwarding it again.
+//!    hop) and its `router` runs the named service, never forwarding it again. With a cluster
+//!    key, forwards travel over mutual TLS (`security`: each side accepts exactly the
+//!    certificate the other published), and a link or hop from anyone but a peer is refused
+//!    before it runs.
 //! 4. The answer travels back the same way. A forward that brought no answer says, in
 //!    `delivery` terms, whether the owner can have run it; `router`'s retry rule sends only what
 //!    cannot have run to the next owner (anything, if the caller marked it idempotent), and
@@ -53,8 +57,10 @@
 //! - `observe` (metrics, trace ids, request scopes), `wire` (header names, deadlines, body
 //!   reading), `shutdown` (stop signals), `delivery` (what a failed forward says).
 //! - `cluster`: the membership traits, the event log, and the gossip, etcd and Consul backends.
-//! - `security`: the cluster key and its keyring, sealed datagrams, and the client API tokens
-//!   (parsed, compared in constant time, reloaded live).
+//! - `security`: the cluster key and its keyring, sealed datagrams, mutual TLS between nodes
+//!   (each node's certificate, the pinning verifiers and rustls configurations), the client API
+//!   tokens (parsed, compared in constant time, reloaded live), and the TLS and secrets of the
+//!   engines and handlers a node reaches.
 //! - the pure core: `table` (an immutable snapshot of routable services with one ring per
 //!   stream), `ring` (identical to npm `hashring` 3.2.0), `address`, `path`, `message`.
 //!
@@ -110,8 +116,8 @@ pub use outbound::PeerProtocol;
 pub use ring::HashRing;
 pub use router::{RouteError, Routed, Router, RouterConfig, SendOptions};
 pub use security::{
-    ApiTokens, ClientTls, ClusterKey, KeyError, Keyring, Keys, Secret, TlsError, TokenError,
-    TokenFileError, Tokens,
+    ApiTokens, ClientTls, ClusterKey, Fingerprint, KeyError, Keyring, Keys, Secret, TlsError,
+    TokenError, TokenFileError, Tokens,
 };
 pub use table::{ServiceInfo, ServiceTable};
 pub use upstream::{

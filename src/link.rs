@@ -29,19 +29,25 @@
 //! (the link ended while it was queued, so it may go elsewhere) or written and then lost (the
 //! peer may have run it).
 //!
+//! Between keyed nodes a link runs inside mutual TLS (see [`crate::security`]): the client dials
+//! with the certificate pinned to the fingerprint the peer published, and the preface follows
+//! the handshake.
+//!
 //! Layout: `frame` (the codec and the outbox), `client` (the sending end: a link per peer),
 //! `conn` (one open link: its queue, writer, reader and expiry sweep), `server` (the receiving
-//! end). The link knows nothing of routing: the node hands the server a function
+//! end), `duplex` (a plain or TLS connection split between a link's reader and writer). The link knows nothing of routing: the node hands the server a function
 //! from request to answer, and the forwarder reads what the client says in
-//! [`crate::delivery`] terms. Depends on `wire`, `shutdown`, `delivery`, `message`, and
-//! `observe` for the trace id.
+//! [`crate::delivery`] terms. Depends on `wire`, `shutdown`, `delivery`, `message`, `security`
+//! for TLS, and `observe` for the trace id.
 
 mod client;
 mod conn;
+mod duplex;
 mod frame;
 mod server;
 
 pub(crate) use client::{LinkError, Links};
+pub(crate) use duplex::Duplex;
 #[cfg(feature = "fuzzing")]
 pub(crate) use frame::{
     decode_request, decode_response, decode_server_frame, encode_request, encode_response,

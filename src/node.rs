@@ -17,7 +17,7 @@ use crate::inbound::{self, Inbound, Limits};
 use crate::message::{handler_fn, HandlerError, Header, SharedHandler};
 use crate::outbound::{Forwarder, PeerProtocol};
 use crate::router::{LocalService, Router, RouterConfig};
-use crate::security::{Keys, Tokens};
+use crate::security::{Identity, Keys, PeerTls, Tokens};
 use crate::shutdown::Shutdown;
 use crate::upstream::{self, HttpUpstream};
 
@@ -176,10 +176,18 @@ impl NodeBuilder {
         let endpoint = format!("http://{advertised}");
         let node_id: Arc<str> = Arc::from(uuid::Uuid::new_v4().to_string());
 
+        // With a cluster key, peers talk over mutual TLS: a certificate made for this run,
+        // published (sealed) so that peers accept exactly it.
+        let tls = self
+            .config
+            .keys
+            .as_ref()
+            .map(|_| Arc::new(PeerTls::new(Identity::generate())));
         let membership = self
             .cluster
             .join(LocalNode {
                 keys: self.config.keys.clone(),
+                fingerprint: tls.as_ref().map(|tls| tls.fingerprint().to_string()),
                 ..LocalNode::new(node_id.to_string(), endpoint.clone())
             })
             .await?;
@@ -188,6 +196,7 @@ impl NodeBuilder {
             config.connect_timeout,
             config.body_limit.max(16 * 1024 * 1024),
             config.peer_protocol,
+            tls.clone(),
         );
         let router = Router::new(
             node_id.clone(),
@@ -230,6 +239,7 @@ impl NodeBuilder {
             config.max_in_flight,
             config.max_buffered,
             config.api_tokens.clone(),
+            tls,
         );
         let shutdown = Shutdown::default();
         let monitors = self

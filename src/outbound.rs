@@ -14,8 +14,16 @@
 //! status, 421 included, is always an answer. The router resends only
 //! what cannot have run, unless the caller marked it idempotent.
 //!
-//! Depends on `link`, `wire`, `delivery`, `message`, `path`, and `observe` for the trace id.
+//! A node with a cluster key forwards over mutual TLS only (links and HTTP alike): it dials a
+//! peer accepting exactly the certificate that peer published (`dial` for HTTP), and does not
+//! send at all to a node that published none, which is no peer of a keyed mesh.
+//!
+//! Depends on `link`, `wire`, `delivery`, `message`, `path`, `security`, and `observe` for the
+//! trace id.
 
+mod dial;
+
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -26,10 +34,12 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
+use self::dial::{PinnedConnector, Pins};
 use crate::delivery::{Refusal, Undelivered};
 use crate::link::{LinkError, Links};
 use crate::message::{Payload, Reply};
 use crate::path::encode_segment;
+use crate::security::{Alpn, Fingerprint, PeerTls};
 use crate::wire::{
     error_chain, read_body, BodyError, Deadline, HOP_HEADER, REFUSED_HEADER, SERVICE_ID_HEADER,
     TIMEOUT_HEADER, TRACE_HEADER,
@@ -61,19 +71,30 @@ impl std::str::FromStr for PeerProtocol {
     }
 }
 
+/// Pooled HTTP to peers: plain, or over mutual TLS pinned to each peer's certificate.
+enum Http {
+    Plain(Client<HttpConnector, Full<Bytes>>),
+    Pinned {
+        client: Client<PinnedConnector, Full<Bytes>>,
+        pins: Pins,
+    },
+}
+
 /// A client to peers: the peer link when they speak it, else pooled HTTP.
 pub(crate) struct Forwarder {
-    client: Client<HttpConnector, Full<Bytes>>,
+    http: Http,
     links: Option<Links>,
     /// Largest answer accepted from a peer.
     max_response: usize,
 }
 
 impl Forwarder {
+    /// A forwarder that connects within `connect_timeout`; over mutual TLS with `tls`.
     pub(crate) fn new(
         connect_timeout: Duration,
         max_response: usize,
         protocol: PeerProtocol,
+        tls: Option<Arc<PeerTls>>,
     ) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
@@ -90,11 +111,30 @@ impl Forwarder {
                 .http2_initial_connection_window_size(16 << 20)
                 .http2_adaptive_window(false);
         }
-        let client = builder.build(connector);
-        let links =
-            (protocol == PeerProtocol::Link).then(|| Links::new(connect_timeout, max_response));
+        let http = match &tls {
+            None => Http::Plain(builder.build(connector)),
+            Some(tls) => {
+                let pins = Pins::default();
+                let connector = PinnedConnector {
+                    tcp: connector,
+                    tls: tls.clone(),
+                    alpn: if protocol == PeerProtocol::Http2 {
+                        Alpn::Http2
+                    } else {
+                        Alpn::Http1
+                    },
+                    pins: pins.clone(),
+                };
+                Http::Pinned {
+                    client: builder.build(connector),
+                    pins,
+                }
+            }
+        };
+        let links = (protocol == PeerProtocol::Link)
+            .then(|| Links::new(connect_timeout, max_response, tls));
         Forwarder {
-            client,
+            http,
             links,
             max_response,
         }
@@ -102,26 +142,49 @@ impl Forwarder {
 
     /// Ends the open peer link to the node at `endpoint` (`http://host:port`), which is gone.
     pub(crate) fn forget(&self, endpoint: &str) {
-        if let (Some(links), Some(authority)) = (&self.links, endpoint.strip_prefix("http://")) {
+        let Some(authority) = endpoint.strip_prefix("http://") else {
+            return;
+        };
+        if let Some(links) = &self.links {
             links.close(authority);
+        }
+        if let Http::Pinned { pins, .. } = &self.http {
+            pins.forget(authority);
         }
     }
 
-    /// Sends `payload` to `service_id` on the node at `endpoint` and returns its answer, whatever
-    /// its status, unless the node refused it without running it. Fails when no complete
-    /// answer arrives before `deadline`.
+    /// Sends `payload` to `service_id` on the node at `endpoint` (whose certificate has
+    /// `fingerprint`, if it published one) and returns its answer, whatever its status, unless
+    /// the node refused it without running it. Fails when no complete answer arrives before
+    /// `deadline`, and at once, as not run, when this node has a key and that node published no
+    /// certificate.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) async fn forward(
         &self,
         endpoint: &str,
+        fingerprint: Option<Fingerprint>,
         stream: &str,
         key: &str,
         service_id: &str,
         payload: &Payload,
         deadline: Deadline,
     ) -> Result<Reply, Undelivered> {
+        if matches!(self.http, Http::Pinned { .. }) && fingerprint.is_none() {
+            return Err(Undelivered::connect(
+                "the node published no certificate: a keyed node forwards only to keyed peers",
+            ));
+        }
         if let (Some(links), Some(authority)) = (&self.links, endpoint.strip_prefix("http://")) {
             match links
-                .send(authority, stream, key, service_id, payload, deadline)
+                .send(
+                    authority,
+                    fingerprint,
+                    stream,
+                    key,
+                    service_id,
+                    payload,
+                    deadline,
+                )
                 .await
             {
                 Ok(reply) => return Ok(reply),
@@ -173,9 +236,18 @@ impl Forwarder {
             .body(Full::new(payload.body.clone()))
             .map_err(|e| Undelivered::failed(format!("cannot build the request: {e}")))?;
 
+        if let (Http::Pinned { pins, .. }, Some(fingerprint), Some(authority)) =
+            (&self.http, fingerprint, endpoint.strip_prefix("http://"))
+        {
+            pins.pin(authority, fingerprint);
+        }
         let timeout = deadline.remaining();
         let exchange = async {
-            let response = self.client.request(request).await.map_err(|e| {
+            let response = match &self.http {
+                Http::Plain(client) => client.request(request),
+                Http::Pinned { client, .. } => client.request(request),
+            };
+            let response = response.await.map_err(|e| {
                 let canceled = std::error::Error::source(&e)
                     .and_then(|s| s.downcast_ref::<hyper::Error>())
                     .is_some_and(hyper::Error::is_canceled);

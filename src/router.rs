@@ -34,6 +34,7 @@ use crate::delivery::{MayHaveRun, NotRun, Undelivered};
 use crate::message::{HandlerError, Message, Payload, Reply};
 use crate::observe::{self, Metrics, RequestScope, Route};
 use crate::outbound::Forwarder;
+use crate::security::Fingerprint;
 use crate::table::ServiceTable;
 use crate::wire::Deadline;
 use crate::FastMap;
@@ -366,17 +367,24 @@ impl Router {
             if request.hop {
                 return Err(RouteError::NotHere(id.to_owned()));
             }
-            let owner = self
-                .inner
-                .table
-                .load()
-                .service(id)
-                .map(|s| (s.id.clone(), s.node_id.clone(), s.endpoint.clone()));
-            let Some((service_id, node_id, endpoint)) = owner else {
+            let owner = self.inner.table.load().service(id).map(|s| {
+                (
+                    s.id.clone(),
+                    s.node_id.clone(),
+                    s.endpoint.clone(),
+                    s.fingerprint,
+                )
+            });
+            let Some((service_id, node_id, endpoint, fingerprint)) = owner else {
                 return Err(self.not_in_table(id));
             };
+            let to = Owner {
+                endpoint: &endpoint,
+                node_id: &node_id,
+                fingerprint,
+            };
             return self
-                .forward(&endpoint, service_id, &node_id, request, &payload)
+                .forward(to, service_id, request, &payload)
                 .await
                 .map_err(|failure| failure.error);
         }
@@ -401,13 +409,18 @@ impl Router {
             drop(locals);
             let table = arc_swap::Guard::into_inner(table);
             let owner = &table.services[place];
-            let (service_id, node_id, endpoint) = (&owner.id, &*owner.node_id, &*owner.endpoint);
+            let service_id = &owner.id;
+            let to = Owner {
+                endpoint: &owner.endpoint,
+                node_id: &owner.node_id,
+                fingerprint: owner.fingerprint,
+            };
             if tried.contains(service_id) {
                 // No other owner to try (every service of the stream is suspect).
                 return Err(last.unwrap_or_else(|| RouteError::NotHere(service_id.to_string())));
             }
             match self
-                .forward(endpoint, service_id.clone(), node_id, request, &payload)
+                .forward(to, service_id.clone(), request, &payload)
                 .await
             {
                 Ok(routed) => return Ok(routed),
@@ -422,23 +435,28 @@ impl Router {
         }
     }
 
-    /// Forwards one request to `service_id` on node `node_id` at `endpoint`. A failure says
-    /// whether the request may go to another owner; a failed connection or a refusal makes the
-    /// owner suspect (see `retry`).
+    /// Forwards one request to `service_id` on the node `to`. A failure says whether the
+    /// request may go to another owner; a failed connection or a refusal makes the owner
+    /// suspect (see `retry`).
     async fn forward(
         &self,
-        endpoint: &str,
+        to: Owner<'_>,
         service_id: Arc<str>,
-        node_id: &str,
         request: RouteRequest<'_>,
         payload: &Payload,
     ) -> Result<Routed, Failure> {
+        let Owner {
+            endpoint,
+            node_id,
+            fingerprint,
+        } = to;
         let started = Instant::now();
         let result = self
             .inner
             .forwarder
             .forward(
                 endpoint,
+                fingerprint,
                 request.stream,
                 request.key,
                 &service_id,
@@ -475,6 +493,16 @@ impl Router {
             retry: decision.retry,
         })
     }
+}
+
+/// The node that runs a service to forward to, as the table has it.
+#[derive(Clone, Copy)]
+struct Owner<'a> {
+    /// `http://host:port`.
+    endpoint: &'a str,
+    node_id: &'a str,
+    /// Its certificate's fingerprint, if it published one.
+    fingerprint: Option<Fingerprint>,
 }
 
 /// A forward attempt that got no answer.

@@ -1,7 +1,10 @@
 //! What a mesh with a cluster secret uses to keep others out: the [`Keyring`] (the secret and
-//! the keys derived from it, rotated live through [`Keys`]), and the sealing of datagrams with
-//! one of its keys (`seal`). And what keeps unknown clients out of the HTTP API: the bearer
-//! tokens a node accepts ([`ApiTokens`], live and reloaded through [`Tokens`]).
+//! the keys derived from it, rotated live through [`Keys`]), the sealing of datagrams with
+//! one of its keys (`seal`), and mutual TLS between nodes: each node's certificate made at start
+//! (`identity`), known to its peers by its [`Fingerprint`], and the rustls configurations that
+//! accept exactly the certificates peers published (`pinning`). And what keeps unknown clients
+//! out of the HTTP API: the bearer tokens a node accepts ([`ApiTokens`], live and reloaded
+//! through [`Tokens`]).
 //!
 //! One 32-byte secret, shared by every node, is the root of trust. Keys for each use (gossip,
 //! and whatever else needs one) are derived from it with HKDF-SHA256, so that no two uses ever
@@ -12,13 +15,18 @@
 //! (passwords, tokens) that are never shown, and [`ClientTls`], the authorities it verifies
 //! their servers against (`trust`).
 
+mod identity;
 mod keyring;
+mod pinning;
 pub(crate) mod seal;
 mod secret;
 mod tokens;
 pub(crate) mod trust;
 
+pub use identity::Fingerprint;
+pub(crate) use identity::Identity;
 pub use keyring::{ClusterKey, KeyError, Keyring, Keys};
+pub(crate) use pinning::{client_fingerprint, Alpn, PeerTls};
 pub use secret::Secret;
 pub(crate) use tokens::Denied;
 pub use tokens::{ApiTokens, TokenError, TokenFileError, Tokens, MIN_TOKEN_LEN};

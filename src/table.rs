@@ -13,6 +13,7 @@ use serde::Serialize;
 
 use crate::cluster::{ClusterView, MemberState};
 use crate::ring::HashRing;
+use crate::security::Fingerprint;
 use crate::FastMap;
 
 /// One routable service.
@@ -24,6 +25,10 @@ pub struct ServiceInfo {
     pub node_id: Arc<str>,
     /// `http://host:port` of that node.
     pub endpoint: Arc<str>,
+    /// The fingerprint of the certificate that node's peer connections present, when it
+    /// published one: a keyed node forwards to it over TLS accepting exactly that certificate.
+    #[serde(skip)]
+    pub fingerprint: Option<Fingerprint>,
 }
 
 /// The services of one stream and their ring.
@@ -43,6 +48,9 @@ pub struct ServiceTable {
     pub services: Vec<ServiceInfo>,
     by_id: FastMap<Arc<str>, usize>,
     streams: FastMap<Arc<str>, StreamServices>,
+    /// The certificate fingerprints published by members not known to be dead (leaving ones
+    /// still finish their forwards): the peers a keyed node takes links and forwards from.
+    peers: Vec<Fingerprint>,
 }
 
 impl ServiceTable {
@@ -55,11 +63,13 @@ impl ServiceTable {
             .flat_map(|m| {
                 let node_id: Arc<str> = Arc::from(m.id.as_str());
                 let endpoint: Arc<str> = Arc::from(m.endpoint.as_str());
+                let fingerprint = m.fingerprint.as_deref().and_then(Fingerprint::from_hex);
                 m.services.iter().map(move |s| ServiceInfo {
                     id: s.id.clone(),
                     stream: s.stream.clone(),
                     node_id: node_id.clone(),
                     endpoint: endpoint.clone(),
+                    fingerprint,
                 })
             })
             .collect();
@@ -88,12 +98,27 @@ impl ServiceTable {
                 )
             })
             .collect();
+        let peers = view
+            .members
+            .iter()
+            .filter(|m| m.state != MemberState::Dead)
+            .filter_map(|m| m.fingerprint.as_deref().and_then(Fingerprint::from_hex))
+            .collect();
         ServiceTable {
             version,
             services,
             by_id,
             streams,
+            peers,
         }
+    }
+
+    /// Whether `fingerprint` is the certificate of a member not known to be dead. Compares with
+    /// every published fingerprint in constant time.
+    pub fn is_peer(&self, fingerprint: &Fingerprint) -> bool {
+        self.peers
+            .iter()
+            .fold(false, |found, peer| (peer == fingerprint) | found)
     }
 
     /// The service that owns `key` on `stream`, or `None` when the stream has no service.
@@ -198,5 +223,37 @@ mod tests {
             3,
             "300 keys should spread over all three services"
         );
+    }
+
+    #[test]
+    fn published_fingerprints_reach_services_and_peers_but_not_from_the_dead() {
+        let print = |n: u8| format!("{n:02x}").repeat(32);
+        let mut a = member("a", MemberState::Live, &[("s1", "echo")]);
+        a.fingerprint = Some(print(1));
+        let mut b = member("b", MemberState::Leaving, &[("s2", "echo")]);
+        b.fingerprint = Some(print(2));
+        let mut c = member("c", MemberState::Dead, &[]);
+        c.fingerprint = Some(print(3));
+        let mut d = member("d", MemberState::Live, &[("s4", "echo")]);
+        d.fingerprint = Some("not hex".into());
+        let table = ServiceTable::build(
+            1,
+            &ClusterView {
+                members: vec![a, b, c, d],
+            },
+        );
+        let fingerprint = |n: u8| Fingerprint::from_hex(&print(n)).unwrap();
+        assert_eq!(
+            table.service("s1").unwrap().fingerprint,
+            Some(fingerprint(1))
+        );
+        assert_eq!(table.service("s4").unwrap().fingerprint, None);
+        assert!(table.is_peer(&fingerprint(1)));
+        assert!(
+            table.is_peer(&fingerprint(2)),
+            "a leaving member finishes its forwards"
+        );
+        assert!(!table.is_peer(&fingerprint(3)), "a dead one is no peer");
+        assert!(!table.is_peer(&fingerprint(4)));
     }
 }

@@ -206,7 +206,7 @@ impl Cluster for ConsulCluster {
             state: MemberState::Live,
             services: Vec::new(),
             last_heard: None,
-            fingerprint: None,
+            fingerprint: local.fingerprint.clone(),
         };
         let (view_tx, view_rx) = watch::channel(Arc::new(ClusterView {
             members: vec![own.clone()],

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use futures_util::task::AtomicWaker;
 
+use super::peer::Caller;
 use super::Inbound;
 use crate::shutdown::Signal;
 
@@ -44,6 +45,8 @@ impl Drop for Open {
 /// requests and its watcher touch.
 pub(super) struct Activity {
     inbound: Arc<Inbound>,
+    /// Who is at the other end, as the connection's TLS handshake said.
+    caller: Caller,
     requests: AtomicU64,
     /// The node is stopping: the connection finishes the request it runs and closes.
     stopping: AtomicBool,
@@ -58,15 +61,20 @@ impl Started {
     pub(super) fn inbound(&self) -> &Inbound {
         &self.0.inbound
     }
+
+    pub(super) fn caller(&self) -> &Caller {
+        &self.0.caller
+    }
 }
 
 impl Activity {
     /// Each request clones this connection's own reference to the node's state, not the node's
     /// shared one, so that two cores serving requests do not pass one reference count back and
     /// forth.
-    pub(super) fn new(inbound: Arc<Inbound>) -> Arc<Activity> {
+    pub(super) fn new(inbound: Arc<Inbound>, caller: Caller) -> Arc<Activity> {
         Arc::new(Activity {
             inbound,
+            caller,
             requests: AtomicU64::new(0),
             stopping: AtomicBool::new(false),
             waker: AtomicWaker::new(),

@@ -37,7 +37,7 @@ pub(super) fn guard(
         Need::Token => None,
         Need::TokenFor(stream) => Some(stream),
     };
-    if forwarded_by_peer(request) {
+    if matches!(endpoint, Endpoint::Message { .. }) && forwarded_by_peer(request) {
         return Ok(());
     }
     // A stream that does not decode is checked as it came; the route answers it 400 anyway.
@@ -79,10 +79,11 @@ fn needs<'a>(endpoint: &Endpoint<'a>) -> Need<'a> {
 }
 
 /// Whether `request` is a forward from a peer (`X-Meshage-Hop`), whose entry node checked the
-/// client's token. Anyone can send that header for now: peers are not authenticated on the
-/// HTTP port yet. Once they are (mutual TLS), this is where a hop is also asked to have
-/// arrived over an authenticated peer connection. Requests over the peer link never reach the
-/// guard: the link is the peers' own protocol.
+/// client's token. Only messages are forwarded, so only message routes take it. On a node with
+/// a cluster key, the message route then refuses (401) a hop that did not come over mutual TLS
+/// from a peer (`message`); without a key anyone can send the header, which the node warns
+/// about at start. Requests over the peer link never reach the guard: the link is the peers'
+/// own protocol, and on a keyed node only peers may open one.
 fn forwarded_by_peer(request: &http::request::Parts) -> bool {
     request.headers.contains_key(HOP_HEADER)
 }

@@ -10,6 +10,7 @@ use http::{Method, Response, StatusCode};
 use hyper::body::Incoming;
 use tracing::debug;
 
+use super::peer::Caller;
 use super::Inbound;
 use crate::answer::{json_response, ApiError, Body};
 use crate::delivery::Refusal;
@@ -77,9 +78,12 @@ const SERVICE_ID_NAME: HeaderName = HeaderName::from_static(SERVICE_ID_HEADER);
 const TRACE_NAME: HeaderName = HeaderName::from_static(TRACE_HEADER);
 
 /// `POST /api/{stream}/{key}` and `POST /api/broadcast/{stream}/{key}`, the stream and key
-/// still percent-encoded. Every answer carries the request's trace id.
+/// still percent-encoded, from `caller`. Every answer carries the request's trace id. On a
+/// keyed node, a forward (`X-Meshage-Hop`) from anyone but a peer over mutual TLS is answered
+/// 401 before anything else is done with it.
 pub(super) async fn message(
     inbound: &Inbound,
+    caller: &Caller,
     request: &http::request::Parts,
     body: &mut Incoming,
     broadcast: bool,
@@ -90,6 +94,11 @@ pub(super) async fn message(
     let trace = head.trace.and_then(|v| TraceId::parse(v.as_bytes()));
     // Refused before it is routed: answered with its trace id all the same.
     let refuse = |e: ApiError| with_trace(e.response(), trace.unwrap_or_else(TraceId::new));
+    if head.hop && inbound.keyed() && !caller.is_peer(inbound).await {
+        debug!(remote = %caller.remote, "forward refused: not over mutual TLS from a published peer");
+        inbound.router.metrics().peers.refused_forward();
+        return refuse(ApiError::NotPeer);
+    }
     if request.method != Method::POST {
         return refuse(ApiError::MethodNotAllowed("POST"));
     }

@@ -10,6 +10,7 @@ use hyper::body::{Body as _, Incoming};
 
 use super::guard::guard;
 use super::message::message;
+use super::peer::Caller;
 use super::Inbound;
 use crate::admin::Page;
 use crate::answer::{ApiError, Body};
@@ -91,12 +92,14 @@ fn split_stream_key(rest: &str) -> Option<(&str, &str)> {
 
 /// Answers one request. Never fails: every error is a JSON answer. A body the answer left
 /// unread (a refusal before reading it) is read and dropped after the answer ([`linger`]).
+/// `caller` is who is at the other end of the connection.
 pub(super) async fn handle(
     inbound: &Inbound,
+    caller: &Caller,
     request: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
     let (request, mut body) = request.into_parts();
-    let response = answer(inbound, &request, &mut body).await;
+    let response = answer(inbound, caller, &request, &mut body).await;
     if !body.is_end_stream() {
         linger(body, inbound.body_limit);
     }
@@ -132,6 +135,7 @@ fn linger(mut body: Incoming, body_limit: usize) {
 
 async fn answer(
     inbound: &Inbound,
+    caller: &Caller,
     request: &http::request::Parts,
     body: &mut Incoming,
 ) -> Response<Body> {
@@ -145,7 +149,7 @@ async fn answer(
             broadcast,
             stream,
             key,
-        } => message(inbound, request, body, broadcast, stream, key).await,
+        } => message(inbound, caller, request, body, broadcast, stream, key).await,
         Endpoint::Admin(page) => {
             inbound
                 .admin

@@ -1,7 +1,7 @@
 //! The accept loop and the drain: each accepted connection is tuned, told apart by its first
-//! bytes (a peer link, HTTP/2 with prior knowledge, or HTTP/1.1) and served in a task of its
-//! own; when the node stops, the listener closes and open connections get the drain timeout to
-//! finish.
+//! bytes (a peer link, HTTP/2 with prior knowledge, or HTTP/1.1; on a keyed node also TLS,
+//! inside which they are told apart again) and served in a task of its own; when the node
+//! stops, the listener closes and open connections get the drain timeout to finish.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -10,20 +10,29 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, info, warn};
 
 use super::connection::{watch_connection, Activity, Open};
 use super::message::link_request;
+use super::peer::Caller;
 use super::routes::handle;
 use super::sniff::{sniff, Protocol, Rewind};
 use super::Inbound;
-use crate::link;
+use crate::link::{self, Duplex};
+use crate::security::client_fingerprint;
 use crate::shutdown::Signal;
 use crate::wire::tune;
+
+/// How long a TLS client may take to finish its handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The HTTP/1.1 and HTTP/2 servers' settings, shared by every connection.
+type Builders = (http1::Builder, http2::Builder<TokioExecutor>);
 
 /// How many connections may be open, and how long they may stay open and idle.
 #[derive(Debug, Clone, Copy)]
@@ -59,14 +68,14 @@ pub(crate) async fn serve(
         .max_concurrent_streams(4096)
         .initial_stream_window_size(1 << 20)
         .initial_connection_window_size(16 << 20);
-    let http = Arc::new((http1, http2));
+    let http: Arc<Builders> = Arc::new((http1, http2));
     // Connections accepted and not yet closed (HTTP and links): the drain waits for them.
     let open = Arc::new(AtomicUsize::new(0));
     let closed = Arc::new(tokio::sync::Notify::new());
     // Whether the last connection was refused at the limit: the warning is logged once a spell.
     let mut refusing = false;
     loop {
-        let (stream, peer): (tokio::net::TcpStream, SocketAddr) = tokio::select! {
+        let (stream, peer): (TcpStream, SocketAddr) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(pair) => pair,
                 Err(e) => {
@@ -108,44 +117,20 @@ pub(crate) async fn serve(
                 _ = stopping.raised() => return,
                 _ = signal.kill.raised() => return,
             };
-            if protocol == Protocol::Link {
-                let serve = link::serve(
-                    stream,
-                    head,
-                    inbound.body_limit,
-                    inbound.budget.clone(),
-                    move |request| link_request(inbound.clone(), request),
-                    signal.stop.clone(),
-                );
-                tokio::select! {
-                    _ = serve => {}
-                    _ = signal.kill.raised() => debug!(%peer, "node killed; link dropped"),
+            // What serves the connection goes in a box of its own, sized for its protocol: a
+            // connection that has not said what it speaks (thousands of them, in a flood)
+            // holds no more than the sniffing, and only TLS connections hold a TLS session.
+            let protocol = match (protocol, &inbound.tls) {
+                (Protocol::Tls, Some(_)) => {
+                    let tls = serve_tls(stream, head, peer, inbound, signal, http, limits);
+                    return Box::pin(tls).await;
                 }
-                return;
-            }
-            let activity = Activity::new(inbound);
-            let (counted, driving) = (activity.clone(), activity.clone());
-            let service = service_fn(move |request| {
-                let started = Activity::start(&counted);
-                async move { handle(started.inbound(), request).await }
-            });
-            let io = TokioIo::new(Rewind::new(head, stream));
-            // The connection runs in a task of its own, with one flag to look at on each
-            // wake-up; this one watches it, and ends it when idle, stopping or killed.
-            let mut serving = if protocol == Protocol::Http2 {
-                let connection = http.1.serve_connection(io, service);
-                spawn_driven(driving, connection, |c| c.graceful_shutdown(), peer)
-            } else {
-                let connection = http.0.serve_connection(io, service);
-                spawn_driven(driving, connection, |c| c.graceful_shutdown(), peer)
+                // Without a key, TLS gets what any bytes that are not HTTP get: a 400.
+                (Protocol::Tls, None) => Protocol::Http1,
+                (other, _) => other,
             };
-            tokio::select! {
-                _ = &mut serving => {}
-                _ = watch_connection(&activity, limits.idle, signal) => {
-                    serving.abort();
-                    debug!(%peer, "connection dropped");
-                }
-            }
+            let connection = (stream, protocol, head, Caller::plain(peer));
+            Box::pin(serve_connection(connection, inbound, signal, &http, limits)).await;
         });
     }
     drop(listener);
@@ -161,6 +146,113 @@ pub(crate) async fn serve(
     };
     if tokio::time::timeout(limits.drain, drained).await.is_err() {
         warn!(drain = ?limits.drain, "drain timed out; dropping open connections");
+    }
+}
+
+/// Runs the TLS handshake on a connection that opened with one (within [`HANDSHAKE_TIMEOUT`]),
+/// tells what it speaks inside, and serves it, knowing the certificate its client presented.
+async fn serve_tls(
+    stream: TcpStream,
+    head: Bytes,
+    peer: SocketAddr,
+    inbound: Arc<Inbound>,
+    mut signal: Signal,
+    http: Arc<Builders>,
+    limits: Limits,
+) {
+    let Some(tls) = &inbound.tls else {
+        return;
+    };
+    let handshake = tokio::time::timeout(
+        HANDSHAKE_TIMEOUT,
+        tls.acceptor().accept(Rewind::new(head, stream)),
+    );
+    let mut stopping = signal.stop.clone();
+    let mut stream = tokio::select! {
+        accepted = handshake => match accepted {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => return debug!(%peer, error = %e, "TLS handshake failed"),
+            Err(_) => return debug!(%peer, "TLS handshake timed out"),
+        },
+        _ = stopping.raised() => return,
+        _ = signal.kill.raised() => return,
+    };
+    let caller = Caller::tls(peer, client_fingerprint(stream.get_ref().1));
+    let (protocol, head) = tokio::select! {
+        sniffed = sniff(&mut stream) => sniffed,
+        _ = stopping.raised() => return,
+        _ = signal.kill.raised() => return,
+    };
+    // TLS inside TLS is not a thing: answered as HTTP/1.1 answers noise.
+    let protocol = match protocol {
+        Protocol::Tls => Protocol::Http1,
+        other => other,
+    };
+    let connection = (stream, protocol, head, caller);
+    serve_connection(connection, inbound, signal, &http, limits).await;
+}
+
+/// Serves one connection whose protocol is known: a peer link (on a keyed node, only from a
+/// peer over mutual TLS: from anyone else it is closed at once), or HTTP/1.1 or HTTP/2 until
+/// it ends, idles out or the node stops. `head` holds the bytes read to tell the protocol.
+async fn serve_connection<S: Duplex>(
+    (stream, protocol, head, caller): (S, Protocol, Bytes, Caller),
+    inbound: Arc<Inbound>,
+    mut signal: Signal,
+    http: &Builders,
+    limits: Limits,
+) {
+    let peer = caller.remote;
+    if protocol == Protocol::Link {
+        if inbound.keyed() {
+            let mut stopping = signal.stop.clone();
+            let is_peer = tokio::select! {
+                is_peer = caller.is_peer(&inbound) => is_peer,
+                _ = stopping.raised() => return,
+                _ = signal.kill.raised() => return,
+            };
+            if !is_peer {
+                debug!(%peer, "link refused: not over mutual TLS from a published peer");
+                inbound.router.metrics().peers.refused_link();
+                return;
+            }
+        }
+        let serve = link::serve(
+            stream,
+            head,
+            inbound.body_limit,
+            inbound.budget.clone(),
+            move |request| link_request(inbound.clone(), request),
+            signal.stop.clone(),
+        );
+        tokio::select! {
+            _ = serve => {}
+            _ = signal.kill.raised() => debug!(%peer, "node killed; link dropped"),
+        }
+        return;
+    }
+    let activity = Activity::new(inbound, caller);
+    let (counted, driving) = (activity.clone(), activity.clone());
+    let service = service_fn(move |request| {
+        let started = Activity::start(&counted);
+        async move { handle(started.inbound(), started.caller(), request).await }
+    });
+    let io = TokioIo::new(Rewind::new(head, stream));
+    // The connection runs in a task of its own, with one flag to look at on each
+    // wake-up; this one watches it, and ends it when idle, stopping or killed.
+    let mut serving = if protocol == Protocol::Http2 {
+        let connection = http.1.serve_connection(io, service);
+        spawn_driven(driving, connection, |c| c.graceful_shutdown(), peer)
+    } else {
+        let connection = http.0.serve_connection(io, service);
+        spawn_driven(driving, connection, |c| c.graceful_shutdown(), peer)
+    };
+    tokio::select! {
+        _ = &mut serving => {}
+        _ = watch_connection(&activity, limits.idle, signal) => {
+            serving.abort();
+            debug!(%peer, "connection dropped");
+        }
     }
 }
 

@@ -1,5 +1,5 @@
-//! Protocol detection: what a new connection speaks (the peer link, HTTP/2 with prior
-//! knowledge, or HTTP/1.1), told from its first bytes. The bytes are read, not peeked, so that
+//! Protocol detection: what a new connection speaks (TLS, the peer link, HTTP/2 with prior
+//! knowledge, or HTTP/1.1), told from its first bytes; inside TLS, told again. The bytes are read, not peeked, so that
 //! waiting for the rest of a partial preface waits for the socket to become readable instead of
 //! looking at the same bytes again; whoever serves the connection reads them again first
 //! ([`Rewind`]).
@@ -11,13 +11,14 @@ use std::time::Duration;
 
 use bytes::{Buf, Bytes};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
 
 use crate::link;
 
 /// What a new connection speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Protocol {
+    /// TLS: it opened with a handshake record (a ClientHello).
+    Tls,
     /// The peer link: it opened with [`link::PREFACE`].
     Link,
     /// HTTP/2 with prior knowledge: it opened with the HTTP/2 connection preface.
@@ -27,6 +28,10 @@ pub(super) enum Protocol {
     Http1,
 }
 
+/// The first byte of a TLS handshake record (RFC 8446, section 5.1): no HTTP method and
+/// neither preface starts with it.
+const TLS_HANDSHAKE: u8 = 0x16;
+
 /// The HTTP/2 connection preface (RFC 9113, section 3.4).
 const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
@@ -35,7 +40,7 @@ const SNIFF_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Reads a new connection's first bytes (at most 24, for at most [`SNIFF_TIMEOUT`]) and tells
 /// what it speaks. Returns the bytes read, to be handed on with the connection.
-pub(super) async fn sniff(stream: &mut TcpStream) -> (Protocol, Bytes) {
+pub(super) async fn sniff<S: AsyncRead + Unpin>(stream: &mut S) -> (Protocol, Bytes) {
     let mut head = [0u8; H2_PREFACE.len()];
     let mut n = 0;
     let timeout = tokio::time::sleep(SNIFF_TIMEOUT);
@@ -59,6 +64,9 @@ pub(super) async fn sniff(stream: &mut TcpStream) -> (Protocol, Bytes) {
 /// What a connection that opened with `seen` speaks, or `None` while it may still be either
 /// preface.
 fn decide(seen: &[u8]) -> Option<Protocol> {
+    if seen.first() == Some(&TLS_HANDSHAKE) {
+        return Some(Protocol::Tls);
+    }
     let n = seen.len();
     let link = n.min(link::PREFACE.len());
     let maybe_link = seen[..link] == link::PREFACE[..link];
@@ -75,18 +83,18 @@ fn decide(seen: &[u8]) -> Option<Protocol> {
 }
 
 /// A connection whose first bytes were read while sniffing: it reads them again first.
-pub(super) struct Rewind {
+pub(super) struct Rewind<S> {
     head: Bytes,
-    stream: TcpStream,
+    stream: S,
 }
 
-impl Rewind {
-    pub(super) fn new(head: Bytes, stream: TcpStream) -> Rewind {
+impl<S> Rewind<S> {
+    pub(super) fn new(head: Bytes, stream: S) -> Rewind<S> {
         Rewind { head, stream }
     }
 }
 
-impl AsyncRead for Rewind {
+impl<S: AsyncRead + Unpin> AsyncRead for Rewind<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -102,7 +110,7 @@ impl AsyncRead for Rewind {
     }
 }
 
-impl AsyncWrite for Rewind {
+impl<S: AsyncWrite + Unpin> AsyncWrite for Rewind<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -136,6 +144,7 @@ impl AsyncWrite for Rewind {
 mod tests {
     use super::*;
     use tokio::io::AsyncWriteExt;
+    use tokio::net::TcpStream;
 
     #[test]
     fn prefaces_are_told_apart_from_their_first_bytes() {
@@ -148,6 +157,8 @@ mod tests {
         assert_eq!(decide(H2_PREFACE), Some(Protocol::Http2));
         assert_eq!(decide(b"GET / HTTP/1.1\r\n"), Some(Protocol::Http1));
         assert_eq!(decide(b"MESHLNK9"), Some(Protocol::Http1));
+        assert_eq!(decide(&[0x16, 0x03, 0x01]), Some(Protocol::Tls));
+        assert_eq!(decide(&[0x16]), Some(Protocol::Tls));
     }
 
     /// A preface that arrives in pieces is read as it comes, and every byte read is read again

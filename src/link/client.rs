@@ -14,6 +14,7 @@ use super::conn::{connect, Conn, Outcome};
 use super::frame::{encode_request, response_limit, Outbox};
 use crate::delivery::Undelivered;
 use crate::message::{Payload, Reply};
+use crate::security::{Fingerprint, PeerTls};
 use crate::wire::Deadline;
 use crate::FastMap;
 
@@ -47,18 +48,25 @@ pub(crate) struct Links {
     http_only_for: Duration,
     /// Where [`Peer::http_only_until`] counts from.
     epoch: Instant,
+    /// This node's TLS, when it has a cluster key: links then run over mutual TLS only.
+    tls: Option<Arc<PeerTls>>,
 }
 
 impl Links {
     /// Links that connect within `connect_timeout` and take answers of up to `max_response`
-    /// bytes.
-    pub(crate) fn new(connect_timeout: Duration, max_response: usize) -> Self {
+    /// bytes; over mutual TLS with `tls`.
+    pub(crate) fn new(
+        connect_timeout: Duration,
+        max_response: usize,
+        tls: Option<Arc<PeerTls>>,
+    ) -> Self {
         Links {
             peers: ArcSwap::from_pointee(FastMap::default()),
             connect_timeout,
             answer_limit: response_limit(max_response),
             http_only_for: HTTP_ONLY_FOR,
             epoch: Instant::now(),
+            tls,
         }
     }
 
@@ -102,13 +110,16 @@ impl Links {
         }
     }
 
-    /// Sends one request to `authority` (`host:port`) and waits for its answer until `deadline`.
-    /// A request that never left this node fails as [`Undelivered::NotRun`]; one that was
-    /// written and then lost, or got no answer in time, as [`Undelivered::MayHaveRun`].
+    /// Sends one request to `authority` (`host:port`), whose certificate has fingerprint
+    /// `peer` if it published one, and waits for its answer until `deadline`. A request that
+    /// never left this node fails as [`Undelivered::NotRun`] (with TLS, also one to a peer that
+    /// published no certificate); one that was written and then lost, or got no answer in time,
+    /// as [`Undelivered::MayHaveRun`].
     #[allow(clippy::too_many_arguments)]
     pub(crate) async fn send(
         &self,
         authority: &str,
+        peer: Option<Fingerprint>,
         stream: &str,
         key: &str,
         service_id: &str,
@@ -146,11 +157,12 @@ impl Links {
         let rx = match sent {
             Some(sent) => sent?,
             None => {
+                let fingerprint = peer;
                 let peer = self.peer(authority);
                 if peer.http_only_until.load(Ordering::Relaxed) > self.now_ms() {
                     return Err(LinkError::Unsupported);
                 }
-                let conn = self.conn(authority, &peer, deadline).await?;
+                let conn = self.conn(authority, &peer, fingerprint, deadline).await?;
                 conn.submit(&mut encode, deadline)?
             }
         };
@@ -172,8 +184,18 @@ impl Links {
         &self,
         authority: &str,
         peer: &Peer,
+        fingerprint: Option<Fingerprint>,
         deadline: Deadline,
     ) -> Result<Arc<Conn>, LinkError> {
+        let tls = match (&self.tls, fingerprint) {
+            (None, _) => None,
+            (Some(tls), Some(fingerprint)) => Some((&**tls, fingerprint)),
+            (Some(_), None) => {
+                return Err(LinkError::Undelivered(Undelivered::connect(
+                    "the node published no certificate: a keyed node links only to keyed peers",
+                )));
+            }
+        };
         let current = || peer.conn.load_full().filter(|c| !c.is_closed());
         if let Some(conn) = current() {
             return Ok(conn);
@@ -183,7 +205,8 @@ impl Links {
             return Ok(conn);
         }
         let budget = self.connect_timeout.min(deadline.remaining());
-        let conn = match tokio::time::timeout(budget, connect(authority, self.answer_limit)).await {
+        let connecting = connect(authority, self.answer_limit, tls);
+        let conn = match tokio::time::timeout(budget, connecting).await {
             Ok(Ok(Some(conn))) => conn,
             Ok(Ok(None)) => {
                 debug!(%authority, "peer does not speak the link; using HTTP");
@@ -322,7 +345,7 @@ mod tests {
             ran,
             stop: _stop,
         } = blocking_peer().await;
-        let links = Arc::new(Links::new(Duration::from_secs(2), 16 << 20));
+        let links = Arc::new(Links::new(Duration::from_secs(2), 16 << 20, None));
         let send = |key: &'static str, body: Bytes, within: Duration| {
             let (links, authority) = (links.clone(), authority.clone());
             tokio::spawn(async move {
@@ -332,7 +355,7 @@ mod tests {
                 };
                 let deadline = Deadline::at(Instant::now() + within);
                 links
-                    .send(&authority, "s", key, "svc", &payload, deadline)
+                    .send(&authority, None, "s", key, "svc", &payload, deadline)
                     .await
             })
         };
@@ -404,7 +427,7 @@ mod tests {
             Ok((StatusCode::OK, Bytes::from(body)))
         })
         .await;
-        let links = Arc::new(Links::new(Duration::from_secs(2), 16 << 20));
+        let links = Arc::new(Links::new(Duration::from_secs(2), 16 << 20, None));
         let sends: Vec<_> = (0..400u64)
             .map(|n| {
                 let (links, authority) = (links.clone(), authority.clone());
@@ -416,7 +439,7 @@ mod tests {
                     let deadline = Deadline::at(Instant::now() + Duration::from_secs(10));
                     let key = n.to_string();
                     let reply = links
-                        .send(&authority, "s", &key, "svc", &payload, deadline)
+                        .send(&authority, None, "s", &key, "svc", &payload, deadline)
                         .await;
                     match reply {
                         Ok(reply) => (n, reply.status, reply.body),
@@ -456,14 +479,14 @@ mod tests {
             Ok((StatusCode::OK, request.payload.body))
         })
         .await;
-        let links = Links::new(Duration::from_secs(2), 16 << 20);
+        let links = Links::new(Duration::from_secs(2), 16 << 20, None);
         let payload = Payload {
             body: Bytes::from_static(b"{}"),
             content_type: None,
         };
         let started = Instant::now();
         let deadline = Deadline::at(started + Duration::from_millis(200));
-        let send = links.send(&authority, "s", "silent", "svc", &payload, deadline);
+        let send = links.send(&authority, None, "s", "silent", "svc", &payload, deadline);
         let result = tokio::time::timeout(Duration::from_secs(5), send)
             .await
             .unwrap_or_else(|_| panic!("the request was still waiting 5 s after its deadline"));
@@ -484,6 +507,7 @@ mod tests {
         let answered = links
             .send(
                 &authority,
+                None,
                 "s",
                 "k",
                 "svc",
@@ -508,14 +532,14 @@ mod tests {
             }
         })
         .await;
-        let links = Links::new(Duration::from_secs(2), 16 << 20);
+        let links = Links::new(Duration::from_secs(2), 16 << 20, None);
         let payload = Payload {
             body: Bytes::from_static(b"{\"mine\":1}"),
             content_type: None,
         };
         let deadline = Deadline::at(Instant::now() + Duration::from_secs(5));
         let refused = links
-            .send(&authority, "s", "refused", "svc", &payload, deadline)
+            .send(&authority, None, "s", "refused", "svc", &payload, deadline)
             .await;
         assert!(matches!(
             refused,
@@ -524,7 +548,7 @@ mod tests {
             )))
         ));
         let answered = links
-            .send(&authority, "s", "handler", "svc", &payload, deadline)
+            .send(&authority, None, "s", "handler", "svc", &payload, deadline)
             .await;
         assert!(
             matches!(answered, Ok(ref reply) if reply.status == StatusCode::MISDIRECTED_REQUEST && reply.body == payload.body)
@@ -541,7 +565,7 @@ mod tests {
             ran,
             stop: _stop,
         } = blocking_peer().await;
-        let links = Arc::new(Links::new(Duration::from_secs(2), 16 << 20));
+        let links = Arc::new(Links::new(Duration::from_secs(2), 16 << 20, None));
         let send = |key: &'static str, body: Bytes| {
             let (links, authority) = (links.clone(), authority.clone());
             tokio::spawn(async move {
@@ -551,7 +575,7 @@ mod tests {
                 };
                 let deadline = Deadline::at(Instant::now() + Duration::from_secs(20));
                 links
-                    .send(&authority, "s", key, "svc", &payload, deadline)
+                    .send(&authority, None, "s", key, "svc", &payload, deadline)
                     .await
             })
         };
@@ -599,8 +623,62 @@ mod tests {
     ) -> Result<Reply, LinkError> {
         let deadline = Deadline::at(Instant::now() + Duration::from_secs(5));
         links
-            .send(authority, "s", "k", "svc", payload, deadline)
+            .send(authority, None, "s", "k", "svc", payload, deadline)
             .await
+    }
+
+    /// Between keyed nodes the link runs over mutual TLS: requests and answers of any size
+    /// cross it whole. To a peer that published no certificate, nothing is sent.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_keyed_link_runs_over_tls_and_only_to_a_published_peer() {
+        use crate::security::{client_fingerprint, Identity, PeerTls};
+        let (near, far) = (
+            Arc::new(PeerTls::new(Identity::generate())),
+            Arc::new(PeerTls::new(Identity::generate())),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let authority = listener.local_addr().unwrap().to_string();
+        let stop = Flag::default();
+        let (watch, acceptor) = (stop.watch(), far.acceptor());
+        let server = tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            let stream = acceptor.accept(stream).await.unwrap();
+            let client = client_fingerprint(stream.get_ref().1);
+            let handle =
+                |request: LinkRequest| async move { Ok((StatusCode::OK, request.payload.body)) };
+            serve(stream, Bytes::new(), 16 << 20, unbounded(), handle, watch).await;
+            client
+        });
+        let links = Links::new(Duration::from_secs(2), 16 << 20, Some(near.clone()));
+        for size in [2, 100 * 1024, 3 << 20] {
+            let payload = Payload {
+                body: Bytes::from(vec![b'x'; size]),
+                content_type: None,
+            };
+            let deadline = Deadline::at(Instant::now() + Duration::from_secs(10));
+            let peer = Some(far.fingerprint());
+            let sent = links.send(&authority, peer, "s", "k", "svc", &payload, deadline);
+            match sent.await {
+                Ok(reply) => assert_eq!(reply.body, payload.body, "{size} bytes"),
+                Err(_) => panic!("{size} bytes over TLS failed"),
+            }
+        }
+        links.close(&authority);
+        let seen = tokio::time::timeout(Duration::from_secs(5), server)
+            .await
+            .expect("the link closes")
+            .unwrap();
+        assert_eq!(seen, Some(near.fingerprint()), "the client's certificate");
+        let payload = Payload {
+            body: Bytes::from_static(b"{}"),
+            content_type: None,
+        };
+        assert!(matches!(
+            send_once(&links, &authority, &payload).await,
+            Err(LinkError::Undelivered(Undelivered::NotRun(
+                NotRun::Connect(_)
+            )))
+        ));
     }
 
     /// A peer that answered the preface as HTTP does is reached over HTTP for a while, with no
@@ -633,7 +711,7 @@ mod tests {
                 ));
             }
         });
-        let mut links = Links::new(Duration::from_secs(2), 16 << 20);
+        let mut links = Links::new(Duration::from_secs(2), 16 << 20, None);
         links.http_only_for = Duration::from_millis(300);
         let payload = Payload {
             body: Bytes::from_static(b"{}"),

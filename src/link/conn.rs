@@ -10,15 +10,17 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 use tracing::{debug, warn};
 
 use super::client::LinkError;
+use super::duplex::Duplex;
 use super::frame::{decode_server_frame, next_frame, Outbox, ServerFrame, PREFACE, PREFACE_ACK};
 use crate::delivery::{Refusal, Undelivered};
 use crate::message::Reply;
+use crate::security::{Alpn, Fingerprint, PeerTls};
 use crate::shutdown::Flag;
 use crate::wire::{tune, Deadline};
 
@@ -192,7 +194,7 @@ async fn expire(shared: Arc<Shared>) {
 /// Writes the frames its senders queued, all that are queued in one system call, until the
 /// link's client is dropped, the peer says it is stopping, or the link breaks. Frames it never
 /// wrote are answered [`Outcome::Unsent`], so that their senders know the peer never saw them.
-async fn write_frames(mut writer: tokio::net::tcp::OwnedWriteHalf, shared: Arc<Shared>) {
+async fn write_frames(mut writer: impl AsyncWrite + Unpin, shared: Arc<Shared>) {
     let mut broken = shared.broken.watch();
     let mut batch = Outbox::with_capacity(BATCH_CAPACITY);
     let graceful = loop {
@@ -323,13 +325,27 @@ impl Drop for Conn {
     }
 }
 
-/// Connects and exchanges the preface; `None` when the peer answers something else. A peer
-/// that closes the connection during the preface (a node stopping) is an error, not an HTTP
-/// peer.
-pub(super) async fn connect(authority: &str, limit: usize) -> std::io::Result<Option<Arc<Conn>>> {
-    let mut stream = TcpStream::connect(authority).await?;
+/// Connects (over TLS with `tls`, accepting exactly the certificate of that fingerprint) and
+/// exchanges the preface; `None` when the peer answers something else. A peer that closes the
+/// connection during the preface (a node stopping, or a keyed node that does not take this one
+/// as a peer) is an error, not an HTTP peer.
+pub(super) async fn connect(
+    authority: &str,
+    limit: usize,
+    tls: Option<(&PeerTls, Fingerprint)>,
+) -> std::io::Result<Option<Arc<Conn>>> {
+    let stream = TcpStream::connect(authority).await?;
     tune(&stream);
+    match tls {
+        None => open(stream, limit).await,
+        Some((tls, peer)) => open(tls.connect(stream, peer, Alpn::Link).await?, limit).await,
+    }
+}
+
+/// Exchanges the preface on a connection and starts the link's tasks on it.
+async fn open(mut stream: impl Duplex, limit: usize) -> std::io::Result<Option<Arc<Conn>>> {
     stream.write_all(PREFACE).await?;
+    stream.flush().await?;
     let mut ack = [0u8; 8];
     let mut read = 0;
     while read < ack.len() {
@@ -345,7 +361,7 @@ pub(super) async fn connect(authority: &str, limit: usize) -> std::io::Result<Op
             return Ok(None);
         }
     }
-    let (reader, writer) = stream.into_split();
+    let (reader, writer) = stream.halves();
     let shared = Arc::new(Shared {
         queue: Mutex::default(),
         ready: tokio::sync::Notify::new(),
@@ -369,7 +385,7 @@ pub(super) async fn connect(authority: &str, limit: usize) -> std::io::Result<Op
 /// Hands each answer to its waiting request until the link ends; then breaks it, so that the
 /// writer stops too.
 /// Answer frames above `limit` end the link.
-async fn read_responses(mut reader: tokio::net::tcp::OwnedReadHalf, shared: &Shared, limit: usize) {
+async fn read_responses(mut reader: impl AsyncRead + Unpin, shared: &Shared, limit: usize) {
     let mut broken_rx = shared.broken.watch();
     // One wait for the whole link, not one per read.
     let broken = broken_rx.raised();

@@ -154,7 +154,9 @@ impl Outbox {
         writer: &mut W,
     ) -> std::io::Result<()> {
         if self.bodies.is_empty() {
-            return writer.write_all(&self.bytes).await;
+            writer.write_all(&self.bytes).await?;
+            // A TLS stream may keep part of what it took until flushed; TCP's flush is free.
+            return writer.flush().await;
         }
         let mut slices = self.slices();
         let mut slices = &mut slices[..];
@@ -166,7 +168,7 @@ impl Outbox {
             }
             std::io::IoSlice::advance_slices(&mut slices, written);
         }
-        Ok(())
+        writer.flush().await
     }
 }
 

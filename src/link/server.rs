@@ -10,9 +10,9 @@ use futures_util::stream::FuturesUnordered;
 use futures_util::{FutureExt, StreamExt};
 use http::StatusCode;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tracing::warn;
 
+use super::duplex::Duplex;
 use super::frame::{
     announced, decode_request, encode_answer, encode_goaway, encode_refusal, next_frame,
     request_limit, Answer, LinkRequest, Outbox, PREFACE, PREFACE_ACK,
@@ -109,14 +109,15 @@ impl<T> Drop for AbortOnDrop<T> {
 /// request frame larger than `body_limit` allows ends the link. A large frame takes room in
 /// `budget` while it arrives; when there is none, the link is not read until there is (and ends
 /// if the frame is not whole within [`FRAME_TIMEOUT`]).
-pub(crate) async fn serve<H, F>(
-    mut stream: TcpStream,
+pub(crate) async fn serve<S, H, F>(
+    mut stream: S,
     head: Bytes,
     body_limit: usize,
     budget: Arc<Budget>,
     handle: H,
     mut stop: Watch,
 ) where
+    S: Duplex,
     H: Fn(LinkRequest) -> F,
     F: std::future::Future<Output = Answer> + Send + 'static,
 {
@@ -132,11 +133,11 @@ pub(crate) async fn serve<H, F>(
         return;
     }
     buf.advance(PREFACE.len());
-    if stream.write_all(PREFACE_ACK).await.is_err() {
+    if stream.write_all(PREFACE_ACK).await.is_err() || stream.flush().await.is_err() {
         return;
     }
     let frame_limit = request_limit(body_limit);
-    let (mut reader, mut writer) = stream.into_split();
+    let (mut reader, mut writer) = stream.halves();
     type Running =
         std::pin::Pin<Box<dyn std::future::Future<Output = (u64, (Answer, Duration))> + Send>>;
     let mut busy = BusyAverage::default();

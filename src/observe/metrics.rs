@@ -200,10 +200,36 @@ pub(crate) struct ClusterGauges<'a> {
     pub(crate) events: Vec<(&'static str, u64)>,
 }
 
+/// What a keyed node took and refused from peers.
+#[derive(Default)]
+pub(crate) struct PeerMetrics {
+    /// Connections that carried links or forwards over mutual TLS from a published peer.
+    authenticated: AtomicU64,
+    /// Link prefaces refused: not over mutual TLS from a published peer.
+    refused_links: AtomicU64,
+    /// Forwards (`X-Meshage-Hop`) refused with a 401, for the same reason.
+    refused_forwards: AtomicU64,
+}
+
+impl PeerMetrics {
+    pub(crate) fn authenticated(&self) {
+        self.authenticated.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn refused_link(&self) {
+        self.refused_links.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn refused_forward(&self) {
+        self.refused_forwards.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
 /// Every request metric of one node.
 pub(crate) struct Metrics {
     streams: ArcSwap<FastMap<Arc<str>, Arc<StreamMetrics>>>,
     other: Arc<StreamMetrics>,
+    pub(crate) peers: PeerMetrics,
 }
 
 impl Default for Metrics {
@@ -211,6 +237,7 @@ impl Default for Metrics {
         Metrics {
             streams: ArcSwap::from_pointee(FastMap::default()),
             other: Arc::new(StreamMetrics::new(OTHER_STREAM)),
+            peers: PeerMetrics::default(),
         }
     }
 }
@@ -383,6 +410,34 @@ impl Metrics {
                 out,
                 "meshage_membership_events_total{{kind=\"{kind}\"}} {n}"
             );
+        }
+
+        header(
+            &mut out,
+            "meshage_peer_tls_connections_total",
+            "counter",
+            "Connections on which this node took links or forwards over mutual TLS from a peer \
+             whose certificate a member published (nodes with a cluster key).",
+        );
+        let peers = &self.peers;
+        let _ = writeln!(
+            out,
+            "meshage_peer_tls_connections_total {}",
+            peers.authenticated.load(Ordering::Relaxed)
+        );
+        header(
+            &mut out,
+            "meshage_peer_refusals_total",
+            "counter",
+            "Links and forwards this node refused before running anything because they did not \
+             come over mutual TLS from a published peer, by kind (link, forward).",
+        );
+        for (kind, n) in [
+            ("link", &peers.refused_links),
+            ("forward", &peers.refused_forwards),
+        ] {
+            let n = n.load(Ordering::Relaxed);
+            let _ = writeln!(out, "meshage_peer_refusals_total{{kind=\"{kind}\"}} {n}");
         }
 
         if let Some(traffic) = cluster.gossip {

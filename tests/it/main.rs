@@ -46,6 +46,7 @@ mod handlers;
 mod hostile;
 mod layout;
 mod mesh;
+mod mtls;
 mod observability;
 mod openapi;
 mod ring_vectors;

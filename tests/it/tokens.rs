@@ -611,3 +611,51 @@ async fn a_token_never_shows_in_logs_answers_or_help() {
     })
     .await;
 }
+
+/// The forward mark lets a peer's forward past the token check on message routes only, and
+/// on a node with a cluster key only from a peer over mutual TLS: a client that adds
+/// `X-Meshage-Hop` to skip its token gets 401 everywhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forward_mark_does_not_stand_in_for_a_token() {
+    let file = usual_tokens();
+    let unkeyed = guarded_node(&file, &[], PeerProtocol::Link).await;
+    let keyed = meshage::init(gossip(&[]), "127.0.0.1:0")
+        .register("echo", echo_by)
+        .config(NodeConfig {
+            api_tokens: Some(Tokens::from_file(file.path()).unwrap()),
+            keys: Some(meshage::Keys::new(meshage::Keyring::new(
+                meshage::ClusterKey::generate(),
+            ))),
+            ..NodeConfig::default()
+        })
+        .start()
+        .await
+        .expect("node starts");
+    let hop = [("x-meshage-hop", "1"), ("content-type", "application/json")];
+    for node in [&unkeyed, &keyed] {
+        for (method, path) in [
+            ("GET", "/api/status"),
+            ("GET", "/metrics"),
+            ("GET", "/api/members"),
+        ] {
+            let url = format!("http://{}{path}", node.local_addr());
+            let answer = Http::default()
+                .request(self::method(method), &url, &hop, "")
+                .await
+                .unwrap();
+            assert_eq!(
+                answer.status,
+                StatusCode::UNAUTHORIZED,
+                "{method} {path}: {answer:?}"
+            );
+        }
+    }
+    let url = format!("http://{}/api/echo/k", keyed.local_addr());
+    let answer = Http::default()
+        .request(Method::POST, &url, &hop, "{}")
+        .await
+        .unwrap();
+    assert_eq!(answer.status, StatusCode::UNAUTHORIZED, "{answer:?}");
+    unkeyed.shutdown().await.unwrap();
+    keyed.shutdown().await.unwrap();
+}

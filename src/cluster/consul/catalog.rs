@@ -14,6 +14,8 @@ use crate::cluster::LocalNode;
 const ENDPOINT_TAG: &str = "endpoint~http~";
 /// Service meta naming the meshage node that runs a service.
 pub(super) const NODE_META: &str = "meshage-node";
+/// Service meta with the fingerprint of that node's peer certificate, when it has one.
+const TLS_META: &str = "meshage-tls";
 
 /// A Go duration Consul parses: whole milliseconds.
 pub(super) fn go_duration(d: Duration) -> String {
@@ -37,13 +39,17 @@ pub(super) fn registration(
     config: &ConsulConfig,
 ) -> Value {
     let (host, port) = host_port(&local.endpoint).unwrap_or_default();
+    let mut meta = json!({ NODE_META: local.node_id });
+    if let Some(fingerprint) = &local.fingerprint {
+        meta[TLS_META] = json!(fingerprint);
+    }
     json!({
         "ID": id,
         "Name": stream,
         "Address": host,
         "Port": port,
         "Tags": [format!("{ENDPOINT_TAG}{}", local.endpoint)],
-        "Meta": { NODE_META: local.node_id },
+        "Meta": meta,
         "Check": {
             "HTTP": format!("{}/api/health", local.endpoint),
             "Interval": go_duration(config.check_interval),
@@ -71,6 +77,8 @@ pub(super) struct Instance {
     pub(super) endpoint: String,
     /// The meshage node id, or the endpoint for a service registered without one.
     pub(super) member: String,
+    /// The fingerprint of the node's peer certificate, if it published one.
+    pub(super) fingerprint: Option<String>,
 }
 
 /// The instances in an answer of `/v1/health/service/<stream>`; those without an endpoint tag
@@ -89,17 +97,21 @@ pub(super) fn instances_of(body: &[u8]) -> Result<Vec<Instance>, String> {
                 .map(|t| t.iter().filter_map(Value::as_str).collect())
                 .unwrap_or_default();
             let endpoint = endpoint_of(&tags)?;
-            let member = service
-                .get("Meta")
-                .and_then(|m| m.get(NODE_META))
-                .and_then(Value::as_str)
-                .filter(|m| !m.is_empty())
-                .map_or_else(|| endpoint.clone(), str::to_owned);
+            let meta = |key: &str| {
+                service
+                    .get("Meta")
+                    .and_then(|m| m.get(key))
+                    .and_then(Value::as_str)
+                    .filter(|m| !m.is_empty())
+            };
+            let member = meta(NODE_META).map_or_else(|| endpoint.clone(), str::to_owned);
+            let fingerprint = meta(TLS_META).map(str::to_owned);
             Some(Instance {
                 id,
                 stream,
                 endpoint,
                 member,
+                fingerprint,
             })
         })
         .collect())
@@ -153,13 +165,23 @@ mod tests {
             })
         );
         assert_eq!(host_port("http://[::1]:80"), Some(("::1".into(), 80)));
+        let keyed = LocalNode {
+            fingerprint: Some("ab".repeat(32)),
+            ..local
+        };
+        let body = registration(&keyed, "s1", "echo", &config);
+        assert_eq!(
+            body["Meta"],
+            json!({"meshage-node": "n1", "meshage-tls": "ab".repeat(32)})
+        );
     }
 
     #[test]
     fn health_answers_become_instances_and_foreign_services_are_skipped() {
         let body = json!([
             {"Node": {"Node": "a"}, "Service": {"ID": "s1", "Service": "echo",
-                "Tags": ["endpoint~http~http://h:1"], "Meta": {"meshage-node": "n1"}}},
+                "Tags": ["endpoint~http~http://h:1"],
+                "Meta": {"meshage-node": "n1", "meshage-tls": "f1"}}},
             {"Node": {"Node": "a"}, "Service": {"ID": "s2", "Service": "echo",
                 "Tags": ["endpoint~http~http://h:2"], "Meta": null}},
             {"Node": {"Node": "a"}, "Service": {"ID": "redis", "Service": "echo", "Tags": []}},
@@ -168,6 +190,8 @@ mod tests {
         assert_eq!(instances.len(), 2);
         assert_eq!(instances[0].member, "n1");
         assert_eq!(instances[1].member, "http://h:2");
+        assert_eq!(instances[0].fingerprint.as_deref(), Some("f1"));
+        assert_eq!(instances[1].fingerprint, None);
         let catalog = json!({"consul": [], "echo": ["endpoint~http~http://h:1"], "redis": ["v1"]});
         assert_eq!(
             streams_of(catalog.to_string().as_bytes()).unwrap(),

@@ -40,7 +40,7 @@ impl WatchState {
                     state: MemberState::Live,
                     services: Vec::new(),
                     last_heard: None,
-                    fingerprint: None,
+                    fingerprint: instance.fingerprint.clone(),
                 })
                 .services
                 .push(ServiceEntry {
@@ -235,6 +235,7 @@ mod tests {
             stream: "echo".into(),
             endpoint: format!("http://{member}"),
             member: member.into(),
+            fingerprint: None,
         };
         let state = WatchState {
             streams: [(

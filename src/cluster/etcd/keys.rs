@@ -19,6 +19,9 @@ pub(super) struct Entry {
     pub(super) stream: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(super) id: Option<String>,
+    /// The fingerprint of the node's peer certificate, when it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) tls: Option<String>,
 }
 
 /// The view of a replica of the prefix: one member per node id.
@@ -33,6 +36,9 @@ pub(super) fn view_of(kv: &BTreeMap<String, Entry>) -> ClusterView {
             last_heard: None,
             fingerprint: None,
         });
+        if member.fingerprint.is_none() {
+            member.fingerprint.clone_from(&entry.tls);
+        }
         if let (Some(stream), Some(id)) = (&entry.stream, &entry.id) {
             member.services.push(ServiceEntry {
                 id: Arc::from(id.as_str()),
@@ -65,6 +71,7 @@ impl Session {
             endpoint: self.local.endpoint.clone(),
             stream: service.map(|(stream, _)| stream.to_owned()),
             id: service.map(|(_, id)| id.to_owned()),
+            tls: self.local.fingerprint.clone(),
         };
         serde_json::to_string(&entry).unwrap_or_default()
     }
@@ -80,6 +87,7 @@ mod tests {
             endpoint: format!("http://{node}:80"),
             stream: service.map(|s| s.0.into()),
             id: service.map(|s| s.1.into()),
+            tls: None,
         }
     }
 
@@ -113,5 +121,27 @@ mod tests {
         let service = entry("a", Some(("echo", "1")));
         let back: Entry = serde_json::from_str(&serde_json::to_string(&service).unwrap()).unwrap();
         assert_eq!(back, service);
+    }
+
+    #[test]
+    fn a_published_fingerprint_reaches_the_member() {
+        let keyed = Entry {
+            tls: Some("ab".repeat(32)),
+            ..entry("a", None)
+        };
+        let json = serde_json::to_string(&keyed).unwrap();
+        assert!(
+            json.contains(&format!(r#""tls":"{}""#, "ab".repeat(32))),
+            "{json}"
+        );
+        let kv: BTreeMap<String, Entry> = [
+            ("m/a".to_owned(), keyed),
+            ("m/b".to_owned(), entry("b", None)),
+        ]
+        .into_iter()
+        .collect();
+        let view = view_of(&kv);
+        assert_eq!(view.members[0].fingerprint, Some("ab".repeat(32)));
+        assert_eq!(view.members[1].fingerprint, None);
     }
 }
