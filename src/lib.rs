@@ -116,8 +116,8 @@ pub use outbound::PeerProtocol;
 pub use ring::HashRing;
 pub use router::{RouteError, Routed, Router, RouterConfig, SendOptions};
 pub use security::{
-    ApiTokens, ClientTls, ClusterKey, Fingerprint, KeyError, Keyring, Keys, Secret, TlsError,
-    TokenError, TokenFileError, Tokens,
+    ApiTokens, ClientTls, ClusterKey, Fingerprint, KeyError, Keyring, Keys, OperatorTls, Secret,
+    TlsError, TokenError, TokenFileError, Tokens,
 };
 pub use table::{ServiceInfo, ServiceTable};
 pub use upstream::{
