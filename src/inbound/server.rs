@@ -182,11 +182,11 @@ async fn serve_tls(
         _ = signal.kill.raised() => return,
     };
     let connection = stream.get_ref().1;
-    let caller = Caller::tls(
-        peer,
-        client_fingerprint(connection),
-        tls.peer_by_certificate(connection),
-    );
+    let by_certificate = tls.peer_by_certificate(connection);
+    if by_certificate {
+        inbound.router.metrics().peers.authenticated();
+    }
+    let caller = Caller::tls(peer, client_fingerprint(connection), by_certificate);
     let (protocol, head) = tokio::select! {
         sniffed = sniff(&mut stream) => sniffed,
         _ = stopping.raised() => return,

@@ -228,3 +228,65 @@ fn build(files: &Files, (cert, key, ca): &Texts) -> Result<Loaded, TlsError> {
         ],
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    use rustls_pki_types::CertificateDer;
+
+    /// A CA, and a function that issues a certificate and key (PEM) for loopback from it.
+    fn authority() -> (String, impl Fn() -> (String, String)) {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let key = KeyPair::generate().unwrap();
+        let pem = params.self_signed(&key).unwrap().pem();
+        let issuer = Issuer::new(params, key);
+        let issue = move || {
+            let params = CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+            let key = KeyPair::generate().unwrap();
+            let cert = params.signed_by(&key, &issuer).unwrap();
+            (cert.pem(), key.serialize_pem())
+        };
+        (pem, issue)
+    }
+
+    fn fingerprint_of(pem: &str) -> Fingerprint {
+        Fingerprint::of(&CertificateDer::from_pem_slice(pem.as_bytes()).unwrap())
+    }
+
+    #[test]
+    fn changed_files_are_taken_and_a_key_that_does_not_match_is_not() {
+        let dir = std::env::temp_dir().join(format!("meshage-operator-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (cert, key, ca) = (dir.join("n.pem"), dir.join("n-key.pem"), dir.join("ca.pem"));
+        let (ca_pem, issue) = authority();
+        let (first, first_key) = issue();
+        std::fs::write(&ca, &ca_pem).unwrap();
+        std::fs::write(&cert, &first).unwrap();
+        std::fs::write(&key, &first_key).unwrap();
+        let tls = OperatorTls::from_files(&cert, &key, &ca).unwrap();
+        assert_eq!(tls.fingerprint(), fingerprint_of(&first));
+        assert_eq!(tls.reload(), Ok(false), "nothing changed");
+
+        // The new certificate is written before its key: not taken until the key is.
+        let (second, second_key) = issue();
+        std::fs::write(&cert, &second).unwrap();
+        let e = tls.reload().unwrap_err();
+        assert!(!e.to_string().contains("PRIVATE KEY"), "{e}");
+        assert_eq!(
+            tls.fingerprint(),
+            fingerprint_of(&first),
+            "the old one stays"
+        );
+        std::fs::write(&key, &second_key).unwrap();
+        assert_eq!(tls.reload(), Ok(true));
+        assert_eq!(tls.fingerprint(), fingerprint_of(&second));
+
+        std::fs::write(&key, "not a key").unwrap();
+        assert!(matches!(tls.reload(), Err(TlsError::BadKey { .. })));
+        assert_eq!(tls.fingerprint(), fingerprint_of(&second));
+        assert!(OperatorTls::from_files(&cert, &key, &ca).is_err());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
