@@ -24,7 +24,10 @@ use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
 use crate::api::bounded;
-use crate::common::{gossip, meshage_command, wait_converged, wait_until_async, Http, TestCa};
+use crate::common::proc::Proc;
+use crate::common::{
+    gossip, meshage_command, wait_converged, wait_until, wait_until_async, Http, TestCa,
+};
 
 const PREFACE: &[u8] = b"MESHLNK3\r\n\r\n";
 
@@ -427,40 +430,72 @@ async fn certificates_rotate_under_load_with_no_failed_request() {
     .await;
 }
 
-/// `meshage send --cacert CA --node https://...` talks HTTPS to a node under the operator's
-/// PKI; without the CA it fails, saying why, with the exit code of an unreachable cluster.
+/// `meshage node` with `--tls-cert`, `--tls-key` and `--tls-ca` (here by their variables) serves
+/// HTTPS; `meshage send --cacert CA --node https://...` talks to it, and without the right CA
+/// fails, saying why, with the exit code of an unreachable cluster. Two of the three files are
+/// refused at start.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_cli_sends_over_https_with_cacert() {
+async fn the_binary_serves_https_and_the_cli_sends_with_cacert() {
     bounded(async {
         let ca = TestCa::new("operator CA");
         let files = node_files(&ca, "a");
-        let runs = Arc::new(AtomicUsize::new(0));
-        let target = node(&[], &files, PeerProtocol::Link, &runs).await;
-        let url = target.endpoint().to_owned();
-        let ca_file = files.ca.clone();
-        let send = move |cacert: Option<PathBuf>| {
+        let node = |tls: &[(&str, &PathBuf)]| {
+            let mut command = meshage_command();
+            command.args(["node", "--echo", "echo"]);
+            for (name, value) in [
+                ("HTTP_HOST", "127.0.0.1"),
+                ("HTTP_PORT", "find"),
+                ("CLUSTER_HOST", "127.0.0.1"),
+                ("CLUSTER_PORT", "find"),
+            ] {
+                command.env(name, value);
+            }
+            for (name, path) in tls {
+                command.env(name, path);
+            }
+            Proc::spawn("meshage node", command)
+        };
+        let proc = node(&[
+            ("MESHAGE_TLS_CERT", &files.cert),
+            ("MESHAGE_TLS_KEY", &files.key),
+            ("MESHAGE_TLS_CA", &files.ca),
+        ]);
+        let line = proc.wait_line(Duration::from_secs(10), |l| l.contains(" serving "));
+        let url = line
+            .split(' ')
+            .find(|w| w.starts_with("https://"))
+            .unwrap_or_else(|| panic!("an https:// endpoint in {line}"))
+            .to_owned();
+        let send = move |cacert: PathBuf| {
             let url = url.clone();
             tokio::task::spawn_blocking(move || {
-                let mut command = meshage_command();
-                command.args(["send", "echo", "k", r#"{"hi":1}"#, "--json", "--node", &url]);
-                if let Some(ca) = cacert {
-                    command.arg("--cacert").arg(ca);
-                }
-                command.output().unwrap()
+                meshage_command()
+                    .args(["send", "echo", "k", r#"{"hi":1}"#, "--json", "--node", &url])
+                    .arg("--cacert")
+                    .arg(cacert)
+                    .output()
+                    .unwrap()
             })
         };
-        let output = send(Some(ca_file)).await.unwrap();
+        let output = send(files.ca.clone()).await.unwrap();
         assert!(output.status.success(), "{output:?}");
         let answer: Value = serde_json::from_slice(&output.stdout).unwrap();
         assert_eq!(answer["echoed"], json!({"hi": 1}));
 
         let other = TestCa::new("another CA");
-        let output = send(Some(other.write("ca.pem", &other.pem))).await.unwrap();
+        let output = send(other.write("ca.pem", &other.pem)).await.unwrap();
         assert_eq!(output.status.code(), Some(4), "{output:?}");
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(stderr.contains("certificate"), "{stderr}");
-        assert_eq!(runs.load(Ordering::SeqCst), 1);
-        target.shutdown().await.unwrap();
+        drop(proc);
+
+        let mut partial = node(&[("MESHAGE_TLS_CERT", &files.cert)]);
+        let status = tokio::task::block_in_place(|| partial.child.wait().unwrap());
+        assert!(!status.success());
+        wait_until(Duration::from_secs(10), "the error is printed", || {
+            partial.output().contains("give all three")
+        })
+        .await;
     })
     .await;
 }
