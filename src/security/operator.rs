@@ -116,21 +116,30 @@ impl OperatorTls {
     }
 
     /// Rereads the files every `period`, for as long as the task runs (the node that owns it
-    /// aborts it when it stops). Logs certificates taken, and files not taken (never a key).
+    /// aborts it when it stops). Logs certificates taken, and files not taken (never a key),
+    /// each reason once until it changes.
     pub(crate) async fn watch(self, period: std::time::Duration) {
+        let mut failing: Option<TlsError> = None;
         loop {
             tokio::time::sleep(period).await;
             let tls = self.clone();
             let reloaded = tokio::task::spawn_blocking(move || tls.reload()).await;
             match reloaded {
-                Ok(Ok(true)) => info!(
-                    cert = %self.0.files.cert.display(),
-                    fingerprint = %self.fingerprint(),
-                    "TLS certificates changed: new ones taken for new connections"
-                ),
-                Ok(Ok(false)) => {}
+                Ok(Ok(taken)) => {
+                    failing = None;
+                    if taken {
+                        info!(
+                            cert = %self.0.files.cert.display(),
+                            fingerprint = %self.fingerprint(),
+                            "TLS certificates changed: new ones taken for new connections"
+                        );
+                    }
+                }
                 Ok(Err(e)) => {
-                    warn!(error = %e, "TLS files not taken; keeping the certificates in force")
+                    if failing.as_ref() != Some(&e) {
+                        warn!(error = %e, "TLS files not taken; keeping the certificates in force");
+                    }
+                    failing = Some(e);
                 }
                 Err(e) => return warn!(error = %e, "TLS files no longer reread"),
             }
