@@ -295,9 +295,9 @@ impl NodeBuilder {
                 tokens = tokens.current().len(),
                 "clients need an API token (Authorization: Bearer)"
             );
-            if config.keys.is_none() {
+            if config.keys.is_none() && config.tls.is_none() {
                 warn!(
-                    "API tokens without a cluster key: peers are not authenticated, so a client \
+                    "API tokens without a cluster key or TLS certificates: peers are not authenticated, so a client \
                      that speaks the peer protocol (or sends X-Meshage-Hop) gets past the tokens"
                 );
             }
