@@ -16,7 +16,9 @@
 //!
 //! A node with a cluster key forwards over mutual TLS only (links and HTTP alike): it dials a
 //! peer accepting exactly the certificate that peer published (`dial` for HTTP), and does not
-//! send at all to a node that published none, which is no peer of a keyed mesh.
+//! send at all to a node that published none, which is no peer of a keyed mesh. Under the
+//! operator's PKI, peers' endpoints are `https://` and the same connections verify them against
+//! the operator's CA instead (see `security`).
 //!
 //! Depends on `link`, `wire`, `delivery`, `message`, `path`, `security`, and `observe` for the
 //! trace id.

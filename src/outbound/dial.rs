@@ -1,5 +1,6 @@
 //! Dialing peers for HTTP forwards over mutual TLS: a hyper-util connector that connects over
-//! TCP, then runs the TLS handshake accepting exactly the certificate the peer published.
+//! TCP, then runs the TLS handshake accepting exactly the certificate the peer published (or,
+//! under the operator's PKI, a certificate of its CA for the host dialed).
 //!
 //! The pool of the HTTP client is keyed by `host:port`, and a connector sees only the URI, so
 //! the forwarder tells the connector each peer's fingerprint beforehand ([`Pins`]): a peer that
