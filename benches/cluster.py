@@ -11,7 +11,9 @@ duration) and prints one table: req/s, p50, p99, non-2xx answers, and each row's
 server measured in the same run. With --rounds N every row runs N times, interleaved, and each
 figure is the median over the rounds, ratios taken within each round. A second 3-node cluster
 runs with a cluster key (peer links and forwards over mutual TLS) for the rows "with the key",
-and the report gives the keyed forwarded row against the same row without, round by round. It also reports each
+and the report gives the keyed forwarded row against the same row without, round by round. A
+third serves HTTPS to clients with the operator's certificates (made by `meshage certs`; wrk
+speaks TLS) for the row "HTTPS client", reported against the plain local row the same way. It also reports each
 node's RSS (idle, peak, and over a soak in the full mode), the cluster's start-to-convergence time (median of several starts) and the time for
 the others to drop a SIGKILLed node. Installs wrk and nginx from Debian when missing.
 Every load is bounded: wrk runs for a fixed duration; every wait has a deadline.
@@ -25,6 +27,7 @@ import re
 import shutil
 import signal
 import socket
+import ssl
 import statistics
 import subprocess
 import sys
@@ -40,6 +43,9 @@ KEYS = os.path.join(TARGET, "release", "examples", "bench_keys")
 MIN_PROXY = os.path.join(TARGET, "release", "examples", "min_proxy")
 BODY = '{"hello":"world"}'
 KEYED_FORWARDED = "meshage forwarded, with the cluster key (mTLS)"
+TLS_LOCAL = "meshage local, HTTPS client (operator TLS)"
+# Verifies the operator-TLS cluster's certificates (made by `meshage certs`) for http_json.
+TLS_CONTEXT = None
 PEER_PROTOCOL = "link"
 
 LUA = r"""
@@ -96,7 +102,8 @@ def http_json(url, data=None, timeout=5):
     req = urllib.request.Request(url, data=data.encode() if data else None, method="POST" if data else "GET")
     if data:
         req.add_header("Content-Type", "application/json")
-    with urllib.request.urlopen(req, timeout=timeout) as r:
+    context = TLS_CONTEXT if url.startswith("https://") else None
+    with urllib.request.urlopen(req, timeout=timeout, context=context) as r:
         return json.loads(r.read())
 
 
@@ -145,12 +152,26 @@ def rss_kb(pid, field="VmRSS"):
     return 0
 
 
-def start_cluster(procs, key=None):
-    """Three meshage nodes on loopback, with the cluster key `key` if given; returns (processes,
-    http urls, seconds until converged)."""
+def make_certs(tmp):
+    """A CA and three node certificates made by `meshage certs`, in tmp/pki; returns the dir."""
+    global TLS_CONTEXT
+    pki = os.path.join(tmp, "pki")
+    subprocess.run([MESHAGE, "certs", "ca", "--out", pki], check=True, capture_output=True)
+    for i in range(3):
+        subprocess.run([MESHAGE, "certs", "node", "--ca", pki, "--name", f"node{i + 1}", "--out", pki],
+                       check=True, capture_output=True)
+    TLS_CONTEXT = ssl.create_default_context(cafile=os.path.join(pki, "ca.pem"))
+    return pki
+
+
+def start_cluster(procs, key=None, pki=None):
+    """Three meshage nodes on loopback, with the cluster key `key` if given, and serving HTTPS
+    with the operator's certificates of `pki` if given; returns (processes, urls, seconds until
+    converged)."""
     gossip = [free_port(socket.SOCK_DGRAM) for _ in range(3)]
     http = [free_port() for _ in range(3)]
-    urls = [f"http://127.0.0.1:{p}" for p in http]
+    scheme = "https" if pki else "http"
+    urls = [f"{scheme}://127.0.0.1:{p}" for p in http]
     started = time.monotonic()
     nodes = []
     for i in range(3):
@@ -166,6 +187,10 @@ def start_cluster(procs, key=None):
             env["SEEDS"] = f"127.0.0.1:{gossip[0]}"
         if key:
             env["MESHAGE_CLUSTER_KEY"] = key
+        if pki:
+            env["MESHAGE_TLS_CERT"] = os.path.join(pki, f"node{i + 1}.pem")
+            env["MESHAGE_TLS_KEY"] = os.path.join(pki, f"node{i + 1}-key.pem")
+            env["MESHAGE_TLS_CA"] = os.path.join(pki, "ca.pem")
         nodes.append(procs.start([MESHAGE, "node", "--echo", "echo"], env, name=f"node{i + 1}"))
 
     def converged():
@@ -317,6 +342,10 @@ def main():
         keyed_entry = keyed_urls[0]
         keyed_files = key_files(tmp, keyed_entry, "keyed-")
         keyed_idle_rss = [rss_kb(p.pid) for p in keyed_nodes]
+        # The same cluster serving HTTPS to clients with the operator's certificates.
+        tls_nodes, tls_urls, _ = start_cluster(procs, pki=make_certs(tmp))
+        tls_entry = tls_urls[0]
+        tls_files = key_files(tmp, tls_entry, "tls-")
 
         wanted = [w.strip() for w in args.only.split(",")] if args.only else None
         rows = (
@@ -324,6 +353,7 @@ def main():
             ("nginx consistent hash -> 3 bare", nginx_url, "/api/echo/", files["mixed"]),
             ("min proxy -> bare (least work a hop can do)", min_proxy_url, "/api/echo/", files["mixed"]),
             ("meshage local", entry, "/api/echo/", files["local"]),
+            (TLS_LOCAL, tls_entry, "/api/echo/", tls_files["local"]),
             ("meshage forwarded", entry, "/api/echo/", files["forwarded"]),
             (KEYED_FORWARDED, keyed_entry, "/api/echo/", keyed_files["forwarded"]),
             ("meshage mixed", entry, "/api/echo/", files["mixed"]),
@@ -341,7 +371,7 @@ def main():
                     runs.append(r)
         peak_rss = [rss_kb(p.pid, "VmHWM") for p in nodes]
         keyed_peak_rss = [rss_kb(p.pid, "VmHWM") for p in keyed_nodes]
-        for p in keyed_nodes:
+        for p in keyed_nodes + tls_nodes:
             p.kill()
             p.wait()
 
@@ -428,6 +458,15 @@ def main():
             spread = f" (rounds: {', '.join(f'{r:.2f}' for r in ratios)})" if len(ratios) > 1 else ""
             out.append(f"- forwarded with the cluster key (mutual TLS between nodes) at {c} connections: "
                        f"{statistics.median(ratios):.2f}x the same row without{spread}")
+    for c in conns:
+        pairs = [(k["rps"], p["rps"]) for k in runs for p in runs
+                 if k["name"] == TLS_LOCAL and p["name"] == "meshage local"
+                 and k["conns"] == p["conns"] == c and k["round"] == p["round"]]
+        if pairs:
+            ratios = [k / p for k, p in pairs]
+            spread = f" (rounds: {', '.join(f'{r:.2f}' for r in ratios)})" if len(ratios) > 1 else ""
+            out.append(f"- local with an HTTPS client (operator TLS, keep-alive connections) at {c} connections: "
+                       f"{statistics.median(ratios):.2f}x the same row over plain HTTP{spread}")
     out.append(f"- RSS per node, idle after start: {', '.join(f'{k / 1024:.1f} MB' for k in idle_rss)}; "
                f"peak after the load rows: {', '.join(f'{k / 1024:.1f} MB' for k in peak_rss)}")
     out.append(f"- RSS per keyed node, idle after start: {', '.join(f'{k / 1024:.1f} MB' for k in keyed_idle_rss)}; "

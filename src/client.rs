@@ -8,7 +8,11 @@
 //! from the node), [`ClientError::Unauthorized`] (no token, or one the node refuses: 401 and
 //! 403) and [`ClientError::Failed`] (anything else, such as a 502 from an owner).
 //!
-//! An edge: depends on `wire` and `path` only, never on a node's internals.
+//! A node with the operator's certificates is reached over HTTPS (`https://host:port`), its
+//! certificate verified against the system's CA bundle or the CA given ([`MeshClient::with_ca`]).
+//!
+//! An edge: depends on `wire`, `path` and `security` (its TLS dialer) only, never on a node's
+//! internals.
 
 use std::io::Read;
 use std::time::Duration;
@@ -17,12 +21,13 @@ use bytes::Bytes;
 use http::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE};
 use http::{Method, Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
 
 use crate::path::encode_segment;
+use crate::security::dialer::Dialer;
+use crate::security::ClientTls;
 use crate::wire::{error_chain, RESERVED_STREAMS};
 
 /// Why a client call failed.
@@ -65,21 +70,50 @@ impl ClientError {
 /// A client of one node. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct MeshClient {
-    /// `http://host:port`, without a trailing slash.
+    /// `http://host:port` or `https://host:port`, without a trailing slash.
     base: String,
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: Client<Dialer, Full<Bytes>>,
     timeout: Duration,
     /// `Bearer TOKEN`, marked sensitive: its `Debug` shows `Sensitive`.
     authorization: Option<HeaderValue>,
+}
+
+/// The HTTP client over `tls` (for `https://` nodes), connecting within `timeout`.
+fn http_client(tls: Option<ClientTls>, timeout: Duration) -> Client<Dialer, Full<Bytes>> {
+    Client::builder(TokioExecutor::new()).build(Dialer {
+        tls,
+        connect_timeout: timeout,
+    })
 }
 
 /// An answer: its status and JSON body (or the body's text when it is not JSON).
 type Answer = (StatusCode, Value);
 
 impl MeshClient {
-    /// A client of the node at `node` (`http://host:port`, or just `host:port`); each call
-    /// waits at most `timeout`. Fails on a URL that is not `http://host[:port]`.
+    /// A client of the node at `node` (`http://host:port`, `https://host:port`, or just
+    /// `host:port`); each call waits at most `timeout`. Over HTTPS the node's certificate is
+    /// verified against the system's CA bundle (see [`MeshClient::with_ca`] for another).
+    /// Fails on a URL that is not `http[s]://host[:port]`, or an `https` one when the system
+    /// has no CA bundle.
     pub fn new(node: &str, timeout: Duration) -> Result<MeshClient, ClientError> {
+        MeshClient::build(node, timeout, None)
+    }
+
+    /// A client of the node at `node`, as [`MeshClient::new`], that verifies an `https://`
+    /// node's certificate against `ca` (and nothing else) instead of the system's bundle.
+    pub fn with_ca(
+        node: &str,
+        timeout: Duration,
+        ca: ClientTls,
+    ) -> Result<MeshClient, ClientError> {
+        MeshClient::build(node, timeout, Some(ca))
+    }
+
+    fn build(
+        node: &str,
+        timeout: Duration,
+        ca: Option<ClientTls>,
+    ) -> Result<MeshClient, ClientError> {
         let node = node.trim();
         let with_scheme = if node.contains("://") {
             node.to_owned()
@@ -89,11 +123,14 @@ impl MeshClient {
         let uri: Uri = with_scheme
             .parse()
             .map_err(|e| ClientError::BadInput(format!("invalid node URL `{node}`: {e}")))?;
-        if uri.scheme_str() != Some("http") {
-            return Err(ClientError::BadInput(format!(
-                "invalid node URL `{node}`: only http:// is supported"
-            )));
-        }
+        let scheme = match uri.scheme_str() {
+            Some(scheme @ ("http" | "https")) => scheme,
+            _ => {
+                return Err(ClientError::BadInput(format!(
+                    "invalid node URL `{node}`: only http:// and https:// are supported"
+                )))
+            }
+        };
         let authority = match uri.authority() {
             Some(a) if !a.host().is_empty() && uri.path().len() <= 1 => a.as_str(),
             _ => {
@@ -102,13 +139,16 @@ impl MeshClient {
                 )))
             }
         };
-        let base = format!("http://{authority}");
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(timeout));
-        let client = Client::builder(TokioExecutor::new()).build(connector);
+        let base = format!("{scheme}://{authority}");
+        let tls = match (scheme, ca) {
+            ("https", None) => {
+                Some(ClientTls::system().map_err(|e| ClientError::BadInput(e.to_string()))?)
+            }
+            (_, ca) => ca,
+        };
         Ok(MeshClient {
             base,
-            client,
+            client: http_client(tls, timeout),
             timeout,
             authorization: None,
         })
@@ -313,7 +353,7 @@ mod tests {
             MeshClient::new("http://h:1/", t).unwrap().node(),
             "http://h:1"
         );
-        for bad in ["https://h:1", "http://", "http://h:1/api", "h h"] {
+        for bad in ["ftp://h:1", "http://", "http://h:1/api", "h h"] {
             let e = MeshClient::new(bad, t).unwrap_err();
             assert_eq!(e.exit_code(), 2, "{bad}: {e}");
         }

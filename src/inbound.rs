@@ -22,7 +22,9 @@
 //! On a node with a cluster key the port also takes TLS (told by its first byte), and links
 //! and forwards are taken only over mutual TLS from a peer whose certificate a member
 //! published (`peer`): a link from anyone else is closed at once, a forward answered 401,
-//! before anything runs.
+//! before anything runs. Under the operator's PKI the port takes TLS only (a plaintext HTTP/1.1
+//! request is answered 400, anything else closed), and a peer is a client whose certificate
+//! chains to the operator's CA.
 //!
 //! The edge of the node: depends on the router, the link, the admin endpoints and the rooms
 //! below them; nothing but the node depends on it.

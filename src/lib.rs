@@ -28,7 +28,7 @@
 //! One request, from HTTP in to answer:
 //!
 //! 1. `inbound` accepts the connection, tells a peer link from HTTP (and, with a cluster key,
-//!    TLS, inside which it tells them apart again) by its first bytes, finds the route
+//!    TLS, inside which it tells them apart again; with the operator's TLS, only TLS) by its first bytes, finds the route
 //!    (`POST /api/{stream}/{key}`), checks the client's API token if the node asks for one
 //!    (`security`), takes an in-flight slot, reads the bounded body and the request's deadline
 //!    (`wire`), and opens its trace scope (`observe`).
@@ -38,8 +38,8 @@
 //! 3. On the owner, `inbound` receives the forward (a link frame or an HTTP request marked as a
 //!    hop) and its `router` runs the named service, never forwarding it again. With a cluster
 //!    key, forwards travel over mutual TLS (`security`: each side accepts exactly the
-//!    certificate the other published), and a link or hop from anyone but a peer is refused
-//!    before it runs.
+//!    certificate the other published; under the operator's PKI, any certificate of its CA),
+//!    and a link or hop from anyone but a peer is refused before it runs.
 //! 4. The answer travels back the same way. A forward that brought no answer says, in
 //!    `delivery` terms, whether the owner can have run it; `router`'s retry rule sends only what
 //!    cannot have run to the next owner (anything, if the caller marked it idempotent), and
@@ -116,8 +116,8 @@ pub use outbound::PeerProtocol;
 pub use ring::HashRing;
 pub use router::{RouteError, Routed, Router, RouterConfig, SendOptions};
 pub use security::{
-    ApiTokens, ClientTls, ClusterKey, Fingerprint, KeyError, Keyring, Keys, Secret, TlsError,
-    TokenError, TokenFileError, Tokens,
+    ApiTokens, ClientTls, ClusterKey, Fingerprint, KeyError, Keyring, Keys, OperatorTls, Secret,
+    TlsError, TokenError, TokenFileError, Tokens,
 };
 pub use table::{ServiceInfo, ServiceTable};
 pub use upstream::{

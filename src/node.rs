@@ -17,7 +17,7 @@ use crate::inbound::{self, Inbound, Limits};
 use crate::message::{handler_fn, HandlerError, Header, SharedHandler};
 use crate::outbound::{Forwarder, PeerProtocol};
 use crate::router::{LocalService, Router, RouterConfig};
-use crate::security::{Identity, Keys, PeerTls, Tokens};
+use crate::security::{Identity, Keys, OperatorTls, PeerTls, Tokens};
 use crate::shutdown::Shutdown;
 use crate::upstream::{self, HttpUpstream};
 
@@ -59,6 +59,11 @@ pub struct NodeConfig {
     /// client in. Tokens made from a file ([`Tokens::from_file`]) are reread every second
     /// while the node runs, so they rotate without a restart.
     pub api_tokens: Option<Tokens>,
+    /// The operator's certificates ([`OperatorTls`]): with them the node serves HTTPS only,
+    /// advertises `https://`, and takes as peers whoever holds a certificate of the CA (over
+    /// any cluster key's pinning; gossip stays sealed by the key). The files are reread every
+    /// second while the node runs, so certificates rotate without a restart.
+    pub tls: Option<OperatorTls>,
 }
 
 impl Default for NodeConfig {
@@ -76,6 +81,7 @@ impl Default for NodeConfig {
             suspect_timeout: RouterConfig::default().suspect_timeout,
             keys: None,
             api_tokens: None,
+            tls: None,
         }
     }
 }
@@ -96,7 +102,7 @@ pub enum StartError {
     Cluster(#[from] ClusterError),
 }
 
-/// How often a node rereads its API tokens file.
+/// How often a node rereads its API tokens file and its TLS files.
 const TOKENS_POLL: Duration = Duration::from_secs(1);
 
 /// Starts configuring a node that joins `cluster` and serves HTTP on `address` (any form
@@ -173,21 +179,30 @@ impl NodeBuilder {
                 addr: address.to_string(),
                 source,
             })?;
-        let endpoint = format!("http://{advertised}");
+        let scheme = if self.config.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        let endpoint = format!("{scheme}://{advertised}");
         let node_id: Arc<str> = Arc::from(uuid::Uuid::new_v4().to_string());
 
-        // With a cluster key, peers talk over mutual TLS: a certificate made for this run,
+        // Under the operator's PKI, peers are whoever holds a certificate of its CA. Else, with
+        // a cluster key, peers talk over mutual TLS: a certificate made for this run,
         // published (sealed) so that peers accept exactly it.
-        let tls = self
-            .config
-            .keys
-            .as_ref()
-            .map(|_| Arc::new(PeerTls::new(Identity::generate())));
+        let tls = match (&self.config.tls, &self.config.keys) {
+            (Some(operator), _) => Some(Arc::new(PeerTls::Operator(operator.clone()))),
+            (None, Some(_)) => Some(Arc::new(PeerTls::new(Identity::generate()))),
+            (None, None) => None,
+        };
         let membership = self
             .cluster
             .join(LocalNode {
                 keys: self.config.keys.clone(),
-                fingerprint: tls.as_ref().map(|tls| tls.fingerprint().to_string()),
+                fingerprint: tls
+                    .as_ref()
+                    .and_then(|tls| tls.fingerprint())
+                    .map(|f| f.to_string()),
                 ..LocalNode::new(node_id.to_string(), endpoint.clone())
             })
             .await?;
@@ -280,14 +295,18 @@ impl NodeBuilder {
                 tokens = tokens.current().len(),
                 "clients need an API token (Authorization: Bearer)"
             );
-            if config.keys.is_none() {
+            if config.keys.is_none() && config.tls.is_none() {
                 warn!(
-                    "API tokens without a cluster key: peers are not authenticated, so a client \
+                    "API tokens without a cluster key or TLS certificates: peers are not authenticated, so a client \
                      that speaks the peer protocol (or sends X-Meshage-Hop) gets past the tokens"
                 );
             }
             tokens.path()?;
             Some(tokio::spawn(tokens.clone().watch(TOKENS_POLL)))
+        });
+        let tls_watch = config.tls.as_ref().map(|tls| {
+            info!(fingerprint = %tls.fingerprint(), "serving HTTPS with the operator's certificate");
+            tokio::spawn(tls.clone().watch(TOKENS_POLL))
         });
         info!(node = %node_id, %endpoint, %local_addr, "node started");
         let gossip = membership.seed_address();
@@ -310,6 +329,7 @@ impl NodeBuilder {
             table_task,
             monitors,
             token_watch,
+            tls_watch,
         })
     }
 }
@@ -359,6 +379,8 @@ pub struct Node {
     monitors: Vec<JoinHandle<()>>,
     /// Rereads the API tokens file, if the tokens come from one.
     token_watch: Option<JoinHandle<()>>,
+    /// Rereads the operator's certificate files, if the node has them.
+    tls_watch: Option<JoinHandle<()>>,
 }
 
 impl Node {
@@ -387,7 +409,8 @@ impl Node {
         self.membership.seed_address()
     }
 
-    /// The URL peers use to reach this node: `http://host:port`.
+    /// The URL peers use to reach this node: `http://host:port` (`https://` with
+    /// [`NodeConfig::tls`]).
     pub fn endpoint(&self) -> &str {
         &self.endpoint
     }
@@ -426,7 +449,7 @@ impl Drop for Node {
         for monitor in &self.monitors {
             monitor.abort();
         }
-        if let Some(watch) = &self.token_watch {
+        for watch in [&self.token_watch, &self.tls_watch].into_iter().flatten() {
             watch.abort();
         }
         self.membership.abort();

@@ -16,7 +16,9 @@
 //!
 //! A node with a cluster key forwards over mutual TLS only (links and HTTP alike): it dials a
 //! peer accepting exactly the certificate that peer published (`dial` for HTTP), and does not
-//! send at all to a node that published none, which is no peer of a keyed mesh.
+//! send at all to a node that published none, which is no peer of a keyed mesh. Under the
+//! operator's PKI, peers' endpoints are `https://` and the same connections verify them against
+//! the operator's CA instead (see `security`).
 //!
 //! Depends on `link`, `wire`, `delivery`, `message`, `path`, `security`, and `observe` for the
 //! trace id.
@@ -86,6 +88,9 @@ pub(crate) struct Forwarder {
     links: Option<Links>,
     /// Largest answer accepted from a peer.
     max_response: usize,
+    /// Peers are dialed pinned to the fingerprint they published: one that published none is
+    /// no peer.
+    pins: bool,
 }
 
 impl Forwarder {
@@ -114,6 +119,8 @@ impl Forwarder {
         let http = match &tls {
             None => Http::Plain(builder.build(connector)),
             Some(tls) => {
+                // Under the operator's PKI, endpoints are `https://`.
+                connector.enforce_http(false);
                 let pins = Pins::default();
                 let connector = PinnedConnector {
                     tcp: connector,
@@ -131,18 +138,21 @@ impl Forwarder {
                 }
             }
         };
+        let pins = tls.as_ref().is_some_and(|tls| tls.pins());
         let links = (protocol == PeerProtocol::Link)
             .then(|| Links::new(connect_timeout, max_response, tls));
         Forwarder {
             http,
             links,
             max_response,
+            pins,
         }
     }
 
-    /// Ends the open peer link to the node at `endpoint` (`http://host:port`), which is gone.
+    /// Ends the open peer link to the node at `endpoint` (`http://host:port`, or `https://`),
+    /// which is gone.
     pub(crate) fn forget(&self, endpoint: &str) {
-        let Some(authority) = endpoint.strip_prefix("http://") else {
+        let Some(authority) = authority_of(endpoint) else {
             return;
         };
         if let Some(links) = &self.links {
@@ -169,12 +179,12 @@ impl Forwarder {
         payload: &Payload,
         deadline: Deadline,
     ) -> Result<Reply, Undelivered> {
-        if matches!(self.http, Http::Pinned { .. }) && fingerprint.is_none() {
+        if self.pins && fingerprint.is_none() {
             return Err(Undelivered::connect(
                 "the node published no certificate: a keyed node forwards only to keyed peers",
             ));
         }
-        if let (Some(links), Some(authority)) = (&self.links, endpoint.strip_prefix("http://")) {
+        if let (Some(links), Some(authority)) = (&self.links, authority_of(endpoint)) {
             match links
                 .send(
                     authority,
@@ -237,7 +247,7 @@ impl Forwarder {
             .map_err(|e| Undelivered::failed(format!("cannot build the request: {e}")))?;
 
         if let (Http::Pinned { pins, .. }, Some(fingerprint), Some(authority)) =
-            (&self.http, fingerprint, endpoint.strip_prefix("http://"))
+            (&self.http, fingerprint, authority_of(endpoint))
         {
             pins.pin(authority, fingerprint);
         }
@@ -279,6 +289,13 @@ impl Forwarder {
             Err(_) => Err(Undelivered::timed_out(timeout)),
         }
     }
+}
+
+/// The `host:port` of an endpoint, `http://` or `https://`.
+fn authority_of(endpoint: &str) -> Option<&str> {
+    endpoint
+        .strip_prefix("http://")
+        .or_else(|| endpoint.strip_prefix("https://"))
 }
 
 /// The node's own refusal to run the request, if `response` is one: a 421 that says why in

@@ -2,7 +2,10 @@
 //! the keys derived from it, rotated live through [`Keys`]), the sealing of datagrams with
 //! one of its keys (`seal`), and mutual TLS between nodes: each node's certificate made at start
 //! (`identity`), known to its peers by its [`Fingerprint`], and the rustls configurations that
-//! accept exactly the certificates peers published (`pinning`). And what keeps unknown clients
+//! accept exactly the certificates peers published (`pinning`); or, instead, the operator's own
+//! PKI ([`OperatorTls`]: the node's certificate and the CA its peers' must chain to, reread
+//! when the files change), which also serves the API over HTTPS (`operator`). `peers` hides
+//! which of the two a node uses. And what keeps unknown clients
 //! out of the HTTP API: the bearer tokens a node accepts ([`ApiTokens`], live and reloaded
 //! through [`Tokens`]).
 //!
@@ -15,8 +18,11 @@
 //! (passwords, tokens) that are never shown, and [`ClientTls`], the authorities it verifies
 //! their servers against (`trust`).
 
+pub(crate) mod dialer;
 mod identity;
 mod keyring;
+mod operator;
+mod peers;
 mod pinning;
 pub(crate) mod seal;
 mod secret;
@@ -26,7 +32,9 @@ pub(crate) mod trust;
 pub use identity::Fingerprint;
 pub(crate) use identity::Identity;
 pub use keyring::{ClusterKey, KeyError, Keyring, Keys};
-pub(crate) use pinning::{client_fingerprint, Alpn, PeerTls};
+pub use operator::OperatorTls;
+pub(crate) use peers::PeerTls;
+pub(crate) use pinning::{client_fingerprint, Alpn};
 pub use secret::Secret;
 pub(crate) use tokens::Denied;
 pub use tokens::{ApiTokens, TokenError, TokenFileError, Tokens, MIN_TOKEN_LEN};

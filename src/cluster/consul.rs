@@ -50,8 +50,9 @@ use super::{
 };
 use crate::address::parse_seed;
 use crate::path::encode_segment;
+use crate::security::dialer::Dialer;
 use crate::security::{ClientTls, Secret};
-use agent::{Agent, Dialer};
+use agent::Agent;
 use registrar::{remove_leftovers, Books, Registrar};
 use watcher::{Shared, WatchState, Watcher};
 

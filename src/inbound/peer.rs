@@ -26,23 +26,29 @@ pub(super) struct Caller {
     /// The fingerprint of the client's certificate; `None` over plain TCP, or over TLS without
     /// a client certificate.
     fingerprint: Option<Fingerprint>,
-    /// Found among the published fingerprints once: the connection's later requests need not
-    /// look again.
+    /// Found among the published fingerprints once (or its certificate chains to the
+    /// operator's CA): the connection's later requests need not look again.
     confirmed: AtomicBool,
 }
 
 impl Caller {
     /// A client over plain TCP.
     pub(super) fn plain(remote: SocketAddr) -> Caller {
-        Caller::tls(remote, None)
+        Caller::tls(remote, None, false)
     }
 
-    /// A client over TLS that presented a certificate of this fingerprint, or none.
-    pub(super) fn tls(remote: SocketAddr, fingerprint: Option<Fingerprint>) -> Caller {
+    /// A client over TLS that presented a certificate of this fingerprint, or none;
+    /// `by_certificate` when that certificate alone makes it a peer (it chains to the
+    /// operator's CA).
+    pub(super) fn tls(
+        remote: SocketAddr,
+        fingerprint: Option<Fingerprint>,
+        by_certificate: bool,
+    ) -> Caller {
         Caller {
             remote,
             fingerprint,
-            confirmed: AtomicBool::new(false),
+            confirmed: AtomicBool::new(by_certificate),
         }
     }
 

@@ -127,6 +127,10 @@ pub(crate) async fn serve(
                 }
                 // Without a key, TLS gets what any bytes that are not HTTP get: a 400.
                 (Protocol::Tls, None) => Protocol::Http1,
+                // Under the operator's PKI the port speaks HTTPS only.
+                (other, Some(tls)) if !tls.pins() => {
+                    return refuse_plaintext(stream, other, peer).await;
+                }
                 (other, _) => other,
             };
             let connection = (stream, protocol, head, Caller::plain(peer));
@@ -177,7 +181,12 @@ async fn serve_tls(
         _ = stopping.raised() => return,
         _ = signal.kill.raised() => return,
     };
-    let caller = Caller::tls(peer, client_fingerprint(stream.get_ref().1));
+    let connection = stream.get_ref().1;
+    let by_certificate = tls.peer_by_certificate(connection);
+    if by_certificate {
+        inbound.router.metrics().peers.authenticated();
+    }
+    let caller = Caller::tls(peer, client_fingerprint(connection), by_certificate);
     let (protocol, head) = tokio::select! {
         sniffed = sniff(&mut stream) => sniffed,
         _ = stopping.raised() => return,
@@ -190,6 +199,23 @@ async fn serve_tls(
     };
     let connection = (stream, protocol, head, caller);
     serve_connection(connection, inbound, signal, &http, limits).await;
+}
+
+/// What a plaintext HTTP/1.1 client of a node that speaks HTTPS only is told before the
+/// connection closes.
+const HTTPS_ONLY: &[u8] = b"HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\n\
+connection: close\r\ncontent-length: 53\r\n\r\n{\"error\":\"this node speaks HTTPS only: use https://\"}";
+
+/// Closes a plaintext connection to a node that speaks HTTPS only: an HTTP/1.1 client is told
+/// why first; a link or HTTP/2 client is closed at once.
+async fn refuse_plaintext(mut stream: TcpStream, protocol: Protocol, peer: SocketAddr) {
+    use tokio::io::AsyncWriteExt;
+    debug!(%peer, ?protocol, "plaintext refused: this node speaks HTTPS only");
+    if protocol == Protocol::Http1 {
+        let answer = stream.write_all(HTTPS_ONLY);
+        let _ = tokio::time::timeout(Duration::from_secs(1), answer).await;
+        let _ = stream.shutdown().await;
+    }
 }
 
 /// Serves one connection whose protocol is known: a peer link (on a keyed node, only from a

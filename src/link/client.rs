@@ -189,12 +189,12 @@ impl Links {
     ) -> Result<Arc<Conn>, LinkError> {
         let tls = match (&self.tls, fingerprint) {
             (None, _) => None,
-            (Some(tls), Some(fingerprint)) => Some((&**tls, fingerprint)),
-            (Some(_), None) => {
+            (Some(tls), None) if tls.pins() => {
                 return Err(LinkError::Undelivered(Undelivered::connect(
                     "the node published no certificate: a keyed node links only to keyed peers",
                 )));
             }
+            (Some(tls), fingerprint) => Some((&**tls, fingerprint)),
         };
         let current = || peer.conn.load_full().filter(|c| !c.is_closed());
         if let Some(conn) = current() {
@@ -656,7 +656,7 @@ mod tests {
                 content_type: None,
             };
             let deadline = Deadline::at(Instant::now() + Duration::from_secs(10));
-            let peer = Some(far.fingerprint());
+            let peer = far.fingerprint();
             let sent = links.send(&authority, peer, "s", "k", "svc", &payload, deadline);
             match sent.await {
                 Ok(reply) => assert_eq!(reply.body, payload.body, "{size} bytes"),
@@ -668,7 +668,7 @@ mod tests {
             .await
             .expect("the link closes")
             .unwrap();
-        assert_eq!(seen, Some(near.fingerprint()), "the client's certificate");
+        assert_eq!(seen, near.fingerprint(), "the client's certificate");
         let payload = Payload {
             body: Bytes::from_static(b"{}"),
             content_type: None,

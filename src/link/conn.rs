@@ -332,13 +332,16 @@ impl Drop for Conn {
 pub(super) async fn connect(
     authority: &str,
     limit: usize,
-    tls: Option<(&PeerTls, Fingerprint)>,
+    tls: Option<(&PeerTls, Option<Fingerprint>)>,
 ) -> std::io::Result<Option<Arc<Conn>>> {
     let stream = TcpStream::connect(authority).await?;
     tune(&stream);
     match tls {
         None => open(stream, limit).await,
-        Some((tls, peer)) => open(tls.connect(stream, peer, Alpn::Link).await?, limit).await,
+        Some((tls, peer)) => {
+            let stream = tls.connect(stream, authority, peer, Alpn::Link).await?;
+            open(stream, limit).await
+        }
     }
 }
 

@@ -1,5 +1,6 @@
 //! Dialing peers for HTTP forwards over mutual TLS: a hyper-util connector that connects over
-//! TCP, then runs the TLS handshake accepting exactly the certificate the peer published.
+//! TCP, then runs the TLS handshake accepting exactly the certificate the peer published (or,
+//! under the operator's PKI, a certificate of its CA for the host dialed).
 //!
 //! The pool of the HTTP client is keyed by `host:port`, and a connector sees only the URI, so
 //! the forwarder tells the connector each peer's fingerprint beforehand ([`Pins`]): a peer that
@@ -77,15 +78,13 @@ impl Service<http::Uri> for PinnedConnector {
     }
 
     fn call(&mut self, uri: http::Uri) -> Self::Future {
-        let pin = uri.authority().and_then(|a| self.pins.get(a.as_str()));
+        let authority = uri.authority().map_or_else(String::new, |a| a.to_string());
+        let pin = self.pins.get(&authority);
         let connecting = self.tcp.call(uri);
         let (tls, alpn) = (self.tls.clone(), self.alpn);
         Box::pin(async move {
-            let Some(pin) = pin else {
-                return Err("no certificate fingerprint is known for the peer".into());
-            };
             let tcp = connecting.await?.into_inner();
-            let stream = tls.connect(tcp, pin, alpn).await?;
+            let stream = tls.connect(tcp, &authority, pin, alpn).await?;
             let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
             Ok(TokioIo::new(PeerStream { stream, h2 }))
         })

@@ -41,7 +41,7 @@ pub(crate) enum Alpn {
 }
 
 impl Alpn {
-    fn protocols(self) -> Vec<Vec<u8>> {
+    pub(super) fn protocols(self) -> Vec<Vec<u8>> {
         match self {
             Alpn::Link => Vec::new(),
             Alpn::Http1 => vec![b"http/1.1".to_vec()],
@@ -56,16 +56,16 @@ const MAX_CACHED: usize = 1024;
 
 /// A keyed node's TLS: its identity, the server configuration of its HTTP port, and the client
 /// configurations it dials peers with.
-pub(crate) struct PeerTls {
+pub(crate) struct PinnedTls {
     identity: Identity,
     provider: Arc<CryptoProvider>,
     server: Arc<ServerConfig>,
     clients: ArcSwap<FastMap<(Fingerprint, Alpn), Arc<ClientConfig>>>,
 }
 
-impl PeerTls {
+impl PinnedTls {
     /// The TLS of a node with `identity`.
-    pub(crate) fn new(identity: Identity) -> PeerTls {
+    pub(crate) fn new(identity: Identity) -> PinnedTls {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let verifier = Arc::new(ClientCertificates {
             algorithms: provider.signature_verification_algorithms,
@@ -77,7 +77,7 @@ impl PeerTls {
             .with_single_cert(vec![identity.certificate.clone()], identity.key())
             .expect("rcgen's P-256 key suits the ring provider");
         server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-        PeerTls {
+        PinnedTls {
             identity,
             provider,
             server: Arc::new(server),
@@ -144,9 +144,9 @@ impl PeerTls {
     }
 }
 
-impl std::fmt::Debug for PeerTls {
+impl std::fmt::Debug for PinnedTls {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_tuple("PeerTls").field(&self.identity).finish()
+        f.debug_tuple("PinnedTls").field(&self.identity).finish()
     }
 }
 
@@ -290,8 +290,8 @@ mod tests {
 
     /// Handshakes over an in-memory pipe: `client` dials `server` pinned to `pin`.
     async fn handshake(
-        client: &PeerTls,
-        server: &PeerTls,
+        client: &PinnedTls,
+        server: &PinnedTls,
         pin: Fingerprint,
     ) -> (
         std::io::Result<tokio_rustls::client::TlsStream<tokio::io::DuplexStream>>,
@@ -313,8 +313,8 @@ mod tests {
     #[tokio::test]
     async fn nodes_handshake_when_the_pin_matches_and_the_server_sees_the_clients_fingerprint() {
         let (a, b) = (
-            PeerTls::new(Identity::generate()),
-            PeerTls::new(Identity::generate()),
+            PinnedTls::new(Identity::generate()),
+            PinnedTls::new(Identity::generate()),
         );
         let (connected, accepted) = handshake(&a, &b, b.fingerprint()).await;
         let connected = connected.expect("a accepts b's pinned certificate");
@@ -332,7 +332,7 @@ mod tests {
             &a.client(b.fingerprint(), Alpn::Link)
         ));
 
-        let stranger = PeerTls::new(Identity::generate());
+        let stranger = PinnedTls::new(Identity::generate());
         let (connected, _) = handshake(&a, &b, stranger.fingerprint()).await;
         assert!(connected.is_err(), "a refuses a server it did not pin");
     }

@@ -208,7 +208,10 @@ fn read_file(path: &Path) -> Result<Vec<u8>, TlsError> {
 }
 
 /// The certificates of PEM text (other sections are skipped); at least one.
-fn certificates(pem: &[u8], what: &str) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+pub(super) fn certificates(
+    pem: &[u8],
+    what: &str,
+) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let certs = CertificateDer::pem_slice_iter(pem)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| TlsError::BadCertificates {

@@ -49,6 +49,7 @@ mod mesh;
 mod mtls;
 mod observability;
 mod openapi;
+mod pki;
 mod ring_vectors;
 mod sealed;
 mod status_page;

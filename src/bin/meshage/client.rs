@@ -6,6 +6,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 use meshage::client::{read_message, ClientError, MeshClient};
+use meshage::ClientTls;
 
 #[derive(Subcommand)]
 pub(crate) enum ClientCommand {
@@ -35,6 +36,10 @@ pub(crate) struct ClientArgs {
     /// The API token to send (`Authorization: Bearer TOKEN`), for nodes that ask for one.
     #[arg(long, env = "MESHAGE_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// The CA certificates (PEM) an `https://` node's certificate is verified against, instead
+    /// of the system's bundle.
+    #[arg(long, env = "MESHAGE_CACERT", value_name = "FILE")]
+    cacert: Option<std::path::PathBuf>,
 }
 
 #[derive(Args)]
@@ -70,7 +75,14 @@ pub(crate) async fn run_client(command: ClientCommand) -> Result<()> {
     let timeout = Duration::try_from_secs_f64(args.timeout).map_err(|_| {
         ClientError::BadInput("--timeout must be a non-negative number of seconds".into())
     })?;
-    let mut client = MeshClient::new(&args.node, timeout)?;
+    let mut client = match &args.cacert {
+        Some(path) => {
+            let ca =
+                ClientTls::from_ca_file(path).map_err(|e| ClientError::BadInput(e.to_string()))?;
+            MeshClient::with_ca(&args.node, timeout, ca)?
+        }
+        None => MeshClient::new(&args.node, timeout)?,
+    };
     if let Some(token) = args.token.as_deref().filter(|t| !t.trim().is_empty()) {
         client = client.with_token(token)?;
     }

@@ -8,6 +8,7 @@ mod demo;
 mod keys;
 mod node;
 mod reload;
+mod tls;
 
 use std::process::ExitCode;
 use std::time::Duration;

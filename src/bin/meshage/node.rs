@@ -115,6 +115,8 @@ pub(crate) struct NodeArgs {
         hide_env_values = true
     )]
     api_tokens: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    tls: crate::tls::TlsArgs,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -358,6 +360,7 @@ pub(crate) async fn run_node(args: NodeArgs) -> Result<()> {
         suspect_timeout: seconds("suspect-timeout", args.suspect_timeout)?,
         keys,
         api_tokens,
+        tls: args.tls.load()?,
         ..NodeConfig::default()
     };
     let mut builder =

@@ -1,26 +1,18 @@
 //! Calls to the Consul agent's HTTP API: the token on every request, a deadline on every
-//! exchange, and a failure for any status but success; and the connector that dials the agent,
-//! over TLS when it is reached by `https`. Knows nothing of meshage's records.
+//! exchange, and a failure for any status but success, through the connector that dials the
+//! agent over TLS when it is reached by `https` (`security::dialer`). Knows nothing of meshage's
+//! records.
 
-use std::io;
-use std::pin::Pin;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{HeaderValue, CONTENT_TYPE};
-use http::{Method, Request, StatusCode, Uri};
+use http::{Method, Request, StatusCode};
 use http_body_util::Full;
-use hyper::rt::ReadBufCursor;
-use hyper_util::client::legacy::connect::{Connected, Connection};
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioIo;
 use serde_json::Value;
-use tokio::net::TcpStream;
 
-use crate::message::BoxFuture;
-use crate::security::trust::MaybeTls;
-use crate::security::ClientTls;
+use crate::security::dialer::Dialer;
 use crate::wire::{error_chain, read_body};
 
 /// The largest answer read from the agent: a catalog of thousands of services fits many times
@@ -103,97 +95,5 @@ impl Agent {
             ));
         }
         Ok(answer)
-    }
-}
-
-/// Dials the agent for the HTTP client: TCP, then TLS (verified against `tls`, the name against
-/// the agent's host) when the agent is reached by `https`.
-#[derive(Clone)]
-pub(super) struct Dialer {
-    pub(super) tls: Option<ClientTls>,
-    pub(super) connect_timeout: Duration,
-}
-
-impl tower_service::Service<Uri> for Dialer {
-    type Response = AgentStream;
-    type Error = io::Error;
-    type Future = BoxFuture<'static, io::Result<AgentStream>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, uri: Uri) -> Self::Future {
-        let Dialer {
-            tls,
-            connect_timeout,
-        } = self.clone();
-        Box::pin(async move {
-            let https = uri.scheme_str() == Some("https");
-            let host = uri
-                .host()
-                .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no host"))?
-                .trim_start_matches('[')
-                .trim_end_matches(']')
-                .to_owned();
-            let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
-            let dial = async {
-                let tcp = TcpStream::connect((host.as_str(), port)).await?;
-                let _ = tcp.set_nodelay(true);
-                match (https, &tls) {
-                    (true, Some(tls)) => {
-                        Ok(MaybeTls::Tls(Box::new(tls.connect(&host, tcp).await?)))
-                    }
-                    (true, None) => Err(io::Error::other("https without TLS settings")),
-                    (false, _) => Ok(MaybeTls::Plain(tcp)),
-                }
-            };
-            let stream = tokio::time::timeout(connect_timeout, dial)
-                .await
-                .map_err(|_| {
-                    io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        format!("no connection within {connect_timeout:?}"),
-                    )
-                })??;
-            Ok(AgentStream(TokioIo::new(stream)))
-        })
-    }
-}
-
-/// A connection to the agent, as the HTTP client takes it.
-pub(super) struct AgentStream(TokioIo<MaybeTls>);
-
-impl Connection for AgentStream {
-    fn connected(&self) -> Connected {
-        Connected::new()
-    }
-}
-
-impl hyper::rt::Read for AgentStream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: ReadBufCursor<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().0).poll_read(cx, buf)
-    }
-}
-
-impl hyper::rt::Write for AgentStream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().0).poll_write(cx, buf)
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().0).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().0).poll_shutdown(cx)
     }
 }
