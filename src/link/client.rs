@@ -38,6 +38,9 @@ pub(crate) enum LinkError {
 /// How long a peer that answered the preface as HTTP does is reached over HTTP before the link
 /// is tried again: it may have been restarted with a version that speaks it.
 const HTTP_ONLY_FOR: Duration = Duration::from_secs(60);
+/// How long requests already on the link to a node that membership says is gone may still
+/// wait for their answers: as long as the longest request deadline a node gives by default.
+const GONE_GRACE: Duration = Duration::from_secs(10);
 
 /// Link clients to every peer, keyed by `host:port`.
 pub(crate) struct Links {
@@ -88,9 +91,12 @@ impl Links {
         found.expect("rcu ran at least once")
     }
 
-    /// Ends the open link to `authority`, if any, because the node there is gone: requests
-    /// waiting on it fail at once instead of at their deadlines.
-    /// The peer is forgotten, so that the map holds only peers still known.
+    /// Ends the open link to `authority`, if any, because membership says the node there is
+    /// gone: no new request takes the link, and the peer is forgotten, so that the map holds
+    /// only peers still known. Requests already on the link keep it for up to [`GONE_GRACE`]:
+    /// a node that a busy or lossy network made look dead (a false suspicion of the failure
+    /// detector) still answers them, and one that is really gone lets them time out at their
+    /// deadlines; then the link is ended.
     pub(crate) fn close(&self, authority: &str) {
         if !self.peers.load().contains_key(authority) {
             return;
@@ -105,8 +111,14 @@ impl Links {
             return;
         };
         if let Some(conn) = peer.conn.swap(None) {
-            debug!(%authority, "closing the link to a node that is gone");
-            conn.abort();
+            debug!(%authority, "closing the link to a node that is gone, once its requests end");
+            tokio::spawn(async move {
+                let until = Instant::now() + GONE_GRACE;
+                while conn.has_pending() && Instant::now() < until {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                conn.abort();
+            });
         }
     }
 

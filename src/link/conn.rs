@@ -307,7 +307,18 @@ impl Conn {
         self.shared.closed.load(Ordering::Acquire)
     }
 
-    /// Ends the link at once (its peer is gone).
+    /// Whether requests on the link still wait for their answers.
+    pub(super) fn has_pending(&self) -> bool {
+        !self
+            .shared
+            .queue
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .pending
+            .is_empty()
+    }
+
+    /// Ends the link at once.
     pub(super) fn abort(&self) {
         self.shared.break_link();
     }

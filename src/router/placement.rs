@@ -55,7 +55,7 @@ fn without_suspects(
 impl Router {
     /// Takes a new view from the membership backend and rebuilds the table from it. Suspects
     /// that the view confirms (no longer live) are forgotten, and links to nodes that are gone
-    /// are closed, so that requests waiting on them fail now rather than at their deadlines.
+    /// take no new requests and close once the requests on them end (see `Links::close`).
     pub(crate) fn apply_view(&self, view: Arc<ClusterView>) {
         let reachable = |view: &ClusterView| -> HashSet<String> {
             view.members

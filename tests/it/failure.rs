@@ -462,3 +462,63 @@ async fn a_handler_that_panics_answers_500_and_nothing_else_breaks() {
     entry.shutdown().await.unwrap();
     owner.shutdown().await.unwrap();
 }
+
+/// A node that membership declares dead while it is answering requests over the link (a false
+/// suspicion: a busy or lossy network can make a live node look dead) still delivers those
+/// answers: the link takes no new requests but is not cut under the ones it carries. Uses the
+/// in-memory membership of `mtls.rs`, to declare the death at a chosen moment.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_on_the_link_to_a_node_declared_dead_still_get_their_answers() {
+    let cluster = crate::mtls::SharedCluster::new();
+    let runs = counter();
+    let start = |cluster: crate::mtls::SharedCluster, runs: Arc<AtomicUsize>| async move {
+        meshage::init(cluster, "127.0.0.1:0")
+            .register("slow", move |data: Value, _header| {
+                let runs = runs.clone();
+                async move {
+                    runs.fetch_add(1, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(800)).await;
+                    Ok::<_, HandlerError>(data)
+                }
+            })
+            .start()
+            .await
+            .expect("node starts")
+    };
+    let a = start(cluster.clone(), runs.clone()).await;
+    let b = start(cluster.clone(), runs.clone()).await;
+    wait_until(Duration::from_secs(5), "both tables list both", || {
+        [&a, &b]
+            .iter()
+            .all(|n| n.router().table().services.len() == 2)
+    })
+    .await;
+    let b_service = b.router().local_services()[0].id.to_string();
+    let table = a.router().table();
+    let keys: Vec<String> = (0..500)
+        .map(|i| format!("k{i}"))
+        .filter(|k| table.owner("slow", k).map(|s| &*s.id) == Some(&*b_service))
+        .take(5)
+        .collect();
+    let http = Http::default();
+    let sends = keys.iter().map(|key| {
+        let url = format!("{}/api/slow/{key}", a.endpoint());
+        let http = &http;
+        async move { http.post(&url, r#"{"n":1}"#).await }
+    });
+    let declare = async {
+        // While B runs the requests, A's membership says B is dead.
+        wait_until(Duration::from_secs(10), "B runs the 5 requests", || {
+            count(&runs) == 5
+        })
+        .await;
+        cluster.declare_dead(b.endpoint());
+    };
+    let (answers, ()) = tokio::join!(futures_util::future::join_all(sends), declare);
+    for answer in answers {
+        assert_eq!(answer.status, 200, "{:?}", answer.body);
+        assert_eq!(answer.headers["x-service-id"], b_service.as_str());
+    }
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+}

@@ -376,17 +376,27 @@ async fn a_tls_client_with_an_unpublished_certificate_is_no_peer() {
 /// Membership kept in memory and shared by the nodes of one test, whatever keys they hold, so
 /// that a keyed and an unkeyed node see each other (sealed gossip would keep them apart).
 #[derive(Clone)]
-struct SharedCluster {
+pub(crate) struct SharedCluster {
     members: Arc<Mutex<Vec<Member>>>,
     view: watch::Sender<Arc<ClusterView>>,
 }
 
 impl SharedCluster {
-    fn new() -> SharedCluster {
+    pub(crate) fn new() -> SharedCluster {
         SharedCluster {
             members: Arc::default(),
             view: watch::channel(Arc::new(ClusterView::default())).0,
         }
+    }
+
+    /// Marks the member at `endpoint` dead, as a failure detector would, and publishes it.
+    pub(crate) fn declare_dead(&self, endpoint: &str) {
+        for member in self.members.lock().unwrap().iter_mut() {
+            if member.endpoint == endpoint {
+                member.state = MemberState::Dead;
+            }
+        }
+        self.publish();
     }
 
     fn publish(&self) {
