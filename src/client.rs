@@ -172,12 +172,25 @@ impl MeshClient {
     }
 
     /// Sends `message` (JSON bytes, passed as they are) to the owner of `key` on `stream` and
-    /// returns its answer.
+    /// returns its answer. An empty `key` sends it without one: to the stream's services in turn.
     pub async fn send(
         &self,
         stream: &str,
         key: &str,
         message: Bytes,
+    ) -> Result<Value, ClientError> {
+        self.send_with(stream, key, message, &SendParams::default())
+            .await
+    }
+
+    /// [`MeshClient::send`] with a message name, or without waiting: the answer is then the
+    /// node's `202` body, `{"trace": ID}`.
+    pub async fn send_with(
+        &self,
+        stream: &str,
+        key: &str,
+        message: Bytes,
+        params: &SendParams,
     ) -> Result<Value, ClientError> {
         check_stream(stream)?;
         if RESERVED_STREAMS.contains(&stream) {
@@ -185,7 +198,17 @@ impl MeshClient {
                 "the stream name `{stream}` is reserved by the HTTP API"
             )));
         }
-        let path = message_path("/api/", stream, key);
+        let mut path = message_path("/api/", stream, key);
+        let mut separator = '?';
+        if params.no_wait {
+            path.push_str("?wait=false");
+            separator = '&';
+        }
+        if let Some(name) = &params.name {
+            path.push(separator);
+            path.push_str("messageName=");
+            encode_segment(name, &mut path);
+        }
         self.expect_ok(self.call(Method::POST, &path, message).await?)
     }
 
@@ -296,6 +319,15 @@ fn check_stream(stream: &str) -> Result<(), ClientError> {
         return Err(ClientError::BadInput("the stream name is empty".into()));
     }
     Ok(())
+}
+
+/// What [`MeshClient::send_with`] asks beside the message.
+#[derive(Debug, Clone, Default)]
+pub struct SendParams {
+    /// The message's name (`?messageName=`).
+    pub name: Option<String>,
+    /// Do not wait for the answer (`?wait=false`).
+    pub no_wait: bool,
 }
 
 fn message_path(prefix: &str, stream: &str, key: &str) -> String {

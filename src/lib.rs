@@ -86,6 +86,7 @@ mod node;
 mod observe;
 mod outbound;
 mod path;
+mod relay;
 mod ring;
 mod router;
 pub mod security;

@@ -51,7 +51,7 @@ pub(crate) use duplex::Duplex;
 #[cfg(feature = "fuzzing")]
 pub(crate) use frame::{
     decode_request, decode_response, decode_server_frame, encode_request, encode_response,
-    next_frame, request_limit, Outbox, ServerFrame, PREFACE_ACK,
+    next_frame, request_limit, Outbox, ServerFrame, MAX_EXTRAS, PREFACE_ACK,
 };
 pub(crate) use frame::{Answer, LinkRequest, PREFACE};
 pub(crate) use server::serve;

@@ -30,8 +30,16 @@ pub struct Header {
     pub service_id: Arc<str>,
     /// The stream the message was sent on.
     pub stream: Arc<str>,
-    /// The key that chose the service.
+    /// The key that chose the service; empty for a message sent without one.
     pub partition_key: Arc<str>,
+    /// The message's name, if it has one: `?messageName=NAME`, or a top-level `"name"` string of
+    /// a JSON object body, as the original 0.4.x reads it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<Arc<str>>,
+    /// The client's request headers, less hop-by-hop ones and meshage's own (see the README's
+    /// "Request headers"). Empty for a message sent from the library.
+    #[serde(skip)]
+    pub headers: http::HeaderMap,
 }
 
 /// A message to send or broadcast through a [`crate::Router`].
@@ -39,8 +47,14 @@ pub struct Header {
 #[serde(rename_all = "camelCase")]
 pub struct Message {
     pub stream: String,
+    /// Chooses the service on the stream's ring; empty: any one live service, in turn.
     pub partition_key: String,
     pub data: Value,
+    /// Picks a handler registered for this name on the stream (see
+    /// [`crate::NodeBuilder::register_named`]); without one, a top-level `"name"` of an object's
+    /// data does, as in the original.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
 }
 
 impl Message {
@@ -49,26 +63,100 @@ impl Message {
             stream: stream.into(),
             partition_key: partition_key.into(),
             data,
+            name: None,
         }
+    }
+
+    /// A message without a partition key: it runs on one live service of the stream, chosen
+    /// in turn (round-robin).
+    pub fn keyless(stream: impl Into<String>, data: Value) -> Self {
+        Message::new(stream, "", data)
+    }
+
+    /// The message with a name.
+    pub fn named(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
     }
 }
 
-/// A handler's answer: a status and a JSON body, already encoded.
+/// The top-level `"name"` of `body` when it is a JSON object whose `"name"` is a string, as the
+/// original reads a message's name. Other values are skipped without being built, so the cost is
+/// one pass over the body; a body that does not start with `{` is not read at all.
+pub(crate) fn name_in_body(body: &[u8]) -> Option<String> {
+    use serde::de::{IgnoredAny, MapAccess, Visitor};
+    struct Name;
+    impl<'de> Visitor<'de> for Name {
+        type Value = Option<String>;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a JSON object")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut found = None;
+            while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                if key == "name" && found.is_none() {
+                    // A name that is not a string (a number, an object) is no name.
+                    found = match map.next_value::<Value>()? {
+                        Value::String(s) => Some(s),
+                        _ => None,
+                    };
+                } else {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+            Ok(found)
+        }
+    }
+    let start = body.iter().position(|b| !b.is_ascii_whitespace())?;
+    if body[start] != b'{' {
+        return None;
+    }
+    let mut de = serde_json::Deserializer::from_slice(body);
+    serde::Deserializer::deserialize_map(&mut de, Name)
+        .ok()
+        .flatten()
+}
+
+/// A handler's answer: a status, a JSON body, already encoded, and headers for the client.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reply {
     pub status: StatusCode,
     pub body: Bytes,
+    /// Headers for the HTTP client, less hop-by-hop ones and meshage's own, which are dropped.
+    pub headers: http::HeaderMap,
 }
 
 impl Reply {
+    /// An answer of `status` with `body` (JSON) and no headers.
+    pub fn new(status: StatusCode, body: impl Into<Bytes>) -> Reply {
+        Reply {
+            status,
+            body: body.into(),
+            headers: http::HeaderMap::new(),
+        }
+    }
+
+    /// The answer with its status set to `status`.
+    pub fn with_status(mut self, status: StatusCode) -> Reply {
+        self.status = status;
+        self
+    }
+
+    /// The answer with the header `name: value` added. Fails when either is not a valid header.
+    pub fn with_header(mut self, name: &str, value: &str) -> Result<Reply, HandlerError> {
+        let name = http::HeaderName::from_bytes(name.as_bytes())
+            .map_err(|e| HandlerError::internal(format!("bad header name: {e}")))?;
+        let value = http::HeaderValue::from_str(value)
+            .map_err(|e| HandlerError::internal(format!("bad header value: {e}")))?;
+        self.headers.append(name, value);
+        Ok(self)
+    }
+
     /// A 200 answer with `value` encoded as JSON.
     pub fn json<T: Serialize + ?Sized>(value: &T) -> Result<Reply, HandlerError> {
         let body = serde_json::to_vec(value)
             .map_err(|e| HandlerError::internal(format!("handler result is not JSON: {e}")))?;
-        Ok(Reply {
-            status: StatusCode::OK,
-            body: Bytes::from(body),
-        })
+        Ok(Reply::new(StatusCode::OK, body))
     }
 
     /// The body decoded as JSON (`null` when empty).
@@ -241,6 +329,67 @@ where
             }
         })
     }
+}
+
+/// The handlers of one stream on one node by message name, with the stream's own handler as
+/// the fallback (404 without one).
+struct Named {
+    by_name: std::collections::HashMap<String, SharedHandler>,
+    fallback: Option<SharedHandler>,
+}
+
+impl Handler for Named {
+    fn handle(
+        &self,
+        payload: Payload,
+        header: Header,
+    ) -> BoxFuture<'static, Result<Reply, HandlerError>> {
+        let named = header.name.as_deref().and_then(|n| self.by_name.get(n));
+        match named.or(self.fallback.as_ref()) {
+            Some(handler) => handler.handle(payload, header),
+            None => {
+                let name = header.name.as_deref().unwrap_or("");
+                let e = HandlerError::with_status(
+                    StatusCode::NOT_FOUND,
+                    format!(
+                        "no handler for the message name `{name}` on `{}`",
+                        header.stream
+                    ),
+                );
+                Box::pin(std::future::ready(Err(e)))
+            }
+        }
+    }
+}
+
+/// `services` (stream, handler) with the `named` handlers (stream, name, handler) folded in:
+/// each stream's named handlers join its first service, or make one of their own.
+pub(crate) fn with_named(
+    mut services: Vec<(String, SharedHandler)>,
+    named: Vec<(String, String, SharedHandler)>,
+) -> Vec<(String, SharedHandler)> {
+    let mut streams: Vec<(String, Named)> = Vec::new();
+    for (stream, name, handler) in named {
+        let at = match streams.iter().position(|(s, _)| *s == stream) {
+            Some(at) => at,
+            None => {
+                let fallback = services
+                    .iter()
+                    .position(|(s, _)| *s == stream)
+                    .map(|at| services.remove(at).1);
+                let by_name = Default::default();
+                streams.push((stream, Named { by_name, fallback }));
+                streams.len() - 1
+            }
+        };
+        streams[at].1.by_name.entry(name).or_insert(handler);
+    }
+    services.extend(
+        streams
+            .into_iter()
+            .map(|(stream, named)| (stream, Arc::new(named) as SharedHandler)),
+    );
+    services
 }
 
 /// Adapts an async closure over the message data as a [`serde_json::Value`] into a [`Handler`].

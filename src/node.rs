@@ -42,6 +42,9 @@ pub struct NodeConfig {
     /// Messages this node answers at once (from clients and from peers); above it, new ones get
     /// a 503 with `Retry-After` instead of a place in an unbounded queue.
     pub max_in_flight: usize,
+    /// Messages sent without waiting (`?wait=false`) that the node delivers at once in the
+    /// background; above it, such sends get a 503 (see [`RouterConfig::background_limit`]).
+    pub background_limit: usize,
     /// Connections open at once, from clients and peers; above it, new ones are closed at once
     /// while those open keep being served.
     pub max_connections: usize,
@@ -76,6 +79,7 @@ impl Default for NodeConfig {
             idle_timeout: Duration::from_secs(30),
             peer_protocol: PeerProtocol::Link,
             max_in_flight: 10_000,
+            background_limit: RouterConfig::default().background_limit,
             max_connections: 10_000,
             max_buffered: 256 * 1024 * 1024,
             suspect_timeout: RouterConfig::default().suspect_timeout,
@@ -112,6 +116,7 @@ pub fn init(cluster: impl Cluster, address: impl ToString) -> NodeBuilder {
         cluster: Box::new(cluster),
         address: Address::parse(&address.to_string()),
         services: Vec::new(),
+        named: Vec::new(),
         upstreams: Vec::new(),
         config: NodeConfig::default(),
     }
@@ -122,6 +127,8 @@ pub struct NodeBuilder {
     cluster: Box<dyn Cluster>,
     address: Result<Address, AddressError>,
     services: Vec<(String, SharedHandler)>,
+    /// Handlers of one message name on a stream: (stream, name, handler).
+    named: Vec<(String, String, SharedHandler)>,
     /// Upstreams with health checks: they start withdrawn and are advertised once healthy.
     upstreams: Vec<(String, HttpUpstream)>,
     config: NodeConfig,
@@ -142,6 +149,38 @@ impl NodeBuilder {
     /// Registers any [`crate::Handler`] as a service on `stream`.
     pub fn register_handler(mut self, stream: impl Into<String>, handler: SharedHandler) -> Self {
         self.services.push((stream.into(), handler));
+        self
+    }
+
+    /// Registers an async closure for the messages named `name` on `stream` (see
+    /// [`NodeBuilder::register_named_handler`]).
+    pub fn register_named<F, Fut, T, E>(
+        self,
+        stream: impl Into<String>,
+        name: impl Into<String>,
+        handler: F,
+    ) -> Self
+    where
+        F: Fn(serde_json::Value, Header) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = Result<T, E>> + Send + 'static,
+        T: serde::Serialize + 'static,
+        E: Into<HandlerError> + 'static,
+    {
+        self.register_named_handler(stream, name, handler_fn(handler))
+    }
+
+    /// Registers a handler for the messages named `name` (see [`Header::name`]) on `stream`.
+    /// The stream's first handler registered on this node ([`NodeBuilder::register_handler`])
+    /// takes the messages of other names and those without one; without such a handler, they
+    /// are answered 404. The named handlers share that one service, so its place on the ring
+    /// is the same whatever the name.
+    pub fn register_named_handler(
+        mut self,
+        stream: impl Into<String>,
+        name: impl Into<String>,
+        handler: SharedHandler,
+    ) -> Self {
+        self.named.push((stream.into(), name.into(), handler));
         self
     }
 
@@ -221,10 +260,12 @@ impl NodeBuilder {
             RouterConfig {
                 request_timeout: config.request_timeout,
                 suspect_timeout: config.suspect_timeout,
+                background_limit: config.background_limit,
             },
         );
+        let services = crate::message::with_named(self.services, self.named);
         router.add_local(
-            self.services
+            services
                 .into_iter()
                 .map(|(stream, handler)| {
                     let id: Arc<str> = Arc::from(uuid::Uuid::new_v4().to_string());
@@ -330,6 +371,7 @@ impl NodeBuilder {
             monitors,
             token_watch,
             tls_watch,
+            drain_timeout: config.drain_timeout,
         })
     }
 }
@@ -381,6 +423,8 @@ pub struct Node {
     token_watch: Option<JoinHandle<()>>,
     /// Rereads the operator's certificate files, if the node has them.
     tls_watch: Option<JoinHandle<()>>,
+    /// How long [`Node::shutdown`] waits for messages being delivered in the background.
+    drain_timeout: Duration,
 }
 
 impl Node {
@@ -427,6 +471,8 @@ impl Node {
         if let Err(e) = (&mut self.server).await {
             warn!(error = %e, "HTTP server task failed");
         }
+        // Messages taken with a 202 get the drain timeout too; what is left then is abandoned.
+        self.router.drain_background(self.drain_timeout).await;
         let result = self.membership.shutdown().await;
         self.table_task.abort();
         info!(node = %self.router.node_id(), "node stopped");
@@ -444,6 +490,7 @@ impl Node {
 impl Drop for Node {
     fn drop(&mut self) {
         self.shutdown.kill();
+        self.router.abandon_background();
         self.server.abort();
         self.table_task.abort();
         for monitor in &self.monitors {

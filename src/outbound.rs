@@ -6,7 +6,9 @@
 //! `X-Meshage-Hop: 1`: a node that receives it runs the named service if it has it and never
 //! forwards it again, so no loop forms while tables disagree. `X-Meshage-Trace` carries the
 //! request's trace id, and `X-Request-Timeout` the milliseconds left of the request's deadline,
-//! so that the owner gives up when the sender does. The body bytes go as they came.
+//! so that the owner gives up when the sender does; `X-Message-Name` the message's name
+//! (percent-encoded), and the client's headers go along (see `relay`). The body bytes go as
+//! they came; the answer's headers come back, less meshage's own.
 //!
 //! What comes back is an answer to pass on, or an [`Undelivered`] that says whether the owner
 //! can have run the request. The owner node's own refusal (it is leaving, or does not run the
@@ -29,7 +31,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{HeaderValue, CONTENT_TYPE};
+use http::header::{HeaderMap, HeaderValue, CONTENT_TYPE};
 use http::{Method, Request, StatusCode};
 use http_body_util::Full;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -41,6 +43,7 @@ use crate::delivery::{Refusal, Undelivered};
 use crate::link::{LinkError, Links};
 use crate::message::{Payload, Reply};
 use crate::path::encode_segment;
+use crate::relay::{answer_headers, MESSAGE_NAME_HEADER};
 use crate::security::{Alpn, Fingerprint, PeerTls};
 use crate::wire::{
     error_chain, read_body, BodyError, Deadline, HOP_HEADER, REFUSED_HEADER, SERVICE_ID_HEADER,
@@ -176,6 +179,7 @@ impl Forwarder {
         stream: &str,
         key: &str,
         service_id: &str,
+        (name, headers): (Option<&str>, &HeaderMap),
         payload: &Payload,
         deadline: Deadline,
     ) -> Result<Reply, Undelivered> {
@@ -186,12 +190,13 @@ impl Forwarder {
         }
         if let (Some(links), Some(authority)) = (&self.links, authority_of(endpoint)) {
             match links
-                .send(
+                .send_with(
                     authority,
                     fingerprint,
                     stream,
                     key,
                     service_id,
+                    (name, headers),
                     payload,
                     deadline,
                 )
@@ -208,7 +213,12 @@ impl Forwarder {
         encode_segment(stream, &mut uri);
         uri.push('/');
         encode_segment(key, &mut uri);
-        let mut builder = Request::builder()
+        let mut builder = Request::builder();
+        // The client's headers first (already filtered, see `relay`): meshage's own go after.
+        if let Some(map) = builder.headers_mut() {
+            map.extend(headers.iter().map(|(n, v)| (n.clone(), v.clone())));
+        }
+        let mut builder = builder
             .method(Method::POST)
             .uri(uri)
             .header(SERVICE_ID_HEADER, service_id)
@@ -235,6 +245,13 @@ impl Forwarder {
         encode_segment(key, &mut encoded);
         if let Ok(v) = HeaderValue::from_str(&encoded) {
             builder = builder.header("x-partition-key", v);
+        }
+        if let Some(name) = name {
+            encoded.clear();
+            encode_segment(name, &mut encoded);
+            if let Ok(v) = HeaderValue::from_str(&encoded) {
+                builder = builder.header(MESSAGE_NAME_HEADER, v);
+            }
         }
         // The trace id of the request, so that the owner logs it under the same id.
         if let Some(trace) = crate::observe::current_trace() {
@@ -274,6 +291,7 @@ impl Forwarder {
             if let Some(why) = refusal(&response) {
                 return Err(Undelivered::refused(why));
             }
+            let headers = answer_headers(response.headers());
             let body = read_body(&mut response.into_body(), self.max_response, |_| true)
                 .await
                 .map_err(|e| match e {
@@ -282,7 +300,11 @@ impl Forwarder {
                     }
                     BodyError::Read(_) => Undelivered::lost(format!("reading the answer: {e}")),
                 })?;
-            Ok::<_, Undelivered>(Reply { status, body })
+            Ok::<_, Undelivered>(Reply {
+                status,
+                body,
+                headers,
+            })
         };
         match tokio::time::timeout(timeout, exchange).await {
             Ok(result) => result,

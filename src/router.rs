@@ -20,7 +20,7 @@
 //! `broadcast` the answers of a broadcast. Depends on `outbound`, `observe`, `table`,
 //! `cluster`, `delivery`, `wire` and `message`; never on the HTTP server above it.
 
-use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -39,12 +39,14 @@ use crate::table::ServiceTable;
 use crate::wire::Deadline;
 use crate::FastMap;
 
+mod background;
 mod broadcast;
 mod local;
 mod placement;
 mod registry;
 mod retry;
 
+pub(crate) use background::Delivery;
 use broadcast::answer_value;
 pub(crate) use broadcast::Part;
 use local::{finish_local, start_local};
@@ -83,6 +85,9 @@ pub enum RouteError {
     /// This node has as many requests in flight as it accepts.
     #[error("node is at its limit of {0} requests in flight; retry later")]
     Overloaded(usize),
+    /// The node holds its bound of messages being delivered in the background (`?wait=false`).
+    #[error("node is at its limit of {0} messages being delivered in the background; retry later")]
+    Backlog(usize),
     #[error("no answer from service {service_id} within {after:?}")]
     Timeout { service_id: String, after: Duration },
     #[error("{0}")]
@@ -100,7 +105,7 @@ impl RouteError {
             RouteError::Unreachable { .. } | RouteError::Lost { .. } | RouteError::BadAnswer(_) => {
                 StatusCode::BAD_GATEWAY
             }
-            RouteError::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
+            RouteError::Overloaded(_) | RouteError::Backlog(_) => StatusCode::SERVICE_UNAVAILABLE,
             RouteError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             RouteError::Handler(e) => e.status,
         }
@@ -123,6 +128,9 @@ pub struct RouterConfig {
     /// confirms it gone first. Longer than the failure detector takes, so that a dead node
     /// does not come back before gossip drops it.
     pub suspect_timeout: Duration,
+    /// The most messages sent without waiting (`?wait=false`) being delivered at once; above
+    /// it, such sends are refused (503).
+    pub background_limit: usize,
 }
 
 impl Default for RouterConfig {
@@ -130,6 +138,7 @@ impl Default for RouterConfig {
         RouterConfig {
             request_timeout: Duration::from_secs(10),
             suspect_timeout: Duration::from_secs(5),
+            background_limit: 1024,
         }
     }
 }
@@ -143,13 +152,33 @@ pub struct SendOptions {
     /// The handler may safely run twice: a forward that failed after the request may have
     /// reached the owner is sent to the next owner instead of failing with a 502.
     pub idempotent: bool,
+    /// Fire and forget: [`Router::send_with`] answers at once with `{"trace": ID}` and the
+    /// message is delivered in the background (see the README's "Fire and forget"). Ignored by
+    /// broadcasts.
+    pub no_wait: bool,
 }
+
+/// What a message carries to its handler beside its body: its name and the client's headers.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Extra<'a> {
+    /// The name the sender gave (`?messageName=`); without one, the owner reads a top-level
+    /// `"name"` of a JSON object body.
+    pub name: Option<&'a str>,
+    /// The client's headers, already filtered (see `relay`).
+    pub headers: &'a http::HeaderMap,
+}
+
+/// No headers.
+static NO_HEADERS: std::sync::LazyLock<http::HeaderMap> =
+    std::sync::LazyLock::new(http::HeaderMap::new);
 
 /// One request to route.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct RouteRequest<'a> {
     pub stream: &'a str,
+    /// Empty: the message has no key and goes to the stream's services in turn.
     pub key: &'a str,
+    pub extra: Extra<'a>,
     /// A service the caller named (`X-Service-ID`), instead of the ring's choice.
     pub target: Option<&'a str>,
     /// The request was forwarded to us already: it must not be forwarded again.
@@ -187,6 +216,11 @@ struct Inner {
     /// rebuilt and by broadcasts, never by a send that goes well.
     suspects: ArcSwap<FastMap<Arc<str>, Suspect>>,
     version: AtomicU64,
+    /// The turn of the next message without a key: the service it goes to is this modulo the
+    /// stream's services.
+    turn: AtomicUsize,
+    /// Messages being delivered in the background (`?wait=false`), and their bound.
+    background: background::Queue,
     /// This node's request metrics (see [`crate::observe`]), counted by the scopes it opens.
     metrics: Metrics,
 }
@@ -206,7 +240,6 @@ impl Router {
                 withdrawn: Default::default(),
                 advertising: Default::default(),
                 forwarder,
-                config,
                 membership,
                 node_id,
                 endpoint,
@@ -214,7 +247,10 @@ impl Router {
                 view: ArcSwap::from_pointee(ClusterView::default()),
                 suspects: ArcSwap::from_pointee(FastMap::default()),
                 version: AtomicU64::new(0),
+                turn: AtomicUsize::new(0),
+                background: background::Queue::new(config.background_limit),
                 metrics: Metrics::default(),
+                config,
             }),
         }
     }
@@ -276,6 +312,21 @@ impl Router {
         options: SendOptions,
     ) -> Result<Value, RouteError> {
         let payload = Payload::json(&message.data);
+        if options.no_wait {
+            let trace = observe::TraceId::new();
+            let delivery = background::Delivery {
+                stream: message.stream,
+                key: message.partition_key,
+                name: message.name,
+                headers: http::HeaderMap::new(),
+                idempotent: options.idempotent,
+                deadline: self.deadline(options.timeout),
+                payload,
+                trace,
+            };
+            self.deliver_later(delivery)?;
+            return Ok(serde_json::json!({ "trace": String::from_utf8_lossy(&trace.hex()) }));
+        }
         let mut scope = self.observe(
             &message.stream,
             &message.partition_key,
@@ -286,6 +337,10 @@ impl Router {
             RouteRequest {
                 stream: &message.stream,
                 key: &message.partition_key,
+                extra: Extra {
+                    name: message.name.as_deref(),
+                    headers: &NO_HEADERS,
+                },
                 target: None,
                 hop: false,
                 idempotent: options.idempotent,
@@ -324,6 +379,10 @@ impl Router {
         let parts = std::pin::pin!(self.broadcast_payload(
             &message.stream,
             &message.partition_key,
+            Extra {
+                name: message.name.as_deref(),
+                headers: &NO_HEADERS,
+            },
             payload,
             self.deadline(options.timeout),
         ));
@@ -359,7 +418,7 @@ impl Router {
             let locals = self.inner.local.load();
             if let Some(local) = locals.get(id) {
                 let service_id: Arc<str> = Arc::from(id);
-                let answer = start_local(service_id.clone(), local, key, payload);
+                let answer = start_local(service_id.clone(), local, key, request.extra, payload);
                 drop(locals);
                 return finish_local(service_id, answer, deadline).await;
             }
@@ -395,14 +454,22 @@ impl Router {
             // A local owner's handler starts while the snapshots are at hand. For a remote
             // owner the table is kept (one reference count) for its node and endpoint.
             let table = self.inner.table.load();
-            let Some(place) = table.owner_place(stream, key) else {
+            let place = if key.is_empty() {
+                self.next_in_turn(&table, stream, &tried)
+            } else {
+                table.owner_place(stream, key)
+            };
+            let Some(place) = place else {
+                if let Some(last) = last {
+                    return Err(last);
+                }
                 return Err(RouteError::UnknownStream(stream.to_owned()));
             };
             let owner = &table.services[place];
             let locals = self.inner.local.load();
             if let Some(local) = locals.get(&owner.id) {
                 let service_id = owner.id.clone();
-                let answer = start_local(service_id.clone(), local, key, payload);
+                let answer = start_local(service_id.clone(), local, key, request.extra, payload);
                 drop((locals, table));
                 return finish_local(service_id, answer, deadline).await;
             }
@@ -435,6 +502,22 @@ impl Router {
         }
     }
 
+    /// The place, in `table`, of the service of `stream` whose turn it is for a message without
+    /// a key (round-robin over the stream's services, lock-free: one atomic counter over the
+    /// immutable table), skipping those already `tried`; `None` when there is none left.
+    fn next_in_turn(
+        &self,
+        table: &ServiceTable,
+        stream: &str,
+        tried: &[Arc<str>],
+    ) -> Option<usize> {
+        let services = &table.stream(stream)?.services;
+        let turn = self.inner.turn.fetch_add(1, Ordering::Relaxed);
+        (0..services.len())
+            .map(|n| services[(turn + n) % services.len()])
+            .find(|&place| !tried.contains(&table.services[place].id))
+    }
+
     /// Forwards one request to `service_id` on the node `to`. A failure says whether the
     /// request may go to another owner; a failed connection or a refusal makes the owner
     /// suspect (see `retry`).
@@ -460,6 +543,7 @@ impl Router {
                 request.stream,
                 request.key,
                 &service_id,
+                (request.extra.name, request.extra.headers),
                 payload,
                 request.deadline,
             )

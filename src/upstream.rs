@@ -17,6 +17,7 @@ use tracing::{debug, info, warn};
 
 use crate::message::{BoxFuture, Handler, HandlerError, Header, Payload, Reply};
 use crate::path::encode_segment;
+use crate::relay;
 use crate::router::Router;
 use crate::security::{ClientTls, TlsError};
 use crate::shutdown::Watch;
@@ -29,6 +30,7 @@ use pool::{Pool, SendError};
 const STREAM_NAME: HeaderName = HeaderName::from_static("x-stream");
 const PARTITION_KEY_NAME: HeaderName = HeaderName::from_static("x-partition-key");
 const SERVICE_ID_NAME: HeaderName = HeaderName::from_static(SERVICE_ID_HEADER);
+const MESSAGE_NAME_NAME: HeaderName = HeaderName::from_static(relay::MESSAGE_NAME_HEADER);
 
 /// Settings of an [`HttpUpstream`].
 #[derive(Debug, Clone)]
@@ -98,9 +100,11 @@ pub enum UpstreamError {
 /// For each message the upstream gets `POST <url>` with the message body exactly as it arrived
 /// (an empty body becomes `{}`, as handlers of the original saw it), `Content-Type:
 /// application/json` (a `text/*` type the sender declared is kept), and the headers `X-Stream`,
-/// `X-Partition-Key` and `X-Service-ID`. The stream and key are percent-encoded there as in a
-/// path segment, so any key fits in a header; keys made of `A-Z a-z 0-9 - . _ ~` arrive
-/// unchanged.
+/// `X-Partition-Key` and `X-Service-ID`, `X-Message-Name` when the message has a name, and the
+/// client's request headers (less hop-by-hop ones and meshage's own). The stream, key and name
+/// are percent-encoded there as in a path segment, so any key fits in a header; keys made of
+/// `A-Z a-z 0-9 - . _ ~` arrive unchanged. The answer's headers reach the client, less
+/// hop-by-hop ones and meshage's own (`Content-Type`, `Content-Length`, `Date`).
 ///
 /// Its answer is passed through: a 2xx or 4xx status with its JSON body (an empty 2xx body is
 /// `null` with status 200; a 4xx body that is not JSON becomes `{"error": <its text>}`). No
@@ -251,8 +255,19 @@ impl HttpUpstream {
         };
         let mut request = self.request(Method::POST, body);
         let headers = request.headers_mut();
-        headers.reserve(4);
+        // The client's headers first (filtered as they entered): meshage's own replace theirs.
+        headers.reserve(5 + header.headers.len());
+        for (name, value) in &header.headers {
+            headers.append(name.clone(), value.clone());
+        }
         headers.insert(CONTENT_TYPE, content_type);
+        if let Some(name) = &header.name {
+            let mut encoded = String::with_capacity(name.len());
+            encode_segment(name, &mut encoded);
+            if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(encoded)) {
+                headers.insert(MESSAGE_NAME_NAME, v);
+            }
+        }
         for (name, value) in [
             (STREAM_NAME, &*header.stream),
             (PARTITION_KEY_NAME, &*header.partition_key),
@@ -270,8 +285,8 @@ impl HttpUpstream {
         let exchange = self
             .inner
             .pool
-            .send(request, self.inner.config.max_response);
-        let (status, body) = match tokio::time::timeout(timeout, exchange).await {
+            .exchange(request, self.inner.config.max_response);
+        let (status, answer_headers, body) = match tokio::time::timeout(timeout, exchange).await {
             Ok(Ok(answer)) => answer,
             Ok(Err(e @ SendError::Connect(_))) => {
                 return Err(bad_gateway(format!("handler at {url} is unreachable: {e}")))
@@ -286,7 +301,9 @@ impl HttpUpstream {
                 )))
             }
         };
-        answer_of(url, status, body)
+        let mut reply = answer_of(url, status, body)?;
+        reply.headers = relay::answer_headers(&answer_headers);
+        Ok(reply)
     }
 
     /// Checks the upstream once: `GET <url>`. Fails with the reason when there is no answer
@@ -346,10 +363,7 @@ fn answer_of(url: &Uri, status: StatusCode, body: Bytes) -> Result<Reply, Handle
     let is_json = |body: &[u8]| serde_json::from_slice::<serde::de::IgnoredAny>(body).is_ok();
     if status.is_success() {
         if body.iter().all(u8::is_ascii_whitespace) {
-            return Ok(Reply {
-                status: StatusCode::OK,
-                body: Bytes::from_static(b"null"),
-            });
+            return Ok(Reply::new(StatusCode::OK, Bytes::from_static(b"null")));
         }
         if !is_json(&body) {
             return Err(bad_gateway(format!(
@@ -357,11 +371,11 @@ fn answer_of(url: &Uri, status: StatusCode, body: Bytes) -> Result<Reply, Handle
                 snippet(&body)
             )));
         }
-        return Ok(Reply { status, body });
+        return Ok(Reply::new(status, body));
     }
     if status.is_client_error() {
         if is_json(&body) {
-            return Ok(Reply { status, body });
+            return Ok(Reply::new(status, body));
         }
         let message = if body.iter().all(u8::is_ascii_whitespace) {
             format!("handler answered {status}")

@@ -14,9 +14,10 @@ use super::text;
 use crate::delivery::Refusal;
 use crate::link::{
     decode_request, decode_response, decode_server_frame, encode_request, encode_response,
-    next_frame, request_limit, serve, Answer, LinkRequest, Outbox, ServerFrame, PREFACE,
-    PREFACE_ACK,
+    next_frame, request_limit, serve, Answer, LinkRequest, Outbox, ServerFrame, MAX_EXTRAS,
+    PREFACE, PREFACE_ACK,
 };
+use crate::message::Reply;
 use crate::shutdown::Flag;
 use crate::wire::Budget;
 
@@ -45,7 +46,7 @@ pub fn link_frames(data: &[u8]) {
                 }
                 if let Some((id, reply)) = decode_response(frame.clone()) {
                     let mut out = Outbox::default();
-                    encode_response(&mut out, id, reply.status, &reply.body);
+                    encode_response(&mut out, id, &reply);
                     assert_eq!(written(&out), whole(&frame), "response {id}");
                 }
             }
@@ -87,6 +88,7 @@ fn encoded_request(request: &LinkRequest) -> Vec<u8> {
         &request.key,
         &request.service_id,
         request.payload.content_type.as_deref().unwrap_or(""),
+        (request.extras.name.as_deref(), &request.extras.headers),
         &request.payload.body,
     )
     .expect("a request that was decoded fits in a frame");
@@ -115,6 +117,11 @@ fn frames_round_trip(data: &[u8]) {
     } else {
         Bytes::copy_from_slice(body)
     };
+    // Headers made of the numbers: the extras block round trips as well.
+    let mut headers = http::HeaderMap::new();
+    headers.insert("x-trace", http::HeaderValue::from(trace));
+    headers.append("x-id", http::HeaderValue::from(id));
+    headers.append("x-id", http::HeaderValue::from(id / 2));
     let mut out = Outbox::default();
     let encoded = encode_request(
         &mut out,
@@ -125,18 +132,27 @@ fn frames_round_trip(data: &[u8]) {
         &key,
         &service_id,
         &content_type,
+        (Some(&key).filter(|k| !k.is_empty()).map(|k| &**k), &headers),
         &body,
     );
     if encoded.is_err() {
         let longest = stream.len().max(service_id.len()).max(content_type.len());
         assert!(
-            longest > usize::from(u16::MAX),
-            "only a u16 length can be too long"
+            longest > usize::from(u16::MAX) || key.len() + 4 > MAX_EXTRAS,
+            "only a u16 length or a name past the extras' bound can be too long"
         );
         return;
     }
     let status = StatusCode::from_u16(100 + (trace % 900) as u16).expect("100 to 999");
-    encode_response(&mut out, id, status, &body);
+    encode_response(
+        &mut out,
+        id,
+        &Reply {
+            status,
+            body: body.clone(),
+            headers: headers.clone(),
+        },
+    );
     let mut buf = BytesMut::from(&written(&out)[..]);
     let frame = next_frame(&mut buf, ANY)
         .expect("a frame of fitting size")
@@ -155,11 +171,17 @@ fn frames_round_trip(data: &[u8]) {
         (!content_type.is_empty()).then_some(&*content_type)
     );
     assert_eq!(request.payload.body, body);
+    assert_eq!(
+        request.extras.name.as_deref(),
+        Some(&*key).filter(|k| !k.is_empty())
+    );
+    assert_eq!(request.extras.headers, headers);
     let frame = next_frame(&mut buf, ANY)
         .expect("a frame of fitting size")
         .expect("a whole frame");
     let (answered, reply) = decode_response(frame).expect("an encoded response decodes");
     assert_eq!((answered, reply.status, reply.body), (id, status, body));
+    assert_eq!(reply.headers, headers);
     assert!(buf.is_empty(), "two frames and nothing else");
 }
 
@@ -319,5 +341,5 @@ async fn answer(request: LinkRequest) -> Answer {
         }
         _ => {}
     }
-    Ok((StatusCode::OK, request.payload.body))
+    Ok(Reply::new(StatusCode::OK, request.payload.body))
 }

@@ -15,10 +15,11 @@ use super::Inbound;
 use crate::answer::{json_response, ApiError, Body};
 use crate::delivery::Refusal;
 use crate::link::{Answer, LinkRequest};
-use crate::message::Payload;
+use crate::message::{Payload, Reply};
 use crate::observe::{Route, TraceId};
 use crate::path::decode_segment;
-use crate::router::{Part, RouteError, RouteRequest};
+use crate::relay::{request_headers, MESSAGE_NAME_HEADER};
+use crate::router::{Delivery, Extra, Part, RouteError, RouteRequest};
 use crate::wire::{
     is_idempotent_value, parse_timeout, read_body, BodyError, Deadline, Held, HOP_HEADER,
     IDEMPOTENCY_KEY_HEADER, IDEMPOTENT_HEADER, SERVICE_ID_HEADER, TIMEOUT_HEADER, TRACE_HEADER,
@@ -38,6 +39,8 @@ struct MessageHead<'a> {
     timeout: Option<&'a HeaderValue>,
     idempotency_key: bool,
     idempotent: Option<&'a HeaderValue>,
+    /// `X-Message-Name`, read on forwards (percent-encoded there).
+    name: Option<&'a HeaderValue>,
 }
 
 impl<'a> MessageHead<'a> {
@@ -51,6 +54,7 @@ impl<'a> MessageHead<'a> {
                 SERVICE_ID_HEADER => &mut head.target,
                 TIMEOUT_HEADER => &mut head.timeout,
                 IDEMPOTENT_HEADER => &mut head.idempotent,
+                MESSAGE_NAME_HEADER => &mut head.name,
                 HOP_HEADER => {
                     head.hop = true;
                     continue;
@@ -69,6 +73,45 @@ impl<'a> MessageHead<'a> {
     /// Whether the caller marked the request safe to run twice; see [`is_idempotent_value`].
     fn idempotent(&self) -> bool {
         self.idempotency_key || self.idempotent.is_some_and(is_idempotent_value)
+    }
+}
+
+/// What the message routes read from a request's query, as the original 0.4.x reads it:
+/// `wait` (absent or `true`: wait for the answer; anything else: fire and forget), `timeout`
+/// (milliseconds, as `X-Request-Timeout`), `messageName`, and `partitionKey` (a key for a path
+/// without one). Other parameters are ignored; of a repeated one the first counts.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct MessageQuery {
+    pub(crate) no_wait: bool,
+    pub(crate) timeout: Option<String>,
+    pub(crate) name: Option<String>,
+    pub(crate) key: Option<String>,
+}
+
+impl MessageQuery {
+    /// Reads `query` (the part of the URI after `?`). Fails on a value that is not
+    /// percent-encoded UTF-8.
+    pub(crate) fn read(query: Option<&str>) -> Result<MessageQuery, String> {
+        let mut read = MessageQuery::default();
+        let mut wait = None;
+        for pair in query.unwrap_or("").split('&') {
+            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+            let slot = match name {
+                "wait" => &mut wait,
+                "timeout" => &mut read.timeout,
+                "messageName" => &mut read.name,
+                "partitionKey" => &mut read.key,
+                _ => continue,
+            };
+            if slot.is_none() {
+                // As in a form: `+` is a space.
+                let value = value.replace('+', " ");
+                let value = decode_segment(&value).map_err(|e| format!("query `{name}`: {e}"))?;
+                *slot = Some(value.into_owned());
+            }
+        }
+        read.no_wait = wait.is_some_and(|w| w != "true");
+        Ok(read)
     }
 }
 
@@ -110,6 +153,15 @@ pub(super) async fn message(
         (Ok(s), Ok(k)) => (s, k),
         (Err(e), _) | (_, Err(e)) => return refuse(ApiError::BadPath(e.to_string())),
     };
+    let query = match MessageQuery::read(request.uri.query()) {
+        Ok(query) => query,
+        Err(e) => return refuse(ApiError::BadRequest(e)),
+    };
+    // A path without a key may name one in its query, as the original's did.
+    let key = match (&*key, &query.key) {
+        ("", Some(named)) => std::borrow::Cow::Owned(named.clone()),
+        _ => key,
+    };
     let route = if broadcast {
         Route::Broadcast
     } else if head.hop {
@@ -119,7 +171,14 @@ pub(super) async fn message(
     };
     let mut scope = inbound.router.observe(&stream, &key, route, trace);
     let trace = scope.trace();
-    let respond = std::pin::pin!(respond(inbound, &head, body, broadcast, &stream, &key));
+    let relayed = request_headers(&request.headers, inbound.tokens.is_some());
+    let asked = Asked {
+        head: &head,
+        query: &query,
+        headers: &relayed,
+        trace,
+    };
+    let respond = std::pin::pin!(respond(inbound, asked, body, broadcast, &stream, &key));
     let (response, owner) = match scope.run(respond).await {
         Ok(answered) => answered,
         Err(e) => {
@@ -139,18 +198,42 @@ fn with_trace(mut response: Response<Body>, trace: TraceId) -> Response<Body> {
     response
 }
 
-/// Reads a message's body and routes it. Also says which service answered, if one did.
+/// What a message's request asks for, read from its head and query.
+struct Asked<'a> {
+    head: &'a MessageHead<'a>,
+    query: &'a MessageQuery,
+    /// The client's headers for the handler (see `relay`).
+    headers: &'a http::HeaderMap,
+    trace: TraceId,
+}
+
+/// Reads a message's body and routes it, or, asked not to wait, starts delivering it and
+/// answers 202. Also says which service answered, if one did.
 async fn respond(
     inbound: &Inbound,
-    head: &MessageHead<'_>,
+    asked: Asked<'_>,
     body: &mut Incoming,
     broadcast: bool,
     stream: &str,
     key: &str,
 ) -> Result<(Response<Body>, Option<Arc<str>>), ApiError> {
+    let head = asked.head;
     let limit = inbound.router.config().request_timeout;
-    let asked = parse_timeout(head.timeout).map_err(ApiError::BadRequest)?;
-    let deadline = Deadline::within(asked, limit);
+    // `X-Request-Timeout` and `?timeout=`: the smaller wins.
+    let in_header = parse_timeout(head.timeout).map_err(ApiError::BadRequest)?;
+    let in_query = match &asked.query.timeout {
+        Some(ms) => {
+            let value = HeaderValue::from_str(ms)
+                .map_err(|_| ApiError::BadRequest(format!("invalid timeout `{ms}`")))?;
+            parse_timeout(Some(&value)).map_err(ApiError::BadRequest)?
+        }
+        None => None,
+    };
+    let wanted = match (in_header, in_query) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    let deadline = Deadline::within(wanted, limit);
     let declared_too_long = head
         .content_length
         .and_then(|v| v.to_str().ok())
@@ -181,15 +264,45 @@ async fn respond(
         Ok(Err(BodyError::Read(e))) => {
             return Err(ApiError::BadRequest(format!("cannot read the body: {e}")));
         }
-        Err(_) => return Err(ApiError::BodyTimeout(asked.map_or(limit, |t| t.min(limit)))),
+        Err(_) => {
+            return Err(ApiError::BodyTimeout(
+                wanted.map_or(limit, |t| t.min(limit)),
+            ))
+        }
     };
     drop(held);
     let payload = Payload { body, content_type };
+    // The name the sender gave: in the query, or (from a peer) in `X-Message-Name`.
+    let forwarded_name = match head.name.map(|v| v.to_str()) {
+        Some(Ok(v)) => Some(decode_segment(v).map_err(|e| ApiError::BadPath(e.to_string()))?),
+        Some(Err(_)) => return Err(ApiError::BadRequest("invalid X-Message-Name".into())),
+        None => None,
+    };
+    let name = asked.query.name.as_deref().or(forwarded_name.as_deref());
+    let extra = Extra {
+        name,
+        headers: asked.headers,
+    };
 
+    if asked.query.no_wait && !broadcast && !head.hop {
+        inbound.router.deliver_later(Delivery {
+            stream: stream.to_owned(),
+            key: key.to_owned(),
+            name: name.map(str::to_owned),
+            headers: asked.headers.clone(),
+            idempotent: head.idempotent(),
+            deadline,
+            payload,
+            trace: asked.trace,
+        })?;
+        let trace = String::from_utf8_lossy(&asked.trace.hex()).into_owned();
+        let body = serde_json::to_vec(&serde_json::json!({ "trace": trace })).unwrap_or_default();
+        return Ok((json_response(StatusCode::ACCEPTED, Bytes::from(body)), None));
+    }
     if broadcast {
         let parts = inbound
             .router
-            .broadcast_payload(stream, key, payload, deadline)
+            .broadcast_payload(stream, key, extra, payload, deadline)
             .await?;
         let array = Bytes::from(Part::array(&parts));
         return Ok((json_response(StatusCode::OK, array), None));
@@ -197,6 +310,7 @@ async fn respond(
     let request = RouteRequest {
         stream,
         key,
+        extra,
         target,
         hop: head.hop,
         idempotent: head.idempotent(),
@@ -204,6 +318,11 @@ async fn respond(
     };
     let routed = inbound.router.route(request, payload).await?;
     let mut response = json_response(routed.reply.status, routed.reply.body);
+    // The handler's headers (already without hop-by-hop ones); meshage's own go after them.
+    if !routed.reply.headers.is_empty() {
+        let headers = crate::relay::answer_headers(&routed.reply.headers);
+        response.headers_mut().extend(headers);
+    }
     if let Ok(v) = HeaderValue::from_str(&routed.service_id) {
         response.headers_mut().insert(SERVICE_ID_NAME, v);
     }
@@ -219,7 +338,7 @@ async fn respond(
 /// Runs one request that arrived over a peer link: it names its service and is never
 /// forwarded again.
 pub(super) async fn link_request(inbound: Arc<Inbound>, request: LinkRequest) -> Answer {
-    let error = |e: ApiError| Ok((e.status(), e.body()));
+    let error = |e: ApiError| Ok(Reply::new(e.status(), e.body()));
     let _slot = match inbound.admission.admit() {
         Ok(slot) => slot,
         Err(e) => return error(e.into()),
@@ -229,6 +348,10 @@ pub(super) async fn link_request(inbound: Arc<Inbound>, request: LinkRequest) ->
     let route = RouteRequest {
         stream: &request.stream,
         key: &request.key,
+        extra: Extra {
+            name: request.extras.name.as_deref(),
+            headers: &request.extras.headers,
+        },
         target: Some(&request.service_id),
         hop: true,
         idempotent: false,
@@ -242,7 +365,7 @@ pub(super) async fn link_request(inbound: Arc<Inbound>, request: LinkRequest) ->
     match scope.run(routed).await {
         Ok(routed) => {
             scope.finish(routed.reply.status, Some(&routed.service_id));
-            Ok((routed.reply.status, routed.reply.body))
+            Ok(routed.reply)
         }
         Err(e) => {
             scope.finish(e.status(), None);

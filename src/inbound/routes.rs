@@ -20,7 +20,8 @@ use crate::answer::{ApiError, Body};
 pub(crate) enum Endpoint<'a> {
     Admin(Page<'a>),
     /// A message to the owner of `key`, or to every service of `stream`; both still
-    /// percent-encoded.
+    /// percent-encoded. An empty key (`/api/{stream}`, or `/api/{stream}/`): a message without
+    /// a key, which goes to the stream's services in turn.
     Message {
         broadcast: bool,
         stream: &'a str,
@@ -43,7 +44,7 @@ const EXACT: [(&str, Page<'static>); 8] = [
     ("/api/openapi.json", Page::OpenApi),
 ];
 
-const MESSAGES: &str = "messages go to /api/{stream}/{partitionKey}";
+const MESSAGES: &str = "messages go to /api/{stream}/{partitionKey} or /api/{stream}";
 const LOCATE: &str = "use GET /api/locate/{stream}/{partitionKey}";
 const MEMBERS: &str = "`members` is reserved: GET /api/members lists the nodes";
 
@@ -80,6 +81,14 @@ pub(crate) fn find(path: &str) -> Endpoint<'_> {
             stream,
             key,
         },
+        // `/api/{stream}`: no key.
+        None if !rest.is_empty() && !rest.contains('/') && rest != "broadcast" => {
+            Endpoint::Message {
+                broadcast,
+                stream: rest,
+                key: "",
+            }
+        }
         None => Endpoint::NoRoute(MESSAGES),
     }
 }
@@ -208,9 +217,11 @@ mod tests {
             ("/api/locate", Endpoint::NoRoute(LOCATE)),
             ("/api/locate/echo", Endpoint::NoRoute(LOCATE)),
             ("/api/members/x", Endpoint::NoRoute(MEMBERS)),
-            ("/api/echo", Endpoint::NoRoute(MESSAGES)),
+            ("/api/echo", message(false, "echo", "")),
             ("/api//k", Endpoint::NoRoute(MESSAGES)),
-            ("/api/broadcast/echo", Endpoint::NoRoute(MESSAGES)),
+            ("/api/", Endpoint::NoRoute(MESSAGES)),
+            ("/api/broadcast", Endpoint::NoRoute(MESSAGES)),
+            ("/api/broadcast/echo", message(true, "echo", "")),
         ];
         for (path, endpoint) in cases {
             assert_eq!(find(path), endpoint, "{path}");
@@ -233,8 +244,18 @@ mod tests {
             ) => path,
             Endpoint::Admin(Page::Locate { .. }) => "/api/locate/{stream}/{partitionKey}",
             Endpoint::Message {
+                broadcast: true,
+                key: "",
+                ..
+            } => "/api/broadcast/{stream}",
+            Endpoint::Message {
                 broadcast: true, ..
             } => "/api/broadcast/{stream}/{partitionKey}",
+            Endpoint::Message {
+                broadcast: false,
+                key: "",
+                ..
+            } => "/api/{stream}",
             Endpoint::Message {
                 broadcast: false, ..
             } => "/api/{stream}/{partitionKey}",
@@ -251,8 +272,10 @@ mod tests {
         let shapes = [
             "/api/locate/s/k",
             "/api/broadcast/s/k",
+            "/api/broadcast/s",
             "/api/s/k",
             "/api/s/a/b",
+            "/api/s",
         ];
         let mut reached = std::collections::BTreeSet::new();
         for path in EXACT.iter().map(|(path, _)| *path).chain(shapes) {

@@ -127,6 +127,7 @@ impl Links {
     /// never left this node fails as [`Undelivered::NotRun`] (with TLS, also one to a peer that
     /// published no certificate); one that was written and then lost, or got no answer in time,
     /// as [`Undelivered::MayHaveRun`].
+    #[cfg(test)]
     #[allow(clippy::too_many_arguments)]
     pub(crate) async fn send(
         &self,
@@ -135,6 +136,27 @@ impl Links {
         stream: &str,
         key: &str,
         service_id: &str,
+        payload: &Payload,
+        deadline: Deadline,
+    ) -> Result<Reply, LinkError> {
+        let headers = http::HeaderMap::new();
+        let extras = (None, &headers);
+        self.send_with(
+            authority, peer, stream, key, service_id, extras, payload, deadline,
+        )
+        .await
+    }
+
+    /// [`Links::send`] of a message with a name and headers (`extras`).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn send_with(
+        &self,
+        authority: &str,
+        peer: Option<Fingerprint>,
+        stream: &str,
+        key: &str,
+        service_id: &str,
+        extras: (Option<&str>, &http::HeaderMap),
         payload: &Payload,
         deadline: Deadline,
     ) -> Result<Reply, LinkError> {
@@ -150,6 +172,7 @@ impl Links {
                 key,
                 service_id,
                 payload.content_type.as_deref().unwrap_or(""),
+                extras,
                 &payload.body,
             )
             .map_err(LinkError::Undelivered)
@@ -333,7 +356,7 @@ mod tests {
                         let _ = go.lock().unwrap().recv();
                     });
                 }
-                async move { Ok((StatusCode::OK, Bytes::from_static(b"{}"))) }
+                async move { Ok(Reply::new(StatusCode::OK, Bytes::from_static(b"{}"))) }
             };
             serve(stream, Bytes::new(), 64 << 20, unbounded(), handle, watch).await;
         });
@@ -436,7 +459,7 @@ mod tests {
             let n: u64 = request.key.parse().unwrap();
             tokio::time::sleep(Duration::from_micros(500 - n)).await;
             let body = format!("{}:{}", request.key, request.payload.body.len());
-            Ok((StatusCode::OK, Bytes::from(body)))
+            Ok(Reply::new(StatusCode::OK, Bytes::from(body)))
         })
         .await;
         let links = Arc::new(Links::new(Duration::from_secs(2), 16 << 20, None));
@@ -488,7 +511,7 @@ mod tests {
             if request.key == "silent" {
                 std::future::pending::<()>().await;
             }
-            Ok((StatusCode::OK, request.payload.body))
+            Ok(Reply::new(StatusCode::OK, request.payload.body))
         })
         .await;
         let links = Links::new(Duration::from_secs(2), 16 << 20, None);
@@ -540,7 +563,10 @@ mod tests {
         let (authority, _stop, _server) = serve_one(|request: LinkRequest| async move {
             match request.key.as_str() {
                 "refused" => Err(Refusal::NoService),
-                _ => Ok((StatusCode::MISDIRECTED_REQUEST, request.payload.body)),
+                _ => Ok(Reply::new(
+                    StatusCode::MISDIRECTED_REQUEST,
+                    request.payload.body,
+                )),
             }
         })
         .await;
@@ -656,8 +682,9 @@ mod tests {
             let (stream, _) = listener.accept().await.unwrap();
             let stream = acceptor.accept(stream).await.unwrap();
             let client = client_fingerprint(stream.get_ref().1);
-            let handle =
-                |request: LinkRequest| async move { Ok((StatusCode::OK, request.payload.body)) };
+            let handle = |request: LinkRequest| async move {
+                Ok(Reply::new(StatusCode::OK, request.payload.body))
+            };
             serve(stream, Bytes::new(), 16 << 20, unbounded(), handle, watch).await;
             client
         });
@@ -718,7 +745,9 @@ mod tests {
                     Bytes::new(),
                     1 << 20,
                     unbounded(),
-                    |request: LinkRequest| async move { Ok((StatusCode::OK, request.payload.body)) },
+                    |request: LinkRequest| async move {
+                        Ok(Reply::new(StatusCode::OK, request.payload.body))
+                    },
                     stop,
                 ));
             }

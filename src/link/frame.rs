@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
+use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::StatusCode;
 use tokio::io::AsyncWriteExt;
 
@@ -13,8 +14,8 @@ use crate::message::{Payload, Reply};
 /// The first bytes a link client sends; the server answers with [`PREFACE_ACK`]. It ends like
 /// an HTTP request head, so an HTTP server that gets it answers 400 at once instead of waiting
 /// for the rest of a request line, and the client falls back to HTTP without delay.
-pub(crate) const PREFACE: &[u8; 12] = b"MESHLNK3\r\n\r\n";
-pub(crate) const PREFACE_ACK: &[u8; 8] = b"MESHACK3";
+pub(crate) const PREFACE: &[u8; 12] = b"MESHLNK4\r\n\r\n";
+pub(crate) const PREFACE_ACK: &[u8; 8] = b"MESHACK4";
 const KIND_REQUEST: u8 = 1;
 const KIND_RESPONSE: u8 = 2;
 const KIND_GOAWAY: u8 = 3;
@@ -24,8 +25,11 @@ const MAX_FRAME: usize = 64 * 1024 * 1024;
 /// Room in a request frame for what comes with the body: the fixed fields, and the stream, key,
 /// service id and content type.
 const REQUEST_HEAD: usize = 256 * 1024;
-/// Room in a response frame for what comes with the body.
-const RESPONSE_HEAD: usize = 64;
+/// Room in a response frame for what comes with the body: the fixed fields and the extras.
+const RESPONSE_HEAD: usize = 64 + MAX_EXTRAS;
+/// The most bytes of a frame's extras block (the message's name and headers; see
+/// [`Extras`]): as much as an HTTP/1.1 head that hyper reads by default (64 KiB).
+pub(crate) const MAX_EXTRAS: usize = 64 * 1024;
 
 /// The largest request frame a server with this body limit reads; a larger one ends the link.
 pub(crate) fn request_limit(body_limit: usize) -> usize {
@@ -182,7 +186,95 @@ pub(crate) struct LinkRequest {
     pub(crate) stream: String,
     pub(crate) key: String,
     pub(crate) service_id: String,
+    pub(crate) extras: Extras,
     pub(crate) payload: Payload,
+}
+
+/// What a request carries beside its body, and an answer beside its status (issue 21): the
+/// message's name (requests only) and headers. A block of its own in each frame, delimited by
+/// its length (u32), so that it can change without touching the fields around it:
+/// `name_len: u16, name, count: u16, count × (name_len: u16, name, value_len: u16, value)`.
+/// At most [`MAX_EXTRAS`] bytes; headers past that bound are left out by the writer.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Extras {
+    pub(crate) name: Option<String>,
+    pub(crate) headers: HeaderMap,
+}
+
+/// The extras block of `name` and `headers`, without its length prefix.
+fn extras_block(name: Option<&str>, headers: &HeaderMap) -> Result<BytesMut, Undelivered> {
+    let name = name.unwrap_or("");
+    if 2 + name.len() + 2 > MAX_EXTRAS {
+        return Err(Undelivered::failed(
+            "message name too long for a link frame",
+        ));
+    }
+    let mut block = BytesMut::with_capacity(4 + name.len() + 64 * headers.len());
+    block.put_u16(name.len() as u16);
+    block.put_slice(name.as_bytes());
+    let count_at = block.len();
+    block.put_u16(0);
+    let mut count = 0u16;
+    for (header, value) in headers {
+        let size = 4 + header.as_str().len() + value.len();
+        if block.len() + size > MAX_EXTRAS || count == u16::MAX {
+            break;
+        }
+        block.put_u16(header.as_str().len() as u16);
+        block.put_slice(header.as_str().as_bytes());
+        block.put_u16(value.len() as u16);
+        block.put_slice(value.as_bytes());
+        count += 1;
+    }
+    block[count_at..count_at + 2].copy_from_slice(&count.to_be_bytes());
+    Ok(block)
+}
+
+/// Reads an extras block (its length prefix included) off the front of `frame`; `None` for
+/// one that is not well formed or longer than [`MAX_EXTRAS`].
+fn take_extras(frame: &mut Bytes) -> Option<Extras> {
+    if frame.len() < 4 {
+        return None;
+    }
+    let len = frame.get_u32() as usize;
+    if len > MAX_EXTRAS || frame.len() < len {
+        return None;
+    }
+    let mut block = frame.split_to(len);
+    let take_u16 = |block: &mut Bytes| (block.len() >= 2).then(|| block.get_u16() as usize);
+    let name_len = take_u16(&mut block)?;
+    let name = take_string(&mut block, name_len)?;
+    let count = take_u16(&mut block)?;
+    let mut headers = HeaderMap::new();
+    let mut last: Option<HeaderName> = None;
+    for _ in 0..count {
+        let len = take_u16(&mut block)?;
+        if block.len() < len {
+            return None;
+        }
+        let raw = block.split_to(len);
+        let header = HeaderName::from_bytes(&raw).ok()?;
+        // Only the form the writer gives: lower case, each name's values together.
+        if header.as_str().as_bytes() != &raw[..]
+            || (last.as_ref() != Some(&header) && headers.contains_key(&header))
+        {
+            return None;
+        }
+        last = Some(header.clone());
+        let len = take_u16(&mut block)?;
+        if block.len() < len {
+            return None;
+        }
+        let value = HeaderValue::from_maybe_shared(block.split_to(len)).ok()?;
+        headers.append(header, value);
+    }
+    if !block.is_empty() {
+        return None;
+    }
+    Some(Extras {
+        name: (!name.is_empty()).then_some(name),
+        headers,
+    })
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -195,8 +287,10 @@ pub(crate) fn encode_request(
     key: &str,
     service_id: &str,
     content_type: &str,
+    (name, headers): (Option<&str>, &HeaderMap),
     body: &Bytes,
 ) -> Result<(), Undelivered> {
+    let extras = extras_block(name, headers)?;
     if stream.len() > u16::MAX as usize
         || service_id.len() > u16::MAX as usize
         || content_type.len() > u16::MAX as usize
@@ -217,6 +311,8 @@ pub(crate) fn encode_request(
         + key.len()
         + service_id.len()
         + content_type.len()
+        + 4
+        + extras.len()
         + body.len();
     if len > MAX_FRAME {
         return Err(Undelivered::failed(format!(
@@ -238,18 +334,25 @@ pub(crate) fn encode_request(
     buf.put_slice(key.as_bytes());
     buf.put_slice(service_id.as_bytes());
     buf.put_slice(content_type.as_bytes());
+    buf.put_u32(extras.len() as u32);
+    buf.put_slice(&extras);
     out.put_body(body);
     Ok(())
 }
 
-pub(crate) fn encode_response(out: &mut Outbox, id: u64, status: StatusCode, body: &Bytes) {
-    let len = 1 + 8 + 2 + body.len();
+pub(crate) fn encode_response(out: &mut Outbox, id: u64, reply: &Reply) {
+    // Headers past the bound are left out (see `extras_block`); a name is never written here.
+    let extras = extras_block(None, &reply.headers).unwrap_or_default();
+    let body = &reply.body;
+    let len = 1 + 8 + 2 + 4 + extras.len() + body.len();
     out.reserve(4 + len, body);
     let buf = &mut out.bytes;
     buf.put_u32(len as u32);
     buf.put_u8(KIND_RESPONSE);
     buf.put_u64(id);
-    buf.put_u16(status.as_u16());
+    buf.put_u16(reply.status.as_u16());
+    buf.put_u32(extras.len() as u32);
+    buf.put_slice(&extras);
     out.put_body(body);
 }
 
@@ -280,6 +383,7 @@ pub(crate) fn decode_request(mut frame: Bytes) -> Option<LinkRequest> {
     let key = take_string(&mut frame, key_len)?;
     let service_id = take_string(&mut frame, service_len)?;
     let content_type = take_string(&mut frame, ct_len)?;
+    let extras = take_extras(&mut frame)?;
     Some(LinkRequest {
         id,
         trace,
@@ -287,6 +391,7 @@ pub(crate) fn decode_request(mut frame: Bytes) -> Option<LinkRequest> {
         stream,
         key,
         service_id,
+        extras,
         payload: Payload {
             body: frame,
             content_type: (!content_type.is_empty()).then_some(content_type),
@@ -300,23 +405,24 @@ pub(crate) fn decode_response(mut frame: Bytes) -> Option<(u64, Reply)> {
     }
     let id = frame.get_u64();
     let status = StatusCode::from_u16(frame.get_u16()).ok()?;
+    let extras = take_extras(&mut frame)?;
     Some((
         id,
         Reply {
             status,
             body: frame,
+            headers: extras.headers,
         },
     ))
 }
 
-/// What a link's server answers a request with: a status and body, or the node's refusal to
-/// run it.
-pub(crate) type Answer = Result<(StatusCode, Bytes), Refusal>;
+/// What a link's server answers a request with: a reply, or the node's refusal to run it.
+pub(crate) type Answer = Result<Reply, Refusal>;
 
 /// Queues the frame of `answer` to request `id`.
 pub(super) fn encode_answer(out: &mut Outbox, id: u64, answer: &Answer) {
     match answer {
-        Ok((status, body)) => encode_response(out, id, *status, body),
+        Ok(reply) => encode_response(out, id, reply),
         Err(why) => encode_refusal(out, id, *why),
     }
 }
@@ -398,14 +504,20 @@ mod tests {
             "a/b ключ",
             "svc",
             "application/json",
+            (Some("order.placed"), &{
+                let mut headers = HeaderMap::new();
+                headers.insert("accept-language", HeaderValue::from_static("fr"));
+                headers.append("x-many", HeaderValue::from_static("1"));
+                headers.append("x-many", HeaderValue::from_static("2"));
+                headers
+            }),
             &Bytes::from_static(b"{\"x\":1}"),
         )
         .unwrap();
         encode_response(
             &mut out,
             9,
-            StatusCode::CONFLICT,
-            &Bytes::from_static(b"{}"),
+            &Reply::new(StatusCode::CONFLICT, Bytes::from_static(b"{}")),
         );
         assert!(out.bodies.is_empty(), "small bodies are copied");
         let mut buf = out.bytes;
@@ -417,6 +529,9 @@ mod tests {
             ("echo", "a/b ключ")
         );
         assert_eq!(request.service_id, "svc");
+        assert_eq!(request.extras.name.as_deref(), Some("order.placed"));
+        assert_eq!(request.extras.headers["accept-language"], "fr");
+        assert_eq!(request.extras.headers.get_all("x-many").iter().count(), 2);
         assert_eq!(
             request.payload.content_type.as_deref(),
             Some("application/json")
@@ -439,8 +554,7 @@ mod tests {
         encode_response(
             &mut out,
             6,
-            StatusCode::MISDIRECTED_REQUEST,
-            &Bytes::from_static(b"{}"),
+            &Reply::new(StatusCode::MISDIRECTED_REQUEST, Bytes::from_static(b"{}")),
         );
         let mut buf = out.bytes;
         let mut next = || decode_server_frame(next_frame(&mut buf, MAX_FRAME).unwrap().unwrap());
@@ -454,10 +568,10 @@ mod tests {
             next(),
             Some(ServerFrame::Answer(
                 6,
-                Ok(Reply {
-                    status: StatusCode::MISDIRECTED_REQUEST,
-                    body: Bytes::from_static(b"{}"),
-                })
+                Ok(Reply::new(
+                    StatusCode::MISDIRECTED_REQUEST,
+                    Bytes::from_static(b"{}")
+                ))
             ))
         );
         for junk in [&b"\x04\0\0\0\0\0\0\0\x05\x09"[..], b"\x04short", b"\x09"] {
@@ -468,7 +582,11 @@ mod tests {
     #[test]
     fn partial_and_oversized_frames() {
         let mut out = Outbox::default();
-        encode_response(&mut out, 1, StatusCode::OK, &Bytes::from_static(b"hello"));
+        encode_response(
+            &mut out,
+            1,
+            &Reply::new(StatusCode::OK, Bytes::from_static(b"hello")),
+        );
         let mut partial = out.bytes.split_to(6);
         assert!(next_frame(&mut partial, MAX_FRAME).unwrap().is_none());
         let mut huge = BytesMut::from(&u32::MAX.to_be_bytes()[..]);
@@ -499,7 +617,7 @@ mod tests {
         let mut frames = Vec::new();
         for n in 0..8 {
             let start = out.bytes.len();
-            encode_response(&mut out, n as u64, StatusCode::OK, &body(n));
+            encode_response(&mut out, n as u64, &Reply::new(StatusCode::OK, body(n)));
             // Keep 1, 2, 5 and 6: both kinds of body, kept and left out, next to each other.
             frames.push((start, matches!(n, 1 | 2 | 5 | 6)));
         }
@@ -548,7 +666,7 @@ mod tests {
             Bytes::from(vec![(n % 251) as u8; len])
         };
         for n in 0..count {
-            encode_response(&mut out, n as u64, StatusCode::OK, &body(n));
+            encode_response(&mut out, n as u64, &Reply::new(StatusCode::OK, body(n)));
         }
         assert!(
             out.bodies.len() > MAX_SLICES,

@@ -18,6 +18,7 @@ use super::frame::{
     request_limit, Answer, LinkRequest, Outbox, PREFACE, PREFACE_ACK,
 };
 use crate::delivery::Refusal;
+use crate::message::Reply;
 use crate::shutdown::Watch;
 use crate::wire::{Budget, Held};
 
@@ -203,7 +204,7 @@ pub(crate) async fn serve<S, H, F>(
                                         let mut task = task;
                                         let answer = (&mut task.0).await.unwrap_or_else(|_| {
                                             let body = Bytes::from_static(HANDLER_FAILED_BODY);
-                                            (Ok((StatusCode::INTERNAL_SERVER_ERROR, body)), Duration::ZERO)
+                                            (Ok(Reply::new(StatusCode::INTERNAL_SERVER_ERROR, body)), Duration::ZERO)
                                         });
                                         (id, answer)
                                     }));

@@ -225,11 +225,37 @@ impl PeerMetrics {
     }
 }
 
+/// Messages sent without waiting (`?wait=false`), delivered in the background.
+#[derive(Default)]
+pub(crate) struct BackgroundMetrics {
+    /// Delivered: the handler answered, whatever its status.
+    delivered: AtomicU64,
+    /// Not delivered by their deadline (the owner unreachable, the request lost or late).
+    failed: AtomicU64,
+    /// Refused at once: the node held its bound of background deliveries.
+    refused: AtomicU64,
+}
+
+impl BackgroundMetrics {
+    pub(crate) fn delivered(&self) {
+        self.delivered.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn failed(&self) {
+        self.failed.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn refused(&self) {
+        self.refused.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
 /// Every request metric of one node.
 pub(crate) struct Metrics {
     streams: ArcSwap<FastMap<Arc<str>, Arc<StreamMetrics>>>,
     other: Arc<StreamMetrics>,
     pub(crate) peers: PeerMetrics,
+    pub(crate) background: BackgroundMetrics,
 }
 
 impl Default for Metrics {
@@ -238,6 +264,7 @@ impl Default for Metrics {
             streams: ArcSwap::from_pointee(FastMap::default()),
             other: Arc::new(StreamMetrics::new(OTHER_STREAM)),
             peers: PeerMetrics::default(),
+            background: BackgroundMetrics::default(),
         }
     }
 }
@@ -438,6 +465,24 @@ impl Metrics {
         ] {
             let n = n.load(Ordering::Relaxed);
             let _ = writeln!(out, "meshage_peer_refusals_total{{kind=\"{kind}\"}} {n}");
+        }
+
+        header(
+            &mut out,
+            "meshage_background_total",
+            "counter",
+            "Messages sent without waiting (?wait=false) by outcome: delivered (the handler \
+             answered), failed (not delivered by the deadline; logged), refused (above the \
+             node's bound of background deliveries, answered 503).",
+        );
+        let background = &self.background;
+        for (outcome, n) in [
+            ("delivered", &background.delivered),
+            ("failed", &background.failed),
+            ("refused", &background.refused),
+        ] {
+            let n = n.load(Ordering::Relaxed);
+            let _ = writeln!(out, "meshage_background_total{{outcome=\"{outcome}\"}} {n}");
         }
 
         if let Some(traffic) = cluster.gossip {

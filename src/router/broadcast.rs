@@ -5,7 +5,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use serde_json::{json, Value};
 
-use super::{RouteError, RouteRequest, Router};
+use super::{Extra, RouteError, RouteRequest, Router};
 use crate::message::{HandlerError, Payload, Reply};
 use crate::wire::Deadline;
 
@@ -17,6 +17,7 @@ impl Router {
         &self,
         stream: &str,
         key: &str,
+        extra: Extra<'_>,
         payload: Payload,
         deadline: Deadline,
     ) -> Result<Vec<Part>, RouteError> {
@@ -44,6 +45,7 @@ impl Router {
                 let request = RouteRequest {
                     stream,
                     key,
+                    extra,
                     target: Some(id),
                     hop: false,
                     idempotent: false,
@@ -151,10 +153,7 @@ mod tests {
     use http::StatusCode;
 
     fn ok(body: &'static str) -> Reply {
-        Reply {
-            status: StatusCode::OK,
-            body: Bytes::from_static(body.as_bytes()),
-        }
+        Reply::new(StatusCode::OK, Bytes::from_static(body.as_bytes()))
     }
 
     #[test]
@@ -163,10 +162,10 @@ mod tests {
         let empty = answer_json(ok("")).unwrap();
         let bad = answer_json(ok("{not json")).unwrap_err();
         assert!(matches!(bad, RouteError::BadAnswer(_)), "{bad}");
-        let failed = answer_json(Reply {
-            status: StatusCode::CONFLICT,
-            body: Bytes::from_static(br#"{"error":"taken"}"#),
-        })
+        let failed = answer_json(Reply::new(
+            StatusCode::CONFLICT,
+            Bytes::from_static(br#"{"error":"taken"}"#),
+        ))
         .unwrap_err();
         assert_eq!(failed.to_string(), "taken");
         let parts = [

@@ -9,8 +9,8 @@ use futures_util::FutureExt;
 use serde_json::json;
 use tracing::error;
 
-use super::{LocalService, RouteError, Routed};
-use crate::message::{BoxFuture, HandlerError, Header, Payload, Reply};
+use super::{Extra, LocalService, RouteError, Routed};
+use crate::message::{name_in_body, BoxFuture, HandlerError, Header, Payload, Reply};
 use crate::observe;
 use crate::wire::Deadline;
 
@@ -20,12 +20,22 @@ pub(super) fn start_local(
     service_id: Arc<str>,
     local: &LocalService,
     key: &str,
+    extra: Extra<'_>,
     payload: Payload,
 ) -> BoxFuture<'static, Result<Reply, HandlerError>> {
+    // The name the sender gave, else the body's top-level "name" (a JSON object's only; read
+    // here, on the owner, so that no node on the way parses the body).
+    let name = match extra.name {
+        Some(name) => Some(Arc::from(name)),
+        None if payload.text_type().is_none() => name_in_body(&payload.body).map(Arc::from),
+        None => None,
+    };
     let header = Header {
         service_id,
         stream: local.stream.clone(),
         partition_key: Arc::from(key),
+        name,
+        headers: extra.headers.clone(),
     };
     // A handler that panics answers 500, like one that fails: the panic ends neither the
     // client's connection nor a peer link with everything else it carries. One that panics
@@ -72,12 +82,10 @@ pub(super) async fn finish_local(
         // service that gave it.
         Ok(Err(e)) => Ok(Routed {
             service_id,
-            reply: Reply {
-                status: e.status,
-                body: Bytes::from(
-                    serde_json::to_vec(&json!({ "error": e.message })).unwrap_or_default(),
-                ),
-            },
+            reply: Reply::new(
+                e.status,
+                Bytes::from(serde_json::to_vec(&json!({ "error": e.message })).unwrap_or_default()),
+            ),
         }),
         Err(_) => Err(RouteError::Timeout {
             service_id: service_id.to_string(),

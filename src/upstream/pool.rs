@@ -93,9 +93,19 @@ impl Pool {
     /// had closed it) goes over the next one; one that was sent is not sent again.
     pub(super) async fn send(
         &self,
-        mut request: Request<Full<Bytes>>,
+        request: Request<Full<Bytes>>,
         max_body: usize,
     ) -> Result<(StatusCode, Bytes), SendError> {
+        let (status, _, body) = self.exchange(request, max_body).await?;
+        Ok((status, body))
+    }
+
+    /// [`Pool::send`], with the answer's headers.
+    pub(super) async fn exchange(
+        &self,
+        mut request: Request<Full<Bytes>>,
+        max_body: usize,
+    ) -> Result<(StatusCode, http::HeaderMap, Bytes), SendError> {
         loop {
             let (mut conn, reused) = match self.take() {
                 Some(conn) => (conn, true),
@@ -121,18 +131,14 @@ impl Pool {
                 Err(()) => return Err(SendError::Closed),
             };
             let status = response.status();
-            let body = match drive(
-                connection,
-                read_body(&mut response.into_body(), max_body, |_| true),
-            )
-            .await
-            {
+            let (parts, mut incoming) = response.into_parts();
+            let body = match drive(connection, read_body(&mut incoming, max_body, |_| true)).await {
                 Ok(Ok(body)) => body,
                 Ok(Err(e)) => return Err(SendError::Body(e)),
                 Err(()) => return Err(SendError::Closed),
             };
             self.put(conn);
-            return Ok((status, body));
+            return Ok((status, parts.headers, body));
         }
     }
 

@@ -156,6 +156,8 @@ fn header(key: &str) -> Header {
         service_id: Arc::from("svc-1"),
         stream: Arc::from("orders"),
         partition_key: Arc::from(key),
+        name: None,
+        headers: Default::default(),
     }
 }
 

@@ -5,13 +5,14 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
-use meshage::client::{read_message, ClientError, MeshClient};
+use meshage::client::{read_message, ClientError, MeshClient, SendParams};
 use meshage::ClientTls;
 
 #[derive(Subcommand)]
 pub(crate) enum ClientCommand {
-    /// Send a message to the service that owns KEY on STREAM and print its answer.
-    Send(MessageArgs),
+    /// Send a message to the service that owns KEY on STREAM and print its answer (without
+    /// KEY, or with an empty one: to the stream's services in turn).
+    Send(SendArgs),
     /// Send a message to every service of STREAM; prints one entry per service.
     Broadcast(MessageArgs),
     /// List every routable service of the cluster.
@@ -55,6 +56,27 @@ pub(crate) struct MessageArgs {
 }
 
 #[derive(Args)]
+pub(crate) struct SendArgs {
+    /// The stream to send on.
+    stream: String,
+    /// The partition key (any text; it is percent-encoded on the way). Omitted or empty: the
+    /// message has no key and goes to one live service of the stream, in turn.
+    #[arg(default_value = "")]
+    key: String,
+    /// The message: JSON, `@FILE` for a file's contents, or `-` for standard input (default `{}`).
+    message: Option<String>,
+    /// The message's name (`?messageName=`), for handlers registered for a name.
+    #[arg(long)]
+    name: Option<String>,
+    /// Do not wait for the answer: the node answers 202 at once with the trace id and delivers
+    /// the message in the background.
+    #[arg(long)]
+    no_wait: bool,
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+#[derive(Args)]
 pub(crate) struct LocateArgs {
     /// The stream to look in.
     stream: String,
@@ -68,7 +90,8 @@ pub(crate) struct LocateArgs {
 /// `main` exits with their codes.
 pub(crate) async fn run_client(command: ClientCommand) -> Result<()> {
     let args = match &command {
-        ClientCommand::Send(m) | ClientCommand::Broadcast(m) => &m.client,
+        ClientCommand::Send(m) => &m.client,
+        ClientCommand::Broadcast(m) => &m.client,
         ClientCommand::Services(c) | ClientCommand::Members(c) => c,
         ClientCommand::Locate(l) => &l.client,
     };
@@ -90,7 +113,13 @@ pub(crate) async fn run_client(command: ClientCommand) -> Result<()> {
     let answer = match &command {
         ClientCommand::Send(m) => {
             let message = read_message(m.message.as_deref(), std::io::stdin().lock())?;
-            client.send(&m.stream, &m.key, message).await?
+            let params = SendParams {
+                name: m.name.clone(),
+                no_wait: m.no_wait,
+            };
+            client
+                .send_with(&m.stream, &m.key, message, &params)
+                .await?
         }
         ClientCommand::Broadcast(m) => {
             let message = read_message(m.message.as_deref(), std::io::stdin().lock())?;

@@ -90,6 +90,11 @@ pub(crate) struct NodeArgs {
     #[arg(long, env = "MESHAGE_MAX_IN_FLIGHT", default_value_t = 10_000,
           value_parser = clap::value_parser!(u64).range(1..))]
     max_in_flight: u64,
+    /// Messages sent without waiting (`?wait=false`) that the node delivers at once in the
+    /// background; above it, such sends get 503 with Retry-After.
+    #[arg(long, env = "MESHAGE_BACKGROUND_LIMIT", default_value_t = 1024,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    background_limit: u64,
     /// Connections open at once, from clients and peers; above it, new ones are closed at once.
     /// Keep it below the process's open-file limit (`ulimit -n`).
     #[arg(long, env = "MESHAGE_MAX_CONNECTIONS", default_value_t = 10_000,
@@ -355,6 +360,7 @@ pub(crate) async fn run_node(args: NodeArgs) -> Result<()> {
         idle_timeout: seconds("idle-timeout", args.idle_timeout)?,
         peer_protocol: args.peer_protocol,
         max_in_flight: usize::try_from(args.max_in_flight).unwrap_or(usize::MAX),
+        background_limit: usize::try_from(args.background_limit).unwrap_or(usize::MAX),
         max_connections: usize::try_from(args.max_connections).unwrap_or(usize::MAX),
         max_buffered: usize::try_from(args.max_buffered).unwrap_or(usize::MAX),
         suspect_timeout: seconds("suspect-timeout", args.suspect_timeout)?,
