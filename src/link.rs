@@ -7,15 +7,19 @@
 //! [`PREFACE`] is a link, anything else is HTTP. The server acknowledges the preface, so a peer
 //! that does not speak the link (an original node) is noticed before any request is sent, and
 //! the sender falls back to HTTP for it. The preface carries the protocol's version
-//! (`MESHLNK3`): a node of another version answers it as HTTP does, so nodes of different
+//! (`MESHLNK4`): a node of another version answers it as HTTP does, so nodes of different
 //! versions forward to each other over HTTP.
 //!
 //! Frames are length-prefixed: `u32 len` then `len` bytes.
 //! Request: `u8 1, u64 id, u64 trace, u32 timeout_ms, u16 stream_len, u32 key_len,
-//! u16 service_len, u16 content_type_len`, the four strings, then the body. `trace` is the
-//! request's trace id (0 for none), so that both nodes log the request under one id.
-//! Response: `u8 2, u64 id, u16 status`, then the body: what the request's handler (or the
-//! routing on the owner) answered, whatever its status.
+//! u16 service_len, u16 content_type_len`, the four strings, the extras block, then the body.
+//! `trace` is the request's trace id (0 for none), so that both nodes log the request under one
+//! id. The extras block carries the message's name and the client's headers (see `frame::Extras`):
+//! `u32 len`, then `u16 name_len`, the name (empty: none), `u16 count`, and `count` times
+//! `u16 name_len, name, u16 value_len, value`; at most 64 KiB, and a decoder refuses more.
+//! Response: `u8 2, u64 id, u16 status`, an extras block (no name; the handler's headers), then
+//! the body: what the request's handler (or the routing on the owner) answered, whatever its
+//! status.
 //! Refused: `u8 4, u64 id, u8 why` (1: the node is leaving, 2: it does not run the service):
 //! the node did not run the request, so the sender may send it elsewhere. Only the node writes
 //! this frame; no status a handler returns means it.

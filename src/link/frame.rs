@@ -546,6 +546,47 @@ mod tests {
         assert!(next_frame(&mut buf, MAX_FRAME).unwrap().is_none());
     }
 
+    /// The extras block: what the writer leaves out past its bound, and what the reader
+    /// refuses (longer than the bound, not in the writer's form, or not whole).
+    #[test]
+    fn extras_are_bounded_and_read_only_in_the_writers_form() {
+        let mut many = HeaderMap::new();
+        for n in 0..2000 {
+            let name = HeaderName::from_bytes(format!("x-h{n}").as_bytes()).unwrap();
+            many.insert(name, HeaderValue::from_static("0123456789abcdef0123456789"));
+        }
+        let block = extras_block(Some("n"), &many).unwrap();
+        assert!(block.len() <= MAX_EXTRAS, "{}", block.len());
+        let mut framed = Bytes::from([&(block.len() as u32).to_be_bytes()[..], &block].concat());
+        let read = take_extras(&mut framed).unwrap();
+        assert!(read.headers.len() < many.len() && read.headers.len() > 1000);
+        assert!(extras_block(Some(&"n".repeat(MAX_EXTRAS)), &HeaderMap::new()).is_err());
+
+        let block = |pairs: &[(&str, &str)], declared: Option<u32>| {
+            let mut b = vec![0u8, 0];
+            b.extend_from_slice(&(pairs.len() as u16).to_be_bytes());
+            for (k, v) in pairs {
+                b.extend_from_slice(&(k.len() as u16).to_be_bytes());
+                b.extend_from_slice(k.as_bytes());
+                b.extend_from_slice(&(v.len() as u16).to_be_bytes());
+                b.extend_from_slice(v.as_bytes());
+            }
+            let len = declared.unwrap_or(b.len() as u32);
+            Bytes::from([&len.to_be_bytes()[..], &b].concat())
+        };
+        assert!(take_extras(&mut block(&[("a", "1"), ("a", "2"), ("b", "3")], None)).is_some());
+        for refused in [
+            block(&[("A", "1")], None),
+            block(&[("a", "1"), ("b", "2"), ("a", "3")], None),
+            block(&[("a", "\n")], None),
+            block(&[("a", "1")], Some(100)),
+            block(&[("a", "1")], Some(MAX_EXTRAS as u32 + 1)),
+            block(&[("a", "1")], Some(3)),
+        ] {
+            assert!(take_extras(&mut refused.clone()).is_none(), "{refused:?}");
+        }
+    }
+
     #[test]
     fn refusals_and_goaways_are_frames_of_their_own() {
         let mut out = Outbox::default();

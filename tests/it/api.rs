@@ -560,9 +560,8 @@ async fn unknown_routes_are_404() {
             "/nothing",
             "/api",
             "/api/",
-            "/api/echo",
             "/api/broadcast",
-            "/api/broadcast/echo",
+            "/api//k",
             "/apix/echo/k",
         ] {
             for method in [Method::GET, Method::POST] {

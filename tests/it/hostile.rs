@@ -256,7 +256,15 @@ fn link_request_frame(id: u64, stream: &str, key: &str, service: &str, body: &[u
     frame.extend_from_slice(&(key.len() as u32).to_be_bytes());
     frame.extend_from_slice(&(service.len() as u16).to_be_bytes());
     frame.extend_from_slice(&0u16.to_be_bytes());
-    for part in [stream.as_bytes(), key.as_bytes(), service.as_bytes(), body] {
+    // The extras block: no name, no headers.
+    let extras: &[u8] = &[0, 0, 0, 4, 0, 0, 0, 0];
+    for part in [
+        stream.as_bytes(),
+        key.as_bytes(),
+        service.as_bytes(),
+        extras,
+        body,
+    ] {
         frame.extend_from_slice(part);
     }
     let mut out = (frame.len() as u32).to_be_bytes().to_vec();
@@ -288,10 +296,10 @@ async fn a_link_frame_past_the_body_limit_ends_the_link_unrun() {
             let mut stream = tokio::net::TcpStream::connect(node.local_addr())
                 .await
                 .unwrap();
-            stream.write_all(b"MESHLNK3\r\n\r\n").await.unwrap();
+            stream.write_all(b"MESHLNK4\r\n\r\n").await.unwrap();
             let mut ack = [0u8; 8];
             stream.read_exact(&mut ack).await.unwrap();
-            assert_eq!(&ack, b"MESHACK3");
+            assert_eq!(&ack, b"MESHACK4");
             stream
         };
         // Within the limit: it runs, and its answer comes back on the link.
@@ -363,7 +371,7 @@ async fn a_link_frame_that_stalls_ends_the_link() {
         let mut link = tokio::net::TcpStream::connect(node.local_addr())
             .await
             .unwrap();
-        link.write_all(b"MESHLNK3\r\n\r\n").await.unwrap();
+        link.write_all(b"MESHLNK4\r\n\r\n").await.unwrap();
         let mut ack = [0u8; 8];
         link.read_exact(&mut ack).await.unwrap();
         let frame = link_request_frame(1, "echo", "k", "svc", &[b' '; 1000]);

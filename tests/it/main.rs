@@ -52,6 +52,7 @@ mod openapi;
 mod pki;
 mod ring_vectors;
 mod sealed;
+mod sends;
 mod status_page;
 mod tokens;
 mod upstream;

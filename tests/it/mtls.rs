@@ -25,7 +25,7 @@ use tokio::sync::watch;
 use crate::api::bounded;
 use crate::common::{gossip, wait_converged, wait_until, Http};
 
-const PREFACE: &[u8] = b"MESHLNK3\r\n\r\n";
+const PREFACE: &[u8] = b"MESHLNK4\r\n\r\n";
 
 /// Runs of the `echo` handler, by node.
 type Runs = Arc<Mutex<HashMap<String, usize>>>;
@@ -161,7 +161,15 @@ fn link_request_frame(stream: &str, key: &str, service: &str) -> Vec<u8> {
     frame.extend_from_slice(&(key.len() as u32).to_be_bytes());
     frame.extend_from_slice(&(service.len() as u16).to_be_bytes());
     frame.extend_from_slice(&0u16.to_be_bytes());
-    for part in [stream.as_bytes(), key.as_bytes(), service.as_bytes(), b"{}"] {
+    // The extras block (no name, no headers), then the body.
+    let extras: &[u8] = &[0, 0, 0, 4, 0, 0, 0, 0];
+    for part in [
+        stream.as_bytes(),
+        key.as_bytes(),
+        service.as_bytes(),
+        extras,
+        b"{}",
+    ] {
         frame.extend_from_slice(part);
     }
     let mut out = (frame.len() as u32).to_be_bytes().to_vec();
@@ -552,7 +560,7 @@ async fn a_certificate_published_while_its_link_waits_is_taken() {
             .await
             .expect("the link is acknowledged")
             .unwrap();
-        assert_eq!(&ack, b"MESHACK3");
+        assert_eq!(&ack, b"MESHACK4");
         wait_until(Duration::from_secs(5), "the request ran", || {
             ran(&runs) == 1
         })

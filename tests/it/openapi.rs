@@ -336,6 +336,8 @@ impl Case<'_> {
 
 const SEND: &str = "/api/{stream}/{partitionKey}";
 const BROADCAST: &str = "/api/broadcast/{stream}/{partitionKey}";
+const SEND_KEYLESS: &str = "/api/{stream}";
+const BROADCAST_KEYLESS: &str = "/api/broadcast/{stream}";
 const LOCATE: &str = "/api/locate/{stream}/{partitionKey}";
 
 /// Answers of every route of a 4-node cluster, and an error of each kind, fit the description
@@ -404,6 +406,37 @@ async fn real_answers_fit_the_description() {
                 .header("x-meshage-trace", "00c0ffee00c0ffee")
                 .header("x-request-timeout", "5000"),
             case(a, post.clone(), SEND, "/api/echo/k", bad).body("{not json"),
+            case(
+                a,
+                post.clone(),
+                SEND,
+                "/api/echo/k?wait=false",
+                StatusCode::ACCEPTED,
+            ),
+            case(a, post.clone(), SEND, "/api/echo/k?timeout=0", bad),
+            case(
+                a,
+                post.clone(),
+                SEND,
+                "/api/echo/k?messageName=x&timeout=900",
+                ok,
+            ),
+            case(a, post.clone(), SEND_KEYLESS, "/api/echo", ok),
+            case(
+                b,
+                post.clone(),
+                SEND_KEYLESS,
+                "/api/echo?wait=false",
+                StatusCode::ACCEPTED,
+            ),
+            case(a, post.clone(), SEND_KEYLESS, "/api/nope", not_found),
+            case(
+                a,
+                post.clone(),
+                BROADCAST_KEYLESS,
+                "/api/broadcast/echo",
+                ok,
+            ),
             case(a, post.clone(), SEND, "/api/echo/%zz", bad),
             case(a, post.clone(), SEND, "/api/echo/k", bad).header("x-request-timeout", "soon"),
             case(a, post.clone(), SEND, "/api/nope/k", not_found),
@@ -524,6 +557,8 @@ async fn real_answers_fit_the_description() {
             (LOCATE, "/api/locate/echo/k"),
             (BROADCAST, "/api/broadcast/echo/k"),
             (SEND, "/api/echo/k"),
+            (BROADCAST_KEYLESS, "/api/broadcast/echo"),
+            (SEND_KEYLESS, "/api/echo"),
         ];
         let described: Vec<&str> = description.0["paths"]
             .as_object()
@@ -563,7 +598,7 @@ async fn real_answers_fit_the_description() {
         }
 
         // Paths that are no route.
-        for path in ["/nope", "/api/echo", "/api/locate/echo", "/api//k"] {
+        for path in ["/nope", "/api/broadcast", "/api/locate/echo", "/api//k"] {
             let answer = case(a, post.clone(), SEND, path, not_found)
                 .send(&http)
                 .await;

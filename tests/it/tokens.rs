@@ -200,7 +200,7 @@ async fn every_protected_route_needs_a_token() {
             ("GET", "/", StatusCode::OK),
             ("GET", "/index.html", StatusCode::OK),
             ("GET", "/nope", StatusCode::NOT_FOUND),
-            ("POST", "/api/echo", StatusCode::NOT_FOUND),
+            ("POST", "/api/broadcast", StatusCode::NOT_FOUND),
         ] {
             let answer = call(&node, method(name), path, None).await;
             assert_eq!(answer.status, status, "{name} {path} without a token");
