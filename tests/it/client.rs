@@ -4,11 +4,11 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use meshage::{HandlerError, HashRing, Node};
+use meshage::{HandlerError, HashRing, Header, Node};
 use serde_json::{json, Value};
 
 use crate::common::process::{meshage_cli, run, CliRun};
-use crate::common::{echo_cluster, wait_until_async, Http, MESHAGE};
+use crate::common::{echo_cluster, gossip, wait_until_async, Http, MESHAGE};
 
 fn cli(node: &Node, args: &[&str]) -> CliRun {
     let mut all: Vec<&str> = args.to_vec();
@@ -94,6 +94,53 @@ async fn send_and_broadcast_from_the_command_line() {
     assert!(entries.iter().all(|e| e["echoed"] == "all"));
     let by: HashSet<&str> = entries.iter().map(|e| e["by"].as_str().unwrap()).collect();
     assert_eq!(by.len(), 3);
+    for node in nodes {
+        node.shutdown().await.unwrap();
+    }
+}
+
+/// `meshage send` without a key takes the stream's services in turn; `--name` picks a named
+/// handler; `--no-wait` prints the trace id of a message delivered in the background.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keyless_named_and_unwaited_sends_from_the_command_line() {
+    let nodes = echo_cluster(2).await;
+    let by: HashSet<String> = (0..2)
+        .map(|_| {
+            let run = cli(&nodes[0], &["send", "echo"]);
+            assert_ok(&run);
+            assert_eq!(run.json()["key"], "");
+            run.json()["by"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    assert_eq!(by.len(), 2, "both services in turn: {by:?}");
+    let run = cli(&nodes[1], &["send", "echo", "", "[3]"]);
+    assert_ok(&run);
+    assert_eq!(run.json()["echoed"], json!([3]));
+
+    let named = meshage::init(gossip(&[]), "127.0.0.1:0")
+        .register_named(
+            "greet",
+            "hello",
+            |_data: Value, header: Header| async move {
+                Ok::<_, HandlerError>(json!({ "name": header.name.as_deref() }))
+            },
+        )
+        .start()
+        .await
+        .unwrap();
+    let run = cli(&named, &["send", "greet", "k", "--name", "hello"]);
+    assert_ok(&run);
+    assert_eq!(run.json(), json!({"name": "hello"}));
+    assert_fails(
+        &cli(&named, &["send", "greet", "k", "--name", "bye"]),
+        3,
+        "bye",
+    );
+    let run = cli(&nodes[0], &["send", "echo", "--no-wait"]);
+    assert_ok(&run);
+    let trace = run.json()["trace"].as_str().unwrap().to_owned();
+    assert_eq!(trace.len(), 16, "{run:?}");
+    named.shutdown().await.unwrap();
     for node in nodes {
         node.shutdown().await.unwrap();
     }
