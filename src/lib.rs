@@ -32,7 +32,9 @@
 //!    (`POST /api/{stream}/{key}`), checks the client's API token if the node asks for one
 //!    (`security`), takes an in-flight slot, reads the bounded body and the request's deadline
 //!    (`wire`), and opens its trace scope (`observe`).
-//! 2. `router` looks the key up in the current `table` snapshot (rings from `ring`). A local
+//! 2. `router` looks the key up in the current `table` snapshot (rings from `ring`; a message
+//!    without a key takes the stream's services in turn, and one sent with `?wait=false` is
+//!    delivered by a task of its own). A local
 //!    owner runs its handler (`message`) here; a remote one gets the request through
 //!    `outbound`, over the peer `link` or HTTP, at most once more.
 //! 3. On the owner, `inbound` receives the forward (a link frame or an HTTP request marked as a
@@ -62,7 +64,9 @@
 //!   tokens (parsed, compared in constant time, reloaded live), and the TLS and secrets of the
 //!   engines and handlers a node reaches.
 //! - the pure core: `table` (an immutable snapshot of routable services with one ring per
-//!   stream), `ring` (identical to npm `hashring` 3.2.0), `address`, `path`, `message`.
+//!   stream), `ring` (identical to npm `hashring` 3.2.0), `address`, `path`, `message` (and
+//!   the named handlers of a stream), `relay` (which headers go from clients to handlers and
+//!   back).
 //!
 //! Beside the rooms, `fuzzing` (feature `fuzzing`, hidden) hands the decoders of everything
 //! that arrives from outside to the fuzz targets in `fuzz/` and to `tests/fuzz_corpus.rs`.
