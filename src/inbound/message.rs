@@ -274,7 +274,9 @@ async fn respond(
     let payload = Payload { body, content_type };
     // The name the sender gave: in the query, or (from a peer) in `X-Message-Name`.
     let forwarded_name = match head.name.map(|v| v.to_str()) {
-        Some(Ok(v)) => Some(decode_segment(v).map_err(|e| ApiError::BadPath(e.to_string()))?),
+        Some(Ok(v)) => Some(
+            decode_segment(v).map_err(|e| ApiError::BadRequest(format!("X-Message-Name: {e}")))?,
+        ),
         Some(Err(_)) => return Err(ApiError::BadRequest("invalid X-Message-Name".into())),
         None => None,
     };

@@ -201,8 +201,15 @@ pub(crate) struct Extras {
     pub(crate) headers: HeaderMap,
 }
 
-/// The extras block of `name` and `headers`, without its length prefix.
-fn extras_block(name: Option<&str>, headers: &HeaderMap) -> Result<BytesMut, Undelivered> {
+/// The extras block of no name and no headers, the most common, without its length prefix.
+const NO_EXTRAS: [u8; 4] = [0; 4];
+
+/// The extras block of `name` and `headers`, without its length prefix; `None` for
+/// [`NO_EXTRAS`], which takes no allocation.
+fn extras_block(name: Option<&str>, headers: &HeaderMap) -> Result<Option<BytesMut>, Undelivered> {
+    if name.is_none() && headers.is_empty() {
+        return Ok(None);
+    }
     let name = name.unwrap_or("");
     if 2 + name.len() + 2 > MAX_EXTRAS {
         return Err(Undelivered::failed(
@@ -227,7 +234,7 @@ fn extras_block(name: Option<&str>, headers: &HeaderMap) -> Result<BytesMut, Und
         count += 1;
     }
     block[count_at..count_at + 2].copy_from_slice(&count.to_be_bytes());
-    Ok(block)
+    Ok(Some(block))
 }
 
 /// Reads an extras block (its length prefix included) off the front of `frame`; `None` for
@@ -291,6 +298,7 @@ pub(crate) fn encode_request(
     body: &Bytes,
 ) -> Result<(), Undelivered> {
     let extras = extras_block(name, headers)?;
+    let extras = extras.as_deref().unwrap_or(&NO_EXTRAS);
     if stream.len() > u16::MAX as usize
         || service_id.len() > u16::MAX as usize
         || content_type.len() > u16::MAX as usize
@@ -335,14 +343,15 @@ pub(crate) fn encode_request(
     buf.put_slice(service_id.as_bytes());
     buf.put_slice(content_type.as_bytes());
     buf.put_u32(extras.len() as u32);
-    buf.put_slice(&extras);
+    buf.put_slice(extras);
     out.put_body(body);
     Ok(())
 }
 
 pub(crate) fn encode_response(out: &mut Outbox, id: u64, reply: &Reply) {
     // Headers past the bound are left out (see `extras_block`); a name is never written here.
-    let extras = extras_block(None, &reply.headers).unwrap_or_default();
+    let extras = extras_block(None, &reply.headers).ok().flatten();
+    let extras = extras.as_deref().unwrap_or(&NO_EXTRAS);
     let body = &reply.body;
     let len = 1 + 8 + 2 + 4 + extras.len() + body.len();
     out.reserve(4 + len, body);
@@ -352,7 +361,7 @@ pub(crate) fn encode_response(out: &mut Outbox, id: u64, reply: &Reply) {
     buf.put_u64(id);
     buf.put_u16(reply.status.as_u16());
     buf.put_u32(extras.len() as u32);
-    buf.put_slice(&extras);
+    buf.put_slice(extras);
     out.put_body(body);
 }
 
@@ -555,7 +564,7 @@ mod tests {
             let name = HeaderName::from_bytes(format!("x-h{n}").as_bytes()).unwrap();
             many.insert(name, HeaderValue::from_static("0123456789abcdef0123456789"));
         }
-        let block = extras_block(Some("n"), &many).unwrap();
+        let block = extras_block(Some("n"), &many).unwrap().unwrap();
         assert!(block.len() <= MAX_EXTRAS, "{}", block.len());
         let mut framed = Bytes::from([&(block.len() as u32).to_be_bytes()[..], &block].concat());
         let read = take_extras(&mut framed).unwrap();
