@@ -5,52 +5,51 @@
 //!
 //! Pure core: depends on nothing of the crate but the header names of `wire`.
 
-use http::header::{HeaderMap, HeaderName, AUTHORIZATION, CONNECTION};
+use http::header::{HeaderMap, AUTHORIZATION, CONNECTION};
 
-use crate::wire::{HOP_HEADER, IDEMPOTENT_HEADER, SERVICE_ID_HEADER, TIMEOUT_HEADER, TRACE_HEADER};
+use crate::wire::{IDEMPOTENT_HEADER, SERVICE_ID_HEADER, TIMEOUT_HEADER};
 
 /// `X-Message-Name`: the message's name, for HTTP handlers.
 pub(crate) const MESSAGE_NAME_HEADER: &str = "x-message-name";
 
-/// Hop-by-hop headers, never relayed.
-const HOP_BY_HOP: [&str; 6] = [
-    "connection",
-    "keep-alive",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-];
+/// Whether `name` is never relayed, in either direction: hop-by-hop (`Connection`, `Keep-Alive`,
+/// `TE`, `Trailer`, `Transfer-Encoding`, `Upgrade`, `Proxy-*`), `X-Meshage-*`, or named by the
+/// message's `Connection` header. A `match`, not a list search: it runs for every header of
+/// every request.
+fn never(name: &str, connection: &[&str]) -> bool {
+    matches!(
+        name,
+        "connection" | "keep-alive" | "te" | "trailer" | "transfer-encoding" | "upgrade"
+    ) || name.starts_with("proxy-")
+        || name.starts_with("x-meshage-")
+        || (!connection.is_empty() && connection.iter().any(|c| c.eq_ignore_ascii_case(name)))
+}
 
 /// Headers of a request that meshage reads or sets itself: the framing of the body, and the
 /// headers of routing and of forwards (the original's `X-Stream` and `X-Partition-Key`
-/// included).
-const OWN_REQUEST: [&str; 12] = [
-    "host",
-    "content-length",
-    "content-type",
-    "expect",
-    "x-stream",
-    "x-partition-key",
-    MESSAGE_NAME_HEADER,
-    SERVICE_ID_HEADER,
-    TIMEOUT_HEADER,
-    IDEMPOTENT_HEADER,
-    HOP_HEADER,
-    TRACE_HEADER,
-];
+/// included). `X-Meshage-Hop` and `X-Meshage-Trace` are `X-Meshage-*`.
+fn own_request(name: &str) -> bool {
+    matches!(
+        name,
+        "host"
+            | "content-length"
+            | "content-type"
+            | "expect"
+            | "x-stream"
+            | "x-partition-key"
+            | MESSAGE_NAME_HEADER
+            | SERVICE_ID_HEADER
+            | TIMEOUT_HEADER
+            | IDEMPOTENT_HEADER
+    )
+}
 
 /// Headers of an answer that meshage sets itself.
-const OWN_ANSWER: [&str; 4] = ["content-length", "content-type", "date", SERVICE_ID_HEADER];
-
-/// Whether `name` is never relayed, in either direction: hop-by-hop, `Proxy-*`, `X-Meshage-*`,
-/// or named by the message's `Connection` header.
-fn never(name: &HeaderName, connection: &[&str]) -> bool {
-    let name = name.as_str();
-    HOP_BY_HOP.contains(&name)
-        || name.starts_with("proxy-")
-        || name.starts_with("x-meshage-")
-        || connection.iter().any(|c| c.eq_ignore_ascii_case(name))
+fn own_answer(name: &str) -> bool {
+    matches!(
+        name,
+        "content-length" | "content-type" | "date" | SERVICE_ID_HEADER
+    )
 }
 
 /// The names listed in `headers`' `Connection` values.
@@ -71,8 +70,8 @@ pub(crate) fn request_headers(headers: &HeaderMap, strip_authorization: bool) ->
     let connection = connection_names(headers);
     let mut relayed = HeaderMap::new();
     for (name, value) in headers {
-        if never(name, &connection)
-            || OWN_REQUEST.contains(&name.as_str())
+        if never(name.as_str(), &connection)
+            || own_request(name.as_str())
             || (strip_authorization && name == AUTHORIZATION)
         {
             continue;
@@ -87,7 +86,7 @@ pub(crate) fn answer_headers(headers: &HeaderMap) -> HeaderMap {
     let connection = connection_names(headers);
     let mut relayed = HeaderMap::new();
     for (name, value) in headers {
-        if never(name, &connection) || OWN_ANSWER.contains(&name.as_str()) {
+        if never(name.as_str(), &connection) || own_answer(name.as_str()) {
             continue;
         }
         relayed.append(name.clone(), value.clone());
@@ -98,6 +97,7 @@ pub(crate) fn answer_headers(headers: &HeaderMap) -> HeaderMap {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::header::HeaderName;
 
     fn map(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
         let mut map = HeaderMap::new();
