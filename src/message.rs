@@ -81,10 +81,28 @@ impl Message {
 }
 
 /// The top-level `"name"` of `body` when it is a JSON object whose `"name"` is a string, as the
-/// original reads a message's name. Other values are skipped without being built, so the cost is
-/// one pass over the body; a body that does not start with `{` is not read at all.
+/// original reads a message's name. Other values are skipped without being built, and keys are
+/// compared where they lie, so the cost is one pass over the body; a body that does not start
+/// with `{`, or holds neither `name` nor an escape (a key spelled with one), is not parsed at all.
 pub(crate) fn name_in_body(body: &[u8]) -> Option<String> {
-    use serde::de::{IgnoredAny, MapAccess, Visitor};
+    use serde::de::{DeserializeSeed, IgnoredAny, MapAccess, Visitor};
+    /// Whether a key is `name`, without building it.
+    struct IsName;
+    impl<'de> Visitor<'de> for IsName {
+        type Value = bool;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a key")
+        }
+        fn visit_str<E: serde::de::Error>(self, key: &str) -> Result<bool, E> {
+            Ok(key == "name")
+        }
+    }
+    impl<'de> DeserializeSeed<'de> for IsName {
+        type Value = bool;
+        fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<bool, D::Error> {
+            d.deserialize_str(IsName)
+        }
+    }
     struct Name;
     impl<'de> Visitor<'de> for Name {
         type Value = Option<String>;
@@ -93,9 +111,10 @@ pub(crate) fn name_in_body(body: &[u8]) -> Option<String> {
         }
         fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
             let mut found = None;
-            while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
-                if key == "name" && found.is_none() {
-                    // A name that is not a string (a number, an object) is no name.
+            while let Some(is_name) = map.next_key_seed(IsName)? {
+                if is_name {
+                    // A name that is not a string (a number, an object) is no name; of two,
+                    // the last counts, as with `JSON.parse`.
                     found = match map.next_value::<Value>()? {
                         Value::String(s) => Some(s),
                         _ => None,
@@ -109,6 +128,10 @@ pub(crate) fn name_in_body(body: &[u8]) -> Option<String> {
     }
     let start = body.iter().position(|b| !b.is_ascii_whitespace())?;
     if body[start] != b'{' {
+        return None;
+    }
+    let may_hold = body.windows(4).any(|w| w == b"name") || body.contains(&b'\\');
+    if !may_hold {
         return None;
     }
     let mut de = serde_json::Deserializer::from_slice(body);
@@ -431,4 +454,38 @@ where
             f(message, header).await.map_err(Into::into)
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::name_in_body;
+
+    #[test]
+    fn a_name_is_a_top_level_string_of_an_object() {
+        let name = |body: &str| name_in_body(body.as_bytes());
+        assert_eq!(name(r#"{"name":"a"}"#).as_deref(), Some("a"));
+        assert_eq!(
+            name(r#" {"x":{"name":"inner"},"name":"b"}"#).as_deref(),
+            Some("b")
+        );
+        assert_eq!(
+            name(r#"{"na\u006de":"escaped"}"#).as_deref(),
+            Some("escaped")
+        );
+        assert_eq!(
+            name(r#"{"name":"first","name":"second"}"#).as_deref(),
+            Some("second")
+        );
+        for none in [
+            r#"{"hello":"world"}"#,
+            r#"{"x":{"name":"inner"}}"#,
+            r#"{"name":5}"#,
+            r#"[{"name":"a"}]"#,
+            r#""name""#,
+            r#"{"name":"a""#,
+            "",
+        ] {
+            assert_eq!(name(none), None, "{none}");
+        }
+    }
 }
