@@ -39,6 +39,7 @@ mod api;
 mod binary;
 mod certs;
 mod client;
+mod clients;
 mod conformance;
 mod failure;
 mod flood;
