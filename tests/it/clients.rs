@@ -122,6 +122,8 @@ impl Nodes {
             ("MESHAGE_TLS_CA", self.ca_file.display().to_string()),
             ("NODE_EXTRA_CA_CERTS", self.ca_file.display().to_string()),
             ("MESHAGE_DEAD_NODE", self.dead.clone()),
+            // Leaves no __pycache__ in the checkout.
+            ("PYTHONDONTWRITEBYTECODE", "1".to_owned()),
         ]
     }
 }
@@ -159,6 +161,19 @@ fn tap_count(run: &CliRun, names: &[&str]) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_javascript_and_python_clients_pass_their_suites_against_a_live_cluster() {
+    let version = suite("node", &["--version"], &[]);
+    let major: u32 = version
+        .stdout
+        .trim_start_matches('v')
+        .split('.')
+        .next()
+        .and_then(|m| m.parse().ok())
+        .unwrap_or(0);
+    assert!(
+        major >= 18,
+        "clients/js needs Node.js 18 or later, found {}",
+        version.stdout
+    );
     let nodes = Nodes::start().await;
     let env = nodes.env();
 
@@ -204,4 +219,26 @@ async fn the_javascript_and_python_clients_pass_their_suites_against_a_live_clus
         "every Python test ran and passed, none skipped:\n{}",
         py.stderr
     );
+
+    // The READMEs' examples, against the cluster as against `meshage demo`.
+    let node = [
+        ("MESHAGE_NODE", nodes.cluster[0].endpoint().to_owned()),
+        ("PYTHONDONTWRITEBYTECODE", "1".to_owned()),
+    ];
+    for (program, example) in [
+        ("node", "clients/js/example.js"),
+        ("python3", "clients/python/example.py"),
+    ] {
+        let run = suite(program, &[example], &node);
+        let lines: Vec<&str> = run.stdout.lines().collect();
+        assert_eq!(lines.len(), 5, "{example}: {run:?}");
+        assert!(
+            lines[2].starts_with("broadcast: 3 answers"),
+            "{example}: {run:?}"
+        );
+        assert_eq!(
+            lines[4], "error: 404 not_found: No matching services found for 'nowhere'",
+            "{example}: {run:?}"
+        );
+    }
 }
