@@ -4,9 +4,11 @@
 //!
 //! The cluster: three nodes serving `echo` (answering `{"echoed", "by", "key"}`) and `work`
 //! (`{"ms": N}` answers after N ms, `{"fail": STATUS, "why": TEXT}` fails so); beside it a node
-//! that asks for an API token, one that serves HTTPS under a test CA, and a closed port.
+//! that asks for an API token, one that serves HTTPS with certificates `meshage certs` made, and
+//! a closed port.
 
 use std::net::TcpListener;
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
@@ -14,11 +16,13 @@ use http::StatusCode;
 use meshage::{ApiTokens, HandlerError, Header, Node, NodeConfig, OperatorTls, Tokens};
 use serde_json::{json, Value};
 
-use crate::common::process::{run, CliRun};
-use crate::common::{echo_by, gossip, wait_converged, TestCa};
+use crate::common::process::{meshage_cli, run, CliRun};
+use crate::common::{echo_by, gossip, wait_converged};
 
-/// The token the guarded node accepts.
+/// The token the guarded node accepts for every stream.
 const TOKEN: &str = "clients-test-token-0001";
+/// A token the guarded node accepts for the stream `work` only.
+const WORK_TOKEN: &str = "clients-work-token-0002";
 
 /// The `work` stream's handler: waits `ms` milliseconds (up to 5 s) and says so, or fails with
 /// the status `fail`.
@@ -46,14 +50,32 @@ async fn start(seeds: &[String], config: NodeConfig) -> Node {
         .expect("node starts")
 }
 
+/// A temporary directory (and its path as text), removed on drop.
+struct TempDir(PathBuf, String);
+
+impl TempDir {
+    fn new() -> TempDir {
+        let path = std::env::temp_dir().join(format!("meshage-clients-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&path).unwrap();
+        let text = path.display().to_string();
+        TempDir(path, text)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// Everything the clients' suites are pointed at, alive while it is.
 struct Nodes {
     cluster: Vec<Node>,
     guarded: Node,
     tls: Node,
-    /// The CA's files, kept until the suites have run.
-    _ca: TestCa,
-    ca_file: std::path::PathBuf,
+    /// The certificates' directory, kept until the suites have run.
+    _dir: TempDir,
+    ca_file: String,
     dead: String,
 }
 
@@ -68,7 +90,8 @@ impl Nodes {
         // Two streams on each of three nodes.
         wait_converged(&cluster, 6).await;
 
-        let tokens = Tokens::new(ApiTokens::parse(&format!("{TOKEN}\n")).unwrap());
+        let tokens =
+            Tokens::new(ApiTokens::parse(&format!("{TOKEN}\n{WORK_TOKEN} work\n")).unwrap());
         let guarded = start(
             &[],
             NodeConfig {
@@ -78,11 +101,28 @@ impl Nodes {
         )
         .await;
 
-        let ca = TestCa::new("clients test CA");
-        let issued = ca.issue(&["localhost", "127.0.0.1"]);
-        let cert = ca.write("node.pem", &issued.cert_pem);
-        let key = ca.write("node-key.pem", &issued.key_pem);
-        let ca_file = ca.write("ca.pem", &ca.pem);
+        // Certificates as the README makes them, with `meshage certs`.
+        let dir = TempDir::new();
+        let path = |name: &str| dir.0.join(name).display().to_string();
+        for args in [
+            vec!["certs", "ca", "--out", &dir.1],
+            vec![
+                "certs",
+                "node",
+                "--ca",
+                &dir.1,
+                "--name",
+                "node",
+                "--host",
+                "127.0.0.1",
+                "--out",
+                &dir.1,
+            ],
+        ] {
+            let run = meshage_cli(&args, &[], None);
+            assert_eq!(run.code, 0, "{run:?}");
+        }
+        let (cert, key, ca_file) = (path("node.pem"), path("node-key.pem"), path("ca.pem"));
         let tls = start(
             &[],
             NodeConfig {
@@ -103,7 +143,7 @@ impl Nodes {
             cluster,
             guarded,
             tls,
-            _ca: ca,
+            _dir: dir,
             ca_file,
             dead,
         }
@@ -117,10 +157,11 @@ impl Nodes {
             ("MESHAGE_NODES", urls.join(",")),
             ("MESHAGE_TOKEN_NODE", self.guarded.endpoint().to_owned()),
             ("MESHAGE_TOKEN", TOKEN.to_owned()),
+            ("MESHAGE_WORK_TOKEN", WORK_TOKEN.to_owned()),
             // Named by 127.0.0.1, one of the names its certificate holds.
             ("MESHAGE_TLS_NODE", self.tls.endpoint().to_owned()),
-            ("MESHAGE_TLS_CA", self.ca_file.display().to_string()),
-            ("NODE_EXTRA_CA_CERTS", self.ca_file.display().to_string()),
+            ("MESHAGE_TLS_CA", self.ca_file.clone()),
+            ("NODE_EXTRA_CA_CERTS", self.ca_file.clone()),
             ("MESHAGE_DEAD_NODE", self.dead.clone()),
             // Leaves no __pycache__ in the checkout.
             ("PYTHONDONTWRITEBYTECODE", "1".to_owned()),

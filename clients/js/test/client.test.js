@@ -1,13 +1,14 @@
-// The JavaScript client against a live cluster: run with
+// The JavaScript client against a live cluster, such as the one tests/it/clients.rs starts
+// (`cargo test --test it clients::`): three nodes serving `echo` (each node's handler answers
+// {"echoed", "by": its service id, "key"}) and `work` ({"ms": N} answers after N ms;
+// {"fail": STATUS, "why": TEXT} fails so). The nodes are read from the environment:
 //
-//   MESHAGE_NODES=http://127.0.0.1:8080,http://127.0.0.1:8081 node --test clients/js/test/
+//   MESHAGE_NODES=http://127.0.0.1:8080,... node --test clients/js/test/client.test.js
 //
-// The cluster serves `echo` (each node's handler answers {"echoed", "by": its service id,
-// "key"}) and `work` ({"ms": N} answers after N ms; {"fail": STATUS} fails with that status).
-// tests/it/clients.rs starts such a cluster and sets, besides MESHAGE_NODES:
-// MESHAGE_TOKEN_NODE and MESHAGE_TOKEN (a node that asks for that token), MESHAGE_TLS_NODE
-// (an https:// node whose CA is in NODE_EXTRA_CA_CERTS) and MESHAGE_DEAD_NODE (a closed port).
-// A test whose variable is missing is skipped.
+// and, for the tests of their own: MESHAGE_TOKEN_NODE and MESHAGE_TOKEN (a node that asks for
+// that token; MESHAGE_WORK_TOKEN is one it takes for `work` only), MESHAGE_TLS_NODE (an
+// https:// node whose CA is in NODE_EXTRA_CA_CERTS) and MESHAGE_DEAD_NODE (a closed port). A
+// test whose variable is missing is skipped.
 
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
@@ -168,6 +169,14 @@ test('a node that asks for a token: 401 without it or with a wrong one', guarded
     assert.equal(e.kind, 'unauthorized');
     assert.equal(typeof e.body.error, 'string');
     assert.ok(e.message.length > 0);
+  }
+  // A token for other streams only: 403, refused just the same.
+  if (env.MESHAGE_WORK_TOKEN) {
+    const limited = new MeshClient(url, { token: env.MESHAGE_WORK_TOKEN });
+    assert.deepEqual(await limited.send('work', 'k', { ms: 1 }), { slept: 1 });
+    const e = await meshError(() => limited.send('echo', 'k', {}));
+    assert.equal(e.status, 403);
+    assert.equal(e.kind, 'unauthorized');
   }
   // The token never shows when the client is printed or inspected.
   const { inspect } = await import('node:util');

@@ -1,11 +1,12 @@
-"""The Python client against a live cluster: run from clients/python with
+"""The Python client against a live cluster, such as the one tests/it/clients.rs starts
+(``cargo test --test it clients::``): three nodes serving ``echo`` (each node's handler answers
+{"echoed", "by": its service id, "key"}) and ``work`` ({"ms": N} answers after N ms;
+{"fail": STATUS, "why": TEXT} fails so). The nodes are read from the environment:
 
-    MESHAGE_NODES=http://127.0.0.1:8080,http://127.0.0.1:8081 python3 -m unittest -v
+    MESHAGE_NODES=http://127.0.0.1:8080,... python3 -m unittest discover -v -s clients/python/tests
 
-The cluster serves ``echo`` (each node's handler answers {"echoed", "by": its service id,
-"key"}) and ``work`` ({"ms": N} answers after N ms; {"fail": STATUS} fails with that status).
-tests/it/clients.rs starts such a cluster and sets, besides MESHAGE_NODES:
-MESHAGE_TOKEN_NODE and MESHAGE_TOKEN (a node that asks for that token), MESHAGE_TLS_NODE and
+and, for the tests of their own: MESHAGE_TOKEN_NODE and MESHAGE_TOKEN (a node that asks for that
+token; MESHAGE_WORK_TOKEN is one it takes for ``work`` only), MESHAGE_TLS_NODE and
 MESHAGE_TLS_CA (an https:// node and its CA) and MESHAGE_DEAD_NODE (a closed port). A test whose
 variable is missing is skipped.
 """
@@ -191,6 +192,13 @@ class Alone(unittest.TestCase):
             self.assertEqual((e.status, e.kind), (401, "unauthorized"))
             self.assertIsInstance(e.body["error"], str)
             self.assertTrue(e.message)
+        # A token for other streams only: 403, refused just the same.
+        if ENV.get("MESHAGE_WORK_TOKEN"):
+            limited = MeshClient(url, token=ENV["MESHAGE_WORK_TOKEN"])
+            self.assertEqual(limited.send("work", "k", {"ms": 1}), {"slept": 1})
+            with self.assertRaises(MeshError) as caught:
+                limited.send("echo", "k", {})
+            self.assertEqual((caught.exception.status, caught.exception.kind), (403, "unauthorized"))
         # The token never shows when the client is printed.
         self.assertNotIn(token, repr(right))
         self.assertNotIn(token, str(right))
