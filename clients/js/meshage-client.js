@@ -161,7 +161,7 @@ export class MeshClient {
     let body;
     if (method === 'POST') {
       headers['content-type'] = 'application/json';
-      body = JSON.stringify(message === undefined ? {} : message);
+      body = encode(message === undefined ? {} : message);
     }
     if (this.#authorization) headers.authorization = this.#authorization;
     let status;
@@ -219,6 +219,20 @@ function baseUrl(url) {
     throw bad('credentials go in the token option, not the URL');
   }
   return `${parsed.protocol}//${parsed.host}`;
+}
+
+/** The message as JSON text; a MeshError for what JSON cannot hold (a BigInt, a function). */
+function encode(message) {
+  let text;
+  try {
+    text = JSON.stringify(message);
+  } catch (e) {
+    throw new MeshError(0, `the message is not JSON: ${e.message}`, { kind: 'bad_input' });
+  }
+  if (text === undefined) {
+    throw new MeshError(0, 'the message is not JSON', { kind: 'bad_input' });
+  }
+  return text;
 }
 
 function checkStream(stream) {

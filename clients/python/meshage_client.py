@@ -165,7 +165,13 @@ class MeshClient:
         body = None
         if method == "POST":
             headers["Content-Type"] = "application/json"
-            body = json.dumps({} if message is _NOTHING else message).encode("utf-8")
+            try:
+                text = json.dumps({} if message is _NOTHING else message, allow_nan=False)
+            except (TypeError, ValueError) as e:
+                raise MeshError(
+                    0, "the message is not JSON: {}".format(e), kind="bad_input"
+                ) from None
+            body = text.encode("utf-8")
         if self._authorization:
             headers["Authorization"] = self._authorization
         deadline = time.monotonic() + self.timeout

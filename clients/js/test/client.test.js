@@ -61,7 +61,8 @@ test('send is answered by the owner of the key, whichever node is asked', cluste
   assert.equal((await clients[0].send('echo', 'k', 'text')).echoed, 'text');
 });
 
-test('broadcast reaches every service of the stream, and services lists them', cluster, async () => {
+const broadcastTitle = 'broadcast reaches every service of the stream, and services lists them';
+test(broadcastTitle, cluster, async () => {
   const services = await clients[0].services('echo');
   assert.equal(services.length, nodes.length);
   for (const s of services) {
@@ -115,6 +116,10 @@ test('errors are MeshErrors with the status, the message and the body', cluster,
   e = await meshError(() => client.send('broadcast', 'k', {}));
   assert.equal(e.status, 0);
   assert.equal(e.kind, 'bad_input');
+  for (const notJson of [10n, () => 1]) {
+    e = await meshError(() => client.send('echo', 'k', notJson));
+    assert.equal(e.kind, 'bad_input');
+  }
   e = await meshError(() => client.locate('', 'k'));
   assert.equal(e.kind, 'bad_input');
   for (const bad of ['ftp://h:1', 'http://', 'http://h:1/api', 'http://u:p@h:1']) {
@@ -124,7 +129,8 @@ test('errors are MeshErrors with the status, the message and the body', cluster,
   assert.equal(new MeshClient('127.0.0.1:1/').url, 'http://127.0.0.1:1');
 });
 
-test('a call that takes longer than timeoutMs fails as unreachable, timed out', cluster, async () => {
+const timeoutTitle = 'a call that takes longer than timeoutMs fails as unreachable, timed out';
+test(timeoutTitle, cluster, async () => {
   const quick = new MeshClient(nodes[0], { timeoutMs: 300 });
   const started = Date.now();
   const e = await meshError(() => quick.send('work', 'k', { ms: 3000 }));
@@ -138,7 +144,9 @@ test('a call that takes longer than timeoutMs fails as unreachable, timed out', 
   assert.deepEqual(await quick.send('work', 'k', { ms: 1 }), { slept: 1 });
 });
 
-test('a node that cannot be reached fails as unreachable', { skip: !env.MESHAGE_DEAD_NODE && 'MESHAGE_DEAD_NODE is not set' }, async () => {
+const dead = { skip: !env.MESHAGE_DEAD_NODE && 'MESHAGE_DEAD_NODE is not set' };
+
+test('a node that cannot be reached fails as unreachable', dead, async () => {
   const e = await meshError(() => new MeshClient(env.MESHAGE_DEAD_NODE).services());
   assert.equal(e.status, 0);
   assert.equal(e.kind, 'unreachable');
@@ -188,7 +196,9 @@ test('a node that asks for a token: 401 without it or with a wrong one', guarded
   assert.ok(!e.message.includes('secret-token'));
 });
 
-test('an https:// node, its CA given by NODE_EXTRA_CA_CERTS', { skip: !env.MESHAGE_TLS_NODE && 'MESHAGE_TLS_NODE is not set' }, async () => {
+const https = { skip: !env.MESHAGE_TLS_NODE && 'MESHAGE_TLS_NODE is not set' };
+
+test('an https:// node, its CA given by NODE_EXTRA_CA_CERTS', https, async () => {
   const client = new MeshClient(env.MESHAGE_TLS_NODE);
   assert.ok(client.url.startsWith('https://'));
   assert.equal((await client.send('echo', 'k', { tls: true })).echoed.tls, true);
@@ -200,7 +210,9 @@ test('an https:// node, its CA given by NODE_EXTRA_CA_CERTS', { skip: !env.MESHA
   assert.match(e.message, /https/i);
 });
 
-test('every route the client calls is in the OpenAPI description, with the fields it reads', cluster, async () => {
+const describedTitle =
+  'every route the client calls is in the OpenAPI description, with the fields it reads';
+test(describedTitle, cluster, async () => {
   const { description, routes } = await describedRoutes(nodes[0]);
   for (const route of [
     'POST /api/{stream}/{partitionKey}',
@@ -219,7 +231,8 @@ test('every route the client calls is in the OpenAPI description, with the field
   for (const field of ['id', 'stream', 'node', 'endpoints']) {
     assert.ok(required('Service').has(field), `Service.${field}`);
   }
-  for (const field of ['stream', 'partitionKey', 'serviceId', 'node', 'endpoint', 'local', 'services', 'tableVersion']) {
+  const located = ['stream', 'partitionKey', 'serviceId', 'node', 'endpoint', 'local', 'services'];
+  for (const field of [...located, 'tableVersion']) {
     assert.ok(required('Locate').has(field), `Locate.${field}`);
   }
   for (const field of ['error', 'serviceId', 'status']) {
@@ -241,8 +254,10 @@ test('every route the client calls is in the OpenAPI description, with the field
     ['/api/broadcast/{stream}/{partitionKey}', 'post'],
   ]) {
     for (const status of ['401', '404']) {
-      assert.equal(errorBody(paths[path][method].responses[status]), '#/components/schemas/Error', `${method} ${path} ${status}`);
+      const schema = errorBody(paths[path][method].responses[status]);
+      assert.equal(schema, '#/components/schemas/Error', `${method} ${path} ${status}`);
     }
   }
-  assert.equal(errorBody(paths['/api/services'].get.responses['401']), '#/components/schemas/Error');
+  const services401 = errorBody(paths['/api/services'].get.responses['401']);
+  assert.equal(services401, '#/components/schemas/Error');
 });

@@ -54,7 +54,8 @@ class Cluster(unittest.TestCase):
                 self.assertEqual(answer["by"], owner["serviceId"])
         # No message is {}, as in the original; any JSON value goes as it is, None as null.
         self.assertEqual(self.clients[0].send("echo", "k")["echoed"], {})
-        self.assertEqual(self.clients[0].send("echo", "k", [1, "two", None])["echoed"], [1, "two", None])
+        answer = self.clients[0].send("echo", "k", [1, "two", None])
+        self.assertEqual(answer["echoed"], [1, "two", None])
         self.assertIsNone(self.clients[0].send("echo", "k", None)["echoed"])
 
     def test_broadcast_reaches_every_service_and_services_lists_them(self):
@@ -96,6 +97,8 @@ class Cluster(unittest.TestCase):
         # Refused before sending: reserved streams, an empty stream, a bad URL.
         e = self.error(client.send, "broadcast", "k", {})
         self.assertEqual((e.status, e.kind), (0, "bad_input"))
+        for not_json in [object(), float("nan"), b"bytes"]:
+            self.assertEqual(self.error(client.send, "echo", "k", not_json).kind, "bad_input")
         self.assertEqual(self.error(client.locate, "", "k").kind, "bad_input")
         for bad in ["ftp://h:1", "http://", "http://h:1/api", "http://u:p@h:1", "h:port"]:
             self.assertEqual(self.error(MeshClient, bad).kind, "bad_input", bad)
@@ -139,7 +142,16 @@ class Cluster(unittest.TestCase):
         reads = {
             "Error": ["error"],
             "Service": ["id", "stream", "node", "endpoints"],
-            "Locate": ["stream", "partitionKey", "serviceId", "node", "endpoint", "local", "services", "tableVersion"],
+            "Locate": [
+                "stream",
+                "partitionKey",
+                "serviceId",
+                "node",
+                "endpoint",
+                "local",
+                "services",
+                "tableVersion",
+            ],
             "BroadcastError": ["error", "serviceId", "status"],
             "Member": ["id", "endpoint", "state", "self", "services"],
         }
@@ -198,7 +210,8 @@ class Alone(unittest.TestCase):
             self.assertEqual(limited.send("work", "k", {"ms": 1}), {"slept": 1})
             with self.assertRaises(MeshError) as caught:
                 limited.send("echo", "k", {})
-            self.assertEqual((caught.exception.status, caught.exception.kind), (403, "unauthorized"))
+            e = caught.exception
+            self.assertEqual((e.status, e.kind), (403, "unauthorized"))
         # The token never shows when the client is printed.
         self.assertNotIn(token, repr(right))
         self.assertNotIn(token, str(right))
