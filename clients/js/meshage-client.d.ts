@@ -48,6 +48,18 @@ export interface Location {
   tableVersion: number;
 }
 
+/** `GET /api/members`: one node, as the node that answered sees it. */
+export interface Member {
+  id: string;
+  endpoint: string;
+  state: 'live' | 'leaving' | 'dead';
+  /** This is the node that answered. */
+  self: boolean;
+  services: { id: string; stream: string }[];
+  lastHeardMs?: number;
+  withdrawnServices?: { id: string; stream: string }[];
+}
+
 /** A service that failed in a broadcast. */
 export interface BroadcastError {
   error: string;
@@ -68,6 +80,6 @@ export class MeshClient {
     message?: unknown,
   ): Promise<(T | BroadcastError)[]>;
   services(stream?: string): Promise<Service[]>;
-  members(): Promise<unknown[]>;
+  members(): Promise<Member[]>;
   locate(stream: string, key: string): Promise<Location>;
 }
