@@ -1,5 +1,5 @@
 // Run with: MESHAGE_NODE=http://127.0.0.1:8080 node clients/js/example.js
-// against any node serving the `echo` stream (`meshage demo`, or the README's two nodes).
+// against any node serving the `echo` stream (the README's two nodes, or `meshage demo`).
 import { MeshClient, MeshError } from './meshage-client.js';
 
 const mesh = new MeshClient(process.env.MESHAGE_NODE ?? 'http://127.0.0.1:8080', {

@@ -1,5 +1,5 @@
 """Run with: MESHAGE_NODE=http://127.0.0.1:8080 python3 clients/python/example.py
-against any node serving the `echo` stream (`meshage demo`, or the README's two nodes)."""
+against any node serving the `echo` stream (the README's two nodes, or `meshage demo`)."""
 import json
 import os
 
