@@ -98,7 +98,7 @@ mod wire;
 /// strings: hashed with foldhash, seeded per process, which costs a fraction of SipHash.
 pub(crate) type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
-pub use address::{hostname, parse_seed, Address, AddressError, PortSpec};
+pub use address::{hostname, parse_advertise_host, parse_seed, Address, AddressError, PortSpec};
 pub use cluster::{
     Cluster, ClusterError, ClusterView, GossipCluster, GossipConfig, LocalNode, Member,
     MemberState, Membership, ServiceEntry, Traffic, NO_SEEDS,

@@ -50,6 +50,7 @@ mod mtls;
 mod observability;
 mod openapi;
 mod pki;
+mod probes;
 mod ring_vectors;
 mod sealed;
 mod status_page;
