@@ -26,6 +26,9 @@ command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
 command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
 command -v nft >/dev/null 2>&1 || need_apt+=(nftables)
 command -v iptables >/dev/null 2>&1 || need_apt+=(iptables)
+# Test (f) of tests/netns/ seeds nodes from a DNS name that a real DNS server answers: the
+# dnsmasq binary only (dnsmasq-base), with no service that would take over the machine's DNS.
+command -v dnsmasq >/dev/null 2>&1 || need_apt+=(dnsmasq-base)
 if [ ${#need_apt[@]} -gt 0 ]; then
     echo "==> installing ${need_apt[*]}"
     export DEBIAN_FRONTEND=noninteractive

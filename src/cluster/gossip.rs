@@ -10,10 +10,10 @@
 //!
 //! A seed may be a DNS name with many A records (a Kubernetes headless Service): chitchat
 //! resolves it to every address when it starts and again every 60 seconds, and gossips with
-//! those addresses. A seed is dropped only when every address it resolves to is this node's
-//! own. A node with seeds has joined once it has heard from a live peer, or once
+//! those addresses but its own. A node with a seed that names another node (or a name that
+//! resolves to nothing yet) has joined once it has heard from a live peer, or once
 //! [`GossipConfig::join_timeout`] has passed without one (it is then the first node of its
-//! cluster); a node without seeds has joined at once.
+//! cluster); a node without seeds, or whose seeds name only itself, has joined at once.
 
 use std::collections::HashSet;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -165,14 +165,19 @@ impl Cluster for GossipCluster {
             SocketAddr::from(([127, 0, 0, 1], listen_addr.port()))
         });
         let own: HashSet<SocketAddr> = [advertise_addr, listen_addr].into_iter().collect();
-        // A name with many addresses (a headless Service) lists this node too: it stays a seed
-        // unless it lists only this node.
+        // A seed that is this node's own address goes. A name stays whatever it lists now:
+        // chitchat resolves it again every 60 s (and skips its own address), so nodes that
+        // each found only themselves under a headless Service's name still meet. The node
+        // waits for a peer only when some seed names another address, or none yet.
+        let mut expects_peer = false;
         let seed_nodes: Vec<String> = seeds
             .into_iter()
             .filter(|seed| {
                 let addrs = resolve_all(seed);
-                !(seed == &advertised
-                    || (!addrs.is_empty() && addrs.iter().all(|a| own.contains(a))))
+                let own_only = !addrs.is_empty() && addrs.iter().all(|a| own.contains(a));
+                let literal = seed.parse::<SocketAddr>().is_ok();
+                expects_peer |= !own_only && seed != &advertised;
+                !(seed == &advertised || (own_only && literal))
             })
             .collect();
 
@@ -232,9 +237,9 @@ impl Cluster for GossipCluster {
             local.node_id.clone(),
             peer_heard.clone(),
         ));
-        let join_by = match seed_nodes.is_empty() {
-            true => Instant::now(),
-            false => Instant::now() + config.join_timeout,
+        let join_by = match expects_peer {
+            true => Instant::now() + config.join_timeout,
+            false => Instant::now(),
         };
         Ok(Arc::new(GossipMembership {
             handle: tokio::sync::Mutex::new(Some(handle)),
