@@ -10,6 +10,8 @@ command -v curl >/dev/null 2>&1 || need_apt+=(curl)
 # The handler tests run the example handlers: examples/handler.py and examples/handler.js.
 command -v python3 >/dev/null 2>&1 || need_apt+=(python3)
 command -v node >/dev/null 2>&1 || need_apt+=(nodejs)
+# tests/it/deploy.rs parses the Kubernetes manifests of deploy/ with PyYAML.
+python3 -c 'import yaml' >/dev/null 2>&1 || need_apt+=(python3-yaml)
 # scripts/schemathesis.sh runs schemathesis from a Python virtual environment (below).
 python3 -c 'import ensurepip' >/dev/null 2>&1 || need_apt+=(python3-venv)
 # https:// handlers and Consul agents without a CA of their own are verified against the

@@ -40,6 +40,7 @@ mod binary;
 mod certs;
 mod client;
 mod conformance;
+mod deploy;
 mod failure;
 mod flood;
 mod handlers;
