@@ -11,6 +11,7 @@ use serde_json::json;
 use crate::api::bounded;
 use crate::common::proc::Proc;
 use crate::common::{echo_by, meshage_command, wait_converged, wait_until_async, Answer, Http};
+use crate::openapi::Description;
 
 async fn probe(node: &Node, path: &str) -> Result<Answer, String> {
     let url = format!("http://{}{path}", node.local_addr());
@@ -156,6 +157,9 @@ async fn readyz_says_joining_ready_and_leaving() {
         assert!(text(&joining).contains("joining"), "{}", text(&joining));
         assert_eq!(joining.headers["retry-after"], "1");
         assert_eq!(joining.headers["cache-control"], "no-store");
+        Description::of(&a)
+            .await
+            .check("/readyz", &Method::GET, &joining);
         let live = probe(&a, "/livez").await.unwrap();
         assert_eq!((live.status, text(&live)), (StatusCode::OK, "live\n"));
         let health = probe(&a, "/api/health").await.unwrap();
