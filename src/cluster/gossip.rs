@@ -237,9 +237,10 @@ impl Cluster for GossipCluster {
             local.node_id.clone(),
             peer_heard.clone(),
         ));
-        let join_by = match expects_peer {
-            true => Instant::now() + config.join_timeout,
-            false => Instant::now(),
+        let join_by = if expects_peer {
+            Instant::now() + config.join_timeout
+        } else {
+            Instant::now()
         };
         Ok(Arc::new(GossipMembership {
             handle: tokio::sync::Mutex::new(Some(handle)),
