@@ -10,6 +10,8 @@ command -v curl >/dev/null 2>&1 || need_apt+=(curl)
 # The handler tests run the example handlers: examples/handler.py and examples/handler.js.
 command -v python3 >/dev/null 2>&1 || need_apt+=(python3)
 command -v node >/dev/null 2>&1 || need_apt+=(nodejs)
+# tests/it/deploy.rs parses the Kubernetes manifests of deploy/ with PyYAML.
+python3 -c 'import yaml' >/dev/null 2>&1 || need_apt+=(python3-yaml)
 # scripts/schemathesis.sh runs schemathesis from a Python virtual environment (below).
 python3 -c 'import ensurepip' >/dev/null 2>&1 || need_apt+=(python3-venv)
 # https:// handlers and Consul agents without a CA of their own are verified against the
@@ -26,6 +28,9 @@ command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
 command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
 command -v nft >/dev/null 2>&1 || need_apt+=(nftables)
 command -v iptables >/dev/null 2>&1 || need_apt+=(iptables)
+# Test (f) of tests/netns/ seeds nodes from a DNS name that a real DNS server answers: the
+# dnsmasq binary only (dnsmasq-base), with no service that would take over the machine's DNS.
+command -v dnsmasq >/dev/null 2>&1 || need_apt+=(dnsmasq-base)
 if [ ${#need_apt[@]} -gt 0 ]; then
     echo "==> installing ${need_apt[*]}"
     export DEBIAN_FRONTEND=noninteractive

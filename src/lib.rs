@@ -49,7 +49,7 @@
 //!
 //! - edges: `node` (start, the handle, graceful shutdown) and the binary (`src/bin/meshage/`); `inbound`
 //!   (accept, sniff, connections, admission, routes, the link's entry); `admin` (status page,
-//!   `/metrics`, health, members, locate, the API's OpenAPI description: read-only); `answer` (errors to JSON answers);
+//!   `/metrics`, health and the probes, members, locate, the API's OpenAPI description: read-only); `answer` (errors to JSON answers);
 //!   `upstream` (handlers in any language over HTTP, with health checks); `client` (the
 //!   `meshage` command's client of a node's API).
 //! - `router`: owner choice, the local registry, placement and suspects, retries, broadcast.
@@ -98,7 +98,7 @@ mod wire;
 /// strings: hashed with foldhash, seeded per process, which costs a fraction of SipHash.
 pub(crate) type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
-pub use address::{hostname, parse_seed, Address, AddressError, PortSpec};
+pub use address::{hostname, parse_advertise_host, parse_seed, Address, AddressError, PortSpec};
 pub use cluster::{
     Cluster, ClusterError, ClusterView, GossipCluster, GossipConfig, LocalNode, Member,
     MemberState, Membership, ServiceEntry, Traffic, NO_SEEDS,

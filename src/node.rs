@@ -10,7 +10,7 @@ use std::time::Duration;
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
-use crate::address::{Address, AddressError};
+use crate::address::{host_port, parse_advertise_host, Address, AddressError};
 use crate::admin::Admin;
 use crate::cluster::{Cluster, ClusterError, EventLog, LocalNode, Membership};
 use crate::inbound::{self, Inbound, Limits};
@@ -64,6 +64,11 @@ pub struct NodeConfig {
     /// any cluster key's pinning; gossip stays sealed by the key). The files are reread every
     /// second while the node runs, so certificates rotate without a restart.
     pub tls: Option<OperatorTls>,
+    /// The host peers reach this node at, advertised with the bound ports in its HTTP
+    /// endpoint and its gossip address, in place of the bound host (or, for a bare port, the
+    /// machine's hostname, which peers in other containers cannot resolve). In Kubernetes, the
+    /// pod's IP. Checked by [`parse_advertise_host`] when the node starts.
+    pub advertise_host: Option<String>,
 }
 
 impl Default for NodeConfig {
@@ -82,6 +87,7 @@ impl Default for NodeConfig {
             keys: None,
             api_tokens: None,
             tls: None,
+            advertise_host: None,
         }
     }
 }
@@ -166,6 +172,12 @@ impl NodeBuilder {
     /// serving. Fails on a bad or busy address, or when the cluster cannot be joined.
     pub async fn start(self) -> Result<Node, StartError> {
         let address = self.address?;
+        let advertise_host = self
+            .config
+            .advertise_host
+            .as_deref()
+            .map(parse_advertise_host)
+            .transpose()?;
         let (listener, advertised) = address.bind_tcp().map_err(|source| StartError::Bind {
             addr: address.to_string(),
             source,
@@ -183,6 +195,10 @@ impl NodeBuilder {
             "https"
         } else {
             "http"
+        };
+        let advertised = match &advertise_host {
+            Some(host) => host_port(host, local_addr.port()),
+            None => advertised,
         };
         let endpoint = format!("{scheme}://{advertised}");
         let node_id: Arc<str> = Arc::from(uuid::Uuid::new_v4().to_string());
@@ -203,6 +219,7 @@ impl NodeBuilder {
                     .as_ref()
                     .and_then(|tls| tls.fingerprint())
                     .map(|f| f.to_string()),
+                advertise_host,
                 ..LocalNode::new(node_id.to_string(), endpoint.clone())
             })
             .await?;

@@ -228,6 +228,11 @@ impl Router {
         &self.inner.endpoint
     }
 
+    /// Whether the membership backend has heard from the cluster (see `Membership::joined`).
+    pub(crate) fn membership_joined(&self) -> bool {
+        self.inner.membership.joined()
+    }
+
     /// Bytes the membership backend sent and received, where it counts them.
     pub(crate) fn membership_traffic(&self) -> Option<crate::cluster::Traffic> {
         self.inner.membership.traffic()

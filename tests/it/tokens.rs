@@ -128,7 +128,7 @@ fn method(name: &str) -> Method {
     name.parse().unwrap()
 }
 
-/// Every route but health, the description and the page asks for a token: none or an unknown
+/// Every route but health, the probes, the description and the page asks for a token: none or an unknown
 /// one is a 401 with the challenge, a known one is let through; every refusal fits the API
 /// description.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -191,11 +191,13 @@ async fn every_protected_route_needs_a_token() {
             .unwrap();
         assert_eq!(answer.status, StatusCode::OK, "the scheme in any case");
 
-        // Open to all: health (for load balancers), the description, the page; and a path
-        // that leads nowhere is a 404 either way.
+        // Open to all: health and the probes (for load balancers and orchestrators), the
+        // description, the page; and a path that leads nowhere is a 404 either way.
         for (name, path, status) in [
             ("GET", "/api/health", StatusCode::OK),
             ("POST", "/api/health", StatusCode::OK),
+            ("GET", "/livez", StatusCode::OK),
+            ("GET", "/readyz", StatusCode::OK),
             ("GET", "/api/openapi.json", StatusCode::OK),
             ("GET", "/", StatusCode::OK),
             ("GET", "/index.html", StatusCode::OK),

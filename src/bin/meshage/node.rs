@@ -41,6 +41,12 @@ pub(crate) struct NodeArgs {
     /// Port to serve HTTP on (a number, `find`, or `N/find`). Env: HTTP_PORT or SERVICE_PORT.
     #[arg(long, env = "HTTP_PORT")]
     http_port: Option<String>,
+    /// Host peers reach this node at, advertised with the bound ports in its HTTP endpoint
+    /// and gossip address (default: the bound host, or the hostname on all interfaces). In
+    /// Kubernetes, the pod's IP (`status.podIP`).
+    #[arg(long, env = "MESHAGE_ADVERTISE_HOST", value_name = "HOST",
+          value_parser = meshage::parse_advertise_host)]
+    advertise_host: Option<String>,
     /// Register the example handler, answering `{"echoed": <data>}`, on STREAM (repeatable).
     #[arg(long, value_name = "STREAM")]
     echo: Vec<String>,
@@ -361,6 +367,7 @@ pub(crate) async fn run_node(args: NodeArgs) -> Result<()> {
         keys,
         api_tokens,
         tls: args.tls.load()?,
+        advertise_host: args.advertise_host,
         ..NodeConfig::default()
     };
     let mut builder =
