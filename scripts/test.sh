@@ -10,8 +10,11 @@ command -v curl >/dev/null 2>&1 || need_apt+=(curl)
 # The handler tests run the example handlers: examples/handler.py and examples/handler.js.
 command -v python3 >/dev/null 2>&1 || need_apt+=(python3)
 command -v node >/dev/null 2>&1 || need_apt+=(nodejs)
-# tests/it/deploy.rs parses the Kubernetes manifests of deploy/ with PyYAML.
-python3 -c 'import yaml' >/dev/null 2>&1 || need_apt+=(python3-yaml)
+# tests/it/deploy.rs parses the Kubernetes manifests of deploy/ with PyYAML, in whichever
+# python3 is first on PATH: from PyPI where pip may install (pyenv, a venv), else Debian's.
+if ! python3 -c 'import yaml' >/dev/null 2>&1; then
+    python3 -m pip install -q --disable-pip-version-check pyyaml >/dev/null 2>&1 || need_apt+=(python3-yaml)
+fi
 # scripts/schemathesis.sh runs schemathesis from a Python virtual environment (below).
 python3 -c 'import ensurepip' >/dev/null 2>&1 || need_apt+=(python3-venv)
 # https:// handlers and Consul agents without a CA of their own are verified against the
