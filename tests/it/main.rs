@@ -38,6 +38,7 @@ mod common {
 mod api;
 mod binary;
 mod certs;
+mod cli;
 mod client;
 mod conformance;
 mod failure;

@@ -33,8 +33,8 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// The lines of `--help` on the variables every command reads.
 macro_rules! common_environment {
     () => {
-        "  RUST_LOG               which log lines to print, e.g. `debug` or `info,meshage=debug` [default: info,chitchat=warn]
-  NO_COLOR               set and not empty: no colours in logs or help (CLICOLOR_FORCE=1 forces them)"
+        "  RUST_LOG               which logs to print, e.g. `debug` [default: info,chitchat=warn]
+  NO_COLOR               if set and not empty: no colours (CLICOLOR_FORCE=1 forces them)"
     };
 }
 
@@ -82,17 +82,19 @@ enum Command {
     Certs(certs::CertsCommand),
     #[command(flatten)]
     Client(ClientCommand),
-    /// Print a completion script for SHELL: `meshage completions bash > /etc/bash_completion.d/meshage`.
+    /// Print the completion script for SHELL (bash, zsh, fish, elvish, powershell).
     Completions(manual::CompletionsArgs),
-    /// Print the man page (roff) of meshage, or of one of its commands: `meshage man node | man -l -`.
+    /// Print the man page of meshage, or of COMMAND: `meshage man node | man -l -`.
     Man(manual::ManArgs),
 }
 
-/// Whether log lines and help may have colours: not with `NO_COLOR` set (and not empty), and
-/// otherwise on a terminal or with `CLICOLOR_FORCE` set.
+/// Whether log lines may have colours: never with `NO_COLOR` set and not empty
+/// (<https://no-color.org>), else on a terminal, or with `CLICOLOR_FORCE` set and not `0`, as
+/// clap decides for help.
 fn colours(terminal: bool) -> bool {
-    let set = |var| std::env::var_os(var).is_some_and(|v| !v.is_empty() && v != "0");
-    !set("NO_COLOR") && (terminal || set("CLICOLOR_FORCE"))
+    let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
+    let forced = std::env::var_os("CLICOLOR_FORCE").is_some_and(|v| !v.is_empty() && v != "0");
+    !no_color && (terminal || forced)
 }
 
 /// A command line clap or the configuration file refused: help and the version on stdout (exit
