@@ -53,6 +53,8 @@ cargo fmt --all -- --check
 echo "==> cargo clippy (warnings denied)"
 cargo clippy --all-targets --locked -- -D warnings
 cargo clippy --all-targets --all-features --locked -- -D warnings
+echo "==> cargo doc (warnings denied, as docs.rs builds it)"
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --all-features --locked
 echo "==> cargo test (every feature: the etcd and Consul backends too)"
 # With every feature, this includes tests/fuzz_corpus.rs (feature `fuzzing`): the fuzz targets'
 # seeds and every input that once crashed one, replayed through the same entry points in well

@@ -3,7 +3,7 @@
 //!
 //! - Joining: `PUT /v1/agent/join/<first seed>` when there are seeds (a serf LAN address).
 //! - Each service: `PUT /v1/agent/service/register` with `ID` = service id, `Name` = stream,
-//!   `Address`/`Port` = the node's HTTP address, `Tags` = [`endpoint~http~http://host:port`],
+//!   `Address`/`Port` = the node's HTTP address, `Tags` = \[`endpoint~http~http://host:port`\],
 //!   `Meta` = {`meshage-node`: node id}, and an HTTP check on `http://host:port/api/health`
 //!   every `check_interval`, deregistered by the agent after `deregister_critical_after`
 //!   critical. Withdrawn services and, on leave, all of them: `PUT

@@ -50,6 +50,7 @@ mod mesh;
 mod mtls;
 mod observability;
 mod openapi;
+mod packaging;
 mod pki;
 mod ring_vectors;
 mod sealed;
