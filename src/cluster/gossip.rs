@@ -44,6 +44,7 @@ pub const NO_SEEDS: [&str; 0] = [];
 
 /// Tuning of the gossip backend.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct GossipConfig {
     /// Nodes with another cluster id ignore each other.
     pub cluster_id: String,
@@ -57,6 +58,14 @@ pub struct GossipConfig {
     /// How long dead nodes are remembered (and listed as dead) before they are forgotten.
     pub dead_node_grace_period: Duration,
 }
+
+setters!(GossipConfig {
+    cluster_id: String,
+    gossip_interval: Duration,
+    phi_threshold: f64,
+    leave_announce: Duration,
+    dead_node_grace_period: Duration,
+});
 
 impl Default for GossipConfig {
     fn default() -> Self {

@@ -280,21 +280,16 @@ fn etcd_backend(
         .filter(|p| !p.is_empty())
         .map(meshage::Secret::from);
     let credentials = match (flags.etcd_user.as_ref().filter(|u| !u.is_empty()), password) {
-        (Some(user), Some(password)) => Some(meshage::EtcdCredentials {
-            user: user.clone(),
-            password,
-        }),
+        (Some(user), Some(password)) => Some(meshage::EtcdCredentials::new(user.clone(), password)),
         (Some(_), None) => bail!("--etcd-user needs its password in MESHAGE_ETCD_PASSWORD"),
         (None, Some(_)) => bail!("MESHAGE_ETCD_PASSWORD is set, but no --etcd-user"),
         (None, None) => None,
     };
-    let config = meshage::EtcdConfig {
-        prefix: flags.etcd_prefix.clone(),
-        lease_ttl: flags.lease_ttl,
-        tls,
-        credentials,
-        ..meshage::EtcdConfig::default()
-    };
+    let config = meshage::EtcdConfig::default()
+        .prefix(flags.etcd_prefix.clone())
+        .lease_ttl(flags.lease_ttl)
+        .tls(tls)
+        .credentials(credentials);
     let endpoints = std::iter::once(address).chain(seeds);
     Ok(Box::new(
         meshage::EtcdCluster::new(endpoints)
@@ -335,17 +330,17 @@ fn consul_backend(
         Some(path) => Some(meshage::ClientTls::from_ca_file(path).context("CONSUL_CACERT")?),
         None => None,
     };
-    let config = meshage::ConsulConfig {
-        token: flags
-            .consul_token
-            .clone()
-            .filter(|t| !t.is_empty())
-            .map(meshage::Secret::from),
-        tls,
-        check_interval: flags.check_interval,
-        deregister_critical_after: flags.deregister_after,
-        ..meshage::ConsulConfig::default()
-    };
+    let config = meshage::ConsulConfig::default()
+        .token(
+            flags
+                .consul_token
+                .clone()
+                .filter(|t| !t.is_empty())
+                .map(meshage::Secret::from),
+        )
+        .tls(tls)
+        .check_interval(flags.check_interval)
+        .deregister_critical_after(flags.deregister_after);
     Ok(Box::new(
         meshage::ConsulCluster::new(address, seeds)
             .context("bad Consul agent address")?
@@ -390,21 +385,19 @@ pub(crate) async fn run_node(args: NodeArgs) -> Result<()> {
             tokens.reload().map_err(|e| e.to_string())
         });
     }
-    let config = NodeConfig {
-        request_timeout: args.request_timeout,
-        body_limit: args.body_limit,
-        drain_timeout: args.drain_timeout,
-        idle_timeout: args.idle_timeout,
-        peer_protocol: args.peer_protocol,
-        max_in_flight: usize::try_from(args.max_in_flight).unwrap_or(usize::MAX),
-        max_connections: usize::try_from(args.max_connections).unwrap_or(usize::MAX),
-        max_buffered: usize::try_from(args.max_buffered).unwrap_or(usize::MAX),
-        suspect_timeout: args.suspect_timeout,
-        keys,
-        api_tokens,
-        tls: args.tls.load()?,
-        ..NodeConfig::default()
-    };
+    let config = NodeConfig::default()
+        .request_timeout(args.request_timeout)
+        .body_limit(args.body_limit)
+        .drain_timeout(args.drain_timeout)
+        .idle_timeout(args.idle_timeout)
+        .peer_protocol(args.peer_protocol)
+        .max_in_flight(usize::try_from(args.max_in_flight).unwrap_or(usize::MAX))
+        .max_connections(usize::try_from(args.max_connections).unwrap_or(usize::MAX))
+        .max_buffered(usize::try_from(args.max_buffered).unwrap_or(usize::MAX))
+        .suspect_timeout(args.suspect_timeout)
+        .keys(keys)
+        .api_tokens(api_tokens)
+        .tls(args.tls.load()?);
     let mut builder =
         meshage::init(cluster, address(args.http_host.as_deref(), &http_port)).config(config);
     for stream in args.echo {
@@ -449,22 +442,21 @@ fn upstream_config(
     let health = if interval.is_zero() {
         None
     } else {
-        Some(HealthConfig {
-            interval,
-            timeout: health_timeout,
-            failures: health_failures,
-        })
+        Some(
+            HealthConfig::default()
+                .interval(interval)
+                .timeout(health_timeout)
+                .failures(health_failures),
+        )
     };
     let tls = ca
         .map(meshage::ClientTls::from_ca_file)
         .transpose()
         .context("--handler-ca")?;
-    Ok(UpstreamConfig {
-        timeout,
-        health,
-        tls,
-        ..UpstreamConfig::default()
-    })
+    Ok(UpstreamConfig::default()
+        .timeout(timeout)
+        .health(health)
+        .tls(tls))
 }
 
 /// The handlers of `--handler` and of the handlers file, as upstreams.
