@@ -186,10 +186,13 @@ fn the_example_config_file_is_taken_whole() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_started_from_a_config_file_serves() {
+    let key = meshage_cli(&["keygen"], &[], None).stdout.trim().to_owned();
     let file = TempFile::new(
         "node.toml",
-        "http-host = \"127.0.0.1\"\nhttp-port = 0\ncluster-host = \"127.0.0.1\"\ncluster-port = 0\necho = [\"from-file\"]\nrequest-timeout = \"5s\"\n",
+        &format!("http-host = \"127.0.0.1\"\nhttp-port = 0\ncluster-host = \"127.0.0.1\"\ncluster-port = 0\necho = [\"from-file\"]\nrequest-timeout = \"5s\"\ncluster-key = \"{key}\"\n"),
     );
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&file.path, std::fs::Permissions::from_mode(0o644)).unwrap();
     let mut command = meshage_command();
     command.args(["node", "--config", file.path()]);
     let node = Proc::spawn("node from a file", command);
@@ -206,6 +209,14 @@ async fn a_node_started_from_a_config_file_serves() {
         .await;
     assert_eq!(answer.status, StatusCode::OK);
     assert_eq!(answer.json(), json!({"echoed": {"hello": "file"}}));
+    // The key from the file seals gossip; a file others may read is warned of, the key not shown.
+    assert!(node.output().contains("gossip sealed"), "{}", node.output());
+    assert!(
+        node.output().contains("other users may read it"),
+        "{}",
+        node.output()
+    );
+    assert!(!node.output().contains(&key), "{}", node.output());
 }
 
 #[test]

@@ -55,6 +55,20 @@ pub(crate) enum Refused {
 pub(crate) struct FromFile {
     path: PathBuf,
     ids: BTreeSet<String>,
+    /// Whether it holds a secret that users other than its owner may read.
+    exposed: bool,
+}
+
+impl FromFile {
+    /// A warning for the log when the file shows a secret to other users.
+    pub(crate) fn warning(&self) -> Option<String> {
+        self.exposed.then(|| {
+            format!(
+                "the config file {} holds a secret and other users may read it: chmod 600 it",
+                self.path.display()
+            )
+        })
+    }
 }
 
 /// Parses `args` by `command`; if they run `meshage node` with a configuration file, parses
@@ -77,6 +91,7 @@ pub(crate) fn parse(
     let table = read(&path)?;
     let mut extra = Vec::new();
     let mut ids = BTreeSet::new();
+    let mut secret = false;
     for (key, value) in &table {
         let arg = setting(node_command, key).ok_or_else(|| {
             refuse(
@@ -86,6 +101,7 @@ pub(crate) fn parse(
             )
         })?;
         let values = values(arg, value).map_err(|why| refuse(&path, key, &why))?;
+        secret |= is_secret(arg);
         if set_outside_the_file(node, arg) {
             continue;
         }
@@ -108,7 +124,8 @@ pub(crate) fn parse(
         .clone()
         .try_get_matches_from(args.into_iter().chain(extra))
         .map_err(|e| file_error(node_command, &path, &e))?;
-    Ok((matches, Some(FromFile { path, ids })))
+    let exposed = secret && others_may_read(&path);
+    Ok((matches, Some(FromFile { path, ids, exposed })))
 }
 
 /// clap's error about a setting of the file, on one line naming the key; a secret's value
@@ -298,6 +315,12 @@ fn read(path: &Path) -> Result<toml::Table, Refused> {
             .map_or(String::new(), |l| format!("line {l}: "));
         cannot(format!("{line}not TOML: {}", one_line(e.message())))
     })
+}
+
+/// Whether the file's mode lets its group or other users read it.
+fn others_may_read(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).is_ok_and(|m| m.permissions().mode() & 0o044 != 0)
 }
 
 fn refuse(path: &Path, key: &str, why: &str) -> Refused {

@@ -172,6 +172,9 @@ fn main() -> ExitCode {
             ))
             .init(),
     }
+    if let Some(warning) = file.as_ref().and_then(config::FromFile::warning) {
+        warn!("{warning}");
+    }
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     if let Command::Node(args) = &cli.command {
         if let Some(threads) = args.threads {
