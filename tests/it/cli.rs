@@ -210,12 +210,15 @@ async fn a_node_started_from_a_config_file_serves() {
     assert_eq!(answer.status, StatusCode::OK);
     assert_eq!(answer.json(), json!({"echoed": {"hello": "file"}}));
     // The key from the file seals gossip; a file others may read is warned of, the key not shown.
-    assert!(node.output().contains("gossip sealed"), "{}", node.output());
-    assert!(
-        node.output().contains("other users may read it"),
-        "{}",
-        node.output()
-    );
+    wait_until(
+        Duration::from_secs(5),
+        "the node logs its key and the warning",
+        || {
+            let output = node.output();
+            output.contains("gossip sealed") && output.contains("other users may read it")
+        },
+    )
+    .await;
     assert!(!node.output().contains(&key), "{}", node.output());
 }
 
