@@ -126,6 +126,14 @@ fn unknown_keys_and_bad_values_are_one_line_naming_the_key_and_the_file() {
         let run = meshage_cli(&["node", "--config", file.path()], &[], None);
         assert_one_error_line(&run, &[file.path(), &format!("`{key}`")]);
     }
+    // A bad value is refused even where a flag overrides it.
+    let file = TempFile::new("overridden.toml", "health-failures = 0\n");
+    let run = meshage_cli(
+        &["node", "--config", file.path(), "--health-failures", "3"],
+        &[],
+        None,
+    );
+    assert_one_error_line(&run, &[file.path(), "`health-failures`"]);
     let file = TempFile::new("broken.toml", "http-port = 1\nseeds = [\n");
     let run = meshage_cli(&["node", "--config", file.path()], &[], None);
     assert_one_error_line(&run, &[file.path(), "line 2", "not TOML"]);

@@ -89,6 +89,8 @@ pub(crate) fn parse(
     };
     let node_command = command.find_subcommand(NODE).expect("the node subcommand");
     let table = read(&path)?;
+    // Every setting of the file as flags, and those that no flag or variable overrides.
+    let mut every = Vec::new();
     let mut extra = Vec::new();
     let mut ids = BTreeSet::new();
     let mut secret = false;
@@ -102,24 +104,31 @@ pub(crate) fn parse(
         })?;
         let values = values(arg, value).map_err(|why| refuse(&path, key, &why))?;
         secret |= is_secret(arg);
-        if set_outside_the_file(node, arg) {
-            continue;
-        }
-        ids.insert(arg.get_id().to_string());
-        if matches!(arg.get_action(), ArgAction::SetTrue) {
-            if values.iter().any(|v| v == "true") {
-                extra.push(OsString::from(format!("--{key}")));
-            }
+        let flags: Vec<OsString> = if matches!(arg.get_action(), ArgAction::SetTrue) {
+            let on = values.iter().any(|v| v == "true");
+            on.then(|| OsString::from(format!("--{key}")))
+                .into_iter()
+                .collect()
         } else {
-            extra.extend(
-                values
-                    .iter()
-                    .map(|v| OsString::from(format!("--{key}={v}"))),
-            );
+            values
+                .iter()
+                .map(|v| OsString::from(format!("--{key}={v}")))
+                .collect()
+        };
+        every.extend(flags.iter().cloned());
+        if !set_outside_the_file(node, arg) {
+            ids.insert(arg.get_id().to_string());
+            extra.extend(flags);
         }
     }
-    // The first parse took the flags and the environment, so what fails now is the file's:
-    // each value meets its flag's own parser here.
+    // Each value meets its flag's own parser, overridden or not: after the flags given, where
+    // a flag given twice takes the last value.
+    command
+        .clone()
+        .mut_subcommand(NODE, |node| node.args_override_self(true))
+        .try_get_matches_from(args.iter().cloned().chain(every))
+        .map_err(|e| file_error(node_command, &path, &e))?;
+    // The first parse took the flags and the environment, so what fails now is the file's.
     let matches = command
         .clone()
         .try_get_matches_from(args.into_iter().chain(extra))
