@@ -107,6 +107,19 @@ fn flags_beat_the_environment_which_beats_the_file_which_beats_the_defaults() {
     assert_eq!(setting(&run, "seeds"), ("[\"10.9.9.9:1\"]", "SEED"));
     assert_eq!(setting(&run, "http-port"), ("7777", "SERVICE_PORT"));
     assert_eq!(setting(&run, "body-limit"), ("2222", "config file"));
+    // A setting of the file gives way to a flag or variable it conflicts with.
+    let file = TempFile::new("keyring.toml", "keyring = \"/nonexistent/keyring\"\n");
+    let run = meshage_cli(
+        &["node", "--config", file.path(), "--print-config"],
+        &[("MESHAGE_CLUSTER_KEY", "c2VjcmV0")],
+        None,
+    );
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(
+        setting(&run, "cluster-key"),
+        ("\"***\"", "MESHAGE_CLUSTER_KEY")
+    );
+    assert!(run.stdout.contains("# keyring: not set"), "{run:?}");
 }
 
 #[test]

@@ -115,8 +115,10 @@ pub(crate) fn parse(
                 .map(|v| OsString::from(format!("--{key}={v}")))
                 .collect()
         };
-        every.extend(flags.iter().cloned());
-        if !set_outside_the_file(node, arg) {
+        if set_outside_the_file(node, arg) {
+            every.extend(flags);
+        } else if !conflicts_with_one_set(node_command, node, arg) {
+            every.extend(flags.iter().cloned());
             ids.insert(arg.get_id().to_string());
             extra.extend(flags);
         }
@@ -246,6 +248,20 @@ fn set_outside_the_file(node: &ArgMatches, arg: &Arg) -> bool {
         node.value_source(id),
         Some(ValueSource::CommandLine | ValueSource::EnvVariable)
     ) || alias_set(id).is_some()
+}
+
+/// Whether a flag that conflicts with `arg` (`--keyring` and `--cluster-key`) was set by the
+/// command line or the environment: then the file's `arg` gives way to it.
+fn conflicts_with_one_set(node_command: &Command, node: &ArgMatches, arg: &Arg) -> bool {
+    let conflicts = |a: &Arg, b: &Arg| {
+        node_command
+            .get_arg_conflicts_with(a)
+            .iter()
+            .any(|c| c.get_id() == b.get_id())
+    };
+    node_command.get_arguments().any(|other| {
+        (conflicts(arg, other) || conflicts(other, arg)) && set_outside_the_file(node, other)
+    })
 }
 
 /// The second variable of flag `id`, if it is set and not empty.
