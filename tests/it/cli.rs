@@ -258,6 +258,13 @@ fn a_bad_flag_is_one_line_and_exit_code_2() {
         &["--drain-timeout", "unknown unit"],
     );
     assert_one_error_line(&meshage_cli(&["send"], &[], None), &["STREAM"]);
+    // No command at all: the help, on stderr.
+    for args in [&[][..], &["certs"]] {
+        let run = meshage_cli(args, &[], None);
+        assert_eq!(run.code, 2, "{run:?}");
+        assert!(run.stderr.contains("\nCommands:\n"), "{run:?}");
+        assert!(!run.stderr.contains("meshage: error"), "{run:?}");
+    }
     assert_one_error_line(&meshage_cli(&["frobnicate"], &[], None), &["frobnicate"]);
 }
 

@@ -98,12 +98,20 @@ fn colours(terminal: bool) -> bool {
 }
 
 /// A command line clap or the configuration file refused: help and the version on stdout (exit
-/// 0); anything else one line `meshage: error: ...` on stderr (exit 2).
+/// 0), help for a missing command on stderr (exit 2), anything else one line
+/// `meshage: error: ...` on stderr (exit 2).
 fn refused(refusal: config::Refused) -> ExitCode {
+    use clap::error::ErrorKind;
     let message = match refusal {
         config::Refused::Usage(e) if !e.use_stderr() => {
             let _ = e.print();
             return ExitCode::SUCCESS;
+        }
+        config::Refused::Usage(e)
+            if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand =>
+        {
+            let _ = e.print();
+            return ExitCode::from(2);
         }
         config::Refused::Usage(e) => config::one_line(&e.render().to_string()),
         config::Refused::File(message) => message,
