@@ -355,17 +355,23 @@ fn refuse(path: &Path, key: &str, why: &str) -> Refused {
     ))
 }
 
-/// clap's rendered error on one line: its message and tips, without the usage.
+/// clap's rendered error on one line: its message and tips, without the usage; a line that
+/// ends in `:` runs on into the next.
 pub(crate) fn one_line(rendered: &str) -> String {
-    rendered
+    let mut line = String::new();
+    for part in rendered
         .lines()
         .map(str::trim)
-        .filter(|l| {
-            !l.is_empty() && !l.starts_with("Usage:") && !l.starts_with("For more information")
-        })
+        .filter(|l| !l.is_empty() && !l.starts_with("Usage:"))
+        .filter(|l| !l.starts_with("For more information"))
         .map(|l| l.strip_prefix("error: ").unwrap_or(l))
-        .collect::<Vec<_>>()
-        .join("; ")
+    {
+        if !line.is_empty() {
+            line.push_str(if line.ends_with(':') { " " } else { "; " });
+        }
+        line.push_str(part);
+    }
+    line
 }
 
 /// A TOML value for a flag's text: a number or boolean as such, anything else a string.
@@ -415,6 +421,11 @@ mod tests {
         assert_eq!(
             one_line(rendered),
             "unexpected argument '--ech' found; tip: a similar argument exists: '--echo'"
+        );
+        let rendered = "error: the following required arguments were not provided:\n  <STREAM>\n  <KEY>\n\nUsage: meshage send <STREAM> <KEY>\n";
+        assert_eq!(
+            one_line(rendered),
+            "the following required arguments were not provided: <STREAM>; <KEY>"
         );
     }
 }
