@@ -34,6 +34,8 @@ command -v iptables >/dev/null 2>&1 || need_apt+=(iptables)
 # Test (f) of tests/netns/ seeds nodes from a DNS name that a real DNS server answers: the
 # dnsmasq binary only (dnsmasq-base), with no service that would take over the machine's DNS.
 command -v dnsmasq >/dev/null 2>&1 || need_apt+=(dnsmasq-base)
+# tests/it/cli.rs reads the man pages `meshage man` prints with man-db's `man -l`.
+command -v man >/dev/null 2>&1 || need_apt+=(man-db)
 if [ ${#need_apt[@]} -gt 0 ]; then
     echo "==> installing ${need_apt[*]}"
     export DEBIAN_FRONTEND=noninteractive
@@ -61,6 +63,8 @@ cargo fmt --all -- --check
 echo "==> cargo clippy (warnings denied)"
 cargo clippy --all-targets --locked -- -D warnings
 cargo clippy --all-targets --all-features --locked -- -D warnings
+echo "==> cargo doc (warnings denied, as docs.rs builds it)"
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --all-features --locked
 echo "==> cargo test (every feature: the etcd and Consul backends too)"
 # With every feature, this includes tests/fuzz_corpus.rs (feature `fuzzing`): the fuzz targets'
 # seeds and every input that once crashed one, replayed through the same entry points in well

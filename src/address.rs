@@ -88,7 +88,9 @@ pub enum AddressError {
 }
 
 impl Address {
-    /// Parses one of the forms listed in the [module docs](self).
+    /// Parses `localhost:8080`, `[::1]:8080`, `8080` (all interfaces), `host:0` or `host:find`
+    /// (any free port), `host:8080/find` and `8080/find` (8080, else the next free port), or
+    /// `find`; a leading `scheme://`, a trailing `/` and surrounding whitespace are ignored.
     pub fn parse(s: &str) -> Result<Self, AddressError> {
         let trimmed = s.trim();
         // Strip a leading `scheme://`.

@@ -70,6 +70,24 @@
 #![forbid(unsafe_code)]
 #![warn(unreachable_pub)]
 
+/// Chainable setters for a `#[non_exhaustive]` configuration struct, one per public field and
+/// named after it, so that users outside the crate build it from its `Default`:
+/// `NodeConfig::default().request_timeout(Duration::from_secs(5))`.
+macro_rules! setters {
+    ($ty:ty { $($field:ident: $fty:ty),* $(,)? }) => {
+        impl $ty {
+            $(
+                #[doc = concat!("Sets the field `", stringify!($field), "` (see its documentation).")]
+                #[must_use]
+                pub fn $field(mut self, value: $fty) -> Self {
+                    self.$field = value;
+                    self
+                }
+            )*
+        }
+    };
+}
+
 mod address;
 mod admin;
 mod answer;

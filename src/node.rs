@@ -23,6 +23,7 @@ use crate::upstream::{self, HttpUpstream};
 
 /// Settings of a node beyond its cluster and address.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct NodeConfig {
     /// Bounds every request, forwarded or handled here.
     pub request_timeout: Duration,
@@ -70,6 +71,23 @@ pub struct NodeConfig {
     /// pod's IP. Checked by [`parse_advertise_host`] when the node starts.
     pub advertise_host: Option<String>,
 }
+
+setters!(NodeConfig {
+    request_timeout: Duration,
+    connect_timeout: Duration,
+    body_limit: usize,
+    drain_timeout: Duration,
+    idle_timeout: Duration,
+    peer_protocol: PeerProtocol,
+    max_in_flight: usize,
+    max_connections: usize,
+    max_buffered: usize,
+    suspect_timeout: Duration,
+    keys: Option<Keys>,
+    api_tokens: Option<Tokens>,
+    tls: Option<OperatorTls>,
+    advertise_host: Option<String>,
+});
 
 impl Default for NodeConfig {
     fn default() -> Self {

@@ -50,7 +50,7 @@ use crate::wire::{
 /// How a node forwards to its peers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum PeerProtocol {
-    /// The multiplexed peer link (see [`crate::link`]), falling back to HTTP/1.1 for peers without it.
+    /// The multiplexed peer link (see the crate's `link` module), falling back to HTTP/1.1 for peers without it.
     #[default]
     Link,
     /// Pooled HTTP/1.1 connections.

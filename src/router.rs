@@ -116,6 +116,7 @@ pub struct Routed {
 
 /// Timeouts and limits of routing.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct RouterConfig {
     /// Bounds a whole request: handling, or forwarding and the answer, retries included.
     pub request_timeout: Duration,
@@ -124,6 +125,11 @@ pub struct RouterConfig {
     /// does not come back before gossip drops it.
     pub suspect_timeout: Duration,
 }
+
+setters!(RouterConfig {
+    request_timeout: Duration,
+    suspect_timeout: Duration,
+});
 
 impl Default for RouterConfig {
     fn default() -> Self {
@@ -136,6 +142,7 @@ impl Default for RouterConfig {
 
 /// Options of one [`Router::send_with`] or [`Router::broadcast_with`].
 #[derive(Debug, Clone, Default)]
+#[non_exhaustive]
 pub struct SendOptions {
     /// Bounds the whole request, retries included; never longer than the node's request
     /// timeout, which is also the default.
@@ -144,6 +151,11 @@ pub struct SendOptions {
     /// reached the owner is sent to the next owner instead of failing with a 502.
     pub idempotent: bool,
 }
+
+setters!(SendOptions {
+    timeout: Option<Duration>,
+    idempotent: bool,
+});
 
 /// One request to route.
 #[derive(Debug, Clone, Copy)]

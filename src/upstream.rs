@@ -32,6 +32,7 @@ const SERVICE_ID_NAME: HeaderName = HeaderName::from_static(SERVICE_ID_HEADER);
 
 /// Settings of an [`HttpUpstream`].
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct UpstreamConfig {
     /// Bounds one call, connecting included; past it the caller gets a 502. Keep it below the
     /// node's request timeout, or the caller gets the node's 504 first.
@@ -47,6 +48,14 @@ pub struct UpstreamConfig {
     pub tls: Option<ClientTls>,
 }
 
+setters!(UpstreamConfig {
+    timeout: Duration,
+    connect_timeout: Duration,
+    max_response: usize,
+    health: Option<HealthConfig>,
+    tls: Option<ClientTls>,
+});
+
 impl Default for UpstreamConfig {
     fn default() -> Self {
         UpstreamConfig {
@@ -61,6 +70,7 @@ impl Default for UpstreamConfig {
 
 /// How an upstream's health is checked (see [`HttpUpstream`]).
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct HealthConfig {
     /// Time between checks.
     pub interval: Duration,
@@ -69,6 +79,12 @@ pub struct HealthConfig {
     /// Failed checks in a row that withdraw the service.
     pub failures: u32,
 }
+
+setters!(HealthConfig {
+    interval: Duration,
+    timeout: Duration,
+    failures: u32,
+});
 
 impl Default for HealthConfig {
     fn default() -> Self {

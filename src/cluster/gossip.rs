@@ -51,6 +51,7 @@ pub const NO_SEEDS: [&str; 0] = [];
 
 /// Tuning of the gossip backend.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct GossipConfig {
     /// Nodes with another cluster id ignore each other.
     pub cluster_id: String,
@@ -67,6 +68,15 @@ pub struct GossipConfig {
     /// alone (the first node of a cluster whose seed name lists only itself, or nothing yet).
     pub join_timeout: Duration,
 }
+
+setters!(GossipConfig {
+    cluster_id: String,
+    gossip_interval: Duration,
+    phi_threshold: f64,
+    leave_announce: Duration,
+    dead_node_grace_period: Duration,
+    join_timeout: Duration,
+});
 
 impl Default for GossipConfig {
     fn default() -> Self {

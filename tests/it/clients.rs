@@ -92,14 +92,7 @@ impl Nodes {
 
         let tokens =
             Tokens::new(ApiTokens::parse(&format!("{TOKEN}\n{WORK_TOKEN} work\n")).unwrap());
-        let guarded = start(
-            &[],
-            NodeConfig {
-                api_tokens: Some(tokens),
-                ..NodeConfig::default()
-            },
-        )
-        .await;
+        let guarded = start(&[], NodeConfig::default().api_tokens(Some(tokens))).await;
 
         // Certificates as the README makes them, with `meshage certs`.
         let dir = TempDir::new();
@@ -125,10 +118,9 @@ impl Nodes {
         let (cert, key, ca_file) = (path("node.pem"), path("node-key.pem"), path("ca.pem"));
         let tls = start(
             &[],
-            NodeConfig {
-                tls: Some(OperatorTls::from_files(&cert, &key, &ca_file).unwrap()),
-                ..NodeConfig::default()
-            },
+            NodeConfig::default().tls(Some(
+                OperatorTls::from_files(&cert, &key, &ca_file).unwrap(),
+            )),
         )
         .await;
         wait_converged(std::slice::from_ref(&guarded), 2).await;

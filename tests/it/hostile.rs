@@ -35,10 +35,7 @@ async fn misdirecting_node(seeds: &[String], runs: &Runs, protocol: PeerProtocol
                 ))
             }
         })
-        .config(NodeConfig {
-            peer_protocol: protocol,
-            ..NodeConfig::default()
-        })
+        .config(NodeConfig::default().peer_protocol(protocol))
         .start()
         .await
         .expect("node starts")
@@ -387,10 +384,7 @@ async fn above_the_connection_limit_new_connections_are_closed_and_old_ones_serv
         use tokio::net::TcpStream;
         let node = meshage::init(gossip(&[]), "127.0.0.1:0")
             .register("echo", crate::common::echo_by)
-            .config(NodeConfig {
-                max_connections: 8,
-                ..NodeConfig::default()
-            })
+            .config(NodeConfig::default().max_connections(8))
             .start()
             .await
             .expect("node starts");
@@ -446,10 +440,7 @@ async fn bodies_still_arriving_share_a_bounded_budget() {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let node = meshage::init(gossip(&[]), "127.0.0.1:0")
             .register("echo", crate::common::echo_by)
-            .config(NodeConfig {
-                max_buffered: 1 << 20,
-                ..NodeConfig::default()
-            })
+            .config(NodeConfig::default().max_buffered(1 << 20))
             .start()
             .await
             .expect("node starts");

@@ -38,6 +38,7 @@ mod common {
 mod api;
 mod binary;
 mod certs;
+mod cli;
 mod client;
 mod clients;
 mod conformance;
@@ -51,6 +52,7 @@ mod mesh;
 mod mtls;
 mod observability;
 mod openapi;
+mod packaging;
 mod pki;
 mod probes;
 mod ring_vectors;

@@ -101,10 +101,10 @@ async fn a_keyed_cluster_forwards_over_mutual_tls() {
         for protocol in [PeerProtocol::Link, PeerProtocol::Http1, PeerProtocol::Http2] {
             let key = ClusterKey::generate();
             let runs = Runs::default();
-            let config = || NodeConfig {
-                keys: keys(&key),
-                peer_protocol: protocol,
-                ..NodeConfig::default()
+            let config = || {
+                NodeConfig::default()
+                    .keys(keys(&key))
+                    .peer_protocol(protocol)
             };
             let first = node(gossip(&[]), "a", &runs, config()).await;
             let seed = vec![first.seed_address().unwrap()];
@@ -144,10 +144,7 @@ async fn a_keyed_cluster_forwards_over_mutual_tls() {
 
 /// One keyed node serving `echo`, alone.
 async fn keyed_node(runs: &Runs) -> Node {
-    let config = NodeConfig {
-        keys: keys(&ClusterKey::generate()),
-        ..NodeConfig::default()
-    };
+    let config = NodeConfig::default().keys(keys(&ClusterKey::generate()));
     node(gossip(&[]), "keyed", runs, config).await
 }
 
@@ -464,16 +461,11 @@ async fn a_keyed_node_does_not_forward_to_an_unkeyed_one() {
         for protocol in [PeerProtocol::Link, PeerProtocol::Http1, PeerProtocol::Http2] {
             let cluster = SharedCluster::new();
             let (keyed_runs, plain_runs) = (Runs::default(), Runs::default());
-            let keyed = NodeConfig {
-                keys: keys(&ClusterKey::generate()),
-                peer_protocol: protocol,
-                ..NodeConfig::default()
-            };
+            let keyed = NodeConfig::default()
+                .keys(keys(&ClusterKey::generate()))
+                .peer_protocol(protocol);
             let keyed = node(cluster.clone(), "keyed", &keyed_runs, keyed).await;
-            let plain = NodeConfig {
-                peer_protocol: protocol,
-                ..NodeConfig::default()
-            };
+            let plain = NodeConfig::default().peer_protocol(protocol);
             let plain = node(cluster.clone(), "plain", &plain_runs, plain).await;
             let nodes = [keyed, plain];
             wait_until(Duration::from_secs(5), "both tables list both", || {
@@ -524,10 +516,7 @@ async fn a_certificate_published_while_its_link_waits_is_taken() {
     bounded(async {
         let cluster = SharedCluster::new();
         let runs = Runs::default();
-        let config = NodeConfig {
-            keys: keys(&ClusterKey::generate()),
-            ..NodeConfig::default()
-        };
+        let config = NodeConfig::default().keys(keys(&ClusterKey::generate()));
         let node = node(cluster.clone(), "keyed", &runs, config).await;
         let service = node.router().local_services()[0].id.to_string();
         let (der, key) = certificate();

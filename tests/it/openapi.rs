@@ -349,10 +349,7 @@ async fn real_answers_fit_the_description() {
         let odd = meshage::init(gossip(&seed), "127.0.0.1:0")
             .register("boom", boom)
             .register("slow", slow)
-            .config(NodeConfig {
-                body_limit: 64,
-                ..NodeConfig::default()
-            })
+            .config(NodeConfig::default().body_limit(64))
             .start()
             .await
             .unwrap();
@@ -370,10 +367,7 @@ async fn real_answers_fit_the_description() {
         // A node that takes no message at all: every send is shed.
         let full = meshage::init(gossip(&[]), "127.0.0.1:0")
             .register("echo", echo_by)
-            .config(NodeConfig {
-                max_in_flight: 0,
-                ..NodeConfig::default()
-            })
+            .config(NodeConfig::default().max_in_flight(0))
             .start()
             .await
             .unwrap();

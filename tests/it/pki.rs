@@ -73,11 +73,11 @@ async fn node(
     runs: &Arc<AtomicUsize>,
 ) -> Node {
     let runs = runs.clone();
-    let config = NodeConfig {
-        tls: Some(OperatorTls::from_files(&files.cert, &files.key, &files.ca).unwrap()),
-        peer_protocol: protocol,
-        ..NodeConfig::default()
-    };
+    let config = NodeConfig::default()
+        .tls(Some(
+            OperatorTls::from_files(&files.cert, &files.key, &files.ca).unwrap(),
+        ))
+        .peer_protocol(protocol);
     meshage::init(gossip(seeds), "127.0.0.1:0")
         .register("echo", move |data: Value, header: Header| {
             runs.fetch_add(1, Ordering::SeqCst);

@@ -31,10 +31,7 @@ async fn advertising_node(seeds: &[String]) -> Node {
     };
     meshage::init(cluster.unwrap(), "0.0.0.0:0")
         .register("echo", echo_by)
-        .config(NodeConfig {
-            advertise_host: Some("127.0.0.1".into()),
-            ..NodeConfig::default()
-        })
+        .config(NodeConfig::default().advertise_host(Some("127.0.0.1".into())))
         .start()
         .await
         .expect("node starts")
@@ -140,10 +137,7 @@ async fn readyz_says_joining_ready_and_leaving() {
         // A seed that exists but never answers.
         let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         let silent = silent.local_addr().unwrap().to_string();
-        let slow_leaving = GossipConfig {
-            leave_announce: Duration::from_secs(2),
-            ..GossipConfig::default()
-        };
+        let slow_leaving = GossipConfig::default().leave_announce(Duration::from_secs(2));
         let cluster = GossipCluster::new("127.0.0.1:0", [&silent])
             .unwrap()
             .with_config(slow_leaving);
@@ -193,10 +187,7 @@ async fn readyz_says_joining_ready_and_leaving() {
             .start()
             .await
             .unwrap();
-        let impatient = GossipConfig {
-            join_timeout: Duration::from_millis(500),
-            ..GossipConfig::default()
-        };
+        let impatient = GossipConfig::default().join_timeout(Duration::from_millis(500));
         let cluster = GossipCluster::new("127.0.0.1:0", [&silent])
             .unwrap()
             .with_config(impatient);

@@ -74,11 +74,11 @@ async fn node_with(tokens: Tokens, seeds: &[String], protocol: PeerProtocol) -> 
     meshage::init(gossip(seeds), "127.0.0.1:0")
         .register("echo", echo_by)
         .register("orders", echo_by)
-        .config(NodeConfig {
-            api_tokens: Some(tokens),
-            peer_protocol: protocol,
-            ..NodeConfig::default()
-        })
+        .config(
+            NodeConfig::default()
+                .api_tokens(Some(tokens))
+                .peer_protocol(protocol),
+        )
         .start()
         .await
         .expect("node starts")
@@ -623,13 +623,13 @@ async fn a_forward_mark_does_not_stand_in_for_a_token() {
     let unkeyed = guarded_node(&file, &[], PeerProtocol::Link).await;
     let keyed = meshage::init(gossip(&[]), "127.0.0.1:0")
         .register("echo", echo_by)
-        .config(NodeConfig {
-            api_tokens: Some(Tokens::from_file(file.path()).unwrap()),
-            keys: Some(meshage::Keys::new(meshage::Keyring::new(
-                meshage::ClusterKey::generate(),
-            ))),
-            ..NodeConfig::default()
-        })
+        .config(
+            NodeConfig::default()
+                .api_tokens(Some(Tokens::from_file(file.path()).unwrap()))
+                .keys(Some(meshage::Keys::new(meshage::Keyring::new(
+                    meshage::ClusterKey::generate(),
+                )))),
+        )
         .start()
         .await
         .expect("node starts");
