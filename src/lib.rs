@@ -125,7 +125,7 @@ pub use upstream::{
 };
 pub use wire::{
     HOP_HEADER, IDEMPOTENCY_KEY_HEADER, IDEMPOTENT_HEADER, SERVICE_ID_HEADER, TIMEOUT_HEADER,
-    TRACE_HEADER,
+    TRACEPARENT_HEADER, TRACESTATE_HEADER, TRACE_HEADER,
 };
 
 /// The README's Rust examples compile as doctests, so that what it shows keeps working.

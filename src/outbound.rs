@@ -44,7 +44,7 @@ use crate::path::encode_segment;
 use crate::security::{Alpn, Fingerprint, PeerTls};
 use crate::wire::{
     error_chain, read_body, BodyError, Deadline, HOP_HEADER, REFUSED_HEADER, SERVICE_ID_HEADER,
-    TIMEOUT_HEADER, TRACE_HEADER,
+    TIMEOUT_HEADER, TRACEPARENT_HEADER, TRACESTATE_HEADER, TRACE_HEADER,
 };
 
 /// How a node forwards to its peers.
@@ -236,9 +236,16 @@ impl Forwarder {
         if let Ok(v) = HeaderValue::from_str(&encoded) {
             builder = builder.header("x-partition-key", v);
         }
-        // The trace id of the request, so that the owner logs it under the same id.
-        if let Some(trace) = crate::observe::current_trace() {
-            if let Ok(v) = HeaderValue::from_bytes(&trace.hex()) {
+        // The request's trace context, so that the owner logs it under the same id and its
+        // span is a child of this forward; `X-Meshage-Trace` too, for nodes of earlier versions.
+        if let Some(out) = crate::observe::outgoing() {
+            if let Ok(v) = HeaderValue::from_bytes(&out.traceparent()) {
+                builder = builder.header(TRACEPARENT_HEADER, v);
+            }
+            if let Some(state) = out.state {
+                builder = builder.header(TRACESTATE_HEADER, state.value().clone());
+            }
+            if let Ok(v) = HeaderValue::from_bytes(&out.trace.short_hex()) {
                 builder = builder.header(TRACE_HEADER, v);
             }
         }

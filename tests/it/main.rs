@@ -54,4 +54,5 @@ mod ring_vectors;
 mod sealed;
 mod status_page;
 mod tokens;
+mod trace_context;
 mod upstream;
