@@ -290,7 +290,7 @@ impl Router {
             idempotent: options.idempotent,
             deadline: self.deadline(options.timeout),
         };
-        let routed = observe::step(
+        let routed = scope.step(
             observe::Step::Route,
             &message.stream,
             self.route(request, payload),

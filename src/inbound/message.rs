@@ -263,7 +263,7 @@ pub(super) async fn link_request(inbound: Arc<Inbound>, request: LinkRequest) ->
         Route::Received,
         request.trace.clone(),
     );
-    let routed = observe::step(
+    let routed = scope.step(
         Step::Route,
         &request.stream,
         inbound.router.route(route, request.payload),

@@ -28,21 +28,42 @@ pub(crate) enum Step {
 }
 
 /// Runs `future` as `step` of the current request, for `service`: inside a span of its own
-/// when spans are exported, as it is otherwise.
+/// when spans are exported, as it is otherwise. The span's parent is the current span: call
+/// it while the request runs (see [`super::RequestScope::step`] for the first step).
 pub(crate) fn step<F: Future>(step: Step, service: &str, future: F) -> Either<Instrumented<F>, F> {
     if !enabled() {
         return Either::Right(future);
     }
+    step_of(Span::current().id(), step, service, future)
+}
+
+/// [`step`] with the span's `parent`.
+pub(super) fn step_of<F: Future>(
+    parent: impl Into<Option<tracing::Id>>,
+    step: Step,
+    service: &str,
+    future: F,
+) -> Either<Instrumented<F>, F> {
+    if !enabled() {
+        return Either::Right(future);
+    }
+    let parent = parent.into();
     let span = match step {
-        Step::Route => debug_span!("route", stream = service),
-        Step::Forward => debug_span!("forward", service, otel.kind = "client"),
-        Step::Handle => debug_span!("handle", service),
+        Step::Route => debug_span!(parent: parent, "route", stream = service),
+        Step::Forward => debug_span!(parent: parent, "forward", service, otel.kind = "client"),
+        Step::Handle => debug_span!(parent: parent, "handle", service),
     };
     Either::Left(future.instrument(span))
 }
 
 #[cfg(feature = "otel")]
 static ENABLED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Turns export on for the process; called once an exporter is installed.
+#[cfg(feature = "otel")]
+pub(crate) fn enable() {
+    ENABLED.store(true, std::sync::atomic::Ordering::Relaxed);
+}
 
 /// Whether spans are exported.
 #[inline]

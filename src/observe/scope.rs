@@ -186,6 +186,20 @@ impl RequestScope {
         }
     }
 
+    /// Runs `future` as `step` of this request (see [`otel::step`]), whether or not the request
+    /// runs yet.
+    pub(crate) fn step<F: Future>(
+        &self,
+        step: otel::Step,
+        service: &str,
+        future: F,
+    ) -> futures_util::future::Either<tracing::instrument::Instrumented<F>, F> {
+        if !otel::enabled() {
+            return futures_util::future::Either::Right(future);
+        }
+        otel::step_of(self.span.id(), step, service, future)
+    }
+
     /// The context an answer reports: the trace and this node's span of it.
     pub(crate) fn context(&self) -> &Context {
         &self.context

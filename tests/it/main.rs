@@ -49,6 +49,8 @@ mod mesh;
 mod mtls;
 mod observability;
 mod openapi;
+#[cfg(feature = "otel")]
+mod otel;
 mod pki;
 mod ring_vectors;
 mod sealed;

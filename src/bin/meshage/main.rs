@@ -6,6 +6,7 @@ mod certs;
 mod client;
 mod demo;
 mod keys;
+mod logs;
 mod node;
 mod reload;
 mod tls;
@@ -88,22 +89,6 @@ async fn stop_with_second_signal(node: Node) -> Result<()> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let logs = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,chitchat=warn")),
-        )
-        .with_writer(std::io::stderr);
-    match &cli.command {
-        Command::Node(args) if args.log_format == LogFormat::Json => logs
-            .json()
-            .with_current_span(true)
-            .with_span_list(false)
-            .init(),
-        _ => logs
-            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-            .init(),
-    }
     // MESHAGE_THREADS sets the number of worker threads (default: one per core).
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     if let Some(threads) = std::env::var("MESHAGE_THREADS")
@@ -120,6 +105,15 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // Inside the runtime: a span exporter sends from a task of it.
+    let (json, export) = match &cli.command {
+        Command::Node(args) => (args.log_format == LogFormat::Json, true),
+        _ => (false, false),
+    };
+    if let Err(e) = runtime.block_on(async { logs::init(json, export) }) {
+        eprintln!("meshage: error: {e:#}");
+        return ExitCode::FAILURE;
+    }
     let result = runtime.block_on(async {
         match cli.command {
             Command::Node(args) => node::run_node(*args).await,
