@@ -4,8 +4,10 @@
 //! A forward is `POST {endpoint}/api/{stream}/{key}` naming its target in `X-Service-ID`, as the
 //! original forwards, so original nodes understand ours and the reverse. It also carries
 //! `X-Meshage-Hop: 1`: a node that receives it runs the named service if it has it and never
-//! forwards it again, so no loop forms while tables disagree. `X-Meshage-Trace` carries the
-//! request's trace id, and `X-Request-Timeout` the milliseconds left of the request's deadline,
+//! forwards it again, so no loop forms while tables disagree. `traceparent` and `tracestate`
+//! carry the request's W3C trace context (the forward's span as parent), `X-Meshage-Trace` the
+//! trace id's low 64 bits for nodes of earlier versions, and `X-Request-Timeout` the
+//! milliseconds left of the request's deadline,
 //! so that the owner gives up when the sender does. The body bytes go as they came.
 //!
 //! What comes back is an answer to pass on, or an [`Undelivered`] that says whether the owner
@@ -21,7 +23,7 @@
 //! the operator's CA instead (see `security`).
 //!
 //! Depends on `link`, `wire`, `delivery`, `message`, `path`, `security`, and `observe` for the
-//! trace id.
+//! trace context.
 
 mod dial;
 
