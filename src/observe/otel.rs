@@ -7,12 +7,12 @@
 //! no span is made that would not be made anyway, and the ids are meshage's own.
 
 use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
-use futures_util::future::Either;
-use tracing::instrument::Instrumented;
-use tracing::{debug_span, Instrument, Span};
+use tracing::{debug_span, Span};
 
-use super::scope::Context;
+use super::scope::Context as TraceContext;
 use super::trace::{Incoming, SpanId, TraceId, SAMPLED};
 
 /// One step of a request on a node, exported as a span of its own, a child of the node's
@@ -27,33 +27,49 @@ pub(crate) enum Step {
     Handle,
 }
 
+pin_project_lite::pin_project! {
+    /// A step's future, inside its span when spans are exported. The future sits at the same
+    /// place whether or not there is a span, so that making one moves it no more than without
+    /// the feature (a request's futures are kilobytes; an `Either` of the future and the future
+    /// in a span costs a copy of it in each step of each request, span or none).
+    pub(crate) struct Stepped<F> {
+        #[pin]
+        future: F,
+        span: Option<Span>,
+    }
+}
+
+impl<F: Future> Future for Stepped<F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = self.project();
+        let _entered = this.span.as_ref().map(Span::enter);
+        this.future.poll(cx)
+    }
+}
+
 /// Runs `future` as `step` of the current request, for `service`: inside a span of its own
 /// when spans are exported, as it is otherwise. The span's parent is the current span: call
 /// it while the request runs (see [`super::RequestScope::step`] for the first step).
-pub(crate) fn step<F: Future>(step: Step, service: &str, future: F) -> Either<Instrumented<F>, F> {
-    if !enabled() {
-        return Either::Right(future);
-    }
-    step_of(Span::current().id(), step, service, future)
+pub(crate) fn step<F: Future>(step: Step, service: &str, future: F) -> Stepped<F> {
+    let span = enabled().then(|| step_span(Span::current().id(), step, service));
+    Stepped::new(future, span)
 }
 
-/// [`step`] with the span's `parent`.
-pub(super) fn step_of<F: Future>(
-    parent: impl Into<Option<tracing::Id>>,
-    step: Step,
-    service: &str,
-    future: F,
-) -> Either<Instrumented<F>, F> {
-    if !enabled() {
-        return Either::Right(future);
+impl<F> Stepped<F> {
+    pub(super) fn new(future: F, span: Option<Span>) -> Self {
+        Stepped { future, span }
     }
-    let parent = parent.into();
-    let span = match step {
+}
+
+/// The span of `step` for `service`, a child of `parent`.
+pub(super) fn step_span(parent: Option<tracing::Id>, step: Step, service: &str) -> Span {
+    match step {
         Step::Route => debug_span!(parent: parent, "route", stream = service),
         Step::Forward => debug_span!(parent: parent, "forward", service, otel.kind = "client"),
         Step::Handle => debug_span!(parent: parent, "handle", service),
-    };
-    Either::Left(future.instrument(span))
+    }
 }
 
 #[cfg(feature = "otel")]
@@ -103,7 +119,7 @@ pub(crate) fn current_span() -> Option<SpanId> {
 /// span's id, and the sampler's decision (which follows the parent's `sampled` flag unless
 /// `OTEL_TRACES_SAMPLER` says otherwise). A request that came with only `X-Meshage-Trace`
 /// has that id as its trace id and, since it names no span, as its parent span id too.
-pub(crate) fn join(span: &Span, incoming: Option<Incoming>) -> Context {
+pub(crate) fn join(span: &Span, incoming: Option<Incoming>) -> TraceContext {
     #[cfg(feature = "otel")]
     {
         use opentelemetry::trace::{
@@ -136,7 +152,7 @@ pub(crate) fn join(span: &Span, incoming: Option<Incoming>) -> Context {
         let trace = TraceId::from_u128(u128::from_be_bytes(own.trace_id().to_bytes()));
         let id = SpanId::from_u64(u64::from_be_bytes(own.span_id().to_bytes()));
         if let (Some(trace), Some(id)) = (trace, id) {
-            return Context {
+            return TraceContext {
                 trace,
                 span: id,
                 flags: if own.is_sampled() { SAMPLED } else { 0 },
@@ -154,15 +170,15 @@ pub(crate) fn join(span: &Span, incoming: Option<Incoming>) -> Context {
 }
 
 /// A request's context with meshage's own ids: the trace it came with, or a new one (sampled).
-pub(crate) fn own_context(incoming: Option<Incoming>) -> Context {
+pub(crate) fn own_context(incoming: Option<Incoming>) -> TraceContext {
     match incoming {
-        Some(incoming) => Context {
+        Some(incoming) => TraceContext {
             trace: incoming.trace,
             span: SpanId::new(),
             flags: incoming.flags,
             state: incoming.state,
         },
-        None => Context {
+        None => TraceContext {
             trace: TraceId::new(),
             span: SpanId::new(),
             flags: SAMPLED,

@@ -193,11 +193,9 @@ impl RequestScope {
         step: otel::Step,
         service: &str,
         future: F,
-    ) -> futures_util::future::Either<tracing::instrument::Instrumented<F>, F> {
-        if !otel::enabled() {
-            return futures_util::future::Either::Right(future);
-        }
-        otel::step_of(self.span.id(), step, service, future)
+    ) -> otel::Stepped<F> {
+        let span = otel::enabled().then(|| otel::step_span(self.span.id(), step, service));
+        otel::Stepped::new(future, span)
     }
 
     /// The context an answer reports: the trace and this node's span of it.
