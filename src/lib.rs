@@ -51,10 +51,11 @@
 //!   (accept, sniff, connections, admission, routes, the link's entry); `admin` (status page,
 //!   `/metrics`, health and the probes, members, locate, the API's OpenAPI description: read-only); `answer` (errors to JSON answers);
 //!   `upstream` (handlers in any language over HTTP, with health checks); `client` (the
-//!   `meshage` command's client of a node's API).
+//!   `meshage` command's client of a node's API); `otel` (feature `otel`: the OTLP exporter of
+//!   the request spans, configured by OpenTelemetry's standard variables).
 //! - `router`: owner choice, the local registry, placement and suspects, retries, broadcast.
 //! - `outbound` (the forwarder), over `link` (the peer protocol: frames, client, server).
-//! - `observe` (metrics, trace ids, request scopes), `wire` (header names, deadlines, body
+//! - `observe` (metrics, W3C trace contexts, request scopes and their spans), `wire` (header names, deadlines, body
 //!   reading), `shutdown` (stop signals), `delivery` (what a failed forward says).
 //! - `cluster`: the membership traits, the event log, and the gossip, etcd and Consul backends.
 //! - `security`: the cluster key and its keyring, sealed datagrams, mutual TLS between nodes
@@ -102,6 +103,8 @@ mod link;
 mod message;
 mod node;
 mod observe;
+#[cfg(feature = "otel")]
+pub mod otel;
 mod outbound;
 mod path;
 mod ring;
@@ -143,7 +146,7 @@ pub use upstream::{
 };
 pub use wire::{
     HOP_HEADER, IDEMPOTENCY_KEY_HEADER, IDEMPOTENT_HEADER, SERVICE_ID_HEADER, TIMEOUT_HEADER,
-    TRACE_HEADER,
+    TRACEPARENT_HEADER, TRACESTATE_HEADER, TRACE_HEADER,
 };
 
 /// The README's Rust examples compile as doctests, so that what it shows keeps working.

@@ -7,13 +7,19 @@
 //! [`PREFACE`] is a link, anything else is HTTP. The server acknowledges the preface, so a peer
 //! that does not speak the link (an original node) is noticed before any request is sent, and
 //! the sender falls back to HTTP for it. The preface carries the protocol's version
-//! (`MESHLNK3`): a node of another version answers it as HTTP does, so nodes of different
+//! (`MESHLNK4`): a node of another version answers it as HTTP does, so nodes of different
 //! versions forward to each other over HTTP.
 //!
 //! Frames are length-prefixed: `u32 len` then `len` bytes.
-//! Request: `u8 1, u64 id, u64 trace, u32 timeout_ms, u16 stream_len, u32 key_len,
-//! u16 service_len, u16 content_type_len`, the four strings, then the body. `trace` is the
-//! request's trace id (0 for none), so that both nodes log the request under one id.
+//! Request: `u8 1, u64 id, u128 trace, u64 parent, u8 flags, u32 timeout_ms, u16 stream_len,
+//! u32 key_len, u16 service_len, u16 content_type_len, u16 tracestate_len`, the five strings,
+//! then the body. `trace`, `parent`, `flags` and the tracestate are the request's W3C trace
+//! context (`trace` 0 for none, and then the rest zero and empty; `parent` 0 when the trace
+//! came as an `X-Meshage-Trace`), so that both nodes log the request under one id and the
+//! owner's span is a child of the sender's. The tracestate is at most 512 bytes. Version 4
+//! widened the trace field (from a u64): a node of version 3 and one of version 4 do not
+//! take each other's preface and forward to each other over HTTP, where `X-Meshage-Trace`
+//! still carries the low 64 bits of the id.
 //! Response: `u8 2, u64 id, u16 status`, then the body: what the request's handler (or the
 //! routing on the owner) answered, whatever its status.
 //! Refused: `u8 4, u64 id, u8 why` (1: the node is leaving, 2: it does not run the service):

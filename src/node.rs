@@ -452,7 +452,8 @@ impl Node {
 
     /// Leaves the cluster gracefully: announces that it is leaving (peers route its keys
     /// elsewhere at once), stops accepting connections, lets open requests finish within the
-    /// drain timeout, then stops gossip.
+    /// drain timeout, then stops gossip. With OpenTelemetry export on (feature `otel`), it
+    /// then sends the spans not yet exported.
     pub async fn shutdown(mut self) -> Result<(), ClusterError> {
         self.router.set_leaving();
         if let Err(e) = self.membership.leave().await {
@@ -464,6 +465,9 @@ impl Node {
         }
         let result = self.membership.shutdown().await;
         self.table_task.abort();
+        // The spans of the last requests, before the process may end.
+        #[cfg(feature = "otel")]
+        crate::otel::flush().await;
         info!(node = %self.router.node_id(), "node stopped");
         result
     }

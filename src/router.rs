@@ -275,10 +275,10 @@ impl Router {
         stream: &str,
         key: &str,
         route: Route,
-        trace: Option<observe::TraceId>,
+        incoming: Option<observe::Incoming>,
     ) -> RequestScope {
         let table = self.inner.table.load();
-        RequestScope::new(&self.inner.metrics, &table, stream, key, route, trace)
+        RequestScope::new(&self.inner.metrics, &table, stream, key, route, incoming)
     }
 
     /// Sends a message to the service that owns its partition key and returns the answer.
@@ -299,17 +299,20 @@ impl Router {
             Route::Unrouted,
             None,
         );
-        let routed = std::pin::pin!(self.route(
-            RouteRequest {
-                stream: &message.stream,
-                key: &message.partition_key,
-                target: None,
-                hop: false,
-                idempotent: options.idempotent,
-                deadline: self.deadline(options.timeout),
-            },
-            payload,
-        ));
+        let request = RouteRequest {
+            stream: &message.stream,
+            key: &message.partition_key,
+            target: None,
+            hop: false,
+            idempotent: options.idempotent,
+            deadline: self.deadline(options.timeout),
+        };
+        let routed = scope.step(
+            observe::Step::Route,
+            &message.stream,
+            self.route(request, payload),
+        );
+        let routed = std::pin::pin!(routed);
         let routed = scope.run(routed).await;
         match &routed {
             Ok(r) => scope.finish(r.reply.status, Some(&r.service_id)),
@@ -468,19 +471,16 @@ impl Router {
             fingerprint,
         } = to;
         let started = Instant::now();
-        let result = self
-            .inner
-            .forwarder
-            .forward(
-                endpoint,
-                fingerprint,
-                request.stream,
-                request.key,
-                &service_id,
-                payload,
-                request.deadline,
-            )
-            .await;
+        let forward = self.inner.forwarder.forward(
+            endpoint,
+            fingerprint,
+            request.stream,
+            request.key,
+            &service_id,
+            payload,
+            request.deadline,
+        );
+        let result = observe::step(observe::Step::Forward, &service_id, forward).await;
         observe::forwarded(started);
         let failure = match result {
             Ok(reply) => return Ok(Routed { service_id, reply }),

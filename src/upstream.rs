@@ -20,7 +20,7 @@ use crate::path::encode_segment;
 use crate::router::Router;
 use crate::security::{ClientTls, TlsError};
 use crate::shutdown::Watch;
-use crate::wire::{RESERVED_STREAMS, SERVICE_ID_HEADER};
+use crate::wire::{RESERVED_STREAMS, SERVICE_ID_HEADER, TRACEPARENT_HEADER, TRACESTATE_HEADER};
 
 mod pool;
 use pool::{Pool, SendError};
@@ -29,6 +29,8 @@ use pool::{Pool, SendError};
 const STREAM_NAME: HeaderName = HeaderName::from_static("x-stream");
 const PARTITION_KEY_NAME: HeaderName = HeaderName::from_static("x-partition-key");
 const SERVICE_ID_NAME: HeaderName = HeaderName::from_static(SERVICE_ID_HEADER);
+const TRACEPARENT_NAME: HeaderName = HeaderName::from_static(TRACEPARENT_HEADER);
+const TRACESTATE_NAME: HeaderName = HeaderName::from_static(TRACESTATE_HEADER);
 
 /// Settings of an [`HttpUpstream`].
 #[derive(Debug, Clone)]
@@ -116,7 +118,8 @@ pub enum UpstreamError {
 /// application/json` (a `text/*` type the sender declared is kept), and the headers `X-Stream`,
 /// `X-Partition-Key` and `X-Service-ID`. The stream and key are percent-encoded there as in a
 /// path segment, so any key fits in a header; keys made of `A-Z a-z 0-9 - . _ ~` arrive
-/// unchanged.
+/// unchanged. A message that a node routes also carries its W3C `traceparent` (the node's
+/// handle step as parent) and `tracestate`, so that the handler's spans join the trace.
 ///
 /// Its answer is passed through: a 2xx or 4xx status with its JSON body (an empty 2xx body is
 /// `null` with status 200; a 4xx body that is not JSON becomes `{"error": <its text>}`). No
@@ -267,8 +270,16 @@ impl HttpUpstream {
         };
         let mut request = self.request(Method::POST, body);
         let headers = request.headers_mut();
-        headers.reserve(4);
+        headers.reserve(6);
         headers.insert(CONTENT_TYPE, content_type);
+        if let Some(out) = crate::observe::outgoing() {
+            if let Ok(v) = HeaderValue::from_bytes(&out.traceparent()) {
+                headers.insert(TRACEPARENT_NAME, v);
+            }
+            if let Some(state) = out.state {
+                headers.insert(TRACESTATE_NAME, state.value().clone());
+            }
+        }
         for (name, value) in [
             (STREAM_NAME, &*header.stream),
             (PARTITION_KEY_NAME, &*header.partition_key),

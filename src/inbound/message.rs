@@ -16,12 +16,13 @@ use crate::answer::{json_response, ApiError, Body};
 use crate::delivery::Refusal;
 use crate::link::{Answer, LinkRequest};
 use crate::message::Payload;
-use crate::observe::{Route, TraceId};
+use crate::observe::{self, Route, SpanId, Step, TraceId};
 use crate::path::decode_segment;
 use crate::router::{Part, RouteError, RouteRequest};
 use crate::wire::{
     is_idempotent_value, parse_timeout, read_body, BodyError, Deadline, Held, HOP_HEADER,
-    IDEMPOTENCY_KEY_HEADER, IDEMPOTENT_HEADER, SERVICE_ID_HEADER, TIMEOUT_HEADER, TRACE_HEADER,
+    IDEMPOTENCY_KEY_HEADER, IDEMPOTENT_HEADER, SERVICE_ID_HEADER, TIMEOUT_HEADER,
+    TRACEPARENT_HEADER, TRACESTATE_HEADER, TRACE_HEADER,
 };
 
 /// What the message routes read from a request's head, found in one pass over its headers
@@ -31,6 +32,8 @@ struct MessageHead<'a> {
     /// Forwarded here by a peer over HTTP.
     hop: bool,
     trace: Option<&'a HeaderValue>,
+    traceparent: Option<&'a HeaderValue>,
+    tracestate: Option<&'a HeaderValue>,
     content_length: Option<&'a HeaderValue>,
     content_type: Option<&'a HeaderValue>,
     /// The service the caller names in `X-Service-ID`.
@@ -48,6 +51,8 @@ impl<'a> MessageHead<'a> {
                 "content-type" => &mut head.content_type,
                 "content-length" => &mut head.content_length,
                 TRACE_HEADER => &mut head.trace,
+                TRACEPARENT_HEADER => &mut head.traceparent,
+                TRACESTATE_HEADER => &mut head.tracestate,
                 SERVICE_ID_HEADER => &mut head.target,
                 TIMEOUT_HEADER => &mut head.timeout,
                 IDEMPOTENT_HEADER => &mut head.idempotent,
@@ -74,11 +79,13 @@ impl<'a> MessageHead<'a> {
 
 /// `X-Service-ID` on answers, parsed once.
 const SERVICE_ID_NAME: HeaderName = HeaderName::from_static(SERVICE_ID_HEADER);
-/// `X-Meshage-Trace` on answers, parsed once.
+/// `X-Meshage-Trace` and `traceparent` on answers, parsed once.
 const TRACE_NAME: HeaderName = HeaderName::from_static(TRACE_HEADER);
+const TRACEPARENT_NAME: HeaderName = HeaderName::from_static(TRACEPARENT_HEADER);
 
 /// `POST /api/{stream}/{key}` and `POST /api/broadcast/{stream}/{key}`, the stream and key
-/// still percent-encoded, from `caller`. Every answer carries the request's trace id. On a
+/// still percent-encoded, from `caller`. Every answer carries the request's trace id (in
+/// `traceparent`, with this node's span of the request, and in `X-Meshage-Trace`). On a
 /// keyed node, a forward (`X-Meshage-Hop`) from anyone but a peer over mutual TLS is answered
 /// 401 before anything else is done with it.
 pub(super) async fn message(
@@ -91,9 +98,14 @@ pub(super) async fn message(
     key: &str,
 ) -> Response<Body> {
     let head = MessageHead::read(&request.headers);
-    let trace = head.trace.and_then(|v| TraceId::parse(v.as_bytes()));
+    let incoming = observe::Incoming::from_headers(head.traceparent, head.tracestate, head.trace);
     // Refused before it is routed: answered with its trace id all the same.
-    let refuse = |e: ApiError| with_trace(e.response(), trace.unwrap_or_else(TraceId::new));
+    let refuse = |e: ApiError| {
+        let (trace, flags) = incoming
+            .as_ref()
+            .map_or((TraceId::new(), observe::SAMPLED), |i| (i.trace, i.flags));
+        with_trace(e.response(), trace, SpanId::new(), flags)
+    };
     if head.hop && inbound.keyed() && !caller.is_peer(inbound).await {
         debug!(remote = %caller.remote, "forward refused: not over mutual TLS from a published peer");
         inbound.router.metrics().peers.refused_forward();
@@ -117,8 +129,7 @@ pub(super) async fn message(
     } else {
         Route::Unrouted
     };
-    let mut scope = inbound.router.observe(&stream, &key, route, trace);
-    let trace = scope.trace();
+    let mut scope = inbound.router.observe(&stream, &key, route, incoming);
     let respond = std::pin::pin!(respond(inbound, &head, body, broadcast, &stream, &key));
     let (response, owner) = match scope.run(respond).await {
         Ok(answered) => answered,
@@ -127,14 +138,26 @@ pub(super) async fn message(
             (e.response(), None)
         }
     };
+    let context = scope.context();
+    let (trace, span, flags) = (context.trace, context.span, context.flags);
     scope.finish(response.status(), owner.as_deref());
-    with_trace(response, trace)
+    with_trace(response, trace, span, flags)
 }
 
-/// `response` with `trace` in `X-Meshage-Trace`.
-fn with_trace(mut response: Response<Body>, trace: TraceId) -> Response<Body> {
-    if let Ok(v) = HeaderValue::from_bytes(&trace.hex()) {
-        response.headers_mut().insert(TRACE_NAME, v);
+/// `response` with `trace` in `X-Meshage-Trace` (its low 64 bits) and in `traceparent`, from
+/// `span`.
+fn with_trace(
+    mut response: Response<Body>,
+    trace: TraceId,
+    span: SpanId,
+    flags: u8,
+) -> Response<Body> {
+    let headers = response.headers_mut();
+    if let Ok(v) = HeaderValue::from_bytes(&trace.short_hex()) {
+        headers.insert(TRACE_NAME, v);
+    }
+    if let Ok(v) = HeaderValue::from_bytes(&observe::traceparent(trace, span, flags)) {
+        headers.insert(TRACEPARENT_NAME, v);
     }
     response
 }
@@ -202,7 +225,7 @@ async fn respond(
         idempotent: head.idempotent(),
         deadline,
     };
-    let routed = inbound.router.route(request, payload).await?;
+    let routed = observe::step(Step::Route, stream, inbound.router.route(request, payload)).await?;
     let mut response = json_response(routed.reply.status, routed.reply.body);
     if let Ok(v) = HeaderValue::from_str(&routed.service_id) {
         response.headers_mut().insert(SERVICE_ID_NAME, v);
@@ -234,11 +257,18 @@ pub(super) async fn link_request(inbound: Arc<Inbound>, request: LinkRequest) ->
         idempotent: false,
         deadline,
     };
-    let trace = TraceId::from_u64(request.trace);
-    let mut scope = inbound
-        .router
-        .observe(&request.stream, &request.key, Route::Received, trace);
-    let routed = std::pin::pin!(inbound.router.route(route, request.payload));
+    let mut scope = inbound.router.observe(
+        &request.stream,
+        &request.key,
+        Route::Received,
+        request.trace.clone(),
+    );
+    let routed = scope.step(
+        Step::Route,
+        &request.stream,
+        inbound.router.route(route, request.payload),
+    );
+    let routed = std::pin::pin!(routed);
     match scope.run(routed).await {
         Ok(routed) => {
             scope.finish(routed.reply.status, Some(&routed.service_id));

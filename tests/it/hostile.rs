@@ -241,18 +241,20 @@ async fn a_refused_body_still_gets_its_answer_read() {
     .await;
 }
 
-/// A peer-link request frame: `u32 len`, kind 1, id, trace, timeout, the lengths, the strings,
+/// A peer-link request frame: `u32 len`, kind 1, id, no trace context, timeout, the lengths, the strings,
 /// the body (the protocol in `src/link.rs`).
 fn link_request_frame(id: u64, stream: &str, key: &str, service: &str, body: &[u8]) -> Vec<u8> {
     let mut frame = Vec::new();
     frame.push(1u8);
     frame.extend_from_slice(&id.to_be_bytes());
-    frame.extend_from_slice(&0u64.to_be_bytes());
+    // No trace: trace id, parent span and flags all zero.
+    frame.extend_from_slice(&[0u8; 16 + 8 + 1]);
     frame.extend_from_slice(&5000u32.to_be_bytes());
     frame.extend_from_slice(&(stream.len() as u16).to_be_bytes());
     frame.extend_from_slice(&(key.len() as u32).to_be_bytes());
     frame.extend_from_slice(&(service.len() as u16).to_be_bytes());
-    frame.extend_from_slice(&0u16.to_be_bytes());
+    // No content type, no tracestate.
+    frame.extend_from_slice(&[0u8; 2 + 2]);
     for part in [stream.as_bytes(), key.as_bytes(), service.as_bytes(), body] {
         frame.extend_from_slice(part);
     }
@@ -285,10 +287,10 @@ async fn a_link_frame_past_the_body_limit_ends_the_link_unrun() {
             let mut stream = tokio::net::TcpStream::connect(node.local_addr())
                 .await
                 .unwrap();
-            stream.write_all(b"MESHLNK3\r\n\r\n").await.unwrap();
+            stream.write_all(b"MESHLNK4\r\n\r\n").await.unwrap();
             let mut ack = [0u8; 8];
             stream.read_exact(&mut ack).await.unwrap();
-            assert_eq!(&ack, b"MESHACK3");
+            assert_eq!(&ack, b"MESHACK4");
             stream
         };
         // Within the limit: it runs, and its answer comes back on the link.
@@ -360,7 +362,7 @@ async fn a_link_frame_that_stalls_ends_the_link() {
         let mut link = tokio::net::TcpStream::connect(node.local_addr())
             .await
             .unwrap();
-        link.write_all(b"MESHLNK3\r\n\r\n").await.unwrap();
+        link.write_all(b"MESHLNK4\r\n\r\n").await.unwrap();
         let mut ack = [0u8; 8];
         link.read_exact(&mut ack).await.unwrap();
         let frame = link_request_frame(1, "echo", "k", "svc", &[b' '; 1000]);

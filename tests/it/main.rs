@@ -52,6 +52,8 @@ mod mesh;
 mod mtls;
 mod observability;
 mod openapi;
+#[cfg(feature = "otel")]
+mod otel;
 mod packaging;
 mod pki;
 mod probes;
@@ -59,4 +61,5 @@ mod ring_vectors;
 mod sealed;
 mod status_page;
 mod tokens;
+mod trace_context;
 mod upstream;

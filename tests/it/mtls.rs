@@ -25,7 +25,7 @@ use tokio::sync::watch;
 use crate::api::bounded;
 use crate::common::{gossip, wait_converged, wait_until, Http};
 
-const PREFACE: &[u8] = b"MESHLNK3\r\n\r\n";
+const PREFACE: &[u8] = b"MESHLNK4\r\n\r\n";
 
 /// Runs of the `echo` handler, by node.
 type Runs = Arc<Mutex<HashMap<String, usize>>>;
@@ -152,12 +152,14 @@ async fn keyed_node(runs: &Runs) -> Node {
 fn link_request_frame(stream: &str, key: &str, service: &str) -> Vec<u8> {
     let mut frame = vec![1u8];
     frame.extend_from_slice(&1u64.to_be_bytes());
-    frame.extend_from_slice(&0u64.to_be_bytes());
+    // No trace: trace id, parent span and flags all zero.
+    frame.extend_from_slice(&[0u8; 16 + 8 + 1]);
     frame.extend_from_slice(&5000u32.to_be_bytes());
     frame.extend_from_slice(&(stream.len() as u16).to_be_bytes());
     frame.extend_from_slice(&(key.len() as u32).to_be_bytes());
     frame.extend_from_slice(&(service.len() as u16).to_be_bytes());
-    frame.extend_from_slice(&0u16.to_be_bytes());
+    // No content type, no tracestate.
+    frame.extend_from_slice(&[0u8; 2 + 2]);
     for part in [stream.as_bytes(), key.as_bytes(), service.as_bytes(), b"{}"] {
         frame.extend_from_slice(part);
     }
@@ -541,7 +543,7 @@ async fn a_certificate_published_while_its_link_waits_is_taken() {
             .await
             .expect("the link is acknowledged")
             .unwrap();
-        assert_eq!(&ack, b"MESHACK3");
+        assert_eq!(&ack, b"MESHACK4");
         wait_until(Duration::from_secs(5), "the request ran", || {
             ran(&runs) == 1
         })

@@ -8,6 +8,7 @@ mod config;
 mod demo;
 mod duration;
 mod keys;
+mod logs;
 mod manual;
 mod node;
 mod reload;
@@ -162,27 +163,6 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
     }
-    let logs = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,chitchat=warn")),
-        )
-        .with_writer(std::io::stderr);
-    match &cli.command {
-        Command::Node(args) if args.log_format == LogFormat::Json => logs
-            .json()
-            .with_current_span(true)
-            .with_span_list(false)
-            .init(),
-        _ => logs
-            .with_ansi(colours(
-                std::io::IsTerminal::is_terminal(&std::io::stderr()),
-            ))
-            .init(),
-    }
-    if let Some(warning) = file.as_ref().and_then(config::FromFile::warning) {
-        warn!("{warning}");
-    }
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     if let Command::Node(args) = &cli.command {
         if let Some(threads) = args.threads {
@@ -196,6 +176,19 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // Inside the runtime: a span exporter sends from a task of it.
+    let (json, export) = match &cli.command {
+        Command::Node(args) => (args.log_format == LogFormat::Json, true),
+        _ => (false, false),
+    };
+    let ansi = colours(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    if let Err(e) = runtime.block_on(async { logs::init(json, ansi, export) }) {
+        eprintln!("meshage: error: {e:#}");
+        return ExitCode::FAILURE;
+    }
+    if let Some(warning) = file.as_ref().and_then(config::FromFile::warning) {
+        warn!("{warning}");
+    }
     let result = runtime.block_on(async {
         match cli.command {
             Command::Node(args) => node::run_node(*args).await,
