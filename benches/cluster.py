@@ -2,6 +2,7 @@
 """Cluster benchmark: meshage against a bare server and nginx, in one run on one machine.
 
 Run with: python3 benches/cluster.py [--quick] [--rounds N] [--duration S] [--only ROWS] [--out FILE]
+                                     [--also-binary PATH [--also-label NAME]]
 
 Builds release, starts the baselines (a bare echo server; nginx hashing over three of them; the
 least work a forwarding hop can do, examples/min_proxy.rs, in front of one) and a 3-node meshage
@@ -15,7 +16,10 @@ and the report gives the keyed forwarded row against the same row without, round
 third serves HTTPS to clients with the operator's certificates (made by `meshage certs`; wrk
 speaks TLS) for the row "HTTPS client", reported against the plain local row the same way. It also reports each
 node's RSS (idle, peak, and over a soak in the full mode), the cluster's start-to-convergence time (median of several starts) and the time for
-the others to drop a SIGKILLed node. Installs wrk and nginx from Debian when missing.
+the others to drop a SIGKILLed node. With --also-binary, a fourth cluster runs another meshage
+binary (another build of it, such as one with `--features otel`) for the rows "local" and
+"forwarded" of that build, reported against the same rows of the usual binary round by round.
+Installs wrk and nginx from Debian when missing.
 Every load is bounded: wrk runs for a fixed duration; every wait has a deadline.
 """
 
@@ -164,7 +168,7 @@ def make_certs(tmp):
     return pki
 
 
-def start_cluster(procs, key=None, pki=None):
+def start_cluster(procs, key=None, pki=None, binary=None):
     """Three meshage nodes on loopback, with the cluster key `key` if given, and serving HTTPS
     with the operator's certificates of `pki` if given; returns (processes, urls, seconds until
     converged)."""
@@ -191,7 +195,7 @@ def start_cluster(procs, key=None, pki=None):
             env["MESHAGE_TLS_CERT"] = os.path.join(pki, f"node{i + 1}.pem")
             env["MESHAGE_TLS_KEY"] = os.path.join(pki, f"node{i + 1}-key.pem")
             env["MESHAGE_TLS_CA"] = os.path.join(pki, "ca.pem")
-        nodes.append(procs.start([MESHAGE, "node", "--echo", "echo"], env, name=f"node{i + 1}"))
+        nodes.append(procs.start([binary or MESHAGE, "node", "--echo", "echo"], env, name=f"node{i + 1}"))
 
     def converged():
         return all(len(http_json(u + "/api/services", timeout=1)) == 3 for u in urls)
@@ -296,6 +300,9 @@ def main():
     ap.add_argument("--rounds", type=int, default=1,
                     help="run every row this many times, interleaved, and report medians (ratios are taken within each round)")
     ap.add_argument("--duration", type=int, help="seconds per row (default 10, or 2 with --quick)")
+    ap.add_argument("--also-binary", help="a second meshage binary (another build), run as a cluster of its own "
+                                          "for the rows local and forwarded, reported against the usual binary")
+    ap.add_argument("--also-label", default="other build", help="how the rows of --also-binary are named")
     ap.add_argument("--only", help="comma-separated parts of row names: run only the rows that contain one "
                                    "(the bare server and nginx always run: the ratios need them); no soak")
     args = ap.parse_args()
@@ -347,6 +354,13 @@ def main():
         tls_entry = tls_urls[0]
         tls_files = key_files(tmp, tls_entry, "tls-")
 
+        also, also_nodes = [], []
+        if args.also_binary:
+            also_nodes, also_urls, _ = start_cluster(procs, binary=args.also_binary)
+            also_files = key_files(tmp, also_urls[0], "also-")
+            also = [(f"meshage {kind}, {args.also_label}", also_urls[0], "/api/echo/", also_files[kind])
+                    for kind in ("local", "forwarded")]
+
         wanted = [w.strip() for w in args.only.split(",")] if args.only else None
         rows = (
             ("bare server", bare_url, "/api/echo/", files["mixed"]),
@@ -358,6 +372,7 @@ def main():
             (KEYED_FORWARDED, keyed_entry, "/api/echo/", keyed_files["forwarded"]),
             ("meshage mixed", entry, "/api/echo/", files["mixed"]),
             ("meshage broadcast (3 services)", entry, "/api/broadcast/echo/", files["mixed"]),
+            *also,
         )
         rows = [r for r in rows if wanted is None or r[0].startswith(("bare", "nginx")) or any(w in r[0] for w in wanted)]
 
@@ -371,7 +386,7 @@ def main():
                     runs.append(r)
         peak_rss = [rss_kb(p.pid, "VmHWM") for p in nodes]
         keyed_peak_rss = [rss_kb(p.pid, "VmHWM") for p in keyed_nodes]
-        for p in keyed_nodes + tls_nodes:
+        for p in keyed_nodes + tls_nodes + also_nodes:
             p.kill()
             p.wait()
 
@@ -467,6 +482,16 @@ def main():
             spread = f" (rounds: {', '.join(f'{r:.2f}' for r in ratios)})" if len(ratios) > 1 else ""
             out.append(f"- local with an HTTPS client (operator TLS, keep-alive connections) at {c} connections: "
                        f"{statistics.median(ratios):.2f}x the same row over plain HTTP{spread}")
+    for kind in ("local", "forwarded"):
+        for c in conns:
+            pairs = [(k["rps"], p["rps"]) for k in runs for p in runs
+                     if k["name"] == f"meshage {kind}, {args.also_label}" and p["name"] == f"meshage {kind}"
+                     and k["conns"] == p["conns"] == c and k["round"] == p["round"]]
+            if pairs:
+                ratios = [k / p for k, p in pairs]
+                spread = f" (rounds: {', '.join(f'{r:.2f}' for r in ratios)})" if len(ratios) > 1 else ""
+                out.append(f"- {kind}, {args.also_label}, at {c} connections: "
+                           f"{statistics.median(ratios):.2f}x the same row of the usual binary{spread}")
     out.append(f"- RSS per node, idle after start: {', '.join(f'{k / 1024:.1f} MB' for k in idle_rss)}; "
                f"peak after the load rows: {', '.join(f'{k / 1024:.1f} MB' for k in peak_rss)}")
     out.append(f"- RSS per keyed node, idle after start: {', '.join(f'{k / 1024:.1f} MB' for k in keyed_idle_rss)}; "

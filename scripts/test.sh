@@ -10,6 +10,11 @@ command -v curl >/dev/null 2>&1 || need_apt+=(curl)
 # The handler tests run the example handlers: examples/handler.py and examples/handler.js.
 command -v python3 >/dev/null 2>&1 || need_apt+=(python3)
 command -v node >/dev/null 2>&1 || need_apt+=(nodejs)
+# tests/it/deploy.rs parses the Kubernetes manifests of deploy/ with PyYAML, in whichever
+# python3 is first on PATH: from PyPI where pip may install (pyenv, a venv), else Debian's.
+if ! python3 -c 'import yaml' >/dev/null 2>&1; then
+    python3 -m pip install -q --disable-pip-version-check pyyaml >/dev/null 2>&1 || need_apt+=(python3-yaml)
+fi
 # scripts/schemathesis.sh runs schemathesis from a Python virtual environment (below).
 python3 -c 'import ensurepip' >/dev/null 2>&1 || need_apt+=(python3-venv)
 # https:// handlers and Consul agents without a CA of their own are verified against the
@@ -26,6 +31,11 @@ command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
 command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
 command -v nft >/dev/null 2>&1 || need_apt+=(nftables)
 command -v iptables >/dev/null 2>&1 || need_apt+=(iptables)
+# Test (f) of tests/netns/ seeds nodes from a DNS name that a real DNS server answers: the
+# dnsmasq binary only (dnsmasq-base), with no service that would take over the machine's DNS.
+command -v dnsmasq >/dev/null 2>&1 || need_apt+=(dnsmasq-base)
+# tests/it/cli.rs reads the man pages `meshage man` prints with man-db's `man -l`.
+command -v man >/dev/null 2>&1 || need_apt+=(man-db)
 if [ ${#need_apt[@]} -gt 0 ]; then
     echo "==> installing ${need_apt[*]}"
     export DEBIAN_FRONTEND=noninteractive
@@ -53,6 +63,8 @@ cargo fmt --all -- --check
 echo "==> cargo clippy (warnings denied)"
 cargo clippy --all-targets --locked -- -D warnings
 cargo clippy --all-targets --all-features --locked -- -D warnings
+echo "==> cargo doc (warnings denied, as docs.rs builds it)"
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --all-features --locked
 echo "==> cargo test (every feature: the etcd and Consul backends too)"
 # With every feature, this includes tests/fuzz_corpus.rs (feature `fuzzing`): the fuzz targets'
 # seeds and every input that once crashed one, replayed through the same entry points in well

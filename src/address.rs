@@ -20,7 +20,8 @@
 //!
 //! When the host is absent, or is an unspecified IP (`0.0.0.0`, `::`), the node listens on
 //! all interfaces and advertises the machine's [`hostname`] to its peers; otherwise it
-//! advertises the host exactly as written.
+//! advertises the host exactly as written. An advertise host ([`parse_advertise_host`], the
+//! node's `--advertise-host`) replaces either: peers get that host with the bound port.
 //!
 //! Parsing is pure; only [`Address::bind_tcp`] and [`Address::bind_udp`] touch the network.
 //! Pure core: depends on nothing of the crate.
@@ -81,10 +82,15 @@ pub enum AddressError {
         "invalid seed `{0}`: a seed must name a concrete port (host:port or port), not `find` or 0"
     )]
     NotASeed(String),
+    /// An advertise host must be one host that peers can reach: no port, not `0.0.0.0`.
+    #[error("invalid advertise host `{0}`: expected a hostname or an IP address that peers can reach, without a port")]
+    NotAnAdvertiseHost(String),
 }
 
 impl Address {
-    /// Parses one of the forms listed in the [module docs](self).
+    /// Parses `localhost:8080`, `[::1]:8080`, `8080` (all interfaces), `host:0` or `host:find`
+    /// (any free port), `host:8080/find` and `8080/find` (8080, else the next free port), or
+    /// `find`; a leading `scheme://`, a trailing `/` and surrounding whitespace are ignored.
     pub fn parse(s: &str) -> Result<Self, AddressError> {
         let trimmed = s.trim();
         // Strip a leading `scheme://`.
@@ -406,6 +412,32 @@ pub fn parse_seed(s: &str) -> Result<String, AddressError> {
     }
 }
 
+/// Parses the host a node advertises in place of the one it binds (`--advertise-host`, for
+/// example a Kubernetes pod's IP): a hostname, an IPv4 address, or an IPv6 address with or
+/// without brackets. Returns it without brackets. Fails on a port, on an unspecified IP
+/// (`0.0.0.0`, `::`: no peer can reach it) and on anything that is not a host.
+pub fn parse_advertise_host(s: &str) -> Result<String, AddressError> {
+    let trimmed = s.trim();
+    let bad = || AddressError::NotAnAdvertiseHost(trimmed.to_string());
+    let inner = trimmed
+        .strip_prefix('[')
+        .and_then(|rest| rest.strip_suffix(']'))
+        .unwrap_or(trimmed);
+    match inner.parse::<IpAddr>() {
+        Ok(ip) if ip.is_unspecified() => Err(bad()),
+        Ok(ip) => Ok(ip.to_string()),
+        Err(_) if inner == trimmed && valid_host(inner) && !looks_numeric(inner) => {
+            Ok(inner.to_string())
+        }
+        Err(_) => Err(bad()),
+    }
+}
+
+/// `host:port` as peers dial it: an IPv6 host in brackets.
+pub(crate) fn host_port(host: &str, port: u16) -> String {
+    format!("{}:{port}", bracket(host))
+}
+
 /// The machine's hostname (`/proc/sys/kernel/hostname`, trimmed), or `localhost` when it
 /// cannot be read or is empty.
 pub fn hostname() -> String {
@@ -418,6 +450,36 @@ pub fn hostname() -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn advertise_hosts_are_one_reachable_host() {
+        use super::parse_advertise_host as parse;
+        assert_eq!(parse(" 10.1.2.3 ").unwrap(), "10.1.2.3");
+        assert_eq!(
+            parse("pod-0.meshage.default.svc").unwrap(),
+            "pod-0.meshage.default.svc"
+        );
+        assert_eq!(parse("[fd00::1]").unwrap(), "fd00::1");
+        assert_eq!(parse("fd00::1").unwrap(), "fd00::1");
+        assert_eq!(super::host_port("fd00::1", 9742), "[fd00::1]:9742");
+        assert_eq!(super::host_port("10.1.2.3", 9742), "10.1.2.3:9742");
+        for bad in [
+            "",
+            "0.0.0.0",
+            "::",
+            "[::]",
+            "10.1.2.3:80",
+            "host:80",
+            "a b",
+            "8080",
+            "[host]",
+        ] {
+            assert!(
+                matches!(parse(bad), Err(super::AddressError::NotAnAdvertiseHost(_))),
+                "{bad:?}"
+            );
+        }
+    }
+
     use super::*;
 
     fn addr(host: Option<&str>, port: PortSpec) -> Address {

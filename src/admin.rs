@@ -6,6 +6,8 @@
 //! | `GET /api/status` | the page's data: members, ring shares, request counts, recent events |
 //! | `GET /metrics` | Prometheus metrics in the text exposition format |
 //! | `GET|POST /api/health` | `{"status":"up"}` (503 `leaving` while the node stops) |
+//! | `GET /livez` | `live`: the process serves |
+//! | `GET /readyz` | `ready`: joined, table built, not leaving (else 503 and why) |
 //! | `GET /api/services` | every routable service, in the original's shape |
 //! | `GET /api/members` | every node this one knows: id, endpoint, state, services |
 //! | `GET /api/locate/{stream}/{key}` | the service and node that own the key; nothing runs |
@@ -13,7 +15,7 @@
 //!
 //! HEAD is answered as GET wherever GET is; another method is a 405 with `Allow`. On a node
 //! with API tokens, `inbound` lets a request reach the others only with a valid token; health,
-//! the description and the page itself are open (the page asks for a token on a 401).
+//! the probes, the description and the page itself are open (the page asks for a token on a 401).
 //!
 //! It reads a narrow view of the node ([`Admin`]: the router, the membership view, the event
 //! log) and the load the HTTP server reports ([`Load`]); it never runs a message, and depends on
@@ -31,6 +33,7 @@ use crate::security::Keys;
 
 mod inventory;
 mod openapi;
+mod probes;
 mod status;
 
 #[cfg(test)]
@@ -61,6 +64,10 @@ pub(crate) enum Page<'a> {
     Metrics,
     Status,
     Health,
+    /// `/livez`: the process serves.
+    Livez,
+    /// `/readyz`: the node should get traffic.
+    Readyz,
     Services,
     Members,
     /// `/api/openapi.json`: the description of the API.
@@ -96,6 +103,8 @@ impl Admin {
             Page::Metrics => status::metrics(self, method, load),
             Page::Status => status::api_status(self, method, load),
             Page::Health => inventory::health(self, method),
+            Page::Livez => probes::livez(method),
+            Page::Readyz => probes::readyz(self, method),
             Page::Services => inventory::services(self, method),
             Page::Members => inventory::members(self, method),
             Page::OpenApi => openapi::description(method),

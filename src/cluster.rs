@@ -47,6 +47,9 @@ pub struct LocalNode {
     /// The SHA-256 fingerprint (hex) of the certificate this node's peer links and forwards
     /// present, published so that peers accept exactly it.
     pub fingerprint: Option<String>,
+    /// The host peers reach this node at, in place of the one its membership socket binds
+    /// (the gossip backend advertises it with the bound port; a pod's IP in Kubernetes).
+    pub advertise_host: Option<String>,
 }
 
 impl LocalNode {
@@ -57,6 +60,7 @@ impl LocalNode {
             endpoint: endpoint.into(),
             keys: None,
             fingerprint: None,
+            advertise_host: None,
         }
     }
 
@@ -171,4 +175,11 @@ pub trait Membership: Send + Sync + 'static {
     }
     /// Stops at once without telling anyone, as a crash would (tests of failure detection).
     fn abort(&self) {}
+    /// Whether this node has joined: it has heard from the cluster, so its view is the
+    /// cluster's and not only its own. The node is ready (`GET /readyz`) only once it has and
+    /// its view lists it. Backends whose first view comes from a read of the engine (etcd,
+    /// Consul) have joined once that read is done, so the default is `true`.
+    fn joined(&self) -> bool {
+        true
+    }
 }

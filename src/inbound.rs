@@ -13,8 +13,8 @@
 //! of these names cannot be sent to over HTTP (`/api/members/...` is a 404), though the
 //! library's router reaches it and `/api/broadcast/{stream}/...` broadcasts to it. `health`,
 //! `services`, `status` and `openapi.json` are reserved only as whole paths: `/api/health/{key}`
-//! is a send to the stream `health`. Every message answer carries the request's trace id in
-//! `X-Meshage-Trace`. `GET /api/openapi.json` describes all of it (`src/admin/openapi.json`),
+//! is a send to the stream `health`. Every message answer carries the request's trace context in
+//! `traceparent` and its trace id's low 64 bits in `X-Meshage-Trace`. `GET /api/openapi.json` describes all of it (`src/admin/openapi.json`),
 //! and the routes' tests fail while a route the table finds is not described there. A node
 //! with API tokens refuses a request without a valid one (401) or whose token may not use the
 //! stream (403) before reading its body (`guard`).

@@ -51,12 +51,13 @@
 //!
 //! - edges: `node` (start, the handle, graceful shutdown) and the binary (`src/bin/meshage/`); `inbound`
 //!   (accept, sniff, connections, admission, routes, the link's entry); `admin` (status page,
-//!   `/metrics`, health, members, locate, the API's OpenAPI description: read-only); `answer` (errors to JSON answers);
+//!   `/metrics`, health and the probes, members, locate, the API's OpenAPI description: read-only); `answer` (errors to JSON answers);
 //!   `upstream` (handlers in any language over HTTP, with health checks); `client` (the
-//!   `meshage` command's client of a node's API).
+//!   `meshage` command's client of a node's API); `otel` (feature `otel`: the OTLP exporter of
+//!   the request spans, configured by OpenTelemetry's standard variables).
 //! - `router`: owner choice, the local registry, placement and suspects, retries, broadcast.
 //! - `outbound` (the forwarder), over `link` (the peer protocol: frames, client, server).
-//! - `observe` (metrics, trace ids, request scopes), `wire` (header names, deadlines, body
+//! - `observe` (metrics, W3C trace contexts, request scopes and their spans), `wire` (header names, deadlines, body
 //!   reading), `shutdown` (stop signals), `delivery` (what a failed forward says).
 //! - `cluster`: the membership traits, the event log, and the gossip, etcd and Consul backends.
 //! - `security`: the cluster key and its keyring, sealed datagrams, mutual TLS between nodes
@@ -74,6 +75,24 @@
 #![forbid(unsafe_code)]
 #![warn(unreachable_pub)]
 
+/// Chainable setters for a `#[non_exhaustive]` configuration struct, one per public field and
+/// named after it, so that users outside the crate build it from its `Default`:
+/// `NodeConfig::default().request_timeout(Duration::from_secs(5))`.
+macro_rules! setters {
+    ($ty:ty { $($field:ident: $fty:ty),* $(,)? }) => {
+        impl $ty {
+            $(
+                #[doc = concat!("Sets the field `", stringify!($field), "` (see its documentation).")]
+                #[must_use]
+                pub fn $field(mut self, value: $fty) -> Self {
+                    self.$field = value;
+                    self
+                }
+            )*
+        }
+    };
+}
+
 mod address;
 mod admin;
 mod answer;
@@ -88,6 +107,8 @@ mod link;
 mod message;
 mod node;
 mod observe;
+#[cfg(feature = "otel")]
+pub mod otel;
 mod outbound;
 mod path;
 mod relay;
@@ -103,7 +124,7 @@ mod wire;
 /// strings: hashed with foldhash, seeded per process, which costs a fraction of SipHash.
 pub(crate) type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
-pub use address::{hostname, parse_seed, Address, AddressError, PortSpec};
+pub use address::{hostname, parse_advertise_host, parse_seed, Address, AddressError, PortSpec};
 pub use cluster::{
     Cluster, ClusterError, ClusterView, GossipCluster, GossipConfig, LocalNode, Member,
     MemberState, Membership, ServiceEntry, Traffic, NO_SEEDS,
@@ -130,7 +151,7 @@ pub use upstream::{
 };
 pub use wire::{
     HOP_HEADER, IDEMPOTENCY_KEY_HEADER, IDEMPOTENT_HEADER, SERVICE_ID_HEADER, TIMEOUT_HEADER,
-    TRACE_HEADER,
+    TRACEPARENT_HEADER, TRACESTATE_HEADER, TRACE_HEADER,
 };
 
 /// The README's Rust examples compile as doctests, so that what it shows keeps working.

@@ -7,16 +7,23 @@
 //! [`PREFACE`] is a link, anything else is HTTP. The server acknowledges the preface, so a peer
 //! that does not speak the link (an original node) is noticed before any request is sent, and
 //! the sender falls back to HTTP for it. The preface carries the protocol's version
-//! (`MESHLNK4`): a node of another version answers it as HTTP does, so nodes of different
+//! (`MESHLNK5`): a node of another version answers it as HTTP does, so nodes of different
 //! versions forward to each other over HTTP.
 //!
 //! Frames are length-prefixed: `u32 len` then `len` bytes.
-//! Request: `u8 1, u64 id, u64 trace, u32 timeout_ms, u16 stream_len, u32 key_len,
-//! u16 service_len, u16 content_type_len`, the four strings, the extras block, then the body.
-//! `trace` is the request's trace id (0 for none), so that both nodes log the request under one
-//! id. The extras block carries the message's name and the client's headers (see `frame::Extras`):
+//! Request: `u8 1, u64 id, u128 trace, u64 parent, u8 flags, u32 timeout_ms, u16 stream_len,
+//! u32 key_len, u16 service_len, u16 content_type_len, u16 tracestate_len`, the five strings,
+//! the extras block, then the body. `trace`, `parent`, `flags` and the tracestate are the
+//! request's W3C trace context (`trace` 0 for none, and then the rest zero and empty; `parent`
+//! 0 when the trace came as an `X-Meshage-Trace`), so that both nodes log the request under one
+//! id and the owner's span is a child of the sender's. The tracestate is at most 512 bytes.
+//! The extras block carries the message's name and the client's headers (see `frame::Extras`):
 //! `u32 len`, then `u16 name_len`, the name (empty: none), `u16 count`, and `count` times
 //! `u16 name_len, name, u16 value_len, value`; at most 64 KiB, and a decoder refuses more.
+//! Version 4 widened the trace field (from a u64); version 5 added the extras block (a
+//! development build of version 4 had only the wider trace field). Nodes of different versions
+//! do not take each other's preface and forward to each other over HTTP, where
+//! `X-Meshage-Trace` still carries the low 64 bits of the trace id.
 //! Response: `u8 2, u64 id, u16 status`, an extras block (no name; the handler's headers), then
 //! the body: what the request's handler (or the routing on the owner) answered, whatever its
 //! status.

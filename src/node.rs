@@ -10,7 +10,7 @@ use std::time::Duration;
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
-use crate::address::{Address, AddressError};
+use crate::address::{host_port, parse_advertise_host, Address, AddressError};
 use crate::admin::Admin;
 use crate::cluster::{Cluster, ClusterError, EventLog, LocalNode, Membership};
 use crate::inbound::{self, Inbound, Limits};
@@ -23,6 +23,7 @@ use crate::upstream::{self, HttpUpstream};
 
 /// Settings of a node beyond its cluster and address.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct NodeConfig {
     /// Bounds every request, forwarded or handled here.
     pub request_timeout: Duration,
@@ -67,7 +68,30 @@ pub struct NodeConfig {
     /// any cluster key's pinning; gossip stays sealed by the key). The files are reread every
     /// second while the node runs, so certificates rotate without a restart.
     pub tls: Option<OperatorTls>,
+    /// The host peers reach this node at, advertised with the bound ports in its HTTP
+    /// endpoint and its gossip address, in place of the bound host (or, for a bare port, the
+    /// machine's hostname, which peers in other containers cannot resolve). In Kubernetes, the
+    /// pod's IP. Checked by [`parse_advertise_host`] when the node starts.
+    pub advertise_host: Option<String>,
 }
+
+setters!(NodeConfig {
+    request_timeout: Duration,
+    connect_timeout: Duration,
+    body_limit: usize,
+    drain_timeout: Duration,
+    idle_timeout: Duration,
+    peer_protocol: PeerProtocol,
+    max_in_flight: usize,
+    background_limit: usize,
+    max_connections: usize,
+    max_buffered: usize,
+    suspect_timeout: Duration,
+    keys: Option<Keys>,
+    api_tokens: Option<Tokens>,
+    tls: Option<OperatorTls>,
+    advertise_host: Option<String>,
+});
 
 impl Default for NodeConfig {
     fn default() -> Self {
@@ -86,6 +110,7 @@ impl Default for NodeConfig {
             keys: None,
             api_tokens: None,
             tls: None,
+            advertise_host: None,
         }
     }
 }
@@ -205,6 +230,12 @@ impl NodeBuilder {
     /// serving. Fails on a bad or busy address, or when the cluster cannot be joined.
     pub async fn start(self) -> Result<Node, StartError> {
         let address = self.address?;
+        let advertise_host = self
+            .config
+            .advertise_host
+            .as_deref()
+            .map(parse_advertise_host)
+            .transpose()?;
         let (listener, advertised) = address.bind_tcp().map_err(|source| StartError::Bind {
             addr: address.to_string(),
             source,
@@ -222,6 +253,10 @@ impl NodeBuilder {
             "https"
         } else {
             "http"
+        };
+        let advertised = match &advertise_host {
+            Some(host) => host_port(host, local_addr.port()),
+            None => advertised,
         };
         let endpoint = format!("{scheme}://{advertised}");
         let node_id: Arc<str> = Arc::from(uuid::Uuid::new_v4().to_string());
@@ -242,6 +277,7 @@ impl NodeBuilder {
                     .as_ref()
                     .and_then(|tls| tls.fingerprint())
                     .map(|f| f.to_string()),
+                advertise_host,
                 ..LocalNode::new(node_id.to_string(), endpoint.clone())
             })
             .await?;
@@ -461,7 +497,8 @@ impl Node {
 
     /// Leaves the cluster gracefully: announces that it is leaving (peers route its keys
     /// elsewhere at once), stops accepting connections, lets open requests finish within the
-    /// drain timeout, then stops gossip.
+    /// drain timeout, then stops gossip. With OpenTelemetry export on (feature `otel`), it
+    /// then sends the spans not yet exported.
     pub async fn shutdown(mut self) -> Result<(), ClusterError> {
         self.router.set_leaving();
         if let Err(e) = self.membership.leave().await {
@@ -475,6 +512,9 @@ impl Node {
         self.router.drain_background(self.drain_timeout).await;
         let result = self.membership.shutdown().await;
         self.table_task.abort();
+        // The spans of the last requests, before the process may end.
+        #[cfg(feature = "otel")]
+        crate::otel::flush().await;
         info!(node = %self.router.node_id(), "node stopped");
         result
     }

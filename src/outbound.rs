@@ -4,11 +4,13 @@
 //! A forward is `POST {endpoint}/api/{stream}/{key}` naming its target in `X-Service-ID`, as the
 //! original forwards, so original nodes understand ours and the reverse. It also carries
 //! `X-Meshage-Hop: 1`: a node that receives it runs the named service if it has it and never
-//! forwards it again, so no loop forms while tables disagree. `X-Meshage-Trace` carries the
-//! request's trace id, and `X-Request-Timeout` the milliseconds left of the request's deadline,
-//! so that the owner gives up when the sender does; `X-Message-Name` the message's name
-//! (percent-encoded), and the client's headers go along (see `relay`). The body bytes go as
-//! they came; the answer's headers come back, less meshage's own.
+//! forwards it again, so no loop forms while tables disagree. `traceparent` and `tracestate`
+//! carry the request's W3C trace context (the forward's span as parent), `X-Meshage-Trace` the
+//! trace id's low 64 bits for nodes of earlier versions, and `X-Request-Timeout` the
+//! milliseconds left of the request's deadline, so that the owner gives up when the sender
+//! does; `X-Message-Name` the message's name (percent-encoded), and the client's headers go
+//! along (see `relay`; the client's own trace headers are not among them, meshage sends its
+//! own). The body bytes go as they came; the answer's headers come back, less meshage's own.
 //!
 //! What comes back is an answer to pass on, or an [`Undelivered`] that says whether the owner
 //! can have run the request. The owner node's own refusal (it is leaving, or does not run the
@@ -23,7 +25,7 @@
 //! the operator's CA instead (see `security`).
 //!
 //! Depends on `link`, `wire`, `delivery`, `message`, `path`, `security`, and `observe` for the
-//! trace id.
+//! trace context.
 
 mod dial;
 
@@ -47,13 +49,13 @@ use crate::relay::{answer_headers, MESSAGE_NAME_HEADER};
 use crate::security::{Alpn, Fingerprint, PeerTls};
 use crate::wire::{
     error_chain, read_body, BodyError, Deadline, HOP_HEADER, REFUSED_HEADER, SERVICE_ID_HEADER,
-    TIMEOUT_HEADER, TRACE_HEADER,
+    TIMEOUT_HEADER, TRACEPARENT_HEADER, TRACESTATE_HEADER, TRACE_HEADER,
 };
 
 /// How a node forwards to its peers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum PeerProtocol {
-    /// The multiplexed peer link (see [`crate::link`]), falling back to HTTP/1.1 for peers without it.
+    /// The multiplexed peer link (see the crate's `link` module), falling back to HTTP/1.1 for peers without it.
     #[default]
     Link,
     /// Pooled HTTP/1.1 connections.
@@ -253,9 +255,16 @@ impl Forwarder {
                 builder = builder.header(MESSAGE_NAME_HEADER, v);
             }
         }
-        // The trace id of the request, so that the owner logs it under the same id.
-        if let Some(trace) = crate::observe::current_trace() {
-            if let Ok(v) = HeaderValue::from_bytes(&trace.hex()) {
+        // The request's trace context, so that the owner logs it under the same id and its
+        // span is a child of this forward; `X-Meshage-Trace` too, for nodes of earlier versions.
+        if let Some(out) = crate::observe::outgoing() {
+            if let Ok(v) = HeaderValue::from_bytes(&out.traceparent()) {
+                builder = builder.header(TRACEPARENT_HEADER, v);
+            }
+            if let Some(state) = out.state {
+                builder = builder.header(TRACESTATE_HEADER, state.value().clone());
+            }
+            if let Ok(v) = HeaderValue::from_bytes(&out.trace.short_hex()) {
                 builder = builder.header(TRACE_HEADER, v);
             }
         }

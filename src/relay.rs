@@ -7,7 +7,9 @@
 
 use http::header::{HeaderMap, AUTHORIZATION, CONNECTION};
 
-use crate::wire::{IDEMPOTENT_HEADER, SERVICE_ID_HEADER, TIMEOUT_HEADER};
+use crate::wire::{
+    IDEMPOTENT_HEADER, SERVICE_ID_HEADER, TIMEOUT_HEADER, TRACEPARENT_HEADER, TRACESTATE_HEADER,
+};
 
 /// `X-Message-Name`: the message's name, for HTTP handlers.
 pub(crate) const MESSAGE_NAME_HEADER: &str = "x-message-name";
@@ -25,9 +27,11 @@ fn never(name: &str, connection: &[&str]) -> bool {
         || (!connection.is_empty() && connection.iter().any(|c| c.eq_ignore_ascii_case(name)))
 }
 
-/// Headers of a request that meshage reads or sets itself: the framing of the body, and the
+/// Headers of a request that meshage reads or sets itself: the framing of the body, the
 /// headers of routing and of forwards (the original's `X-Stream` and `X-Partition-Key`
-/// included). `X-Meshage-Hop` and `X-Meshage-Trace` are `X-Meshage-*`.
+/// included), and the W3C trace context: meshage reads the client's `traceparent` and
+/// `tracestate` and sends a handler (or a peer) its own, with its span as the parent, so the
+/// client's are not passed on as well. `X-Meshage-Hop` and `X-Meshage-Trace` are `X-Meshage-*`.
 fn own_request(name: &str) -> bool {
     matches!(
         name,
@@ -41,14 +45,17 @@ fn own_request(name: &str) -> bool {
             | SERVICE_ID_HEADER
             | TIMEOUT_HEADER
             | IDEMPOTENT_HEADER
+            | TRACEPARENT_HEADER
+            | TRACESTATE_HEADER
     )
 }
 
-/// Headers of an answer that meshage sets itself.
+/// Headers of an answer that meshage sets itself (`traceparent`: this node's span of the
+/// request).
 fn own_answer(name: &str) -> bool {
     matches!(
         name,
-        "content-length" | "content-type" | "date" | SERVICE_ID_HEADER
+        "content-length" | "content-type" | "date" | SERVICE_ID_HEADER | TRACEPARENT_HEADER
     )
 }
 
@@ -122,6 +129,11 @@ mod tests {
             ("host", "node:8080"),
             ("content-length", "2"),
             ("x-meshage-trace", "00"),
+            (
+                "traceparent",
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            ),
+            ("tracestate", "congo=t61rcWkgMzE"),
             ("x-service-id", "svc"),
             ("x-request-timeout", "100"),
             ("idempotency-key", "k1"),
@@ -152,6 +164,10 @@ mod tests {
             ("content-length", "2"),
             ("content-type", "text/html"),
             ("x-meshage-trace", "00"),
+            (
+                "traceparent",
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            ),
             ("retry-after", "3"),
         ]);
         let names: Vec<String> = answer_headers(&answer)

@@ -42,6 +42,7 @@ use crate::FastMap;
 mod background;
 mod broadcast;
 mod local;
+mod options;
 mod placement;
 mod registry;
 mod retry;
@@ -50,6 +51,7 @@ pub(crate) use background::Delivery;
 use broadcast::answer_value;
 pub(crate) use broadcast::Part;
 use local::{finish_local, start_local};
+pub use options::{RouterConfig, SendOptions};
 use placement::Suspect;
 pub(crate) use registry::LocalService;
 use retry::{classify, Suspicion};
@@ -117,45 +119,6 @@ impl RouteError {
 pub struct Routed {
     pub service_id: Arc<str>,
     pub reply: Reply,
-}
-
-/// Timeouts and limits of routing.
-#[derive(Debug, Clone)]
-pub struct RouterConfig {
-    /// Bounds a whole request: handling, or forwarding and the answer, retries included.
-    pub request_timeout: Duration,
-    /// How long a node whose connection failed stays off this node's rings, unless gossip
-    /// confirms it gone first. Longer than the failure detector takes, so that a dead node
-    /// does not come back before gossip drops it.
-    pub suspect_timeout: Duration,
-    /// The most messages sent without waiting (`?wait=false`) being delivered at once; above
-    /// it, such sends are refused (503).
-    pub background_limit: usize,
-}
-
-impl Default for RouterConfig {
-    fn default() -> Self {
-        RouterConfig {
-            request_timeout: Duration::from_secs(10),
-            suspect_timeout: Duration::from_secs(5),
-            background_limit: 1024,
-        }
-    }
-}
-
-/// Options of one [`Router::send_with`] or [`Router::broadcast_with`].
-#[derive(Debug, Clone, Default)]
-pub struct SendOptions {
-    /// Bounds the whole request, retries included; never longer than the node's request
-    /// timeout, which is also the default.
-    pub timeout: Option<Duration>,
-    /// The handler may safely run twice: a forward that failed after the request may have
-    /// reached the owner is sent to the next owner instead of failing with a 502.
-    pub idempotent: bool,
-    /// Fire and forget: [`Router::send_with`] answers at once with `{"trace": ID}` and the
-    /// message is delivered in the background (see the README's "Fire and forget"). Ignored by
-    /// broadcasts.
-    pub no_wait: bool,
 }
 
 /// What a message carries to its handler beside its body: its name and the client's headers.
@@ -264,6 +227,11 @@ impl Router {
         &self.inner.endpoint
     }
 
+    /// Whether the membership backend has heard from the cluster (see `Membership::joined`).
+    pub(crate) fn membership_joined(&self) -> bool {
+        self.inner.membership.joined()
+    }
+
     /// Bytes the membership backend sent and received, where it counts them.
     pub(crate) fn membership_traffic(&self) -> Option<crate::cluster::Traffic> {
         self.inner.membership.traffic()
@@ -294,10 +262,10 @@ impl Router {
         stream: &str,
         key: &str,
         route: Route,
-        trace: Option<observe::TraceId>,
+        incoming: Option<observe::Incoming>,
     ) -> RequestScope {
         let table = self.inner.table.load();
-        RequestScope::new(&self.inner.metrics, &table, stream, key, route, trace)
+        RequestScope::new(&self.inner.metrics, &table, stream, key, route, incoming)
     }
 
     /// Sends a message to the service that owns its partition key and returns the answer.
@@ -311,43 +279,34 @@ impl Router {
         message: Message,
         options: SendOptions,
     ) -> Result<Value, RouteError> {
-        let payload = Payload::json(&message.data);
         if options.no_wait {
-            let trace = observe::TraceId::new();
-            let delivery = background::Delivery {
-                stream: message.stream,
-                key: message.partition_key,
-                name: message.name,
-                headers: http::HeaderMap::new(),
-                idempotent: options.idempotent,
-                deadline: self.deadline(options.timeout),
-                payload,
-                trace,
-            };
-            self.deliver_later(delivery)?;
-            return Ok(serde_json::json!({ "trace": String::from_utf8_lossy(&trace.hex()) }));
+            return self.send_later(message, &options);
         }
+        let payload = Payload::json(&message.data);
         let mut scope = self.observe(
             &message.stream,
             &message.partition_key,
             Route::Unrouted,
             None,
         );
-        let routed = std::pin::pin!(self.route(
-            RouteRequest {
-                stream: &message.stream,
-                key: &message.partition_key,
-                extra: Extra {
-                    name: message.name.as_deref(),
-                    headers: &NO_HEADERS,
-                },
-                target: None,
-                hop: false,
-                idempotent: options.idempotent,
-                deadline: self.deadline(options.timeout),
+        let request = RouteRequest {
+            stream: &message.stream,
+            key: &message.partition_key,
+            extra: Extra {
+                name: message.name.as_deref(),
+                headers: &NO_HEADERS,
             },
-            payload,
-        ));
+            target: None,
+            hop: false,
+            idempotent: options.idempotent,
+            deadline: self.deadline(options.timeout),
+        };
+        let routed = scope.step(
+            observe::Step::Route,
+            &message.stream,
+            self.route(request, payload),
+        );
+        let routed = std::pin::pin!(routed);
         let routed = scope.run(routed).await;
         match &routed {
             Ok(r) => scope.finish(r.reply.status, Some(&r.service_id)),
@@ -534,20 +493,17 @@ impl Router {
             fingerprint,
         } = to;
         let started = Instant::now();
-        let result = self
-            .inner
-            .forwarder
-            .forward(
-                endpoint,
-                fingerprint,
-                request.stream,
-                request.key,
-                &service_id,
-                (request.extra.name, request.extra.headers),
-                payload,
-                request.deadline,
-            )
-            .await;
+        let forward = self.inner.forwarder.forward(
+            endpoint,
+            fingerprint,
+            request.stream,
+            request.key,
+            &service_id,
+            (request.extra.name, request.extra.headers),
+            payload,
+            request.deadline,
+        );
+        let result = observe::step(observe::Step::Forward, &service_id, forward).await;
         observe::forwarded(started);
         let failure = match result {
             Ok(reply) => return Ok(Routed { service_id, reply }),

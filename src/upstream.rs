@@ -21,7 +21,7 @@ use crate::relay;
 use crate::router::Router;
 use crate::security::{ClientTls, TlsError};
 use crate::shutdown::Watch;
-use crate::wire::{RESERVED_STREAMS, SERVICE_ID_HEADER};
+use crate::wire::{RESERVED_STREAMS, SERVICE_ID_HEADER, TRACEPARENT_HEADER, TRACESTATE_HEADER};
 
 mod pool;
 use pool::{Pool, SendError};
@@ -31,9 +31,12 @@ const STREAM_NAME: HeaderName = HeaderName::from_static("x-stream");
 const PARTITION_KEY_NAME: HeaderName = HeaderName::from_static("x-partition-key");
 const SERVICE_ID_NAME: HeaderName = HeaderName::from_static(SERVICE_ID_HEADER);
 const MESSAGE_NAME_NAME: HeaderName = HeaderName::from_static(relay::MESSAGE_NAME_HEADER);
+const TRACEPARENT_NAME: HeaderName = HeaderName::from_static(TRACEPARENT_HEADER);
+const TRACESTATE_NAME: HeaderName = HeaderName::from_static(TRACESTATE_HEADER);
 
 /// Settings of an [`HttpUpstream`].
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct UpstreamConfig {
     /// Bounds one call, connecting included; past it the caller gets a 502. Keep it below the
     /// node's request timeout, or the caller gets the node's 504 first.
@@ -49,6 +52,14 @@ pub struct UpstreamConfig {
     pub tls: Option<ClientTls>,
 }
 
+setters!(UpstreamConfig {
+    timeout: Duration,
+    connect_timeout: Duration,
+    max_response: usize,
+    health: Option<HealthConfig>,
+    tls: Option<ClientTls>,
+});
+
 impl Default for UpstreamConfig {
     fn default() -> Self {
         UpstreamConfig {
@@ -63,6 +74,7 @@ impl Default for UpstreamConfig {
 
 /// How an upstream's health is checked (see [`HttpUpstream`]).
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct HealthConfig {
     /// Time between checks.
     pub interval: Duration,
@@ -71,6 +83,12 @@ pub struct HealthConfig {
     /// Failed checks in a row that withdraw the service.
     pub failures: u32,
 }
+
+setters!(HealthConfig {
+    interval: Duration,
+    timeout: Duration,
+    failures: u32,
+});
 
 impl Default for HealthConfig {
     fn default() -> Self {
@@ -101,10 +119,13 @@ pub enum UpstreamError {
 /// (an empty body becomes `{}`, as handlers of the original saw it), `Content-Type:
 /// application/json` (a `text/*` type the sender declared is kept), and the headers `X-Stream`,
 /// `X-Partition-Key` and `X-Service-ID`, `X-Message-Name` when the message has a name, and the
-/// client's request headers (less hop-by-hop ones and meshage's own). The stream, key and name
-/// are percent-encoded there as in a path segment, so any key fits in a header; keys made of
-/// `A-Z a-z 0-9 - . _ ~` arrive unchanged. The answer's headers reach the client, less
-/// hop-by-hop ones and meshage's own (`Content-Type`, `Content-Length`, `Date`).
+/// client's request headers (less hop-by-hop ones and meshage's own, the client's trace headers
+/// among them). The stream, key and name are percent-encoded there as in a path segment, so any
+/// key fits in a header; keys made of `A-Z a-z 0-9 - . _ ~` arrive unchanged. A message that a
+/// node routes also carries its W3C `traceparent` (the node's handle step as parent) and
+/// `tracestate`, so that the handler's spans join the trace. The answer's headers reach the
+/// client, less hop-by-hop ones and meshage's own (`Content-Type`, `Content-Length`, `Date`,
+/// `traceparent`).
 ///
 /// Its answer is passed through: a 2xx or 4xx status with its JSON body (an empty 2xx body is
 /// `null` with status 200; a 4xx body that is not JSON becomes `{"error": <its text>}`). No
@@ -256,7 +277,7 @@ impl HttpUpstream {
         let mut request = self.request(Method::POST, body);
         let headers = request.headers_mut();
         // The client's headers first (filtered as they entered): meshage's own replace theirs.
-        headers.reserve(5 + header.headers.len());
+        headers.reserve(6 + header.headers.len());
         for (name, value) in &header.headers {
             headers.append(name.clone(), value.clone());
         }
@@ -266,6 +287,14 @@ impl HttpUpstream {
             encode_segment(name, &mut encoded);
             if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(encoded)) {
                 headers.insert(MESSAGE_NAME_NAME, v);
+            }
+        }
+        if let Some(out) = crate::observe::outgoing() {
+            if let Ok(v) = HeaderValue::from_bytes(&out.traceparent()) {
+                headers.insert(TRACEPARENT_NAME, v);
+            }
+            if let Some(state) = out.state {
+                headers.insert(TRACESTATE_NAME, state.value().clone());
             }
         }
         for (name, value) in [

@@ -27,6 +27,11 @@ pub const IDEMPOTENT_HEADER: &str = "x-idempotent";
 pub const IDEMPOTENCY_KEY_HEADER: &str = "idempotency-key";
 /// Header carrying a request's trace id, to the owner on a forward and back to the client.
 pub const TRACE_HEADER: &str = "x-meshage-trace";
+/// W3C Trace Context: the trace, the span that sent the request, and its flags; on requests
+/// in, forwards, calls to HTTP handlers and answers.
+pub const TRACEPARENT_HEADER: &str = "traceparent";
+/// W3C Trace Context: the vendors' state that travels with `traceparent`.
+pub const TRACESTATE_HEADER: &str = "tracestate";
 
 /// Stream names the HTTP API keeps for itself: `/api/{name}/...` is not a send to them.
 pub(crate) const RESERVED_STREAMS: [&str; 3] = ["broadcast", "locate", "members"];

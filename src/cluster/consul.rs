@@ -3,7 +3,7 @@
 //!
 //! - Joining: `PUT /v1/agent/join/<first seed>` when there are seeds (a serf LAN address).
 //! - Each service: `PUT /v1/agent/service/register` with `ID` = service id, `Name` = stream,
-//!   `Address`/`Port` = the node's HTTP address, `Tags` = [`endpoint~http~http://host:port`],
+//!   `Address`/`Port` = the node's HTTP address, `Tags` = \[`endpoint~http~http://host:port`\],
 //!   `Meta` = {`meshage-node`: node id}, and an HTTP check on `http://host:port/api/health`
 //!   every `check_interval`, deregistered by the agent after `deregister_critical_after`
 //!   critical. Withdrawn services and, on leave, all of them: `PUT
@@ -63,6 +63,7 @@ mod watcher;
 
 /// Tuning of the Consul backend.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct ConsulConfig {
     /// ACL token sent as `X-Consul-Token` with every request (`Debug` shows `***`).
     pub token: Option<Secret>,
@@ -84,6 +85,17 @@ pub struct ConsulConfig {
     /// its state, a registration that failed) and registers them again.
     pub resync_interval: Duration,
 }
+
+setters!(ConsulConfig {
+    token: Option<Secret>,
+    tls: Option<ClientTls>,
+    check_interval: Duration,
+    deregister_critical_after: Duration,
+    wait: Duration,
+    request_timeout: Duration,
+    max_backoff: Duration,
+    resync_interval: Duration,
+});
 
 impl Default for ConsulConfig {
     fn default() -> Self {

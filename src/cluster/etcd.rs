@@ -49,6 +49,7 @@ mod session;
 
 /// Tuning of the etcd backend.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct EtcdConfig {
     /// Root of every key meshage writes.
     pub prefix: String,
@@ -66,6 +67,16 @@ pub struct EtcdConfig {
     /// The user to authenticate as, when etcd runs with `auth enable`.
     pub credentials: Option<EtcdCredentials>,
 }
+
+setters!(EtcdConfig {
+    prefix: String,
+    cluster_id: String,
+    lease_ttl: Duration,
+    request_timeout: Duration,
+    max_backoff: Duration,
+    tls: Option<EtcdTls>,
+    credentials: Option<EtcdCredentials>,
+});
 
 impl Default for EtcdConfig {
     fn default() -> Self {

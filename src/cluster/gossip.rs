@@ -7,11 +7,18 @@
 //! nodes or their states change, a task turns them into a [`ClusterView`] and publishes it.
 //! The defaults suit a LAN: a gossip round every 150 ms and a phi threshold of 10 notice a
 //! killed node within about two seconds.
+//!
+//! A seed may be a DNS name with many A records (a Kubernetes headless Service): chitchat
+//! resolves it to every address when it starts and again every 60 seconds, and gossips with
+//! those addresses but its own. A node with a seed that names another node (or a name that
+//! resolves to nothing yet) has joined once it has heard from a live peer, or once
+//! [`GossipConfig::join_timeout`] has passed without one (it is then the first node of its
+//! cluster); a node without seeds, or whose seeds name only itself, has joined at once.
 
 use std::collections::HashSet;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use chitchat::transport::{RecvOutcome, SendOutcome, Socket, Transport, UdpTransport};
@@ -20,7 +27,7 @@ use chitchat::{
     spawn_chitchat, ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig, NodeState,
     ProtocolVersion,
 };
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
@@ -31,7 +38,7 @@ use super::{
     Cluster, ClusterError, ClusterView, LocalNode, Member, MemberState, Membership, ServiceEntry,
     Traffic,
 };
-use crate::address::{parse_seed, Address};
+use crate::address::{host_port, parse_seed, Address};
 
 const KEY_HTTP: &str = "http";
 const KEY_STATUS: &str = "status";
@@ -44,6 +51,7 @@ pub const NO_SEEDS: [&str; 0] = [];
 
 /// Tuning of the gossip backend.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct GossipConfig {
     /// Nodes with another cluster id ignore each other.
     pub cluster_id: String,
@@ -56,7 +64,19 @@ pub struct GossipConfig {
     pub leave_announce: Duration,
     /// How long dead nodes are remembered (and listed as dead) before they are forgotten.
     pub dead_node_grace_period: Duration,
+    /// How long a node with seeds waits to hear from a peer before it counts as joined
+    /// alone (the first node of a cluster whose seed name lists only itself, or nothing yet).
+    pub join_timeout: Duration,
 }
+
+setters!(GossipConfig {
+    cluster_id: String,
+    gossip_interval: Duration,
+    phi_threshold: f64,
+    leave_announce: Duration,
+    dead_node_grace_period: Duration,
+    join_timeout: Duration,
+});
 
 impl Default for GossipConfig {
     fn default() -> Self {
@@ -66,6 +86,7 @@ impl Default for GossipConfig {
             phi_threshold: 10.0,
             leave_announce: Duration::from_millis(600),
             dead_node_grace_period: Duration::from_secs(120),
+            join_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -111,12 +132,20 @@ impl GossipCluster {
 
 /// Resolves `host:port` to one socket address, preferring IPv4.
 fn resolve(host_port: &str) -> Option<SocketAddr> {
-    let addrs: Vec<SocketAddr> = host_port.to_socket_addrs().ok()?.collect();
+    let addrs = resolve_all(host_port);
     addrs
         .iter()
         .find(|a| a.is_ipv4())
         .or(addrs.first())
         .copied()
+}
+
+/// Every socket address `host:port` resolves to (none if it does not).
+fn resolve_all(host_port: &str) -> Vec<SocketAddr> {
+    host_port
+        .to_socket_addrs()
+        .map(Iterator::collect)
+        .unwrap_or_default()
 }
 
 #[async_trait]
@@ -137,15 +166,28 @@ impl Cluster for GossipCluster {
             source,
         })?;
         drop(socket);
+        let advertised = match &local.advertise_host {
+            Some(host) => host_port(host, listen_addr.port()),
+            None => advertised,
+        };
         let advertise_addr = resolve(&advertised).unwrap_or_else(|| {
             warn!(%advertised, "cannot resolve the advertised gossip address; advertising 127.0.0.1");
             SocketAddr::from(([127, 0, 0, 1], listen_addr.port()))
         });
         let own: HashSet<SocketAddr> = [advertise_addr, listen_addr].into_iter().collect();
+        // A seed that is this node's own address goes. A name stays whatever it lists now:
+        // chitchat resolves it again every 60 s (and skips its own address), so nodes that
+        // each found only themselves under a headless Service's name still meet. The node
+        // waits for a peer only when some seed names another address, or none yet.
+        let mut expects_peer = false;
         let seed_nodes: Vec<String> = seeds
             .into_iter()
             .filter(|seed| {
-                !(seed == &advertised || resolve(seed).is_some_and(|a| own.contains(&a)))
+                let addrs = resolve_all(seed);
+                let own_only = !addrs.is_empty() && addrs.iter().all(|a| own.contains(a));
+                let literal = seed.parse::<SocketAddr>().is_ok();
+                expects_peer |= !own_only && seed != &advertised;
+                !(seed == &advertised || (own_only && literal))
             })
             .collect();
 
@@ -198,7 +240,18 @@ impl Cluster for GossipCluster {
         info!(%listen_addr, %advertise_addr, seeds = ?seed_nodes, sealed, "gossip started");
 
         let (view_tx, view_rx) = watch::channel(Arc::new(ClusterView::default()));
-        let watcher = tokio::spawn(watch_members(handle.chitchat(), view_tx));
+        let peer_heard = Arc::new(AtomicBool::new(false));
+        let watcher = tokio::spawn(watch_members(
+            handle.chitchat(),
+            view_tx,
+            local.node_id.clone(),
+            peer_heard.clone(),
+        ));
+        let join_by = if expects_peer {
+            Instant::now() + config.join_timeout
+        } else {
+            Instant::now()
+        };
         Ok(Arc::new(GossipMembership {
             handle: tokio::sync::Mutex::new(Some(handle)),
             view: view_rx,
@@ -206,20 +259,28 @@ impl Cluster for GossipCluster {
             config,
             seed_address: advertise_addr.to_string(),
             traffic,
+            peer_heard,
+            join_by,
         }))
     }
 }
 
-/// Publishes a new view whenever chitchat's live set or any live node's state changes.
-/// Ends when chitchat stops (its watch sender is dropped) or the view has no receivers.
+/// Publishes a new view whenever chitchat's live set or any live node's state changes, and
+/// sets `peer_heard` once a live node other than `own_id` shows. Ends when chitchat stops
+/// (its watch sender is dropped) or the view has no receivers.
 async fn watch_members(
     chitchat: Arc<tokio::sync::Mutex<chitchat::Chitchat>>,
     view_tx: watch::Sender<Arc<ClusterView>>,
+    own_id: String,
+    peer_heard: Arc<AtomicBool>,
 ) {
     let mut live = chitchat.lock().await.live_nodes_watcher();
     loop {
         let view = {
             let live_nodes = live.borrow_and_update().clone();
+            if live_nodes.keys().any(|id| *id.node_id != *own_id) {
+                peer_heard.store(true, Ordering::Release);
+            }
             let guard = chitchat.lock().await;
             let mut members: Vec<Member> = live_nodes
                 .iter()
@@ -284,6 +345,10 @@ struct GossipMembership {
     config: GossipConfig,
     seed_address: String,
     traffic: Arc<TrafficCounters>,
+    /// Set once a live peer has been heard from.
+    peer_heard: Arc<AtomicBool>,
+    /// When the node counts as joined even if no peer answered: at once without seeds.
+    join_by: Instant,
 }
 
 impl GossipMembership {
@@ -355,6 +420,10 @@ impl Membership for GossipMembership {
             bytes_received: self.traffic.received.load(Ordering::Relaxed),
             datagrams_rejected: self.traffic.rejected.load(Ordering::Relaxed),
         })
+    }
+
+    fn joined(&self) -> bool {
+        self.peer_heard.load(Ordering::Acquire) || Instant::now() >= self.join_by
     }
 
     fn abort(&self) {

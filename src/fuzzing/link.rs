@@ -18,6 +18,7 @@ use crate::link::{
     PREFACE, PREFACE_ACK,
 };
 use crate::message::Reply;
+use crate::observe::{Incoming, SpanId, TraceId, TraceState};
 use crate::shutdown::Flag;
 use crate::wire::Budget;
 
@@ -82,7 +83,7 @@ fn encoded_request(request: &LinkRequest) -> Vec<u8> {
     encode_request(
         &mut out,
         request.id,
-        request.trace,
+        request.trace.as_ref(),
         request.timeout,
         &request.stream,
         &request.key,
@@ -105,6 +106,14 @@ fn frames_round_trip(data: &[u8]) {
     head[..numbers.len()].copy_from_slice(numbers);
     let id = u64::from_be_bytes(head[0..8].try_into().expect("8 bytes"));
     let trace = u64::from_be_bytes(head[8..16].try_into().expect("8 bytes"));
+    // A trace context from the same bits: none for 0; a parent span unless the bits are odd.
+    let context = TraceId::from_u128(u128::from(trace) << 64 | u128::from(trace.rotate_left(7)))
+        .map(|id| Incoming {
+            trace: id,
+            parent: SpanId::from_u64(trace & !1),
+            flags: (trace & 1) as u8,
+            state: TraceState::from_bytes(b"k=v"),
+        });
     let timeout =
         Duration::from_millis(u32::from_be_bytes(head[16..20].try_into().expect("4 bytes")).into());
     let mut parts = rest.splitn(5, |&b| b == 0xFF);
@@ -126,7 +135,7 @@ fn frames_round_trip(data: &[u8]) {
     let encoded = encode_request(
         &mut out,
         id,
-        trace,
+        context.as_ref(),
         timeout,
         &stream,
         &key,
@@ -160,7 +169,7 @@ fn frames_round_trip(data: &[u8]) {
     let request = decode_request(frame).expect("an encoded request decodes");
     assert_eq!(
         (request.id, request.trace, request.timeout),
-        (id, trace, timeout)
+        (id, context, timeout)
     );
     assert_eq!(
         (&*request.stream, &*request.key, &*request.service_id),

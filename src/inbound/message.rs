@@ -16,13 +16,14 @@ use crate::answer::{json_response, ApiError, Body};
 use crate::delivery::Refusal;
 use crate::link::{Answer, LinkRequest};
 use crate::message::{Payload, Reply};
-use crate::observe::{Route, TraceId};
+use crate::observe::{self, Route, SpanId, Step, TraceId};
 use crate::path::decode_segment;
 use crate::relay::{request_headers, MESSAGE_NAME_HEADER};
 use crate::router::{Delivery, Extra, Part, RouteError, RouteRequest};
 use crate::wire::{
     is_idempotent_value, parse_timeout, read_body, BodyError, Deadline, Held, HOP_HEADER,
-    IDEMPOTENCY_KEY_HEADER, IDEMPOTENT_HEADER, SERVICE_ID_HEADER, TIMEOUT_HEADER, TRACE_HEADER,
+    IDEMPOTENCY_KEY_HEADER, IDEMPOTENT_HEADER, SERVICE_ID_HEADER, TIMEOUT_HEADER,
+    TRACEPARENT_HEADER, TRACESTATE_HEADER, TRACE_HEADER,
 };
 
 /// What the message routes read from a request's head, found in one pass over its headers
@@ -32,6 +33,8 @@ struct MessageHead<'a> {
     /// Forwarded here by a peer over HTTP.
     hop: bool,
     trace: Option<&'a HeaderValue>,
+    traceparent: Option<&'a HeaderValue>,
+    tracestate: Option<&'a HeaderValue>,
     content_length: Option<&'a HeaderValue>,
     content_type: Option<&'a HeaderValue>,
     /// The service the caller names in `X-Service-ID`.
@@ -51,6 +54,8 @@ impl<'a> MessageHead<'a> {
                 "content-type" => &mut head.content_type,
                 "content-length" => &mut head.content_length,
                 TRACE_HEADER => &mut head.trace,
+                TRACEPARENT_HEADER => &mut head.traceparent,
+                TRACESTATE_HEADER => &mut head.tracestate,
                 SERVICE_ID_HEADER => &mut head.target,
                 TIMEOUT_HEADER => &mut head.timeout,
                 IDEMPOTENT_HEADER => &mut head.idempotent,
@@ -117,11 +122,13 @@ impl MessageQuery {
 
 /// `X-Service-ID` on answers, parsed once.
 const SERVICE_ID_NAME: HeaderName = HeaderName::from_static(SERVICE_ID_HEADER);
-/// `X-Meshage-Trace` on answers, parsed once.
+/// `X-Meshage-Trace` and `traceparent` on answers, parsed once.
 const TRACE_NAME: HeaderName = HeaderName::from_static(TRACE_HEADER);
+const TRACEPARENT_NAME: HeaderName = HeaderName::from_static(TRACEPARENT_HEADER);
 
 /// `POST /api/{stream}/{key}` and `POST /api/broadcast/{stream}/{key}`, the stream and key
-/// still percent-encoded, from `caller`. Every answer carries the request's trace id. On a
+/// still percent-encoded, from `caller`. Every answer carries the request's trace id (in
+/// `traceparent`, with this node's span of the request, and in `X-Meshage-Trace`). On a
 /// keyed node, a forward (`X-Meshage-Hop`) from anyone but a peer over mutual TLS is answered
 /// 401 before anything else is done with it.
 pub(super) async fn message(
@@ -134,9 +141,14 @@ pub(super) async fn message(
     key: &str,
 ) -> Response<Body> {
     let head = MessageHead::read(&request.headers);
-    let trace = head.trace.and_then(|v| TraceId::parse(v.as_bytes()));
+    let incoming = observe::Incoming::from_headers(head.traceparent, head.tracestate, head.trace);
     // Refused before it is routed: answered with its trace id all the same.
-    let refuse = |e: ApiError| with_trace(e.response(), trace.unwrap_or_else(TraceId::new));
+    let refuse = |e: ApiError| {
+        let (trace, flags) = incoming
+            .as_ref()
+            .map_or((TraceId::new(), observe::SAMPLED), |i| (i.trace, i.flags));
+        with_trace(e.response(), trace, SpanId::new(), flags)
+    };
     if head.hop && inbound.keyed() && !caller.is_peer(inbound).await {
         debug!(remote = %caller.remote, "forward refused: not over mutual TLS from a published peer");
         inbound.router.metrics().peers.refused_forward();
@@ -169,8 +181,15 @@ pub(super) async fn message(
     } else {
         Route::Unrouted
     };
-    let mut scope = inbound.router.observe(&stream, &key, route, trace);
-    let trace = scope.trace();
+    let mut scope = inbound.router.observe(&stream, &key, route, incoming);
+    // A message delivered in the background is a child of this node's span of the request.
+    let context = scope.context();
+    let trace = observe::Incoming {
+        trace: context.trace,
+        parent: Some(context.span),
+        flags: context.flags,
+        state: context.state.clone(),
+    };
     let relayed = request_headers(&request.headers, inbound.tokens.is_some());
     let asked = Asked {
         head: &head,
@@ -186,14 +205,26 @@ pub(super) async fn message(
             (e.response(), None)
         }
     };
+    let context = scope.context();
+    let (trace, span, flags) = (context.trace, context.span, context.flags);
     scope.finish(response.status(), owner.as_deref());
-    with_trace(response, trace)
+    with_trace(response, trace, span, flags)
 }
 
-/// `response` with `trace` in `X-Meshage-Trace`.
-fn with_trace(mut response: Response<Body>, trace: TraceId) -> Response<Body> {
-    if let Ok(v) = HeaderValue::from_bytes(&trace.hex()) {
-        response.headers_mut().insert(TRACE_NAME, v);
+/// `response` with `trace` in `X-Meshage-Trace` (its low 64 bits) and in `traceparent`, from
+/// `span`.
+fn with_trace(
+    mut response: Response<Body>,
+    trace: TraceId,
+    span: SpanId,
+    flags: u8,
+) -> Response<Body> {
+    let headers = response.headers_mut();
+    if let Ok(v) = HeaderValue::from_bytes(&trace.short_hex()) {
+        headers.insert(TRACE_NAME, v);
+    }
+    if let Ok(v) = HeaderValue::from_bytes(&observe::traceparent(trace, span, flags)) {
+        headers.insert(TRACEPARENT_NAME, v);
     }
     response
 }
@@ -204,7 +235,8 @@ struct Asked<'a> {
     query: &'a MessageQuery,
     /// The client's headers for the handler (see `relay`).
     headers: &'a http::HeaderMap,
-    trace: TraceId,
+    /// The trace context of a message delivered in the background.
+    trace: observe::Incoming,
 }
 
 /// Reads a message's body and routes it, or, asked not to wait, starts delivering it and
@@ -295,9 +327,10 @@ async fn respond(
             idempotent: head.idempotent(),
             deadline,
             payload,
-            trace: asked.trace,
+            trace: asked.trace.clone(),
         })?;
-        let trace = String::from_utf8_lossy(&asked.trace.hex()).into_owned();
+        // The id of `X-Meshage-Trace` (its low 64 bits), which the answer carries too.
+        let trace = String::from_utf8_lossy(&asked.trace.trace.short_hex()).into_owned();
         let body = serde_json::to_vec(&serde_json::json!({ "trace": trace })).unwrap_or_default();
         return Ok((json_response(StatusCode::ACCEPTED, Bytes::from(body)), None));
     }
@@ -318,7 +351,7 @@ async fn respond(
         idempotent: head.idempotent(),
         deadline,
     };
-    let routed = inbound.router.route(request, payload).await?;
+    let routed = observe::step(Step::Route, stream, inbound.router.route(request, payload)).await?;
     let mut response = json_response(routed.reply.status, routed.reply.body);
     // The handler's headers (already without hop-by-hop ones); meshage's own go after them.
     if !routed.reply.headers.is_empty() {
@@ -359,11 +392,18 @@ pub(super) async fn link_request(inbound: Arc<Inbound>, request: LinkRequest) ->
         idempotent: false,
         deadline,
     };
-    let trace = TraceId::from_u64(request.trace);
-    let mut scope = inbound
-        .router
-        .observe(&request.stream, &request.key, Route::Received, trace);
-    let routed = std::pin::pin!(inbound.router.route(route, request.payload));
+    let mut scope = inbound.router.observe(
+        &request.stream,
+        &request.key,
+        Route::Received,
+        request.trace.clone(),
+    );
+    let routed = scope.step(
+        Step::Route,
+        &request.stream,
+        inbound.router.route(route, request.payload),
+    );
+    let routed = std::pin::pin!(routed);
     match scope.run(routed).await {
         Ok(routed) => {
             scope.finish(routed.reply.status, Some(&routed.service_id));

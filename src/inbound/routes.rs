@@ -33,10 +33,12 @@ pub(crate) enum Endpoint<'a> {
 
 /// The paths that are answered as they are. `src/admin/openapi.json` describes each of them
 /// (the tests below check it).
-const EXACT: [(&str, Page<'static>); 8] = [
+const EXACT: [(&str, Page<'static>); 10] = [
     ("/", Page::Index),
     ("/index.html", Page::Index),
     ("/metrics", Page::Metrics),
+    ("/livez", Page::Livez),
+    ("/readyz", Page::Readyz),
     ("/api/health", Page::Health),
     ("/api/services", Page::Services),
     ("/api/status", Page::Status),
@@ -189,6 +191,8 @@ mod tests {
             ("/", Endpoint::Admin(Page::Index)),
             ("/metrics", Endpoint::Admin(Page::Metrics)),
             ("/api/health", Endpoint::Admin(Page::Health)),
+            ("/livez", Endpoint::Admin(Page::Livez)),
+            ("/readyz", Endpoint::Admin(Page::Readyz)),
             ("/api/status", Endpoint::Admin(Page::Status)),
             ("/api/members", Endpoint::Admin(Page::Members)),
             ("/api/openapi.json", Endpoint::Admin(Page::OpenApi)),
@@ -238,6 +242,8 @@ mod tests {
                 | Page::Metrics
                 | Page::Status
                 | Page::Health
+                | Page::Livez
+                | Page::Readyz
                 | Page::Services
                 | Page::Members
                 | Page::OpenApi,

@@ -161,12 +161,12 @@ impl Links {
         deadline: Deadline,
     ) -> Result<Reply, LinkError> {
         let timeout = deadline.remaining();
-        let trace = crate::observe::current_trace().map_or(0, |t| t.as_u64());
+        let trace = crate::observe::outgoing().map(crate::observe::Incoming::from);
         let mut encode = |frame: &mut Outbox, id| {
             encode_request(
                 frame,
                 id,
-                trace,
+                trace.as_ref(),
                 timeout,
                 stream,
                 key,

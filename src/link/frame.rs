@@ -10,12 +10,13 @@ use tokio::io::AsyncWriteExt;
 
 use crate::delivery::{Refusal, Undelivered};
 use crate::message::{Payload, Reply};
+use crate::observe::{Incoming, SpanId, TraceId, TraceState, MAX_TRACESTATE};
 
 /// The first bytes a link client sends; the server answers with [`PREFACE_ACK`]. It ends like
 /// an HTTP request head, so an HTTP server that gets it answers 400 at once instead of waiting
 /// for the rest of a request line, and the client falls back to HTTP without delay.
-pub(crate) const PREFACE: &[u8; 12] = b"MESHLNK4\r\n\r\n";
-pub(crate) const PREFACE_ACK: &[u8; 8] = b"MESHACK4";
+pub(crate) const PREFACE: &[u8; 12] = b"MESHLNK5\r\n\r\n";
+pub(crate) const PREFACE_ACK: &[u8; 8] = b"MESHACK5";
 const KIND_REQUEST: u8 = 1;
 const KIND_RESPONSE: u8 = 2;
 const KIND_GOAWAY: u8 = 3;
@@ -25,6 +26,9 @@ const MAX_FRAME: usize = 64 * 1024 * 1024;
 /// Room in a request frame for what comes with the body: the fixed fields, and the stream, key,
 /// service id and content type.
 const REQUEST_HEAD: usize = 256 * 1024;
+/// A request frame's fixed fields: kind, id, trace id, parent span id, flags, timeout, and
+/// the lengths of the stream, key, service id, content type and tracestate.
+const REQUEST_FIXED: usize = 1 + 8 + 16 + 8 + 1 + 4 + 2 + 4 + 2 + 2 + 2;
 /// Room in a response frame for what comes with the body: the fixed fields and the extras.
 const RESPONSE_HEAD: usize = 64 + MAX_EXTRAS;
 /// The most bytes of a frame's extras block (the message's name and headers; see
@@ -180,8 +184,8 @@ impl Outbox {
 #[derive(Debug)]
 pub(crate) struct LinkRequest {
     pub(crate) id: u64,
-    /// The request's trace id; 0 when it has none.
-    pub(crate) trace: u64,
+    /// The request's trace context, if it has one.
+    pub(crate) trace: Option<Incoming>,
     pub(crate) timeout: Duration,
     pub(crate) stream: String,
     pub(crate) key: String,
@@ -288,7 +292,7 @@ fn take_extras(frame: &mut Bytes) -> Option<Extras> {
 pub(crate) fn encode_request(
     out: &mut Outbox,
     id: u64,
-    trace: u64,
+    trace: Option<&Incoming>,
     timeout: Duration,
     stream: &str,
     key: &str,
@@ -307,14 +311,14 @@ pub(crate) fn encode_request(
             "stream, service id or content type too long for a link frame",
         ));
     }
-    let len = 1
-        + 8
-        + 8
-        + 4
-        + 2
-        + 4
-        + 2
-        + 2
+    let state = trace
+        .and_then(|t| t.state.as_ref())
+        .map_or(&[][..], |s| s.value().as_bytes());
+    if state.len() > MAX_TRACESTATE {
+        return Err(Undelivered::failed("tracestate too long for a link frame"));
+    }
+    let len = REQUEST_FIXED
+        + state.len()
         + stream.len()
         + key.len()
         + service_id.len()
@@ -332,16 +336,20 @@ pub(crate) fn encode_request(
     buf.put_u32(len as u32);
     buf.put_u8(KIND_REQUEST);
     buf.put_u64(id);
-    buf.put_u64(trace);
+    buf.put_u128(trace.map_or(0, |t| t.trace.as_u128()));
+    buf.put_u64(trace.and_then(|t| t.parent).map_or(0, SpanId::as_u64));
+    buf.put_u8(trace.map_or(0, |t| t.flags));
     buf.put_u32(timeout.as_millis().min(u32::MAX as u128) as u32);
     buf.put_u16(stream.len() as u16);
     buf.put_u32(key.len() as u32);
     buf.put_u16(service_id.len() as u16);
     buf.put_u16(content_type.len() as u16);
+    buf.put_u16(state.len() as u16);
     buf.put_slice(stream.as_bytes());
     buf.put_slice(key.as_bytes());
     buf.put_slice(service_id.as_bytes());
     buf.put_slice(content_type.as_bytes());
+    buf.put_slice(state);
     buf.put_u32(extras.len() as u32);
     buf.put_slice(extras);
     out.put_body(body);
@@ -377,21 +385,50 @@ fn take_string(frame: &mut Bytes, len: usize) -> Option<String> {
     String::from_utf8(frame.split_to(len).to_vec()).ok()
 }
 
+/// Decodes a request frame; `None` for one that is not well formed: its strings, or a trace
+/// context that no node writes (a `tracestate` too long or malformed, a parent span or flags
+/// without a trace id).
 pub(crate) fn decode_request(mut frame: Bytes) -> Option<LinkRequest> {
-    if frame.len() < 1 + 8 + 8 + 4 + 2 + 4 + 2 + 2 || frame.get_u8() != KIND_REQUEST {
+    if frame.len() < REQUEST_FIXED || frame.get_u8() != KIND_REQUEST {
         return None;
     }
     let id = frame.get_u64();
-    let trace = frame.get_u64();
+    let trace = TraceId::from_u128(frame.get_u128());
+    let parent = SpanId::from_u64(frame.get_u64());
+    let flags = frame.get_u8();
     let timeout = Duration::from_millis(frame.get_u32() as u64);
     let stream_len = frame.get_u16() as usize;
     let key_len = frame.get_u32() as usize;
     let service_len = frame.get_u16() as usize;
     let ct_len = frame.get_u16() as usize;
+    let state_len = frame.get_u16() as usize;
+    if state_len > MAX_TRACESTATE {
+        return None;
+    }
     let stream = take_string(&mut frame, stream_len)?;
     let key = take_string(&mut frame, key_len)?;
     let service_id = take_string(&mut frame, service_len)?;
     let content_type = take_string(&mut frame, ct_len)?;
+    if frame.len() < state_len {
+        return None;
+    }
+    let state = frame.split_to(state_len);
+    // A node writes a tracestate only when it is well formed, and the rest of the context only
+    // with a trace id: a frame that says otherwise is not one of ours.
+    let state = match state.is_empty() {
+        true => None,
+        false => Some(TraceState::from_bytes(&state)?),
+    };
+    let trace = match trace {
+        Some(trace) => Some(Incoming {
+            trace,
+            parent,
+            flags,
+            state,
+        }),
+        None if parent.is_none() && flags == 0 && state.is_none() => None,
+        None => return None,
+    };
     let extras = take_extras(&mut frame)?;
     Some(LinkRequest {
         id,
@@ -504,10 +541,17 @@ mod tests {
     #[test]
     fn frames_round_trip() {
         let mut out = Outbox::default();
+        let trace = Incoming {
+            trace: TraceId::from_u128(0x4bf92f3577b34da6a3ce929d0e0e4736).unwrap(),
+            parent: SpanId::from_u64(0x00f067aa0ba902b7),
+            flags: 1,
+            state: TraceState::from_bytes(b"congo=t61rcWkgMzE"),
+        };
+        assert!(trace.state.is_some());
         encode_request(
             &mut out,
             7,
-            0xfeed,
+            Some(&trace),
             Duration::from_millis(1500),
             "echo",
             "a/b ключ",
@@ -531,7 +575,7 @@ mod tests {
         assert!(out.bodies.is_empty(), "small bodies are copied");
         let mut buf = out.bytes;
         let request = decode_request(next_frame(&mut buf, MAX_FRAME).unwrap().unwrap()).unwrap();
-        assert_eq!((request.id, request.trace), (7, 0xfeed));
+        assert_eq!((request.id, request.trace), (7, Some(trace)));
         assert_eq!(request.timeout, Duration::from_millis(1500));
         assert_eq!(
             (request.stream.as_str(), request.key.as_str()),
@@ -594,6 +638,68 @@ mod tests {
         ] {
             assert!(take_extras(&mut refused.clone()).is_none(), "{refused:?}");
         }
+    }
+
+    /// A request without a trace context decodes without one; a context no node writes (a
+    /// tracestate too long or malformed, a parent without a trace) makes the frame malformed.
+    #[test]
+    fn trace_contexts_in_frames_are_bounded() {
+        let frame = |trace: Option<&Incoming>| {
+            let mut out = Outbox::default();
+            let body = Bytes::from_static(b"{}");
+            let extras = (None, &HeaderMap::new());
+            encode_request(
+                &mut out,
+                1,
+                trace,
+                Duration::ZERO,
+                "s",
+                "k",
+                "",
+                "",
+                extras,
+                &body,
+            )
+            .unwrap();
+            let mut buf = out.bytes;
+            next_frame(&mut buf, MAX_FRAME).unwrap().unwrap()
+        };
+        assert_eq!(decode_request(frame(None)).unwrap().trace, None);
+        let trace = Incoming {
+            trace: TraceId::new(),
+            parent: None,
+            flags: 0,
+            state: None,
+        };
+        let good = frame(Some(&trace));
+        assert_eq!(decode_request(good.clone()).unwrap().trace, Some(trace));
+        // The trace id's 16 bytes follow the kind and the id: zero them, and the frame's
+        // parent-less, flag-less context is no context. Give it a parent and it is malformed.
+        let mut none = good.to_vec();
+        none[9..25].fill(0);
+        assert_eq!(
+            decode_request(Bytes::from(none.clone())).unwrap().trace,
+            None
+        );
+        none[32] = 1;
+        assert!(decode_request(Bytes::from(none)).is_none());
+        // A tracestate: its length is the last u16 of the fixed fields; it goes after the
+        // content type, before the extras block (here the empty one) and the body.
+        let with_state = |state: &[u8]| {
+            let mut bytes = good[..REQUEST_FIXED - 2].to_vec();
+            bytes.extend_from_slice(&(state.len() as u16).to_be_bytes());
+            bytes.extend_from_slice(b"sk");
+            bytes.extend_from_slice(state);
+            bytes.extend_from_slice(&(NO_EXTRAS.len() as u32).to_be_bytes());
+            bytes.extend_from_slice(&NO_EXTRAS);
+            bytes.extend_from_slice(b"{}");
+            decode_request(Bytes::from(bytes))
+        };
+        let kept = with_state(b"congo=t61rcWkgMzE").unwrap();
+        assert_eq!(&kept.payload.body[..], b"{}");
+        assert!(kept.trace.unwrap().state.is_some());
+        assert!(with_state(b"Congo=1").is_none());
+        assert!(with_state(format!("k={}", "v".repeat(MAX_TRACESTATE)).as_bytes()).is_none());
     }
 
     #[test]

@@ -13,13 +13,14 @@ use tracing::field::Empty;
 use tracing::{debug, debug_span, Instrument, Span};
 
 use super::metrics::{Metrics, Outcome, Route, StreamMetrics};
-use super::trace::TraceId;
+use super::otel;
+use super::trace::{traceparent, Incoming, SpanId, TraceId, TraceState};
 use crate::ring::HashRing;
 use crate::table::ServiceTable;
 
 /// What the deep ends of routing know about the request they serve.
 struct Current {
-    trace: TraceId,
+    context: Context,
     stream: Arc<StreamMetrics>,
     route: Cell<Route>,
 }
@@ -28,9 +29,63 @@ tokio::task_local! {
     static CURRENT: Current;
 }
 
+/// A request's trace context on this node: its trace, this node's span of it (the receive
+/// step), the sampling flags and the `tracestate` it came with.
+#[derive(Debug, Clone)]
+pub(crate) struct Context {
+    pub(crate) trace: TraceId,
+    pub(crate) span: SpanId,
+    pub(crate) flags: u8,
+    pub(crate) state: Option<TraceState>,
+}
+
+/// What a request leaving this node (a forward, a call to an HTTP handler) carries: the trace,
+/// the span it leaves from, the flags and the `tracestate`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Outgoing {
+    pub(crate) trace: TraceId,
+    pub(crate) parent: SpanId,
+    pub(crate) flags: u8,
+    pub(crate) state: Option<TraceState>,
+}
+
+impl Outgoing {
+    /// The `traceparent` header's value, without allocating.
+    pub(crate) fn traceparent(&self) -> [u8; 55] {
+        traceparent(self.trace, self.parent, self.flags)
+    }
+}
+
+impl From<Outgoing> for Incoming {
+    /// The context as the receiving end sees it.
+    fn from(out: Outgoing) -> Incoming {
+        Incoming {
+            trace: out.trace,
+            parent: Some(out.parent),
+            flags: out.flags,
+            state: out.state,
+        }
+    }
+}
+
+/// The context a request leaving this task carries, if the task serves one. Its parent is the
+/// step it leaves from when spans are exported (the forward, the handle), else this node's
+/// span of the request.
+pub(crate) fn outgoing() -> Option<Outgoing> {
+    CURRENT
+        .try_with(|c| Outgoing {
+            trace: c.context.trace,
+            parent: otel::current_span().unwrap_or(c.context.span),
+            flags: c.context.flags,
+            state: c.context.state.clone(),
+        })
+        .ok()
+}
+
 /// The trace id of the request this task is serving, if any.
+#[cfg(test)]
 pub(crate) fn current_trace() -> Option<TraceId> {
-    CURRENT.try_with(|c| c.trace).ok()
+    CURRENT.try_with(|c| c.context.trace).ok()
 }
 
 /// Whether `route` may replace `current`: broadcast and received are fixed by the entry; a
@@ -76,7 +131,7 @@ impl fmt::Display for KeyHash<'_> {
 pub(crate) struct RequestScope {
     /// The stream's series; lent to the request's context while it runs.
     stream: Option<Arc<StreamMetrics>>,
-    trace: TraceId,
+    context: Context,
     route: Route,
     span: Span,
 }
@@ -84,34 +139,68 @@ pub(crate) struct RequestScope {
 impl RequestScope {
     /// Starts observing a request for `key` on `stream`. `route` is `Broadcast` or `Received`
     /// when the entry knows it, else `Unrouted` until a handler or a forward settles it.
-    /// `trace` is the id it arrived with, if any.
+    /// `incoming` is the trace context it arrived with, if any; without one it starts a new
+    /// trace (sampled, unless the exporter's sampler says otherwise).
     pub(crate) fn new(
         metrics: &Metrics,
         table: &ServiceTable,
         stream: &str,
         key: &str,
         route: Route,
-        trace: Option<TraceId>,
+        incoming: Option<Incoming>,
     ) -> Self {
-        let trace = trace.unwrap_or_else(TraceId::new);
+        let stream_metrics = Some(metrics.stream(stream, || table.stream(stream).is_some()));
+        if otel::enabled() {
+            let span = debug_span!(
+                "receive",
+                trace = Empty,
+                stream = %stream,
+                key_hash = %KeyHash(key),
+                route = Empty,
+                owner = Empty,
+                otel.kind = "server",
+            );
+            let context = otel::join(&span, incoming);
+            span.record("trace", tracing::field::display(context.trace));
+            return RequestScope {
+                stream: stream_metrics,
+                context,
+                route,
+                span,
+            };
+        }
+        let context = otel::own_context(incoming);
         let span = debug_span!(
-            "request",
-            trace = %trace,
+            "receive",
+            trace = %context.trace,
             stream = %stream,
             key_hash = %KeyHash(key),
             route = Empty,
             owner = Empty,
         );
         RequestScope {
-            stream: Some(metrics.stream(stream, || table.stream(stream).is_some())),
-            trace,
+            stream: stream_metrics,
+            context,
             route,
             span,
         }
     }
 
-    pub(crate) fn trace(&self) -> TraceId {
-        self.trace
+    /// Runs `future` as `step` of this request (see [`otel::step`]), whether or not the request
+    /// runs yet.
+    pub(crate) fn step<F: Future>(
+        &self,
+        step: otel::Step,
+        service: &str,
+        future: F,
+    ) -> otel::Stepped<F> {
+        let span = otel::enabled().then(|| otel::step_span(self.span.id(), step, service));
+        otel::Stepped::new(future, span)
+    }
+
+    /// The context an answer reports: the trace and this node's span of it.
+    pub(crate) fn context(&self) -> &Context {
+        &self.context
     }
 
     /// Runs the request inside its span and context. The request is pinned by the caller, so
@@ -122,7 +211,7 @@ impl RequestScope {
             return request.await;
         };
         let current = Current {
-            trace: self.trace,
+            context: self.context.clone(),
             stream,
             route: Cell::new(self.route),
         };
@@ -160,7 +249,7 @@ mod tests {
         let metrics = Metrics::default();
         let table = ServiceTable::default();
         let mut scope = RequestScope::new(&metrics, &table, "echo", "k", Route::Unrouted, None);
-        let trace = scope.trace();
+        let trace = scope.context().trace;
         let seen = scope
             .run(std::pin::pin!(async {
                 forwarded(Instant::now());

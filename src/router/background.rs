@@ -11,9 +11,11 @@ use http::HeaderMap;
 use tokio::sync::Notify;
 use tracing::{debug, warn};
 
-use super::{Extra, RouteError, RouteRequest, Router};
-use crate::message::Payload;
-use crate::observe::{Route, TraceId};
+use serde_json::Value;
+
+use super::{Extra, RouteError, RouteRequest, Router, SendOptions};
+use crate::message::{Message, Payload};
+use crate::observe::{Incoming, Route, TraceId, SAMPLED};
 use crate::shutdown::Flag;
 use crate::wire::Deadline;
 
@@ -62,11 +64,40 @@ pub(crate) struct Delivery {
     pub idempotent: bool,
     pub deadline: Deadline,
     pub payload: Payload,
-    /// The id the `202` gave the client; the delivery is logged and forwarded under it.
-    pub trace: TraceId,
+    /// The trace context of the request that the `202` answered (whose trace id it gave the
+    /// client): the delivery is logged and forwarded under that trace, as a child of the
+    /// request's span.
+    pub trace: Incoming,
 }
 
 impl Router {
+    /// [`Router::send_with`] without waiting ([`SendOptions::no_wait`]): `{"trace": ID}` at once,
+    /// the message delivered in the background under a trace of its own.
+    pub(super) fn send_later(
+        &self,
+        message: Message,
+        options: &SendOptions,
+    ) -> Result<Value, RouteError> {
+        let trace = Incoming {
+            trace: TraceId::new(),
+            parent: None,
+            flags: SAMPLED,
+            state: None,
+        };
+        let id = trace.trace.short_hex();
+        self.deliver_later(Delivery {
+            payload: Payload::json(&message.data),
+            stream: message.stream,
+            key: message.partition_key,
+            name: message.name,
+            headers: HeaderMap::new(),
+            idempotent: options.idempotent,
+            deadline: self.deadline(options.timeout),
+            trace,
+        })?;
+        Ok(serde_json::json!({ "trace": String::from_utf8_lossy(&id) }))
+    }
+
     /// Starts delivering `delivery` in the background. Fails, at once, when the node holds its
     /// bound of background deliveries.
     pub(crate) fn deliver_later(&self, delivery: Delivery) -> Result<(), RouteError> {
@@ -98,6 +129,7 @@ impl Router {
             payload,
             trace,
         } = delivery;
+        let id = trace.trace;
         let mut scope = self.observe(&stream, &key, Route::Unrouted, Some(trace));
         let request = RouteRequest {
             stream: &stream,
@@ -120,7 +152,7 @@ impl Router {
             Err(e) => {
                 scope.finish(e.status(), None);
                 self.metrics().background.failed();
-                warn!(%stream, %trace, error = %e, "background delivery failed");
+                warn!(%stream, trace = %id, error = %e, "background delivery failed");
             }
         }
     }

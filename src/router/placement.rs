@@ -180,6 +180,13 @@ impl Router {
         self.rebuild();
     }
 
+    /// Whether the membership view the table was last built from lists this node: the
+    /// backend has published this node's own registration.
+    pub(crate) fn lists_itself(&self) -> bool {
+        let view = self.inner.view.load();
+        view.members.iter().any(|m| *m.id == *self.inner.node_id)
+    }
+
     /// Whether this node is leaving.
     pub fn is_leaving(&self) -> bool {
         self.inner.leaving.load(Ordering::Acquire)

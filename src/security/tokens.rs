@@ -282,7 +282,7 @@ impl Tokens {
 
     /// Reads the tokens file again and takes its set; returns whether the set changed (never,
     /// without a file). Fails when the file cannot be read or parsed, and then keeps the set
-    /// it had. What a SIGHUP calls; a node also polls the file every second ([`Tokens::poll`]).
+    /// it had. What a SIGHUP calls; a node also polls the file every second.
     pub fn reload(&self) -> Result<bool, TokenFileError> {
         match self.shared.file.as_ref().map(|file| self.take(file, true)) {
             None | Some(Reread::Same) => Ok(false),

@@ -25,7 +25,7 @@ use meshage::{
 use serde_json::json;
 use tokio::task::{JoinHandle, JoinSet};
 
-use crate::common::{echo_by, wait_until};
+use crate::common::{echo_by, wait_until, wait_until_async, Http};
 
 /// Makes clusters of the backend under test.
 pub trait Backend: Send + Sync {
@@ -530,6 +530,32 @@ pub async fn nodes_register_concurrently_and_route_by_the_ring(backend: &dyn Bac
     first.shutdown().await.expect("shutdown");
 }
 
+/// Nodes are ready (`GET /readyz`) once the backend has joined and its view lists them: the
+/// first node on its own, and one that joins through it.
+pub async fn started_nodes_become_ready(backend: &dyn Backend) {
+    let first = meshage::init(backend.cluster(&[]), "127.0.0.1:0")
+        .register("conf-ready", echo_by)
+        .start()
+        .await
+        .expect("first node starts");
+    let seeds: Vec<String> = first.seed_address().into_iter().collect();
+    let second = meshage::init(backend.cluster(&seeds), "127.0.0.1:0")
+        .register("conf-ready", echo_by)
+        .start()
+        .await
+        .expect("second node starts");
+    let http = Http::default();
+    for node in [&first, &second] {
+        let url = format!("http://{}/readyz", node.local_addr());
+        wait_until_async(CONVERGE, "the node is ready", || async {
+            http.get(&url).await.status == http::StatusCode::OK
+        })
+        .await;
+    }
+    second.shutdown().await.expect("shutdown");
+    first.shutdown().await.expect("shutdown");
+}
+
 /// Bounds every test: a backend that hangs fails instead of stalling the run.
 pub async fn bounded(test: impl Future<Output = ()>) {
     tokio::time::timeout(Duration::from_secs(90), test)
@@ -552,6 +578,7 @@ macro_rules! conformance_tests {
                 a_restarted_member_is_seen_with_its_new_services,
                 concurrent_registrations_are_all_seen,
                 nodes_register_concurrently_and_route_by_the_ring,
+                started_nodes_become_ready,
             );
         }
     };

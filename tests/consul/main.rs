@@ -67,11 +67,9 @@ fn stream_name() -> String {
 }
 
 fn config(agent: &Agent) -> ConsulConfig {
-    ConsulConfig {
-        token: agent.token().map(Into::into),
-        check_interval: Duration::from_secs(1),
-        ..ConsulConfig::default()
-    }
+    ConsulConfig::default()
+        .token(agent.token().map(Into::into))
+        .check_interval(Duration::from_secs(1))
 }
 
 async fn node(agent: &Agent, stream: &str) -> Node {
@@ -206,11 +204,11 @@ async fn the_acl_token_is_sent_with_every_request() {
         let with = meshage::init(
             ConsulCluster::new(agent.addr, ["10.1.1.1:8301"])
                 .unwrap()
-                .with_config(ConsulConfig {
-                    token: Some("s3cr3t".into()),
-                    check_interval: Duration::from_secs(1),
-                    ..ConsulConfig::default()
-                }),
+                .with_config(
+                    ConsulConfig::default()
+                        .token(Some("s3cr3t".into()))
+                        .check_interval(Duration::from_secs(1)),
+                ),
             "127.0.0.1:0",
         )
         .register(stream.clone(), echo_by)
@@ -668,13 +666,11 @@ async fn services_are_registered_again_when_the_agent_restarts_without_them() {
         let agent = ConsulStandIn::start(None).await;
         let addr = agent.addr.to_string();
         let stream = stream_name();
-        let cluster = ConsulCluster::new(&addr, NO_SEEDS)
-            .unwrap()
-            .with_config(ConsulConfig {
-                check_interval: Duration::from_secs(1),
-                resync_interval: Duration::from_millis(200),
-                ..ConsulConfig::default()
-            });
+        let cluster = ConsulCluster::new(&addr, NO_SEEDS).unwrap().with_config(
+            ConsulConfig::default()
+                .check_interval(Duration::from_secs(1))
+                .resync_interval(Duration::from_millis(200)),
+        );
         let node = meshage::init(cluster, "127.0.0.1:0")
             .register(stream.clone(), echo_by)
             .start()
@@ -757,15 +753,13 @@ async fn an_https_agent_is_reached_only_when_its_certificate_verifies() {
         let (agent, ca) = https_agent(Some(TOKEN)).await;
         let url = format!("https://{}", agent.addr);
         let with = |tls: Option<ClientTls>| {
-            ConsulCluster::new(&url, NO_SEEDS)
-                .unwrap()
-                .with_config(ConsulConfig {
-                    token: Some(TOKEN.into()),
-                    tls,
-                    check_interval: Duration::from_secs(1),
-                    request_timeout: Duration::from_secs(2),
-                    ..ConsulConfig::default()
-                })
+            ConsulCluster::new(&url, NO_SEEDS).unwrap().with_config(
+                ConsulConfig::default()
+                    .token(Some(TOKEN.into()))
+                    .tls(tls)
+                    .check_interval(Duration::from_secs(1))
+                    .request_timeout(Duration::from_secs(2)),
+            )
         };
         let trusted = ClientTls::from_ca_pem(ca.pem.as_bytes()).unwrap();
         let cluster = with(Some(trusted));
@@ -805,10 +799,7 @@ async fn an_https_agent_is_reached_only_when_its_certificate_verifies() {
         // Plain HTTP to an HTTPS port gets no answer that passes for one.
         let plain = ConsulCluster::new(agent.addr.to_string(), NO_SEEDS)
             .unwrap()
-            .with_config(ConsulConfig {
-                request_timeout: Duration::from_secs(2),
-                ..ConsulConfig::default()
-            });
+            .with_config(ConsulConfig::default().request_timeout(Duration::from_secs(2)));
         assert!(try_node(plain).await.is_err());
     })
     .await;
@@ -838,10 +829,7 @@ async fn a_refusal_that_quotes_the_token_does_not_bring_it_into_errors() {
         });
         let cluster = ConsulCluster::new(addr.to_string(), NO_SEEDS)
             .unwrap()
-            .with_config(ConsulConfig {
-                token: Some(TOKEN.into()),
-                ..ConsulConfig::default()
-            });
+            .with_config(ConsulConfig::default().token(Some(TOKEN.into())));
         let error = try_node(cluster).await.err().expect("refused");
         assert!(error.contains("403"), "{error}");
         assert!(
@@ -958,14 +946,12 @@ impl Backend for ConsulBackend {
             None => (self.agent.addr(), None),
         };
         Box::new(
-            ConsulCluster::new(address, NO_SEEDS)
-                .unwrap()
-                .with_config(ConsulConfig {
-                    token: self.agent.token().map(Into::into),
-                    tls,
-                    check_interval: Duration::from_secs(1),
-                    ..ConsulConfig::default()
-                }),
+            ConsulCluster::new(address, NO_SEEDS).unwrap().with_config(
+                ConsulConfig::default()
+                    .token(self.agent.token().map(Into::into))
+                    .tls(tls)
+                    .check_interval(Duration::from_secs(1)),
+            ),
         )
     }
     fn failure_deadline(&self) -> Duration {

@@ -54,10 +54,9 @@ async fn bounded(test: impl Future<Output = ()>) {
 }
 
 fn cluster(urls: &[String], ttl: Duration) -> EtcdCluster {
-    EtcdCluster::new(urls).unwrap().with_config(EtcdConfig {
-        lease_ttl: ttl,
-        ..EtcdConfig::default()
-    })
+    EtcdCluster::new(urls)
+        .unwrap()
+        .with_config(EtcdConfig::default().lease_ttl(ttl))
 }
 
 async fn node(urls: &[String], ttl: Duration) -> Node {
@@ -533,10 +532,7 @@ async fn enable_auth(urls: &[String], options: Option<etcd_client::ConnectOption
 }
 
 fn credentials(password: &str) -> Option<EtcdCredentials> {
-    Some(EtcdCredentials {
-        user: USER.into(),
-        password: password.into(),
-    })
+    Some(EtcdCredentials::new(USER, password))
 }
 
 /// Starts a node on `cluster`; the error's whole chain when it does not start.
@@ -565,11 +561,11 @@ async fn a_tls_etcd_takes_only_nodes_that_trust_it_and_that_it_trusts() {
         let urls = etcd.urls();
         assert!(urls[0].starts_with("https://"), "{urls:?}");
         let with = |tls: Option<EtcdTls>| {
-            EtcdCluster::new(&urls).unwrap().with_config(EtcdConfig {
-                tls,
-                request_timeout: Duration::from_secs(2),
-                ..EtcdConfig::default()
-            })
+            EtcdCluster::new(&urls).unwrap().with_config(
+                EtcdConfig::default()
+                    .tls(tls)
+                    .request_timeout(Duration::from_secs(2)),
+            )
         };
         let a = try_node(with(Some(secured.tls())))
             .await
@@ -610,10 +606,9 @@ async fn a_tls_etcd_takes_only_nodes_that_trust_it_and_that_it_trusts() {
 
         // Nor does plain HTTP reach it.
         let plain = EtcdCluster::new([etcd.members[0].client_addr()]).unwrap();
-        assert!(try_node(plain.with_config(EtcdConfig {
-            request_timeout: Duration::from_secs(2),
-            ..EtcdConfig::default()
-        }))
+        assert!(try_node(
+            plain.with_config(EtcdConfig::default().request_timeout(Duration::from_secs(2)))
+        )
         .await
         .is_err());
 
@@ -632,11 +627,11 @@ async fn with_auth_on_a_wrong_password_fails_clearly_and_never_shows() {
         let urls = etcd.urls();
         enable_auth(&urls, None).await;
         let with = |credentials: Option<EtcdCredentials>| {
-            EtcdCluster::new(&urls).unwrap().with_config(EtcdConfig {
-                credentials,
-                request_timeout: Duration::from_secs(2),
-                ..EtcdConfig::default()
-            })
+            EtcdCluster::new(&urls).unwrap().with_config(
+                EtcdConfig::default()
+                    .credentials(credentials)
+                    .request_timeout(Duration::from_secs(2)),
+            )
         };
         let wrong = "Wr0ng-pa55word-8d2f";
         let error = try_node(with(credentials(wrong)))
@@ -681,11 +676,11 @@ async fn with_auth_on_nodes_authenticate_again_when_their_token_expires() {
         let urls = etcd.urls();
         enable_auth(&urls, None).await;
         let cluster = || {
-            EtcdCluster::new(&urls).unwrap().with_config(EtcdConfig {
-                credentials: credentials(PASSWORD),
-                lease_ttl: Duration::from_secs(10),
-                ..EtcdConfig::default()
-            })
+            EtcdCluster::new(&urls).unwrap().with_config(
+                EtcdConfig::default()
+                    .credentials(credentials(PASSWORD))
+                    .lease_ttl(Duration::from_secs(10)),
+            )
         };
         let a = try_node(cluster()).await.unwrap();
         // The expiry itself is what is tested: let the token's TTL pass.
@@ -846,10 +841,7 @@ impl EtcdBackend {
         let (etcd, certs) = EtcdCerts::start().await?;
         Some(EtcdBackend {
             etcd,
-            config: EtcdConfig {
-                tls: Some(certs.tls()),
-                ..EtcdConfig::default()
-            },
+            config: EtcdConfig::default().tls(Some(certs.tls())),
             _certs: Some(certs),
         })
     }
@@ -859,10 +851,7 @@ impl EtcdBackend {
         enable_auth(&etcd.urls(), None).await;
         Some(EtcdBackend {
             etcd,
-            config: EtcdConfig {
-                credentials: credentials(PASSWORD),
-                ..EtcdConfig::default()
-            },
+            config: EtcdConfig::default().credentials(credentials(PASSWORD)),
             _certs: None,
         })
     }
@@ -873,10 +862,7 @@ impl Backend for EtcdBackend {
         Box::new(
             EtcdCluster::new(self.etcd.urls())
                 .unwrap()
-                .with_config(EtcdConfig {
-                    lease_ttl: Duration::from_secs(2),
-                    ..self.config.clone()
-                }),
+                .with_config(self.config.clone().lease_ttl(Duration::from_secs(2))),
         )
     }
     fn failure_deadline(&self) -> Duration {

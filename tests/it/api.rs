@@ -265,17 +265,7 @@ async fn post_chunked(url: &str, chunks: &[&'static [u8]]) -> Answer {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn body_over_the_limit_is_413() {
     bounded(async {
-        let node = ready(
-            echo_node_with(
-                &[],
-                NodeConfig {
-                    body_limit: 1024,
-                    ..Default::default()
-                },
-            )
-            .await,
-        )
-        .await;
+        let node = ready(echo_node_with(&[], NodeConfig::default().body_limit(1024)).await).await;
         let http = Http::default();
         let target = url(&node, "/api/echo/k");
 
@@ -499,10 +489,7 @@ async fn silent_owner_is_504_within_the_request_timeout() {
         });
         let node = node_beside(
             far_endpoint,
-            NodeConfig {
-                request_timeout: Duration::from_millis(500),
-                ..Default::default()
-            },
+            NodeConfig::default().request_timeout(Duration::from_millis(500)),
         )
         .await;
         let mut http = Http::default();

@@ -276,10 +276,7 @@ async fn the_deadline_header_bounds_a_request_and_its_forward() {
         .router()
         .send_with(
             Message::new("work", &*remote_key, json!({"sleep_ms": 5000})),
-            SendOptions {
-                timeout: Some(Duration::from_millis(300)),
-                ..SendOptions::default()
-            },
+            SendOptions::default().timeout(Some(Duration::from_millis(300))),
         )
         .await
         .unwrap_err();
@@ -302,10 +299,7 @@ async fn above_its_in_flight_cap_a_node_answers_503_with_retry_after() {
                 Ok::<_, HandlerError>(json!("done"))
             }
         })
-        .config(NodeConfig {
-            max_in_flight: 2,
-            ..NodeConfig::default()
-        })
+        .config(NodeConfig::default().max_in_flight(2))
         .start()
         .await
         .unwrap();

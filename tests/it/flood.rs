@@ -46,11 +46,11 @@ fn idle_connections() -> usize {
     5000.min(soft.saturating_sub(500) / 2)
 }
 
-/// A link request frame's head announcing `len` bytes, as a hostile peer sends it.
+/// A link request frame's head (no trace) announcing `len` bytes, as a hostile peer sends it.
 fn huge_link_frame_head(len: u32) -> Vec<u8> {
     let mut head = len.to_be_bytes().to_vec();
     head.push(1);
-    head.extend_from_slice(&[0u8; 8 + 8 + 4 + 2 + 4 + 2 + 2]);
+    head.extend_from_slice(&[0u8; 8 + 16 + 8 + 1 + 4 + 2 + 4 + 2 + 2 + 2]);
     head
 }
 
@@ -106,7 +106,7 @@ async fn a_flood_leaves_normal_requests_served_and_memory_bounded() {
             let Ok(mut stream) = TcpStream::connect(&address).await else {
                 return;
             };
-            let _ = stream.write_all(b"MESHLNK4\r\n\r\n").await;
+            let _ = stream.write_all(b"MESHLNK5\r\n\r\n").await;
             let _ = stream.write_all(&huge_link_frame_head(60 << 20)).await;
             let chunk = vec![b' '; 1 << 20];
             for _ in 0..20 {

@@ -35,10 +35,7 @@ async fn misdirecting_node(seeds: &[String], runs: &Runs, protocol: PeerProtocol
                 ))
             }
         })
-        .config(NodeConfig {
-            peer_protocol: protocol,
-            ..NodeConfig::default()
-        })
+        .config(NodeConfig::default().peer_protocol(protocol))
         .start()
         .await
         .expect("node starts")
@@ -244,19 +241,21 @@ async fn a_refused_body_still_gets_its_answer_read() {
     .await;
 }
 
-/// A peer-link request frame: `u32 len`, kind 1, id, trace, timeout, the lengths, the strings,
-/// the body (the protocol in `src/link.rs`).
+/// A peer-link request frame: `u32 len`, kind 1, id, no trace context, timeout, the lengths, the strings,
+/// the empty extras block, the body (the protocol in `src/link.rs`).
 fn link_request_frame(id: u64, stream: &str, key: &str, service: &str, body: &[u8]) -> Vec<u8> {
     let mut frame = Vec::new();
     frame.push(1u8);
     frame.extend_from_slice(&id.to_be_bytes());
-    frame.extend_from_slice(&0u64.to_be_bytes());
+    // No trace: trace id, parent span and flags all zero.
+    frame.extend_from_slice(&[0u8; 16 + 8 + 1]);
     frame.extend_from_slice(&5000u32.to_be_bytes());
     frame.extend_from_slice(&(stream.len() as u16).to_be_bytes());
     frame.extend_from_slice(&(key.len() as u32).to_be_bytes());
     frame.extend_from_slice(&(service.len() as u16).to_be_bytes());
-    frame.extend_from_slice(&0u16.to_be_bytes());
-    // The extras block: no name, no headers.
+    // No content type, no tracestate.
+    frame.extend_from_slice(&[0u8; 2 + 2]);
+    // The extras block (no name, no headers), after the strings and before the body.
     let extras: &[u8] = &[0, 0, 0, 4, 0, 0, 0, 0];
     for part in [
         stream.as_bytes(),
@@ -296,10 +295,10 @@ async fn a_link_frame_past_the_body_limit_ends_the_link_unrun() {
             let mut stream = tokio::net::TcpStream::connect(node.local_addr())
                 .await
                 .unwrap();
-            stream.write_all(b"MESHLNK4\r\n\r\n").await.unwrap();
+            stream.write_all(b"MESHLNK5\r\n\r\n").await.unwrap();
             let mut ack = [0u8; 8];
             stream.read_exact(&mut ack).await.unwrap();
-            assert_eq!(&ack, b"MESHACK4");
+            assert_eq!(&ack, b"MESHACK5");
             stream
         };
         // Within the limit: it runs, and its answer comes back on the link.
@@ -371,7 +370,7 @@ async fn a_link_frame_that_stalls_ends_the_link() {
         let mut link = tokio::net::TcpStream::connect(node.local_addr())
             .await
             .unwrap();
-        link.write_all(b"MESHLNK4\r\n\r\n").await.unwrap();
+        link.write_all(b"MESHLNK5\r\n\r\n").await.unwrap();
         let mut ack = [0u8; 8];
         link.read_exact(&mut ack).await.unwrap();
         let frame = link_request_frame(1, "echo", "k", "svc", &[b' '; 1000]);
@@ -395,10 +394,7 @@ async fn above_the_connection_limit_new_connections_are_closed_and_old_ones_serv
         use tokio::net::TcpStream;
         let node = meshage::init(gossip(&[]), "127.0.0.1:0")
             .register("echo", crate::common::echo_by)
-            .config(NodeConfig {
-                max_connections: 8,
-                ..NodeConfig::default()
-            })
+            .config(NodeConfig::default().max_connections(8))
             .start()
             .await
             .expect("node starts");
@@ -454,10 +450,7 @@ async fn bodies_still_arriving_share_a_bounded_budget() {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let node = meshage::init(gossip(&[]), "127.0.0.1:0")
             .register("echo", crate::common::echo_by)
-            .config(NodeConfig {
-                max_buffered: 1 << 20,
-                ..NodeConfig::default()
-            })
+            .config(NodeConfig::default().max_buffered(1 << 20))
             .start()
             .await
             .expect("node starts");

@@ -38,8 +38,11 @@ mod common {
 mod api;
 mod binary;
 mod certs;
+mod cli;
 mod client;
+mod clients;
 mod conformance;
+mod deploy;
 mod failure;
 mod flood;
 mod handlers;
@@ -49,10 +52,15 @@ mod mesh;
 mod mtls;
 mod observability;
 mod openapi;
+#[cfg(feature = "otel")]
+mod otel;
+mod packaging;
 mod pki;
+mod probes;
 mod ring_vectors;
 mod sealed;
 mod sends;
 mod status_page;
 mod tokens;
+mod trace_context;
 mod upstream;

@@ -271,10 +271,7 @@ async fn services_registered_after_start_join_the_ring() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_handler_ends_within_the_request_timeout() {
-    let config = NodeConfig {
-        request_timeout: Duration::from_millis(300),
-        ..NodeConfig::default()
-    };
+    let config = NodeConfig::default().request_timeout(Duration::from_millis(300));
     let slow = meshage::init(gossip(&[]), "127.0.0.1:0")
         .register("slow", |_data, _h| async move {
             tokio::time::sleep(Duration::from_secs(30)).await;
@@ -454,14 +451,7 @@ async fn shutdown_does_not_wait_for_a_client_that_never_finishes_its_request() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_client_connections_are_closed_and_busy_ones_kept() {
     let idle_timeout = Duration::from_millis(300);
-    let node = echo_node_with(
-        &[],
-        NodeConfig {
-            idle_timeout,
-            ..NodeConfig::default()
-        },
-    )
-    .await;
+    let node = echo_node_with(&[], NodeConfig::default().idle_timeout(idle_timeout)).await;
     // One connection sends a request and then nothing; one never finishes its request head.
     let mut idle = raw_connection(&node, A_REQUEST).await;
     let mut half = raw_connection(&node, HALF_A_HEAD).await;

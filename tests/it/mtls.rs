@@ -25,7 +25,7 @@ use tokio::sync::watch;
 use crate::api::bounded;
 use crate::common::{gossip, wait_converged, wait_until, Http};
 
-const PREFACE: &[u8] = b"MESHLNK4\r\n\r\n";
+const PREFACE: &[u8] = b"MESHLNK5\r\n\r\n";
 
 /// Runs of the `echo` handler, by node.
 type Runs = Arc<Mutex<HashMap<String, usize>>>;
@@ -101,10 +101,10 @@ async fn a_keyed_cluster_forwards_over_mutual_tls() {
         for protocol in [PeerProtocol::Link, PeerProtocol::Http1, PeerProtocol::Http2] {
             let key = ClusterKey::generate();
             let runs = Runs::default();
-            let config = || NodeConfig {
-                keys: keys(&key),
-                peer_protocol: protocol,
-                ..NodeConfig::default()
+            let config = || {
+                NodeConfig::default()
+                    .keys(keys(&key))
+                    .peer_protocol(protocol)
             };
             let first = node(gossip(&[]), "a", &runs, config()).await;
             let seed = vec![first.seed_address().unwrap()];
@@ -144,10 +144,7 @@ async fn a_keyed_cluster_forwards_over_mutual_tls() {
 
 /// One keyed node serving `echo`, alone.
 async fn keyed_node(runs: &Runs) -> Node {
-    let config = NodeConfig {
-        keys: keys(&ClusterKey::generate()),
-        ..NodeConfig::default()
-    };
+    let config = NodeConfig::default().keys(keys(&ClusterKey::generate()));
     node(gossip(&[]), "keyed", runs, config).await
 }
 
@@ -155,13 +152,15 @@ async fn keyed_node(runs: &Runs) -> Node {
 fn link_request_frame(stream: &str, key: &str, service: &str) -> Vec<u8> {
     let mut frame = vec![1u8];
     frame.extend_from_slice(&1u64.to_be_bytes());
-    frame.extend_from_slice(&0u64.to_be_bytes());
+    // No trace: trace id, parent span and flags all zero.
+    frame.extend_from_slice(&[0u8; 16 + 8 + 1]);
     frame.extend_from_slice(&5000u32.to_be_bytes());
     frame.extend_from_slice(&(stream.len() as u16).to_be_bytes());
     frame.extend_from_slice(&(key.len() as u32).to_be_bytes());
     frame.extend_from_slice(&(service.len() as u16).to_be_bytes());
-    frame.extend_from_slice(&0u16.to_be_bytes());
-    // The extras block (no name, no headers), then the body.
+    // No content type, no tracestate.
+    frame.extend_from_slice(&[0u8; 2 + 2]);
+    // The extras block (no name, no headers), after the strings and before the body.
     let extras: &[u8] = &[0, 0, 0, 4, 0, 0, 0, 0];
     for part in [
         stream.as_bytes(),
@@ -472,16 +471,11 @@ async fn a_keyed_node_does_not_forward_to_an_unkeyed_one() {
         for protocol in [PeerProtocol::Link, PeerProtocol::Http1, PeerProtocol::Http2] {
             let cluster = SharedCluster::new();
             let (keyed_runs, plain_runs) = (Runs::default(), Runs::default());
-            let keyed = NodeConfig {
-                keys: keys(&ClusterKey::generate()),
-                peer_protocol: protocol,
-                ..NodeConfig::default()
-            };
+            let keyed = NodeConfig::default()
+                .keys(keys(&ClusterKey::generate()))
+                .peer_protocol(protocol);
             let keyed = node(cluster.clone(), "keyed", &keyed_runs, keyed).await;
-            let plain = NodeConfig {
-                peer_protocol: protocol,
-                ..NodeConfig::default()
-            };
+            let plain = NodeConfig::default().peer_protocol(protocol);
             let plain = node(cluster.clone(), "plain", &plain_runs, plain).await;
             let nodes = [keyed, plain];
             wait_until(Duration::from_secs(5), "both tables list both", || {
@@ -532,10 +526,7 @@ async fn a_certificate_published_while_its_link_waits_is_taken() {
     bounded(async {
         let cluster = SharedCluster::new();
         let runs = Runs::default();
-        let config = NodeConfig {
-            keys: keys(&ClusterKey::generate()),
-            ..NodeConfig::default()
-        };
+        let config = NodeConfig::default().keys(keys(&ClusterKey::generate()));
         let node = node(cluster.clone(), "keyed", &runs, config).await;
         let service = node.router().local_services()[0].id.to_string();
         let (der, key) = certificate();
@@ -560,7 +551,7 @@ async fn a_certificate_published_while_its_link_waits_is_taken() {
             .await
             .expect("the link is acknowledged")
             .unwrap();
-        assert_eq!(&ack, b"MESHACK4");
+        assert_eq!(&ack, b"MESHACK5");
         wait_until(Duration::from_secs(5), "the request ran", || {
             ran(&runs) == 1
         })

@@ -359,7 +359,11 @@ fn request_lines(node: &NodeProc, trace: &str) -> Vec<Value> {
         .output()
         .lines()
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter(|l| l["span"]["trace"] == trace && l["fields"]["message"] == "request done")
+        // Logs show the W3C trace id: 32 digits, the last 16 of them X-Meshage-Trace's.
+        .filter(|l| {
+            l["span"]["trace"] == format!("{trace:0>32}").as_str()
+                && l["fields"]["message"] == "request done"
+        })
         .collect()
 }
 

@@ -351,10 +351,7 @@ async fn real_answers_fit_the_description() {
         let odd = meshage::init(gossip(&seed), "127.0.0.1:0")
             .register("boom", boom)
             .register("slow", slow)
-            .config(NodeConfig {
-                body_limit: 64,
-                ..NodeConfig::default()
-            })
+            .config(NodeConfig::default().body_limit(64))
             .start()
             .await
             .unwrap();
@@ -372,10 +369,7 @@ async fn real_answers_fit_the_description() {
         // A node that takes no message at all: every send is shed.
         let full = meshage::init(gossip(&[]), "127.0.0.1:0")
             .register("echo", echo_by)
-            .config(NodeConfig {
-                max_in_flight: 0,
-                ..NodeConfig::default()
-            })
+            .config(NodeConfig::default().max_in_flight(0))
             .start()
             .await
             .unwrap();
@@ -523,6 +517,10 @@ async fn real_answers_fit_the_description() {
             case(a, get.clone(), "/api/health", "/api/health", ok),
             case(a, post.clone(), "/api/health", "/api/health", ok),
             case(a, head.clone(), "/api/health", "/api/health", ok),
+            case(a, get.clone(), "/livez", "/livez", ok),
+            case(a, head.clone(), "/livez", "/livez", ok),
+            case(a, get.clone(), "/readyz", "/readyz", ok),
+            case(a, head.clone(), "/readyz", "/readyz", ok),
             case(a, get.clone(), "/api/services", "/api/services", ok),
             case(a, get.clone(), "/api/members", "/api/members", ok),
             case(a, get.clone(), "/api/status", "/api/status", ok),
@@ -551,6 +549,8 @@ async fn real_answers_fit_the_description() {
             ("/metrics", "/metrics"),
             ("/api/openapi.json", "/api/openapi.json"),
             ("/api/health", "/api/health"),
+            ("/livez", "/livez"),
+            ("/readyz", "/readyz"),
             ("/api/services", "/api/services"),
             ("/api/members", "/api/members"),
             ("/api/status", "/api/status"),

@@ -29,7 +29,7 @@ use crate::common::{
     gossip, meshage_command, wait_converged, wait_until, wait_until_async, Http, TestCa,
 };
 
-const PREFACE: &[u8] = b"MESHLNK4\r\n\r\n";
+const PREFACE: &[u8] = b"MESHLNK5\r\n\r\n";
 
 /// A node's certificate files, as `meshage certs node` writes them: valid for `localhost` and
 /// `127.0.0.1`, for server and client use.
@@ -73,11 +73,11 @@ async fn node(
     runs: &Arc<AtomicUsize>,
 ) -> Node {
     let runs = runs.clone();
-    let config = NodeConfig {
-        tls: Some(OperatorTls::from_files(&files.cert, &files.key, &files.ca).unwrap()),
-        peer_protocol: protocol,
-        ..NodeConfig::default()
-    };
+    let config = NodeConfig::default()
+        .tls(Some(
+            OperatorTls::from_files(&files.cert, &files.key, &files.ca).unwrap(),
+        ))
+        .peer_protocol(protocol);
     meshage::init(gossip(seeds), "127.0.0.1:0")
         .register("echo", move |data: Value, header: Header| {
             runs.fetch_add(1, Ordering::SeqCst);

@@ -17,10 +17,7 @@ use crate::common::{echo_node_with, wait_until, wait_until_async, Http};
 const WATCH: Duration = Duration::from_secs(60);
 
 fn keyed(key: &ClusterKey) -> NodeConfig {
-    NodeConfig {
-        keys: Some(Keys::new(Keyring::new(key.clone()))),
-        ..NodeConfig::default()
-    }
+    NodeConfig::default().keys(Some(Keys::new(Keyring::new(key.clone()))))
 }
 
 fn rejected(node: &Node) -> u64 {

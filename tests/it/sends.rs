@@ -27,10 +27,7 @@ use crate::common::{gossip, wait_converged, wait_until_async, Answer, Http};
 const PROTOCOLS: [PeerProtocol; 2] = [PeerProtocol::Link, PeerProtocol::Http1];
 
 fn config(protocol: PeerProtocol) -> NodeConfig {
-    NodeConfig {
-        peer_protocol: protocol,
-        ..NodeConfig::default()
-    }
+    NodeConfig::default().peer_protocol(protocol)
 }
 
 /// A node with no services, through which requests enter and are forwarded.
@@ -333,10 +330,7 @@ async fn metric(node: &Node, series: &str) -> u64 {
 async fn fire_and_forget_answers_202_delivers_later_and_is_bounded() {
     for protocol in PROTOCOLS {
         let entry = meshage::init(gossip(&[]), "127.0.0.1:0")
-            .config(NodeConfig {
-                background_limit: 2,
-                ..config(protocol)
-            })
+            .config(config(protocol).background_limit(2))
             .start()
             .await
             .unwrap();
@@ -392,10 +386,7 @@ async fn fire_and_forget_answers_202_delivers_later_and_is_bounded() {
         .await;
 
         // The library's fire and forget, then a graceful shutdown that waits for it.
-        let options = SendOptions {
-            no_wait: true,
-            ..SendOptions::default()
-        };
+        let options = SendOptions::default().no_wait(true);
         let before = count.load(Ordering::SeqCst);
         let answer = entry
             .router()

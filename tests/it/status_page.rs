@@ -459,10 +459,7 @@ async fn the_status_page_asks_for_a_token_when_the_node_needs_one() {
         let tokens = meshage::ApiTokens::parse(TOKEN).unwrap();
         let node = meshage::init(gossip(&[]), "127.0.0.1:0")
             .register("echo", echo_by)
-            .config(meshage::NodeConfig {
-                api_tokens: Some(meshage::Tokens::new(tokens)),
-                ..meshage::NodeConfig::default()
-            })
+            .config(meshage::NodeConfig::default().api_tokens(Some(meshage::Tokens::new(tokens))))
             .start()
             .await
             .expect("node starts");

@@ -74,11 +74,11 @@ async fn node_with(tokens: Tokens, seeds: &[String], protocol: PeerProtocol) -> 
     meshage::init(gossip(seeds), "127.0.0.1:0")
         .register("echo", echo_by)
         .register("orders", echo_by)
-        .config(NodeConfig {
-            api_tokens: Some(tokens),
-            peer_protocol: protocol,
-            ..NodeConfig::default()
-        })
+        .config(
+            NodeConfig::default()
+                .api_tokens(Some(tokens))
+                .peer_protocol(protocol),
+        )
         .start()
         .await
         .expect("node starts")
@@ -130,7 +130,7 @@ fn method(name: &str) -> Method {
     name.parse().unwrap()
 }
 
-/// Every route but health, the description and the page asks for a token: none or an unknown
+/// Every route but health, the probes, the description and the page asks for a token: none or an unknown
 /// one is a 401 with the challenge, a known one is let through; every refusal fits the API
 /// description.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -193,11 +193,13 @@ async fn every_protected_route_needs_a_token() {
             .unwrap();
         assert_eq!(answer.status, StatusCode::OK, "the scheme in any case");
 
-        // Open to all: health (for load balancers), the description, the page; and a path
-        // that leads nowhere is a 404 either way.
+        // Open to all: health and the probes (for load balancers and orchestrators), the
+        // description, the page; and a path that leads nowhere is a 404 either way.
         for (name, path, status) in [
             ("GET", "/api/health", StatusCode::OK),
             ("POST", "/api/health", StatusCode::OK),
+            ("GET", "/livez", StatusCode::OK),
+            ("GET", "/readyz", StatusCode::OK),
             ("GET", "/api/openapi.json", StatusCode::OK),
             ("GET", "/", StatusCode::OK),
             ("GET", "/index.html", StatusCode::OK),
@@ -226,10 +228,7 @@ async fn handlers_do_not_see_the_api_token() {
                     Ok::<_, meshage::HandlerError>(serde_json::json!(seen))
                 },
             )
-            .config(NodeConfig {
-                api_tokens: Some(Tokens::from_file(file.path()).unwrap()),
-                ..NodeConfig::default()
-            })
+            .config(NodeConfig::default().api_tokens(Some(Tokens::from_file(file.path()).unwrap())))
             .start()
             .await
             .unwrap();
@@ -660,13 +659,13 @@ async fn a_forward_mark_does_not_stand_in_for_a_token() {
     let unkeyed = guarded_node(&file, &[], PeerProtocol::Link).await;
     let keyed = meshage::init(gossip(&[]), "127.0.0.1:0")
         .register("echo", echo_by)
-        .config(NodeConfig {
-            api_tokens: Some(Tokens::from_file(file.path()).unwrap()),
-            keys: Some(meshage::Keys::new(meshage::Keyring::new(
-                meshage::ClusterKey::generate(),
-            ))),
-            ..NodeConfig::default()
-        })
+        .config(
+            NodeConfig::default()
+                .api_tokens(Some(Tokens::from_file(file.path()).unwrap()))
+                .keys(Some(meshage::Keys::new(meshage::Keyring::new(
+                    meshage::ClusterKey::generate(),
+                )))),
+        )
         .start()
         .await
         .expect("node starts");

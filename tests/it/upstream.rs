@@ -164,11 +164,9 @@ fn header(key: &str) -> Header {
 fn upstream(url: &str) -> HttpUpstream {
     HttpUpstream::new(
         url,
-        UpstreamConfig {
-            timeout: Duration::from_millis(500),
-            health: None,
-            ..UpstreamConfig::default()
-        },
+        UpstreamConfig::default()
+            .timeout(Duration::from_millis(500))
+            .health(None),
     )
     .unwrap()
 }
@@ -265,15 +263,12 @@ async fn the_upstream_gets_the_bytes_and_headers_and_its_answer_passes_through()
 fn https(url: &str, ca: Option<&TestCa>) -> HttpUpstream {
     HttpUpstream::new(
         url,
-        UpstreamConfig {
-            timeout: Duration::from_secs(2),
-            health: Some(HealthConfig {
-                timeout: Duration::from_secs(2),
-                ..HealthConfig::default()
-            }),
-            tls: ca.map(|ca| ClientTls::from_ca_pem(ca.pem.as_bytes()).unwrap()),
-            ..UpstreamConfig::default()
-        },
+        UpstreamConfig::default()
+            .timeout(Duration::from_secs(2))
+            .health(Some(
+                HealthConfig::default().timeout(Duration::from_secs(2)),
+            ))
+            .tls(ca.map(|ca| ClientTls::from_ca_pem(ca.pem.as_bytes()).unwrap())),
     )
     .unwrap()
 }
@@ -395,12 +390,10 @@ async fn an_answer_is_read_whole_up_to_the_limit() {
     let limited = |max_response| {
         HttpUpstream::new(
             &format!("{}/big", up.base),
-            UpstreamConfig {
-                timeout: Duration::from_secs(5),
-                health: None,
-                max_response,
-                ..UpstreamConfig::default()
-            },
+            UpstreamConfig::default()
+                .timeout(Duration::from_secs(5))
+                .health(None)
+                .max_response(max_response),
         )
         .unwrap()
     };
@@ -428,14 +421,12 @@ async fn an_answer_is_read_whole_up_to_the_limit() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unhealthy_upstream_is_withdrawn_and_restored_under_its_id() {
     let up = test_upstream().await;
-    let config = UpstreamConfig {
-        health: Some(HealthConfig {
-            interval: Duration::from_millis(100),
-            timeout: Duration::from_millis(500),
-            failures: 2,
-        }),
-        ..UpstreamConfig::default()
-    };
+    let config = UpstreamConfig::default().health(Some(
+        HealthConfig::default()
+            .interval(Duration::from_millis(100))
+            .timeout(Duration::from_millis(500))
+            .failures(2),
+    ));
     let handler = HttpUpstream::new(&format!("{}/echo", up.base), config).unwrap();
     let first = meshage::init(gossip(&[]), "127.0.0.1:0")
         .register_upstream("orders", handler)

@@ -2,8 +2,9 @@
 //! namespace of its own (see `lab.rs`), with a counting handler beside it
 //! (`counter.py`) that counts how many times each request id ran. A bounded load goes to
 //! one node while another is killed, stopped, restarted, cut off, or its network made lossy.
+//! Test (f) seeds nodes from one DNS name that a real DNS server answers (`dns.rs`, dnsmasq).
 //!
-//! Needs root, `ip` (iproute2), `nft` (nftables) and python3: without them the tests say why and
+//! Needs root, `ip` (iproute2), `nft` (nftables), python3 and, for (f), dnsmasq: without them the tests say why and
 //! pass as skipped, except under CI (`CI=true`), where they fail. They take turns (a lock), as
 //! each one loads the machine's two cores. Each prints a summary line, `RELIABILITY | ...`; the
 //! table in RELIABILITY.md comes from
@@ -19,6 +20,7 @@ mod common {
     pub use http_client::*;
     pub use wait::*;
 }
+mod dns;
 mod lab;
 mod load;
 mod signal;
@@ -590,6 +592,63 @@ async fn e_lossy_slow_links_still_answer_within_the_deadline() {
             ms(percentile(&records, 99.0)),
             ms(percentile(&records, 100.0)),
             ms(deadline),
+        );
+    })
+    .await;
+}
+
+/// (f) Nodes whose only seed is one DNS name with an A record per node (dnsmasq) find each
+/// other, each advertising its own address; a node added to the name later joins them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn f_nodes_seeded_by_one_dns_name_find_each_other() {
+    in_lab(async {
+        if !dns::available() {
+            return;
+        }
+        // Namespaces 0-3 for nodes, 4 for the DNS server; dropped in reverse order.
+        let lab = Lab::new(5);
+        let dns = dns::Dns::start(&lab, 4, &[0, 1, 2, 3], &[0, 1, 2]);
+        dns::wait_resolves(&lab, 0, &[0, 1, 2]).await;
+        let mut nodes: Vec<Proc> = (0..3).map(|i| dns::start_node(&lab, i)).collect();
+        let three = dns::wait_members(&lab, &[0, 1, 2], Duration::from_secs(20)).await;
+        dns.list(&lab, &[0, 1, 2, 3]);
+        dns::wait_resolves(&lab, 3, &[0, 1, 2, 3]).await;
+        nodes.push(dns::start_node(&lab, 3));
+        let four = dns::wait_members(&lab, &[0, 1, 2, 3], Duration::from_secs(20)).await;
+        println!(
+            "DNS seeds: 3 nodes seeded by one name all ready and joined {} after the last started; a 4th added to the name later, {} after it started",
+            ms(three),
+            ms(four)
+        );
+    })
+    .await;
+}
+
+/// (g) Two nodes that each found only themselves under the seed name when they started (the
+/// name listed one of them at a time) meet once it lists both: chitchat resolves the name
+/// again every 60 s. Slow, so run by hand:
+/// `cargo test --test netns -- --ignored g_ --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "takes up to 70 s: chitchat resolves seed names again every 60 s"]
+async fn g_nodes_that_started_alone_meet_when_the_name_lists_both() {
+    in_lab(async {
+        if !dns::available() {
+            return;
+        }
+        let lab = Lab::new(3);
+        let dns = dns::Dns::start(&lab, 2, &[0, 1], &[0]);
+        dns::wait_resolves(&lab, 0, &[0]).await;
+        let mut nodes = vec![dns::start_node(&lab, 0)];
+        dns.list(&lab, &[1]);
+        dns::wait_resolves(&lab, 1, &[1]).await;
+        nodes.push(dns::start_node(&lab, 1));
+        dns::wait_members(&lab, &[0], Duration::from_secs(5)).await;
+        dns::wait_members(&lab, &[1], Duration::from_secs(5)).await;
+        dns.list(&lab, &[0, 1]);
+        let met = dns::wait_members(&lab, &[0, 1], Duration::from_secs(70)).await;
+        println!(
+            "DNS seeds: two nodes that started alone under the name met {} after it listed both",
+            ms(met)
         );
     })
     .await;

@@ -31,9 +31,9 @@ pub(crate) struct ClientArgs {
     /// Print compact JSON (the default when the output is not a terminal).
     #[arg(long)]
     json: bool,
-    /// Seconds to wait for the node's answer.
-    #[arg(long, default_value_t = 30.0)]
-    timeout: f64,
+    /// How long to wait for the node's answer (seconds, or `500ms`, `10s`, `2m`).
+    #[arg(long, default_value = "30", value_parser = crate::duration::parse)]
+    timeout: Duration,
     /// The API token to send (`Authorization: Bearer TOKEN`), for nodes that ask for one.
     #[arg(long, env = "MESHAGE_TOKEN", hide_env_values = true)]
     token: Option<String>,
@@ -95,9 +95,7 @@ pub(crate) async fn run_client(command: ClientCommand) -> Result<()> {
         ClientCommand::Services(c) | ClientCommand::Members(c) => c,
         ClientCommand::Locate(l) => &l.client,
     };
-    let timeout = Duration::try_from_secs_f64(args.timeout).map_err(|_| {
-        ClientError::BadInput("--timeout must be a non-negative number of seconds".into())
-    })?;
+    let timeout = args.timeout;
     let mut client = match &args.cacert {
         Some(path) => {
             let ca =

@@ -1,8 +1,10 @@
 //! `meshage node`: flags and environment variables into a node's configuration.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::Args;
 use meshage::{
     Cluster, GossipCluster, HandlerSpec, HealthConfig, HttpUpstream, NodeConfig, Tokens,
@@ -10,14 +12,20 @@ use meshage::{
 };
 use tracing::info;
 
-use crate::{echo, seconds, stop_with_second_signal, wait_for_signal};
+use crate::{echo, stop_with_second_signal, wait_for_signal};
 
 #[derive(Args)]
 pub(crate) struct NodeArgs {
     /// Membership backend: `gossip` (built in), `etcd` or `consul` (with the cargo features of
     /// those names).
-    #[arg(long, env = "CLUSTER_TYPE", default_value = "gossip")]
-    cluster_type: String,
+    #[arg(
+        long,
+        env = "CLUSTER_TYPE",
+        value_enum,
+        ignore_case = true,
+        default_value = "gossip"
+    )]
+    cluster_type: ClusterType,
     /// gossip: host to gossip on (default: all interfaces, advertising the machine's hostname).
     /// etcd: host of the etcd client URL; consul: host of the agent's HTTP API (default
     /// 127.0.0.1 for both).
@@ -41,6 +49,12 @@ pub(crate) struct NodeArgs {
     /// Port to serve HTTP on (a number, `find`, or `N/find`). Env: HTTP_PORT or SERVICE_PORT.
     #[arg(long, env = "HTTP_PORT")]
     http_port: Option<String>,
+    /// Host peers reach this node at, advertised with the bound ports in its HTTP endpoint
+    /// and gossip address (default: the bound host, or the hostname on all interfaces). In
+    /// Kubernetes, the pod's IP (`status.podIP`).
+    #[arg(long, env = "MESHAGE_ADVERTISE_HOST", value_name = "HOST",
+          value_parser = meshage::parse_advertise_host)]
+    advertise_host: Option<String>,
     /// Register the example handler, answering `{"echoed": <data>}`, on STREAM (repeatable).
     #[arg(long, value_name = "STREAM")]
     echo: Vec<String>,
@@ -54,35 +68,43 @@ pub(crate) struct NodeArgs {
     /// system's CA bundle.
     #[arg(long, env = "MESHAGE_HANDLER_CA", value_name = "FILE")]
     handler_ca: Option<std::path::PathBuf>,
-    /// Seconds a handler may take to answer before the caller gets a 502.
-    #[arg(long, env = "MESHAGE_HANDLER_TIMEOUT", default_value_t = 5.0)]
-    handler_timeout: f64,
-    /// Seconds between health checks of each handler (`GET URL`); 0 turns checks off.
-    #[arg(long, env = "MESHAGE_HEALTH_INTERVAL", default_value_t = 1.0)]
-    health_interval: f64,
-    /// Seconds a health check may take.
-    #[arg(long, env = "MESHAGE_HEALTH_TIMEOUT", default_value_t = 1.0)]
-    health_timeout: f64,
+    /// How long a handler may take to answer before the caller gets a 502.
+    #[arg(long, env = "MESHAGE_HANDLER_TIMEOUT", default_value = "5",
+          value_parser = crate::duration::parse)]
+    handler_timeout: Duration,
+    /// Time between health checks of each handler (`GET URL`); 0 turns checks off.
+    #[arg(long, env = "MESHAGE_HEALTH_INTERVAL", default_value = "1",
+          value_parser = crate::duration::parse)]
+    health_interval: Duration,
+    /// How long a health check may take.
+    #[arg(long, env = "MESHAGE_HEALTH_TIMEOUT", default_value = "1",
+          value_parser = crate::duration::parse)]
+    health_timeout: Duration,
     /// Failed health checks in a row that withdraw a handler's service from the cluster.
     #[arg(long, env = "MESHAGE_HEALTH_FAILURES", default_value_t = 2,
           value_parser = clap::value_parser!(u32).range(1..))]
     health_failures: u32,
-    /// Seconds a request may take, forwarding included.
-    #[arg(long, env = "MESHAGE_REQUEST_TIMEOUT", default_value_t = 10.0)]
-    request_timeout: f64,
+    /// How long a request may take, forwarding included.
+    #[arg(long, env = "MESHAGE_REQUEST_TIMEOUT", default_value = "10",
+          value_parser = crate::duration::parse)]
+    request_timeout: Duration,
     /// Largest request body in bytes.
     #[arg(long, env = "MESHAGE_BODY_LIMIT", default_value_t = 1024 * 1024)]
     body_limit: usize,
     /// How forwards travel between nodes: `link` (a multiplexed binary link; peers without it,
     /// such as original nodes, get HTTP/1.1), `http1` (pooled connections) or `http2`.
-    #[arg(long, env = "MESHAGE_PEER_PROTOCOL", default_value = "link")]
+    #[arg(long, env = "MESHAGE_PEER_PROTOCOL", default_value = "link",
+          value_parser = PossibleValuesParser::new(["link", "http1", "http2"])
+              .try_map(|p| p.parse::<meshage::PeerProtocol>()))]
     peer_protocol: meshage::PeerProtocol,
-    /// Seconds a stopping node lets open requests finish.
-    #[arg(long, env = "MESHAGE_DRAIN_TIMEOUT", default_value_t = 10.0)]
-    drain_timeout: f64,
-    /// Seconds a client's HTTP connection may start no request before the node closes it.
-    #[arg(long, env = "MESHAGE_IDLE_TIMEOUT", default_value_t = 30.0)]
-    idle_timeout: f64,
+    /// How long a stopping node lets open requests finish.
+    #[arg(long, env = "MESHAGE_DRAIN_TIMEOUT", default_value = "10",
+          value_parser = crate::duration::parse)]
+    drain_timeout: Duration,
+    /// How long a client's HTTP connection may start no request before the node closes it.
+    #[arg(long, env = "MESHAGE_IDLE_TIMEOUT", default_value = "30",
+          value_parser = crate::duration::parse)]
+    idle_timeout: Duration,
     /// Log lines as `text` or as `json` objects (one a line, with the request span's fields).
     #[arg(long, env = "MESHAGE_LOG_FORMAT", value_enum, default_value = "text")]
     pub(crate) log_format: LogFormat,
@@ -106,10 +128,11 @@ pub(crate) struct NodeArgs {
     #[arg(long, env = "MESHAGE_MAX_BUFFERED", default_value_t = default_max_buffered(),
           value_parser = clap::value_parser!(u64).range(1..))]
     max_buffered: u64,
-    /// Seconds a peer whose connection failed stays off this node's rings, unless gossip
+    /// How long a peer whose connection failed stays off this node's rings, unless gossip
     /// confirms it gone first.
-    #[arg(long, env = "MESHAGE_SUSPECT_TIMEOUT", default_value_t = 5.0)]
-    suspect_timeout: f64,
+    #[arg(long, env = "MESHAGE_SUSPECT_TIMEOUT", default_value = "5",
+          value_parser = crate::duration::parse)]
+    suspect_timeout: Duration,
     /// A file of API tokens clients must send (`Authorization: Bearer TOKEN`): one `TOKEN` or
     /// `TOKEN stream,stream` (limited to those streams) a line; `#` starts a comment. Reread
     /// when it changes.
@@ -122,12 +145,35 @@ pub(crate) struct NodeArgs {
     api_tokens: Option<std::path::PathBuf>,
     #[command(flatten)]
     tls: crate::tls::TlsArgs,
+    /// Worker threads (default: one per core).
+    #[arg(long, env = "MESHAGE_THREADS")]
+    pub(crate) threads: Option<std::num::NonZeroUsize>,
+    #[command(flatten)]
+    pub(crate) file: crate::config::ConfigArgs,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub(crate) enum LogFormat {
     Text,
     Json,
+}
+
+/// The membership backends of `--cluster-type`.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum ClusterType {
+    Gossip,
+    Etcd,
+    Consul,
+}
+
+impl ClusterType {
+    fn name(self) -> &'static str {
+        match self {
+            ClusterType::Gossip => "gossip",
+            ClusterType::Etcd => "etcd",
+            ClusterType::Consul => "consul",
+        }
+    }
 }
 
 /// Settings of the etcd and Consul backends.
@@ -137,9 +183,10 @@ struct BackendArgs {
     /// etcd: keys live under PREFIX/meshage/.
     #[arg(long, env = "MESHAGE_ETCD_PREFIX", default_value = "/meshage")]
     etcd_prefix: String,
-    /// etcd: seconds of the node's lease; a crashed node's services vanish after it.
-    #[arg(long, env = "MESHAGE_LEASE_TTL", default_value_t = 5.0)]
-    lease_ttl: f64,
+    /// etcd: the length of the node's lease; a crashed node's services vanish after it.
+    #[arg(long, env = "MESHAGE_LEASE_TTL", default_value = "5",
+          value_parser = crate::duration::parse)]
+    lease_ttl: Duration,
     /// etcd: CA certificates (PEM) that etcd's certificate is verified against; turns TLS on
     /// (the endpoints become https://).
     #[arg(long, env = "MESHAGE_ETCD_CA", value_name = "FILE")]
@@ -179,13 +226,15 @@ struct BackendArgs {
     /// instead of the system's CA bundle (HTTPS only).
     #[arg(long, env = "CONSUL_CACERT", value_name = "FILE")]
     consul_cacert: Option<PathBuf>,
-    /// consul: seconds between the agent's health checks of each service.
-    #[arg(long, env = "MESHAGE_CHECK_INTERVAL", default_value_t = 5.0)]
-    check_interval: f64,
-    /// consul: seconds a service may stay critical before the agent deregisters it (Consul's
-    /// minimum is 60).
-    #[arg(long, env = "MESHAGE_DEREGISTER_AFTER", default_value_t = 60.0)]
-    deregister_after: f64,
+    /// consul: time between the agent's health checks of each service.
+    #[arg(long, env = "MESHAGE_CHECK_INTERVAL", default_value = "5",
+          value_parser = crate::duration::parse)]
+    check_interval: Duration,
+    /// consul: how long a service may stay critical before the agent deregisters it (Consul's
+    /// minimum is 1m).
+    #[arg(long, env = "MESHAGE_DEREGISTER_AFTER", default_value = "60",
+          value_parser = crate::duration::parse)]
+    deregister_after: Duration,
 }
 
 /// `host:port` of an engine: CLUSTER_HOST (default 127.0.0.1) and CLUSTER_PORT.
@@ -199,19 +248,19 @@ fn engine_address(host: Option<&str>, port: Option<&str>, default_port: u16) -> 
 
 /// The membership backend CLUSTER_TYPE names.
 fn cluster_backend(
-    kind: &str,
+    kind: ClusterType,
     host: Option<&str>,
     port: Option<&str>,
     seeds: Vec<String>,
     flags: &BackendArgs,
 ) -> Result<Box<dyn Cluster>> {
     match kind {
-        "gossip" => Ok(Box::new(
+        ClusterType::Gossip => Ok(Box::new(
             GossipCluster::new(address(host, port.unwrap_or("9742")), seeds)
                 .context("bad cluster address")?,
         )),
-        "etcd" => etcd_backend(engine_address(host, port, 2379), seeds, flags),
-        "consul" => {
+        ClusterType::Etcd => etcd_backend(engine_address(host, port, 2379), seeds, flags),
+        ClusterType::Consul => {
             // The Consul CLI's CONSUL_HTTP_ADDR, unless meshage's own variables say otherwise.
             let address = match (&flags.consul_http_addr, host, port) {
                 (Some(addr), None, None) if !addr.trim().is_empty() => addr.trim().to_owned(),
@@ -219,7 +268,6 @@ fn cluster_backend(
             };
             consul_backend(address, seeds, flags)
         }
-        other => bail!("unknown CLUSTER_TYPE `{other}`: use gossip, etcd or consul"),
     }
 }
 
@@ -243,21 +291,16 @@ fn etcd_backend(
         .filter(|p| !p.is_empty())
         .map(meshage::Secret::from);
     let credentials = match (flags.etcd_user.as_ref().filter(|u| !u.is_empty()), password) {
-        (Some(user), Some(password)) => Some(meshage::EtcdCredentials {
-            user: user.clone(),
-            password,
-        }),
+        (Some(user), Some(password)) => Some(meshage::EtcdCredentials::new(user.clone(), password)),
         (Some(_), None) => bail!("--etcd-user needs its password in MESHAGE_ETCD_PASSWORD"),
         (None, Some(_)) => bail!("MESHAGE_ETCD_PASSWORD is set, but no --etcd-user"),
         (None, None) => None,
     };
-    let config = meshage::EtcdConfig {
-        prefix: flags.etcd_prefix.clone(),
-        lease_ttl: seconds("lease-ttl", flags.lease_ttl)?,
-        tls,
-        credentials,
-        ..meshage::EtcdConfig::default()
-    };
+    let config = meshage::EtcdConfig::default()
+        .prefix(flags.etcd_prefix.clone())
+        .lease_ttl(flags.lease_ttl)
+        .tls(tls)
+        .credentials(credentials);
     let endpoints = std::iter::once(address).chain(seeds);
     Ok(Box::new(
         meshage::EtcdCluster::new(endpoints)
@@ -298,17 +341,17 @@ fn consul_backend(
         Some(path) => Some(meshage::ClientTls::from_ca_file(path).context("CONSUL_CACERT")?),
         None => None,
     };
-    let config = meshage::ConsulConfig {
-        token: flags
-            .consul_token
-            .clone()
-            .filter(|t| !t.is_empty())
-            .map(meshage::Secret::from),
-        tls,
-        check_interval: seconds("check-interval", flags.check_interval)?,
-        deregister_critical_after: seconds("deregister-after", flags.deregister_after)?,
-        ..meshage::ConsulConfig::default()
-    };
+    let config = meshage::ConsulConfig::default()
+        .token(
+            flags
+                .consul_token
+                .clone()
+                .filter(|t| !t.is_empty())
+                .map(meshage::Secret::from),
+        )
+        .tls(tls)
+        .check_interval(flags.check_interval)
+        .deregister_critical_after(flags.deregister_after);
     Ok(Box::new(
         meshage::ConsulCluster::new(address, seeds)
             .context("bad Consul agent address")?
@@ -340,7 +383,7 @@ pub(crate) async fn run_node(args: NodeArgs) -> Result<()> {
         .or_else(|| std::env::var("SERVICE_PORT").ok())
         .unwrap_or_else(|| "8080".to_owned());
     let cluster = cluster_backend(
-        &args.cluster_type,
+        args.cluster_type,
         args.cluster_host.as_deref(),
         args.cluster_port.as_deref(),
         seeds,
@@ -353,22 +396,21 @@ pub(crate) async fn run_node(args: NodeArgs) -> Result<()> {
             tokens.reload().map_err(|e| e.to_string())
         });
     }
-    let config = NodeConfig {
-        request_timeout: seconds("request-timeout", args.request_timeout)?,
-        body_limit: args.body_limit,
-        drain_timeout: seconds("drain-timeout", args.drain_timeout)?,
-        idle_timeout: seconds("idle-timeout", args.idle_timeout)?,
-        peer_protocol: args.peer_protocol,
-        max_in_flight: usize::try_from(args.max_in_flight).unwrap_or(usize::MAX),
-        background_limit: usize::try_from(args.background_limit).unwrap_or(usize::MAX),
-        max_connections: usize::try_from(args.max_connections).unwrap_or(usize::MAX),
-        max_buffered: usize::try_from(args.max_buffered).unwrap_or(usize::MAX),
-        suspect_timeout: seconds("suspect-timeout", args.suspect_timeout)?,
-        keys,
-        api_tokens,
-        tls: args.tls.load()?,
-        ..NodeConfig::default()
-    };
+    let config = NodeConfig::default()
+        .request_timeout(args.request_timeout)
+        .body_limit(args.body_limit)
+        .drain_timeout(args.drain_timeout)
+        .idle_timeout(args.idle_timeout)
+        .peer_protocol(args.peer_protocol)
+        .max_in_flight(usize::try_from(args.max_in_flight).unwrap_or(usize::MAX))
+        .background_limit(usize::try_from(args.background_limit).unwrap_or(usize::MAX))
+        .max_connections(usize::try_from(args.max_connections).unwrap_or(usize::MAX))
+        .max_buffered(usize::try_from(args.max_buffered).unwrap_or(usize::MAX))
+        .suspect_timeout(args.suspect_timeout)
+        .keys(keys)
+        .api_tokens(api_tokens)
+        .tls(args.tls.load()?)
+        .advertise_host(args.advertise_host);
     let mut builder =
         meshage::init(cluster, address(args.http_host.as_deref(), &http_port)).config(config);
     for stream in args.echo {
@@ -389,7 +431,7 @@ pub(crate) async fn run_node(args: NodeArgs) -> Result<()> {
     }
     let node = builder.start().await?;
     let membership = node.seed_address().map_or_else(
-        || format!("{} membership", args.cluster_type),
+        || format!("{} membership", args.cluster_type.name()),
         |seed| format!("gossip on {seed}"),
     );
     println!(
@@ -404,32 +446,30 @@ pub(crate) async fn run_node(args: NodeArgs) -> Result<()> {
 }
 
 fn upstream_config(
-    timeout: f64,
-    health_interval: f64,
-    health_timeout: f64,
+    timeout: Duration,
+    interval: Duration,
+    health_timeout: Duration,
     health_failures: u32,
     ca: Option<&std::path::Path>,
 ) -> Result<UpstreamConfig> {
-    let interval = seconds("health-interval", health_interval)?;
     let health = if interval.is_zero() {
         None
     } else {
-        Some(HealthConfig {
-            interval,
-            timeout: seconds("health-timeout", health_timeout)?,
-            failures: health_failures,
-        })
+        Some(
+            HealthConfig::default()
+                .interval(interval)
+                .timeout(health_timeout)
+                .failures(health_failures),
+        )
     };
     let tls = ca
         .map(meshage::ClientTls::from_ca_file)
         .transpose()
         .context("--handler-ca")?;
-    Ok(UpstreamConfig {
-        timeout: seconds("handler-timeout", timeout)?,
-        health,
-        tls,
-        ..UpstreamConfig::default()
-    })
+    Ok(UpstreamConfig::default()
+        .timeout(timeout)
+        .health(health)
+        .tls(tls))
 }
 
 /// The handlers of `--handler` and of the handlers file, as upstreams.

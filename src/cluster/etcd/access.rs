@@ -76,10 +76,21 @@ impl fmt::Debug for EtcdTls {
 /// An etcd user (with `auth enable`): the node authenticates as it, and etcd-client takes a new
 /// token when the old one expires (an etcd restart forgets its tokens).
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct EtcdCredentials {
     pub user: String,
     /// Shown as `***` by `Debug`; sent only to etcd's `Authenticate`.
     pub password: Secret,
+}
+
+impl EtcdCredentials {
+    /// The etcd user `user` with its password.
+    pub fn new(user: impl Into<String>, password: impl Into<Secret>) -> Self {
+        EtcdCredentials {
+            user: user.into(),
+            password: password.into(),
+        }
+    }
 }
 
 /// The connection options for a config's TLS and credentials.

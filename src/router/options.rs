@@ -1,0 +1,57 @@
+//! The options of routing: the router's timeouts and limits, and those of one send.
+
+use std::time::Duration;
+
+/// Timeouts and limits of routing.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct RouterConfig {
+    /// Bounds a whole request: handling, or forwarding and the answer, retries included.
+    pub request_timeout: Duration,
+    /// How long a node whose connection failed stays off this node's rings, unless gossip
+    /// confirms it gone first. Longer than the failure detector takes, so that a dead node
+    /// does not come back before gossip drops it.
+    pub suspect_timeout: Duration,
+    /// The most messages sent without waiting (`?wait=false`) being delivered at once; above
+    /// it, such sends are refused (503).
+    pub background_limit: usize,
+}
+
+setters!(RouterConfig {
+    request_timeout: Duration,
+    suspect_timeout: Duration,
+    background_limit: usize,
+});
+
+impl Default for RouterConfig {
+    fn default() -> Self {
+        RouterConfig {
+            request_timeout: Duration::from_secs(10),
+            suspect_timeout: Duration::from_secs(5),
+            background_limit: 1024,
+        }
+    }
+}
+
+/// Options of one [`Router::send_with`](super::Router::send_with) or
+/// [`Router::broadcast_with`](super::Router::broadcast_with).
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct SendOptions {
+    /// Bounds the whole request, retries included; never longer than the node's request
+    /// timeout, which is also the default.
+    pub timeout: Option<Duration>,
+    /// The handler may safely run twice: a forward that failed after the request may have
+    /// reached the owner is sent to the next owner instead of failing with a 502.
+    pub idempotent: bool,
+    /// Fire and forget: [`Router::send_with`](super::Router::send_with) answers at once with
+    /// `{"trace": ID}` and the message is delivered in the background (see the README's "Fire
+    /// and forget"). Ignored by broadcasts.
+    pub no_wait: bool,
+}
+
+setters!(SendOptions {
+    timeout: Option<Duration>,
+    idempotent: bool,
+    no_wait: bool,
+});
