@@ -52,7 +52,8 @@
 //!   `/metrics`, health, members, locate, the API's OpenAPI description: read-only); `answer` (errors to JSON answers);
 //!   `upstream` (handlers in any language over HTTP, with health checks); `client` (the
 //!   `meshage` command's client of a node's API).
-//! - `router`: owner choice, the local registry, placement and suspects, retries, broadcast.
+//! - `router`: owner choice, the local registry and its service ids (random, or stable from the
+//!   node's name), placement and suspects, retries, broadcast.
 //! - `outbound` (the forwarder), over `link` (the peer protocol: frames, client, server).
 //! - `observe` (metrics, trace ids, request scopes), `wire` (header names, deadlines, body
 //!   reading), `shutdown` (stop signals), `delivery` (what a failed forward says).

@@ -64,6 +64,17 @@ pub struct NodeConfig {
     /// any cluster key's pinning; gossip stays sealed by the key). The files are reread every
     /// second while the node runs, so certificates rotate without a restart.
     pub tls: Option<OperatorTls>,
+    /// The node's stable name (a StatefulSet pod's name, say). With it, every service id is
+    /// derived from the name, the stream and the registration's index among the stream's
+    /// registrations on this node (handlers first, then health-checked upstreams, in the order
+    /// registered), so a node restarted under the same name owns the same keys. A node whose
+    /// ids another live node advertises is refused ([`StartError::NameTaken`]). `None`: random
+    /// ids (UUID v4), as the original's.
+    pub node_name: Option<String>,
+    /// How long a named node waits, before it advertises, to hear from the cluster (at most 2
+    /// seconds) and for another live node that advertises its ids at another address (an
+    /// earlier run of it that crashed) to be declared dead, before it gives up.
+    pub name_wait: Duration,
 }
 
 impl Default for NodeConfig {
@@ -82,6 +93,8 @@ impl Default for NodeConfig {
             keys: None,
             api_tokens: None,
             tls: None,
+            node_name: None,
+            name_wait: Duration::from_secs(10),
         }
     }
 }
@@ -100,6 +113,17 @@ pub enum StartError {
     },
     #[error(transparent)]
     Cluster(#[from] ClusterError),
+    /// Another live node advertises the service ids this node's name gives: it runs under the
+    /// same name.
+    #[error(
+        "the node name {name} is taken: the live node {node} at {endpoint} advertises its \
+         service ids; stop that node or choose another name"
+    )]
+    NameTaken {
+        name: String,
+        node: String,
+        endpoint: String,
+    },
 }
 
 /// How often a node rereads its API tokens file and its TLS files.
@@ -222,17 +246,47 @@ impl NodeBuilder {
                 request_timeout: config.request_timeout,
                 suspect_timeout: config.suspect_timeout,
             },
+            config.node_name.as_deref().map(Arc::from),
         );
-        router.add_local(
-            self.services
-                .into_iter()
-                .map(|(stream, handler)| {
-                    let id: Arc<str> = Arc::from(uuid::Uuid::new_v4().to_string());
-                    let stream: Arc<str> = Arc::from(stream);
-                    (id, LocalService { stream, handler })
-                })
-                .collect(),
-        );
+        let services: Vec<(Arc<str>, LocalService)> = self
+            .services
+            .into_iter()
+            .map(|(stream, handler)| {
+                let stream: Arc<str> = Arc::from(stream);
+                let id = Arc::from(router.new_service_id(&stream));
+                (id, LocalService { stream, handler })
+            })
+            .collect();
+        let upstreams: Vec<(Arc<str>, Arc<str>, HttpUpstream)> = self
+            .upstreams
+            .into_iter()
+            .map(|(stream, upstream)| {
+                let stream: Arc<str> = Arc::from(stream);
+                (Arc::from(router.new_service_id(&stream)), stream, upstream)
+            })
+            .collect();
+        if let Some(name) = &config.node_name {
+            let ids: Vec<String> = services
+                .iter()
+                .map(|(id, _)| id.to_string())
+                .chain(upstreams.iter().map(|(id, _, _)| id.to_string()))
+                .collect();
+            let claimed = claim_name(
+                &*membership,
+                name,
+                &node_id,
+                &endpoint,
+                &ids,
+                config.name_wait,
+            );
+            if let Err(taken) = claimed.await {
+                if let Err(e) = membership.shutdown().await {
+                    debug!(error = %e, "membership did not stop cleanly");
+                }
+                return Err(taken);
+            }
+        }
+        router.add_local(services);
         router.advertise_local().await?;
 
         let events = Arc::new(EventLog::default());
@@ -257,20 +311,12 @@ impl NodeBuilder {
             tls,
         );
         let shutdown = Shutdown::default();
-        let monitors = self
-            .upstreams
+        let monitors = upstreams
             .into_iter()
-            .map(|(stream, upstream)| {
-                let id: Arc<str> = Arc::from(uuid::Uuid::new_v4().to_string());
+            .map(|(id, stream, upstream)| {
                 let handler: SharedHandler = Arc::new(upstream.clone());
                 let health = upstream.config().health.clone().unwrap_or_default();
-                router.add_withdrawn(vec![(
-                    id.clone(),
-                    LocalService {
-                        stream: Arc::from(stream),
-                        handler,
-                    },
-                )]);
+                router.add_withdrawn(vec![(id.clone(), LocalService { stream, handler })]);
                 tokio::spawn(upstream::monitor(
                     router.clone(),
                     id,
@@ -345,6 +391,57 @@ fn exposed(http: std::net::SocketAddr, gossip: Option<&str>) -> Option<String> {
     match ip {
         Some(ip) if ip.is_loopback() => None,
         _ => Some(gossip.to_owned()),
+    }
+}
+
+/// How long, at most, a named node waits to hear from the cluster before it checks its name.
+const NAME_LEARN: Duration = Duration::from_secs(2);
+
+/// Checks that no other live node advertises `ids` (the ids of this node's name). Waits to hear
+/// from some other member first (up to [`NAME_LEARN`] and `wait`), then, while another live node
+/// at another address advertises one of them, for that node to leave or be declared dead, up to
+/// `wait` in all. A node at this node's own endpoint is an earlier run of it, not a rival.
+async fn claim_name(
+    membership: &dyn Membership,
+    name: &str,
+    node_id: &str,
+    endpoint: &str,
+    ids: &[String],
+    wait: Duration,
+) -> Result<(), StartError> {
+    let started = tokio::time::Instant::now();
+    let (learn, deadline) = (started + wait.min(NAME_LEARN), started + wait);
+    let mut view = membership.view();
+    loop {
+        let heard = view
+            .borrow_and_update()
+            .members
+            .iter()
+            .any(|m| m.id != node_id);
+        let changed = tokio::time::timeout_at(learn, view.changed()).await;
+        if heard || !matches!(changed, Ok(Ok(()))) {
+            break;
+        }
+    }
+    let mut waited = false;
+    loop {
+        let holder = crate::router::name_holder(&view.borrow_and_update(), node_id, endpoint, ids);
+        let Some(holder) = holder else {
+            return Ok(());
+        };
+        if !waited {
+            waited = true;
+            info!(name, node = %holder.node, endpoint = %holder.endpoint,
+                "another live node advertises this name's service ids; waiting for it to go");
+        }
+        let changed = tokio::time::timeout_at(deadline, view.changed()).await;
+        if !matches!(changed, Ok(Ok(()))) {
+            return Err(StartError::NameTaken {
+                name: name.to_owned(),
+                node: holder.node,
+                endpoint: holder.endpoint,
+            });
+        }
     }
 }
 

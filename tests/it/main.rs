@@ -48,6 +48,7 @@ mod hostile;
 mod layout;
 mod mesh;
 mod mtls;
+mod names;
 mod observability;
 mod openapi;
 mod pki;

@@ -115,6 +115,10 @@ pub(crate) struct NodeArgs {
         hide_env_values = true
     )]
     api_tokens: Option<std::path::PathBuf>,
+    /// A stable name for this node (a StatefulSet pod's name, say): service ids derive from it,
+    /// so the node owns the same keys after a restart. Refused while another live node has it.
+    #[arg(long, env = "MESHAGE_NODE_NAME", value_name = "NAME")]
+    node_name: Option<String>,
     #[command(flatten)]
     tls: crate::tls::TlsArgs,
 }
@@ -361,6 +365,7 @@ pub(crate) async fn run_node(args: NodeArgs) -> Result<()> {
         keys,
         api_tokens,
         tls: args.tls.load()?,
+        node_name: args.node_name.filter(|name| !name.is_empty()),
         ..NodeConfig::default()
     };
     let mut builder =
