@@ -86,6 +86,7 @@ mod message;
 mod node;
 mod observe;
 mod outbound;
+mod ownership;
 mod path;
 mod ring;
 mod router;
@@ -113,8 +114,10 @@ pub use message::{
     Reply, SharedHandler,
 };
 pub use node::{init, Node, NodeBuilder, NodeConfig, StartError};
+pub use observe::MeshEvents;
 pub use outbound::PeerProtocol;
-pub use ring::HashRing;
+pub use ownership::{MembershipChange, MeshEvent, OwnershipChange};
+pub use ring::{HashRange, HashRing};
 pub use router::{RouteError, Routed, Router, RouterConfig, SendOptions};
 pub use security::{
     ApiTokens, ClientTls, ClusterKey, Fingerprint, KeyError, Keyring, Keys, OperatorTls, Secret,

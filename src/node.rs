@@ -15,11 +15,18 @@ use crate::admin::Admin;
 use crate::cluster::{Cluster, ClusterError, EventLog, LocalNode, Membership};
 use crate::inbound::{self, Inbound, Limits};
 use crate::message::{handler_fn, HandlerError, Header, SharedHandler};
+use crate::observe::{Feed, MeshEvents};
 use crate::outbound::{Forwarder, PeerProtocol};
 use crate::router::{LocalService, Router, RouterConfig};
 use crate::security::{Identity, Keys, OperatorTls, PeerTls, Tokens};
 use crate::shutdown::Shutdown;
 use crate::upstream::{self, HttpUpstream};
+
+mod follow;
+mod naming;
+
+use follow::{follow_membership, follow_tables};
+use naming::claim_name;
 
 /// Settings of a node beyond its cluster and address.
 #[derive(Debug, Clone)]
@@ -75,6 +82,11 @@ pub struct NodeConfig {
     /// seconds) and for another live node that advertises its ids at another address (an
     /// earlier run of it that crashed) to be declared dead, before it gives up.
     pub name_wait: Duration,
+    /// Events ([`Node::events`], `GET /api/events`) kept for subscribers that have not read
+    /// them yet; one that falls further behind loses the oldest and is told so.
+    pub event_buffer: usize,
+    /// `GET /api/events` streams open at once; above it, new ones get a 503.
+    pub max_event_streams: usize,
 }
 
 impl Default for NodeConfig {
@@ -95,6 +107,8 @@ impl Default for NodeConfig {
             tls: None,
             node_name: None,
             name_wait: Duration::from_secs(10),
+            event_buffer: 1024,
+            max_event_streams: 64,
         }
     }
 }
@@ -290,16 +304,21 @@ impl NodeBuilder {
         router.advertise_local().await?;
 
         let events = Arc::new(EventLog::default());
+        let feed = Arc::new(Feed::new(node_id.clone(), config.event_buffer));
+        let feed_task = tokio::spawn(follow_tables(router.tables(), feed.clone()));
         let table_task = tokio::spawn(follow_membership(
             membership.clone(),
             router.clone(),
             events.clone(),
+            feed.clone(),
         ));
         let admin = Admin::new(
             router.clone(),
             membership.view(),
             events,
             config.keys.clone(),
+            feed.clone(),
+            config.max_event_streams,
         );
         let inbound = Inbound::new(
             router.clone(),
@@ -373,6 +392,8 @@ impl NodeBuilder {
             shutdown,
             server,
             table_task,
+            feed,
+            feed_task,
             monitors,
             token_watch,
             tls_watch,
@@ -394,72 +415,6 @@ fn exposed(http: std::net::SocketAddr, gossip: Option<&str>) -> Option<String> {
     }
 }
 
-/// How long, at most, a named node waits to hear from the cluster before it checks its name.
-const NAME_LEARN: Duration = Duration::from_secs(2);
-
-/// Checks that no other live node advertises `ids` (the ids of this node's name). Waits to hear
-/// from some other member first (up to [`NAME_LEARN`] and `wait`), then, while another live node
-/// at another address advertises one of them, for that node to leave or be declared dead, up to
-/// `wait` in all. A node at this node's own endpoint is an earlier run of it, not a rival.
-async fn claim_name(
-    membership: &dyn Membership,
-    name: &str,
-    node_id: &str,
-    endpoint: &str,
-    ids: &[String],
-    wait: Duration,
-) -> Result<(), StartError> {
-    let started = tokio::time::Instant::now();
-    let (learn, deadline) = (started + wait.min(NAME_LEARN), started + wait);
-    let mut view = membership.view();
-    loop {
-        let heard = view
-            .borrow_and_update()
-            .members
-            .iter()
-            .any(|m| m.id != node_id);
-        let changed = tokio::time::timeout_at(learn, view.changed()).await;
-        if heard || !matches!(changed, Ok(Ok(()))) {
-            break;
-        }
-    }
-    let mut waited = false;
-    loop {
-        let holder = crate::router::name_holder(&view.borrow_and_update(), node_id, endpoint, ids);
-        let Some(holder) = holder else {
-            return Ok(());
-        };
-        if !waited {
-            waited = true;
-            info!(name, node = %holder.node, endpoint = %holder.endpoint,
-                "another live node advertises this name's service ids; waiting for it to go");
-        }
-        let changed = tokio::time::timeout_at(deadline, view.changed()).await;
-        if !matches!(changed, Ok(Ok(()))) {
-            return Err(StartError::NameTaken {
-                name: name.to_owned(),
-                node: holder.node,
-                endpoint: holder.endpoint,
-            });
-        }
-    }
-}
-
-/// Rebuilds the service table on every membership change, and logs what changed. Ends when
-/// the backend's view closes.
-async fn follow_membership(membership: Arc<dyn Membership>, router: Router, events: Arc<EventLog>) {
-    let mut view = membership.view();
-    loop {
-        let current = view.borrow_and_update().clone();
-        events.observe(&current);
-        router.apply_view(current);
-        if view.changed().await.is_err() {
-            debug!("membership view closed; table follower ends");
-            return;
-        }
-    }
-}
-
 /// A running node. Dropping it stops its tasks abruptly; call [`Node::shutdown`] to leave the
 /// cluster gracefully.
 pub struct Node {
@@ -472,6 +427,10 @@ pub struct Node {
     shutdown: Shutdown,
     server: JoinHandle<()>,
     table_task: JoinHandle<()>,
+    /// Membership and ownership events for subscribers.
+    feed: Arc<Feed>,
+    /// Turns each new table into ownership events.
+    feed_task: JoinHandle<()>,
     /// Health checks of upstream handlers; they end when the node stops.
     monitors: Vec<JoinHandle<()>>,
     /// Rereads the API tokens file, if the tokens come from one.
@@ -494,6 +453,15 @@ impl Node {
     /// The socket address the HTTP API is bound to.
     pub fn local_addr(&self) -> std::net::SocketAddr {
         self.local_addr
+    }
+
+    /// A subscription to this node's events: first what each local service owns now
+    /// ([`crate::MeshEvent::Ownership`] with only `gained`), then every change of membership and every
+    /// change of what a local service owns, as it happens. Bounded by
+    /// [`NodeConfig::event_buffer`]: a subscriber that falls behind gets [`crate::MeshEvent::Lost`]
+    /// instead of what it missed, and never slows the node. Ends when the node stops.
+    pub fn events(&self) -> MeshEvents {
+        self.feed.subscribe()
     }
 
     /// Bytes this node has sent and received for membership (gossip counts them).
@@ -520,12 +488,18 @@ impl Node {
         if let Err(e) = self.membership.leave().await {
             warn!(error = %e, "could not announce leaving");
         }
+        // Event streams end (after what they have not sent yet, down to the local services
+        // losing everything as the node leaves), so that they do not hold their connections
+        // open through the drain.
+        self.feed.publish_table(self.router.table());
+        self.feed.close();
         self.shutdown.stop();
         if let Err(e) = (&mut self.server).await {
             warn!(error = %e, "HTTP server task failed");
         }
         let result = self.membership.shutdown().await;
         self.table_task.abort();
+        self.feed_task.abort();
         info!(node = %self.router.node_id(), "node stopped");
         result
     }
@@ -543,6 +517,8 @@ impl Drop for Node {
         self.shutdown.kill();
         self.server.abort();
         self.table_task.abort();
+        self.feed_task.abort();
+        self.feed.close();
         for monitor in &self.monitors {
             monitor.abort();
         }

@@ -1,4 +1,5 @@
-//! Observing the node: its Prometheus metrics (`metrics`), and each request's trace id (`trace`),
+//! Observing the node: its event feed of membership and ownership changes (`feed`), its
+//! Prometheus metrics (`metrics`), and each request's trace id (`trace`),
 //! span and count by route and outcome (`scope`).
 //!
 //! A request that enters a node (over HTTP, over a peer link, or through the library's router)
@@ -17,10 +18,13 @@
 //! Imports nothing above the pure core (the ring, the table, the cluster's types): every room
 //! above may report here.
 
+mod feed;
 mod metrics;
 mod scope;
 mod trace;
 
+pub(crate) use feed::Feed;
+pub use feed::MeshEvents;
 pub(crate) use metrics::{ClusterGauges, Histogram, Metrics, Outcome, Route, StreamMetrics};
 pub(crate) use scope::{current_trace, forwarded, handled, rerouted, RequestScope};
 pub(crate) use trace::TraceId;

@@ -189,6 +189,9 @@ struct Inner {
     /// rebuilt and by broadcasts, never by a send that goes well.
     suspects: ArcSwap<FastMap<Arc<str>, Suspect>>,
     version: AtomicU64,
+    /// Every table swapped in, for those that follow them off the request path (the event
+    /// feed).
+    published: tokio::sync::watch::Sender<Arc<ServiceTable>>,
     /// The node's name (`--node-name`): service ids derive from it. `None`: random ids.
     name: Option<Arc<str>>,
     /// Registrations so far on each stream, whose count numbers the next named id.
@@ -221,11 +224,18 @@ impl Router {
                 view: ArcSwap::from_pointee(ClusterView::default()),
                 suspects: ArcSwap::from_pointee(FastMap::default()),
                 version: AtomicU64::new(0),
+                published: tokio::sync::watch::Sender::new(Arc::default()),
                 name,
                 registrations: Default::default(),
                 metrics: Metrics::default(),
             }),
         }
+    }
+
+    /// The tables this router swaps in, the latest first: a follower may skip some, never the
+    /// last.
+    pub(crate) fn tables(&self) -> tokio::sync::watch::Receiver<Arc<ServiceTable>> {
+        self.inner.published.subscribe()
     }
 
     pub(crate) fn metrics(&self) -> &Metrics {

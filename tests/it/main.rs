@@ -41,6 +41,7 @@ mod certs;
 mod client;
 mod clients;
 mod conformance;
+mod events;
 mod failure;
 mod flood;
 mod handlers;
