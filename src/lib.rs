@@ -49,21 +49,24 @@
 //!
 //! - edges: `node` (start, the handle, graceful shutdown) and the binary (`src/bin/meshage/`); `inbound`
 //!   (accept, sniff, connections, admission, routes, the link's entry); `admin` (status page,
-//!   `/metrics`, health, members, locate, the API's OpenAPI description: read-only); `answer` (errors to JSON answers);
+//!   `/metrics`, health, members, locate, the event stream, the API's OpenAPI description:
+//!   read-only); `answer` (errors to JSON answers);
 //!   `upstream` (handlers in any language over HTTP, with health checks); `client` (the
 //!   `meshage` command's client of a node's API).
 //! - `router`: owner choice, the local registry and its service ids (random, or stable from the
 //!   node's name), placement and suspects, retries, broadcast.
 //! - `outbound` (the forwarder), over `link` (the peer protocol: frames, client, server).
-//! - `observe` (metrics, trace ids, request scopes), `wire` (header names, deadlines, body
-//!   reading), `shutdown` (stop signals), `delivery` (what a failed forward says).
+//! - `observe` (the event feed, metrics, trace ids, request scopes), `wire` (header names,
+//!   deadlines, body reading), `shutdown` (stop signals), `delivery` (what a failed forward
+//!   says).
 //! - `cluster`: the membership traits, the event log, and the gossip, etcd and Consul backends.
 //! - `security`: the cluster key and its keyring, sealed datagrams, mutual TLS between nodes
 //!   (each node's certificate, the pinning verifiers and rustls configurations), the client API
 //!   tokens (parsed, compared in constant time, reloaded live), and the TLS and secrets of the
 //!   engines and handlers a node reaches.
 //! - the pure core: `table` (an immutable snapshot of routable services with one ring per
-//!   stream), `ring` (identical to npm `hashring` 3.2.0), `address`, `path`, `message`.
+//!   stream), `ownership` (what a table change moved for each local service), `ring`
+//!   (identical to npm `hashring` 3.2.0), `address`, `path`, `message`.
 //!
 //! Beside the rooms, `fuzzing` (feature `fuzzing`, hidden) hands the decoders of everything
 //! that arrives from outside to the fuzz targets in `fuzz/` and to `tests/fuzz_corpus.rs`.
