@@ -449,3 +449,49 @@ async fn a_slow_subscriber_is_told_what_it_lost_while_requests_go_on() {
     drop(body);
     Arc::into_inner(a).unwrap().shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_stream_is_not_closed_as_an_idle_connection() {
+    let idle_timeout = Duration::from_millis(200);
+    let config = NodeConfig {
+        idle_timeout,
+        ..NodeConfig::default()
+    };
+    let a = node_with(&[], 1, config).await;
+    let mut stream = tokio::task::block_in_place(|| open_stream(&a, ""));
+    tokio::task::block_in_place(|| {
+        read_until(&mut stream, Duration::from_secs(5), |t| {
+            t.contains("event: ownership")
+        })
+    });
+    // Several idle periods with nothing to send (a plain connection would be closed after two),
+    // then an event still arrives.
+    let quiet = Instant::now();
+    tokio::task::block_in_place(|| {
+        let mut buf = [0u8; 1024];
+        stream.set_read_timeout(Some(idle_timeout)).unwrap();
+        while quiet.elapsed() < idle_timeout * 5 {
+            match stream.read(&mut buf) {
+                Ok(0) => panic!("the stream was closed after {:?}", quiet.elapsed()),
+                Ok(_) => {}
+                Err(e) => assert!(
+                    matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ),
+                    "{e}"
+                ),
+            }
+        }
+    });
+    let b = node_with(&[a.seed_address().unwrap()], 1, NodeConfig::default()).await;
+    tokio::task::block_in_place(|| {
+        read_until(&mut stream, Duration::from_secs(10), |t| {
+            t.contains("\"kind\":\"joined\"")
+        })
+    });
+    drop(stream);
+    for node in [b, a] {
+        node.shutdown().await.unwrap();
+    }
+}
