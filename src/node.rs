@@ -15,11 +15,18 @@ use crate::admin::Admin;
 use crate::cluster::{Cluster, ClusterError, EventLog, LocalNode, Membership};
 use crate::inbound::{self, Inbound, Limits};
 use crate::message::{handler_fn, HandlerError, Header, SharedHandler};
+use crate::observe::{Feed, MeshEvents};
 use crate::outbound::{Forwarder, PeerProtocol};
 use crate::router::{LocalService, Router, RouterConfig};
 use crate::security::{Identity, Keys, OperatorTls, PeerTls, Tokens};
 use crate::shutdown::Shutdown;
 use crate::upstream::{self, HttpUpstream};
+
+mod follow;
+mod naming;
+
+use follow::{follow_membership, follow_tables};
+use naming::claim_name;
 
 /// Settings of a node beyond its cluster and address.
 #[derive(Debug, Clone)]
@@ -70,6 +77,22 @@ pub struct NodeConfig {
     /// machine's hostname, which peers in other containers cannot resolve). In Kubernetes, the
     /// pod's IP. Checked by [`parse_advertise_host`] when the node starts.
     pub advertise_host: Option<String>,
+    /// The node's stable name (a StatefulSet pod's name, say). With it, every service id is
+    /// derived from the name, the stream and the registration's index among the stream's
+    /// registrations on this node (handlers first, then health-checked upstreams, in the order
+    /// registered), so a node restarted under the same name owns the same keys. A node whose
+    /// ids another live node advertises is refused ([`StartError::NameTaken`]). `None`: random
+    /// ids (UUID v4), as the original's.
+    pub node_name: Option<String>,
+    /// How long a named node waits, before it advertises, to hear from the cluster (at most 2
+    /// seconds) and for another live node that advertises its ids at another address (an
+    /// earlier run of it that crashed) to be declared dead, before it gives up.
+    pub name_wait: Duration,
+    /// Events ([`Node::events`], `GET /api/events`) kept for subscribers that have not read
+    /// them yet; one that falls further behind loses the oldest and is told so.
+    pub event_buffer: usize,
+    /// `GET /api/events` streams open at once; above it, new ones get a 503.
+    pub max_event_streams: usize,
 }
 
 setters!(NodeConfig {
@@ -87,6 +110,10 @@ setters!(NodeConfig {
     api_tokens: Option<Tokens>,
     tls: Option<OperatorTls>,
     advertise_host: Option<String>,
+    node_name: Option<String>,
+    name_wait: Duration,
+    event_buffer: usize,
+    max_event_streams: usize,
 });
 
 impl Default for NodeConfig {
@@ -106,6 +133,10 @@ impl Default for NodeConfig {
             api_tokens: None,
             tls: None,
             advertise_host: None,
+            node_name: None,
+            name_wait: Duration::from_secs(10),
+            event_buffer: 1024,
+            max_event_streams: 64,
         }
     }
 }
@@ -124,6 +155,17 @@ pub enum StartError {
     },
     #[error(transparent)]
     Cluster(#[from] ClusterError),
+    /// Another live node advertises the service ids this node's name gives: it runs under the
+    /// same name.
+    #[error(
+        "the node name {name} is taken: the live node {node} at {endpoint} advertises its \
+         service ids; stop that node or choose another name"
+    )]
+    NameTaken {
+        name: String,
+        node: String,
+        endpoint: String,
+    },
 }
 
 /// How often a node rereads its API tokens file and its TLS files.
@@ -257,30 +299,65 @@ impl NodeBuilder {
                 request_timeout: config.request_timeout,
                 suspect_timeout: config.suspect_timeout,
             },
+            config.node_name.as_deref().map(Arc::from),
         );
-        router.add_local(
-            self.services
-                .into_iter()
-                .map(|(stream, handler)| {
-                    let id: Arc<str> = Arc::from(uuid::Uuid::new_v4().to_string());
-                    let stream: Arc<str> = Arc::from(stream);
-                    (id, LocalService { stream, handler })
-                })
-                .collect(),
-        );
+        let services: Vec<(Arc<str>, LocalService)> = self
+            .services
+            .into_iter()
+            .map(|(stream, handler)| {
+                let stream: Arc<str> = Arc::from(stream);
+                let id = Arc::from(router.new_service_id(&stream));
+                (id, LocalService { stream, handler })
+            })
+            .collect();
+        let upstreams: Vec<(Arc<str>, Arc<str>, HttpUpstream)> = self
+            .upstreams
+            .into_iter()
+            .map(|(stream, upstream)| {
+                let stream: Arc<str> = Arc::from(stream);
+                (Arc::from(router.new_service_id(&stream)), stream, upstream)
+            })
+            .collect();
+        if let Some(name) = &config.node_name {
+            let ids: Vec<String> = services
+                .iter()
+                .map(|(id, _)| id.to_string())
+                .chain(upstreams.iter().map(|(id, _, _)| id.to_string()))
+                .collect();
+            let claimed = claim_name(
+                &*membership,
+                name,
+                &node_id,
+                &endpoint,
+                &ids,
+                config.name_wait,
+            );
+            if let Err(taken) = claimed.await {
+                if let Err(e) = membership.shutdown().await {
+                    debug!(error = %e, "membership did not stop cleanly");
+                }
+                return Err(taken);
+            }
+        }
+        router.add_local(services);
         router.advertise_local().await?;
 
         let events = Arc::new(EventLog::default());
+        let feed = Arc::new(Feed::new(node_id.clone(), config.event_buffer));
+        let feed_task = tokio::spawn(follow_tables(router.tables(), feed.clone()));
         let table_task = tokio::spawn(follow_membership(
             membership.clone(),
             router.clone(),
             events.clone(),
+            feed.clone(),
         ));
         let admin = Admin::new(
             router.clone(),
             membership.view(),
             events,
             config.keys.clone(),
+            feed.clone(),
+            config.max_event_streams,
         );
         let inbound = Inbound::new(
             router.clone(),
@@ -292,20 +369,12 @@ impl NodeBuilder {
             tls,
         );
         let shutdown = Shutdown::default();
-        let monitors = self
-            .upstreams
+        let monitors = upstreams
             .into_iter()
-            .map(|(stream, upstream)| {
-                let id: Arc<str> = Arc::from(uuid::Uuid::new_v4().to_string());
+            .map(|(id, stream, upstream)| {
                 let handler: SharedHandler = Arc::new(upstream.clone());
                 let health = upstream.config().health.clone().unwrap_or_default();
-                router.add_withdrawn(vec![(
-                    id.clone(),
-                    LocalService {
-                        stream: Arc::from(stream),
-                        handler,
-                    },
-                )]);
+                router.add_withdrawn(vec![(id.clone(), LocalService { stream, handler })]);
                 tokio::spawn(upstream::monitor(
                     router.clone(),
                     id,
@@ -362,6 +431,8 @@ impl NodeBuilder {
             shutdown,
             server,
             table_task,
+            feed,
+            feed_task,
             monitors,
             token_watch,
             tls_watch,
@@ -383,21 +454,6 @@ fn exposed(http: std::net::SocketAddr, gossip: Option<&str>) -> Option<String> {
     }
 }
 
-/// Rebuilds the service table on every membership change, and logs what changed. Ends when
-/// the backend's view closes.
-async fn follow_membership(membership: Arc<dyn Membership>, router: Router, events: Arc<EventLog>) {
-    let mut view = membership.view();
-    loop {
-        let current = view.borrow_and_update().clone();
-        events.observe(&current);
-        router.apply_view(current);
-        if view.changed().await.is_err() {
-            debug!("membership view closed; table follower ends");
-            return;
-        }
-    }
-}
-
 /// A running node. Dropping it stops its tasks abruptly; call [`Node::shutdown`] to leave the
 /// cluster gracefully.
 pub struct Node {
@@ -410,6 +466,10 @@ pub struct Node {
     shutdown: Shutdown,
     server: JoinHandle<()>,
     table_task: JoinHandle<()>,
+    /// Membership and ownership events for subscribers.
+    feed: Arc<Feed>,
+    /// Turns each new table into ownership events.
+    feed_task: JoinHandle<()>,
     /// Health checks of upstream handlers; they end when the node stops.
     monitors: Vec<JoinHandle<()>>,
     /// Rereads the API tokens file, if the tokens come from one.
@@ -432,6 +492,15 @@ impl Node {
     /// The socket address the HTTP API is bound to.
     pub fn local_addr(&self) -> std::net::SocketAddr {
         self.local_addr
+    }
+
+    /// A subscription to this node's events: first what each local service owns now
+    /// ([`crate::MeshEvent::Ownership`] with only `gained`), then every change of membership and every
+    /// change of what a local service owns, as it happens. Bounded by
+    /// [`NodeConfig::event_buffer`]: a subscriber that falls behind gets [`crate::MeshEvent::Lost`]
+    /// instead of what it missed, and never slows the node. Ends when the node stops.
+    pub fn events(&self) -> MeshEvents {
+        self.feed.subscribe()
     }
 
     /// Bytes this node has sent and received for membership (gossip counts them).
@@ -459,12 +528,18 @@ impl Node {
         if let Err(e) = self.membership.leave().await {
             warn!(error = %e, "could not announce leaving");
         }
+        // Event streams end (after what they have not sent yet, down to the local services
+        // losing everything as the node leaves), so that they do not hold their connections
+        // open through the drain.
+        self.feed.publish_table(self.router.table());
+        self.feed.close();
         self.shutdown.stop();
         if let Err(e) = (&mut self.server).await {
             warn!(error = %e, "HTTP server task failed");
         }
         let result = self.membership.shutdown().await;
         self.table_task.abort();
+        self.feed_task.abort();
         // The spans of the last requests, before the process may end.
         #[cfg(feature = "otel")]
         crate::otel::flush().await;
@@ -485,6 +560,8 @@ impl Drop for Node {
         self.shutdown.kill();
         self.server.abort();
         self.table_task.abort();
+        self.feed_task.abort();
+        self.feed.close();
         for monitor in &self.monitors {
             monitor.abort();
         }

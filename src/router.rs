@@ -41,6 +41,7 @@ use crate::FastMap;
 
 mod broadcast;
 mod local;
+mod naming;
 mod placement;
 mod registry;
 mod retry;
@@ -48,6 +49,7 @@ mod retry;
 use broadcast::answer_value;
 pub(crate) use broadcast::Part;
 use local::{finish_local, start_local};
+pub(crate) use naming::holder as name_holder;
 use placement::Suspect;
 pub(crate) use registry::LocalService;
 use retry::{classify, Suspicion};
@@ -199,6 +201,13 @@ struct Inner {
     /// rebuilt and by broadcasts, never by a send that goes well.
     suspects: ArcSwap<FastMap<Arc<str>, Suspect>>,
     version: AtomicU64,
+    /// Every table swapped in, for those that follow them off the request path (the event
+    /// feed).
+    published: tokio::sync::watch::Sender<Arc<ServiceTable>>,
+    /// The node's name (`--node-name`): service ids derive from it. `None`: random ids.
+    name: Option<Arc<str>>,
+    /// Registrations so far on each stream, whose count numbers the next named id.
+    registrations: std::sync::Mutex<FastMap<Arc<str>, usize>>,
     /// This node's request metrics (see [`crate::observe`]), counted by the scopes it opens.
     metrics: Metrics,
 }
@@ -210,6 +219,7 @@ impl Router {
         membership: Arc<dyn Membership>,
         forwarder: Forwarder,
         config: RouterConfig,
+        name: Option<Arc<str>>,
     ) -> Router {
         Router {
             inner: Arc::new(Inner {
@@ -226,9 +236,18 @@ impl Router {
                 view: ArcSwap::from_pointee(ClusterView::default()),
                 suspects: ArcSwap::from_pointee(FastMap::default()),
                 version: AtomicU64::new(0),
+                published: tokio::sync::watch::Sender::new(Arc::default()),
+                name,
+                registrations: Default::default(),
                 metrics: Metrics::default(),
             }),
         }
+    }
+
+    /// The tables this router swaps in, the latest first: a follower may skip some, never the
+    /// last.
+    pub(crate) fn tables(&self) -> tokio::sync::watch::Receiver<Arc<ServiceTable>> {
+        self.inner.published.subscribe()
     }
 
     pub(crate) fn metrics(&self) -> &Metrics {
