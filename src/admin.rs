@@ -10,6 +10,7 @@
 //! | `GET /readyz` | `ready`: joined, table built, not leaving (else 503 and why) |
 //! | `GET /api/services` | every routable service, in the original's shape |
 //! | `GET /api/members` | every node this one knows: id, endpoint, state, services |
+//! | `GET /api/events` | membership and ownership changes as Server-Sent Events (`events`) |
 //! | `GET /api/locate/{stream}/{key}` | the service and node that own the key; nothing runs |
 //! | `GET /api/openapi.json` | the OpenAPI 3.1 description of the whole HTTP API (`openapi.json`) |
 //!
@@ -23,19 +24,21 @@
 
 use std::sync::Arc;
 
-use http::{Method, Response};
+use http::Method;
 use tokio::sync::watch;
 
-use crate::answer::Body;
 use crate::cluster::{ClusterView, EventLog};
+use crate::observe::Feed;
 use crate::router::Router;
 use crate::security::Keys;
 
+mod events;
 mod inventory;
 mod openapi;
 mod probes;
 mod status;
 
+pub(crate) use events::{AdminAnswer, EventBody};
 #[cfg(test)]
 pub(crate) use openapi::DESCRIPTION as API_DESCRIPTION;
 
@@ -47,6 +50,9 @@ pub(crate) struct Admin {
     events: Arc<EventLog>,
     /// The cluster's keys, whose public ids the status shows during a rotation.
     keys: Option<Keys>,
+    /// The node's events, for `/api/events`.
+    feed: Arc<Feed>,
+    streams: events::Streams,
 }
 
 /// Messages the node is answering now, and its limit; reported by the HTTP server.
@@ -70,6 +76,8 @@ pub(crate) enum Page<'a> {
     Readyz,
     Services,
     Members,
+    /// `/api/events`: a stream, answered by [`Admin::events`].
+    Events,
     /// `/api/openapi.json`: the description of the API.
     OpenApi,
     /// The stream and key, still percent-encoded.
@@ -87,18 +95,22 @@ impl Admin {
         view: watch::Receiver<Arc<ClusterView>>,
         events: Arc<EventLog>,
         keys: Option<Keys>,
+        feed: Arc<Feed>,
+        max_event_streams: usize,
     ) -> Admin {
         Admin {
             router,
             view,
             events,
             keys,
+            feed,
+            streams: events::Streams::new(max_event_streams),
         }
     }
 
-    /// Answers `page`. Never fails: every error is a JSON answer.
-    pub(crate) fn answer(&self, page: Page<'_>, method: &Method, load: Load) -> Response<Body> {
-        match page {
+    /// Answers `page` (a stream for `/api/events`, else a whole body). Never fails: every error is a JSON answer.
+    pub(crate) fn answer(&self, page: Page<'_>, method: &Method, load: Load) -> AdminAnswer {
+        AdminAnswer::Whole(match page {
             Page::Index => status::page(method),
             Page::Metrics => status::metrics(self, method, load),
             Page::Status => status::api_status(self, method, load),
@@ -107,9 +119,10 @@ impl Admin {
             Page::Readyz => probes::readyz(self, method),
             Page::Services => inventory::services(self, method),
             Page::Members => inventory::members(self, method),
+            Page::Events => return events::events(self, method),
             Page::OpenApi => openapi::description(method),
             Page::Locate { stream, key } => inventory::locate(self, method, stream, key),
             Page::Unknown(path) => status::not_found(method, path),
-        }
+        })
     }
 }

@@ -60,6 +60,9 @@ pub(crate) enum ApiError {
     /// peer whose certificate a member published.
     #[error("forwards are taken only over mutual TLS from a peer of the cluster")]
     NotPeer,
+    /// `/api/events` streams to as many subscribers as the node allows at once.
+    #[error("the node streams events to its limit of {0} subscribers; retry later")]
+    EventStreams(usize),
 }
 
 impl ApiError {
@@ -69,7 +72,7 @@ impl ApiError {
             ApiError::BadPath(_) | ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
-            ApiError::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Busy(_) | ApiError::EventStreams(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,

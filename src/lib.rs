@@ -51,23 +51,26 @@
 //!
 //! - edges: `node` (start, the handle, graceful shutdown) and the binary (`src/bin/meshage/`); `inbound`
 //!   (accept, sniff, connections, admission, routes, the link's entry); `admin` (status page,
-//!   `/metrics`, health and the probes, members, locate, the API's OpenAPI description: read-only); `answer` (errors to JSON answers);
+//!   `/metrics`, health and the probes, members, locate, the event stream, the API's OpenAPI
+//!   description: read-only); `answer` (errors to JSON answers);
 //!   `upstream` (handlers in any language over HTTP, with health checks); `client` (the
 //!   `meshage` command's client of a node's API); `otel` (feature `otel`: the OTLP exporter of
 //!   the request spans, configured by OpenTelemetry's standard variables).
-//! - `router`: owner choice, the local registry, placement and suspects, retries, broadcast.
+//! - `router`: owner choice, the local registry and its service ids (random, or stable from the
+//!   node's name), placement and suspects, retries, broadcast.
 //! - `outbound` (the forwarder), over `link` (the peer protocol: frames, client, server).
-//! - `observe` (metrics, W3C trace contexts, request scopes and their spans), `wire` (header names, deadlines, body
-//!   reading), `shutdown` (stop signals), `delivery` (what a failed forward says).
+//! - `observe` (the event feed, metrics, W3C trace contexts, request scopes and their spans),
+//!   `wire` (header names, deadlines, body reading), `shutdown` (stop signals), `delivery` (what
+//!   a failed forward says).
 //! - `cluster`: the membership traits, the event log, and the gossip, etcd and Consul backends.
 //! - `security`: the cluster key and its keyring, sealed datagrams, mutual TLS between nodes
 //!   (each node's certificate, the pinning verifiers and rustls configurations), the client API
 //!   tokens (parsed, compared in constant time, reloaded live), and the TLS and secrets of the
 //!   engines and handlers a node reaches.
 //! - the pure core: `table` (an immutable snapshot of routable services with one ring per
-//!   stream), `ring` (identical to npm `hashring` 3.2.0), `address`, `path`, `message` (and
-//!   the named handlers of a stream), `relay` (which headers go from clients to handlers and
-//!   back).
+//!   stream), `ownership` (what a table change moved for each local service), `ring`
+//!   (identical to npm `hashring` 3.2.0), `address`, `path`, `message` (and the named handlers
+//!   of a stream), `relay` (which headers go from clients to handlers and back).
 //!
 //! Beside the rooms, `fuzzing` (feature `fuzzing`, hidden) hands the decoders of everything
 //! that arrives from outside to the fuzz targets in `fuzz/` and to `tests/fuzz_corpus.rs`.
@@ -110,6 +113,7 @@ mod observe;
 #[cfg(feature = "otel")]
 pub mod otel;
 mod outbound;
+mod ownership;
 mod path;
 mod relay;
 mod ring;
@@ -138,8 +142,10 @@ pub use message::{
     Reply, SharedHandler,
 };
 pub use node::{init, Node, NodeBuilder, NodeConfig, StartError};
+pub use observe::MeshEvents;
 pub use outbound::PeerProtocol;
-pub use ring::HashRing;
+pub use ownership::{MembershipChange, MeshEvent, OwnershipChange};
+pub use ring::{HashRange, HashRing};
 pub use router::{RouteError, Routed, Router, RouterConfig, SendOptions};
 pub use security::{
     ApiTokens, ClientTls, ClusterKey, Fingerprint, KeyError, Keyring, Keys, OperatorTls, Secret,

@@ -15,105 +15,20 @@ use crate::admin::Admin;
 use crate::cluster::{Cluster, ClusterError, EventLog, LocalNode, Membership};
 use crate::inbound::{self, Inbound, Limits};
 use crate::message::{handler_fn, HandlerError, Header, SharedHandler};
-use crate::outbound::{Forwarder, PeerProtocol};
+use crate::observe::{Feed, MeshEvents};
+use crate::outbound::Forwarder;
 use crate::router::{LocalService, Router, RouterConfig};
-use crate::security::{Identity, Keys, OperatorTls, PeerTls, Tokens};
+use crate::security::{Identity, PeerTls};
 use crate::shutdown::Shutdown;
 use crate::upstream::{self, HttpUpstream};
 
-/// Settings of a node beyond its cluster and address.
-#[derive(Debug, Clone)]
-#[non_exhaustive]
-pub struct NodeConfig {
-    /// Bounds every request, forwarded or handled here.
-    pub request_timeout: Duration,
-    /// Bounds connecting to a peer.
-    pub connect_timeout: Duration,
-    /// Largest request body accepted (413 above it).
-    pub body_limit: usize,
-    /// How long a stopping node lets open requests finish.
-    pub drain_timeout: Duration,
-    /// How long a client's HTTP connection may start no request before the node closes it: an
-    /// idle keep-alive connection, or a client that never finishes its request head. Checked
-    /// once per period, so such a connection lasts between one and two periods.
-    pub idle_timeout: Duration,
-    /// How forwards travel between nodes. Every meshage node accepts all of them; a peer that
-    /// does not speak the link (an original node) is reached over HTTP/1.1 whatever this says.
-    pub peer_protocol: PeerProtocol,
-    /// Messages this node answers at once (from clients and from peers); above it, new ones get
-    /// a 503 with `Retry-After` instead of a place in an unbounded queue.
-    pub max_in_flight: usize,
-    /// Messages sent without waiting (`?wait=false`) that the node delivers at once in the
-    /// background; above it, such sends get a 503 (see [`RouterConfig::background_limit`]).
-    pub background_limit: usize,
-    /// Connections open at once, from clients and peers; above it, new ones are closed at once
-    /// while those open keep being served.
-    pub max_connections: usize,
-    /// Bytes of request bodies and peer-link frames still arriving that the node holds at
-    /// once, over every connection; above it, new bodies are refused with 503 and link frames
-    /// wait, while requests already read go on.
-    pub max_buffered: usize,
-    /// How long a peer whose connection failed stays off this node's rings, unless gossip
-    /// confirms it gone first (see [`RouterConfig::suspect_timeout`]).
-    pub suspect_timeout: Duration,
-    /// The cluster's secrets. With them, gossip is sealed and peers talk over mutual TLS;
-    /// without them, the node trusts whatever reaches its ports (see the README's "Security").
-    pub keys: Option<Keys>,
-    /// The bearer tokens clients must send (`Authorization: Bearer TOKEN`); `None` lets every
-    /// client in. Tokens made from a file ([`Tokens::from_file`]) are reread every second
-    /// while the node runs, so they rotate without a restart.
-    pub api_tokens: Option<Tokens>,
-    /// The operator's certificates ([`OperatorTls`]): with them the node serves HTTPS only,
-    /// advertises `https://`, and takes as peers whoever holds a certificate of the CA (over
-    /// any cluster key's pinning; gossip stays sealed by the key). The files are reread every
-    /// second while the node runs, so certificates rotate without a restart.
-    pub tls: Option<OperatorTls>,
-    /// The host peers reach this node at, advertised with the bound ports in its HTTP
-    /// endpoint and its gossip address, in place of the bound host (or, for a bare port, the
-    /// machine's hostname, which peers in other containers cannot resolve). In Kubernetes, the
-    /// pod's IP. Checked by [`parse_advertise_host`] when the node starts.
-    pub advertise_host: Option<String>,
-}
+mod config;
+mod follow;
+mod naming;
 
-setters!(NodeConfig {
-    request_timeout: Duration,
-    connect_timeout: Duration,
-    body_limit: usize,
-    drain_timeout: Duration,
-    idle_timeout: Duration,
-    peer_protocol: PeerProtocol,
-    max_in_flight: usize,
-    background_limit: usize,
-    max_connections: usize,
-    max_buffered: usize,
-    suspect_timeout: Duration,
-    keys: Option<Keys>,
-    api_tokens: Option<Tokens>,
-    tls: Option<OperatorTls>,
-    advertise_host: Option<String>,
-});
-
-impl Default for NodeConfig {
-    fn default() -> Self {
-        NodeConfig {
-            request_timeout: Duration::from_secs(10),
-            connect_timeout: Duration::from_secs(2),
-            body_limit: 1024 * 1024,
-            drain_timeout: Duration::from_secs(10),
-            idle_timeout: Duration::from_secs(30),
-            peer_protocol: PeerProtocol::Link,
-            max_in_flight: 10_000,
-            background_limit: RouterConfig::default().background_limit,
-            max_connections: 10_000,
-            max_buffered: 256 * 1024 * 1024,
-            suspect_timeout: RouterConfig::default().suspect_timeout,
-            keys: None,
-            api_tokens: None,
-            tls: None,
-            advertise_host: None,
-        }
-    }
-}
+pub use config::NodeConfig;
+use follow::{follow_membership, follow_tables};
+use naming::claim_name;
 
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
@@ -129,6 +44,17 @@ pub enum StartError {
     },
     #[error(transparent)]
     Cluster(#[from] ClusterError),
+    /// Another live node advertises the service ids this node's name gives: it runs under the
+    /// same name.
+    #[error(
+        "the node name {name} is taken: the live node {node} at {endpoint} advertises its \
+         service ids; stop that node or choose another name"
+    )]
+    NameTaken {
+        name: String,
+        node: String,
+        endpoint: String,
+    },
 }
 
 /// How often a node rereads its API tokens file and its TLS files.
@@ -298,31 +224,65 @@ impl NodeBuilder {
                 suspect_timeout: config.suspect_timeout,
                 background_limit: config.background_limit,
             },
+            config.node_name.as_deref().map(Arc::from),
         );
         let services = crate::message::with_named(self.services, self.named);
-        router.add_local(
-            services
-                .into_iter()
-                .map(|(stream, handler)| {
-                    let id: Arc<str> = Arc::from(uuid::Uuid::new_v4().to_string());
-                    let stream: Arc<str> = Arc::from(stream);
-                    (id, LocalService { stream, handler })
-                })
-                .collect(),
-        );
+        let services: Vec<(Arc<str>, LocalService)> = services
+            .into_iter()
+            .map(|(stream, handler)| {
+                let stream: Arc<str> = Arc::from(stream);
+                let id = Arc::from(router.new_service_id(&stream));
+                (id, LocalService { stream, handler })
+            })
+            .collect();
+        let upstreams: Vec<(Arc<str>, Arc<str>, HttpUpstream)> = self
+            .upstreams
+            .into_iter()
+            .map(|(stream, upstream)| {
+                let stream: Arc<str> = Arc::from(stream);
+                (Arc::from(router.new_service_id(&stream)), stream, upstream)
+            })
+            .collect();
+        if let Some(name) = &config.node_name {
+            let ids: Vec<String> = services
+                .iter()
+                .map(|(id, _)| id.to_string())
+                .chain(upstreams.iter().map(|(id, _, _)| id.to_string()))
+                .collect();
+            let claimed = claim_name(
+                &*membership,
+                name,
+                &node_id,
+                &endpoint,
+                &ids,
+                config.name_wait,
+            );
+            if let Err(taken) = claimed.await {
+                if let Err(e) = membership.shutdown().await {
+                    debug!(error = %e, "membership did not stop cleanly");
+                }
+                return Err(taken);
+            }
+        }
+        router.add_local(services);
         router.advertise_local().await?;
 
         let events = Arc::new(EventLog::default());
+        let feed = Arc::new(Feed::new(node_id.clone(), config.event_buffer));
+        let feed_task = tokio::spawn(follow_tables(router.tables(), feed.clone()));
         let table_task = tokio::spawn(follow_membership(
             membership.clone(),
             router.clone(),
             events.clone(),
+            feed.clone(),
         ));
         let admin = Admin::new(
             router.clone(),
             membership.view(),
             events,
             config.keys.clone(),
+            feed.clone(),
+            config.max_event_streams,
         );
         let inbound = Inbound::new(
             router.clone(),
@@ -334,20 +294,12 @@ impl NodeBuilder {
             tls,
         );
         let shutdown = Shutdown::default();
-        let monitors = self
-            .upstreams
+        let monitors = upstreams
             .into_iter()
-            .map(|(stream, upstream)| {
-                let id: Arc<str> = Arc::from(uuid::Uuid::new_v4().to_string());
+            .map(|(id, stream, upstream)| {
                 let handler: SharedHandler = Arc::new(upstream.clone());
                 let health = upstream.config().health.clone().unwrap_or_default();
-                router.add_withdrawn(vec![(
-                    id.clone(),
-                    LocalService {
-                        stream: Arc::from(stream),
-                        handler,
-                    },
-                )]);
+                router.add_withdrawn(vec![(id.clone(), LocalService { stream, handler })]);
                 tokio::spawn(upstream::monitor(
                     router.clone(),
                     id,
@@ -404,6 +356,8 @@ impl NodeBuilder {
             shutdown,
             server,
             table_task,
+            feed,
+            feed_task,
             monitors,
             token_watch,
             tls_watch,
@@ -426,21 +380,6 @@ fn exposed(http: std::net::SocketAddr, gossip: Option<&str>) -> Option<String> {
     }
 }
 
-/// Rebuilds the service table on every membership change, and logs what changed. Ends when
-/// the backend's view closes.
-async fn follow_membership(membership: Arc<dyn Membership>, router: Router, events: Arc<EventLog>) {
-    let mut view = membership.view();
-    loop {
-        let current = view.borrow_and_update().clone();
-        events.observe(&current);
-        router.apply_view(current);
-        if view.changed().await.is_err() {
-            debug!("membership view closed; table follower ends");
-            return;
-        }
-    }
-}
-
 /// A running node. Dropping it stops its tasks abruptly; call [`Node::shutdown`] to leave the
 /// cluster gracefully.
 pub struct Node {
@@ -453,6 +392,10 @@ pub struct Node {
     shutdown: Shutdown,
     server: JoinHandle<()>,
     table_task: JoinHandle<()>,
+    /// Membership and ownership events for subscribers.
+    feed: Arc<Feed>,
+    /// Turns each new table into ownership events.
+    feed_task: JoinHandle<()>,
     /// Health checks of upstream handlers; they end when the node stops.
     monitors: Vec<JoinHandle<()>>,
     /// Rereads the API tokens file, if the tokens come from one.
@@ -477,6 +420,15 @@ impl Node {
     /// The socket address the HTTP API is bound to.
     pub fn local_addr(&self) -> std::net::SocketAddr {
         self.local_addr
+    }
+
+    /// A subscription to this node's events: first what each local service owns now
+    /// ([`crate::MeshEvent::Ownership`] with only `gained`), then every change of membership and every
+    /// change of what a local service owns, as it happens. Bounded by
+    /// [`NodeConfig::event_buffer`]: a subscriber that falls behind gets [`crate::MeshEvent::Lost`]
+    /// instead of what it missed, and never slows the node. Ends when the node stops.
+    pub fn events(&self) -> MeshEvents {
+        self.feed.subscribe()
     }
 
     /// Bytes this node has sent and received for membership (gossip counts them).
@@ -504,6 +456,11 @@ impl Node {
         if let Err(e) = self.membership.leave().await {
             warn!(error = %e, "could not announce leaving");
         }
+        // Event streams end (after what they have not sent yet, down to the local services
+        // losing everything as the node leaves), so that they do not hold their connections
+        // open through the drain.
+        self.feed.publish_table(self.router.table());
+        self.feed.close();
         self.shutdown.stop();
         if let Err(e) = (&mut self.server).await {
             warn!(error = %e, "HTTP server task failed");
@@ -512,6 +469,7 @@ impl Node {
         self.router.drain_background(self.drain_timeout).await;
         let result = self.membership.shutdown().await;
         self.table_task.abort();
+        self.feed_task.abort();
         // The spans of the last requests, before the process may end.
         #[cfg(feature = "otel")]
         crate::otel::flush().await;
@@ -533,6 +491,8 @@ impl Drop for Node {
         self.router.abandon_background();
         self.server.abort();
         self.table_task.abort();
+        self.feed_task.abort();
+        self.feed.close();
         for monitor in &self.monitors {
             monitor.abort();
         }

@@ -1,6 +1,7 @@
-//! Observing the node: its Prometheus metrics (`metrics`), each request's W3C trace context
-//! (`trace`), its span and count by route and outcome (`scope`), and the spans of its steps
-//! when they are exported (`otel`, feature `otel`).
+//! Observing the node: its event feed of membership and ownership changes (`feed`), its
+//! Prometheus metrics (`metrics`), each request's W3C trace context (`trace`), its span and
+//! count by route and outcome (`scope`), and the spans of its steps when they are exported
+//! (`otel`, feature `otel`).
 //!
 //! A request that enters a node (over HTTP, over a peer link, or through the library's router)
 //! gets a [`RequestScope`]. The scope runs the request's future inside a `debug`-level span
@@ -20,11 +21,14 @@
 //! Imports nothing above the pure core (the ring, the table, the cluster's types): every room
 //! above may report here.
 
+mod feed;
 mod metrics;
 pub(crate) mod otel;
 mod scope;
 mod trace;
 
+pub(crate) use feed::Feed;
+pub use feed::MeshEvents;
 pub(crate) use metrics::{ClusterGauges, Histogram, Metrics, Outcome, Route, StreamMetrics};
 pub(crate) use otel::{step, Step};
 pub(crate) use scope::{forwarded, handled, outgoing, rerouted, RequestScope};

@@ -234,6 +234,56 @@ impl HashRing {
         hash_key(key)
     }
 
+    /// The hash of `key` as every ring computes it (the same as [`position`](Self::position)):
+    /// test it against a [`HashRange`] with [`HashRange::contains`].
+    #[inline]
+    pub fn hash(key: &str) -> u32 {
+        hash_key(key)
+    }
+
+    /// The whole hash space cut into the ranges the servers own, in ascending order: each
+    /// range with the index in [`servers`](Self::servers) of its owner, neighbours of the same
+    /// owner merged. Together they cover `0..=u32::MAX` exactly once (an empty ring has none),
+    /// and a key belongs to the owner of the range that contains its [`hash`](Self::hash), as
+    /// [`get`](Self::get) finds it.
+    pub fn ranges(&self) -> Vec<(HashRange, usize)> {
+        let mut ranges: Vec<(HashRange, usize)> = Vec::new();
+        if self.values.is_empty() {
+            return ranges;
+        }
+        let mut push = |start: u32, end: u32, owner: usize| match ranges.last_mut() {
+            Some((last, last_owner)) if *last_owner == owner => last.end = end,
+            _ => ranges.push((HashRange { start, end }, owner)),
+        };
+        // Every comparison `find` makes is the same for all the hashes above one point value
+        // up to and including the next (and for 0 up to the first): one owner each.
+        let mut start = 0u32;
+        let mut previous = None;
+        for &value in self.values.iter() {
+            if previous == Some(value) {
+                continue;
+            }
+            previous = Some(value);
+            push(start, value, self.owners[self.find(value)] as usize);
+            match value.checked_add(1) {
+                Some(next) => start = next,
+                None => return ranges,
+            }
+        }
+        push(start, u32::MAX, self.owners[self.find(u32::MAX)] as usize);
+        ranges
+    }
+
+    /// The ranges of the hash space the server at `index` in [`servers`](Self::servers) owns,
+    /// ascending (none for an out-of-range index).
+    pub fn ranges_of(&self, index: usize) -> Vec<HashRange> {
+        self.ranges()
+            .into_iter()
+            .filter(|&(_, owner)| owner == index)
+            .map(|(range, _)| range)
+            .collect()
+    }
+
     /// `hashring`'s `find`, replicated exactly (including its fall-back to
     /// position 0). Must only be called on a non-empty ring.
     ///
@@ -280,6 +330,30 @@ impl HashRing {
                 return 0;
             }
         }
+    }
+}
+
+/// A range of the ring's hash space: the hashes from `start` up to and including `end`
+/// (`start <= end`; a range never wraps around 0). See [`HashRing::ranges`].
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+pub struct HashRange {
+    pub start: u32,
+    pub end: u32,
+}
+
+impl HashRange {
+    /// Whether `hash` (a key's [`HashRing::hash`]) lies in this range.
+    #[inline]
+    pub fn contains(&self, hash: u32) -> bool {
+        self.start <= hash && hash <= self.end
+    }
+
+    /// Whether `key` hashes into this range.
+    #[inline]
+    pub fn contains_key(&self, key: &str) -> bool {
+        self.contains(hash_key(key))
     }
 }
 
@@ -360,6 +434,50 @@ mod tests {
                 .1;
             assert_eq!(Some(owner), ring.get_index(&key), "{key}");
         }
+    }
+
+    #[test]
+    fn ranges_cover_the_hash_space_and_hold_their_owners_keys() {
+        for n in [1, 2, 3, 7, 10] {
+            let ring = HashRing::new(ids(n));
+            let ranges = ring.ranges();
+            assert_eq!(ranges[0].0.start, 0);
+            assert_eq!(ranges.last().unwrap().0.end, u32::MAX);
+            for pair in ranges.windows(2) {
+                assert_eq!(
+                    pair[0].0.end as u64 + 1,
+                    pair[1].0.start as u64,
+                    "{n}: contiguous"
+                );
+                assert_ne!(
+                    pair[0].1, pair[1].1,
+                    "{n}: neighbours of one owner are merged"
+                );
+            }
+            let owner_of = |hash: u32| {
+                ranges
+                    .iter()
+                    .find(|(r, _)| r.contains(hash))
+                    .map(|&(_, owner)| owner)
+                    .unwrap()
+            };
+            for key in keys() {
+                assert_eq!(
+                    Some(owner_of(HashRing::hash(&key))),
+                    ring.get_index(&key),
+                    "{key}"
+                );
+                let index = ring.get_index(&key).unwrap();
+                assert!(ring.ranges_of(index).iter().any(|r| r.contains_key(&key)));
+            }
+            // The edges of every range, where an off-by-one would show.
+            for &(range, owner) in &ranges {
+                for hash in [range.start, range.end] {
+                    assert_eq!(ring.owners[ring.find(hash)] as usize, owner, "{n}: {hash}");
+                }
+            }
+        }
+        assert!(HashRing::new(Vec::<String>::new()).ranges().is_empty());
     }
 
     #[test]

@@ -42,6 +42,7 @@ use crate::FastMap;
 mod background;
 mod broadcast;
 mod local;
+mod naming;
 mod options;
 mod placement;
 mod registry;
@@ -51,6 +52,7 @@ pub(crate) use background::Delivery;
 use broadcast::answer_value;
 pub(crate) use broadcast::Part;
 use local::{finish_local, start_local};
+pub(crate) use naming::holder as name_holder;
 pub use options::{RouterConfig, SendOptions};
 use placement::Suspect;
 pub(crate) use registry::LocalService;
@@ -184,6 +186,13 @@ struct Inner {
     turn: AtomicUsize,
     /// Messages being delivered in the background (`?wait=false`), and their bound.
     background: background::Queue,
+    /// Every table swapped in, for those that follow them off the request path (the event
+    /// feed).
+    published: tokio::sync::watch::Sender<Arc<ServiceTable>>,
+    /// The node's name (`--node-name`): service ids derive from it. `None`: random ids.
+    name: Option<Arc<str>>,
+    /// Registrations so far on each stream, whose count numbers the next named id.
+    registrations: std::sync::Mutex<FastMap<Arc<str>, usize>>,
     /// This node's request metrics (see [`crate::observe`]), counted by the scopes it opens.
     metrics: Metrics,
 }
@@ -195,6 +204,7 @@ impl Router {
         membership: Arc<dyn Membership>,
         forwarder: Forwarder,
         config: RouterConfig,
+        name: Option<Arc<str>>,
     ) -> Router {
         Router {
             inner: Arc::new(Inner {
@@ -212,10 +222,19 @@ impl Router {
                 version: AtomicU64::new(0),
                 turn: AtomicUsize::new(0),
                 background: background::Queue::new(config.background_limit),
+                published: tokio::sync::watch::Sender::new(Arc::default()),
+                name,
+                registrations: Default::default(),
                 metrics: Metrics::default(),
                 config,
             }),
         }
+    }
+
+    /// The tables this router swaps in, the latest first: a follower may skip some, never the
+    /// last.
+    pub(crate) fn tables(&self) -> tokio::sync::watch::Receiver<Arc<ServiceTable>> {
+        self.inner.published.subscribe()
     }
 
     pub(crate) fn metrics(&self) -> &Metrics {

@@ -44,8 +44,8 @@ struct Log {
 }
 
 impl EventLog {
-    /// Records how `view` differs from the view before it.
-    pub(crate) fn observe(&self, view: &Arc<ClusterView>) {
+    /// Records how `view` differs from the view before it; returns the new events.
+    pub(crate) fn observe(&self, view: &Arc<ClusterView>) -> Vec<Event> {
         let at = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
@@ -59,6 +59,7 @@ impl EventLog {
         }
         let present: HashSet<&str> = view.members.iter().map(|m| &*m.id).collect();
         log.seen_live.retain(|id| present.contains(id.as_str()));
+        let mut new = Vec::with_capacity(events.len());
         for (kind, node, detail) in events {
             if let Some(i) = KINDS.iter().position(|k| *k == kind) {
                 log.counts[i] += 1;
@@ -66,14 +67,17 @@ impl EventLog {
             if log.recent.len() == RECENT_EVENTS {
                 log.recent.pop_front();
             }
-            log.recent.push_back(Event {
+            let event = Event {
                 at,
                 node,
                 kind,
                 detail,
-            });
+            };
+            log.recent.push_back(event.clone());
+            new.push(event);
         }
         log.last = view.clone();
+        new
     }
 
     /// The recent events, newest first.

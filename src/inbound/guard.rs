@@ -3,7 +3,7 @@
 //! tokens lets everything through.
 //!
 //! What needs a token: the message routes, `/api/services`, `/api/members`, `/api/locate`,
-//! `/api/status` and `/metrics`. What does not: `/api/health`, `/livez` and `/readyz` (load
+//! `/api/status`, `/api/events` and `/metrics`. What does not: `/api/health`, `/livez` and `/readyz` (load
 //! balancers and orchestrators' probes), the API's
 //! description, the status page itself (a browser cannot send a bearer token when it opens a
 //! page; the page holds no data and asks for a token when `/api/status` answers 401), and paths
@@ -71,9 +71,9 @@ fn needs<'a>(endpoint: &Endpoint<'a>) -> Need<'a> {
         Endpoint::Message { stream, .. } | Endpoint::Admin(Page::Locate { stream, .. }) => {
             Need::TokenFor(stream)
         }
-        Endpoint::Admin(Page::Metrics | Page::Status | Page::Services | Page::Members) => {
-            Need::Token
-        }
+        Endpoint::Admin(
+            Page::Metrics | Page::Status | Page::Services | Page::Members | Page::Events,
+        ) => Need::Token,
         Endpoint::Admin(
             Page::Index
             | Page::Health

@@ -8,12 +8,16 @@ use http::{Request, Response};
 use http_body_util::BodyExt;
 use hyper::body::{Body as _, Incoming};
 
+use super::connection::Started;
 use super::guard::guard;
 use super::message::message;
 use super::peer::Caller;
 use super::Inbound;
-use crate::admin::Page;
+use crate::admin::{AdminAnswer, EventBody, Page};
 use crate::answer::{ApiError, Body};
+
+/// The body of every answer over HTTP: whole, or an event stream (`/api/events`).
+pub(super) type Outgoing = http_body_util::Either<Body, EventBody>;
 
 /// Where a path leads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,7 +37,7 @@ pub(crate) enum Endpoint<'a> {
 
 /// The paths that are answered as they are. `src/admin/openapi.json` describes each of them
 /// (the tests below check it).
-const EXACT: [(&str, Page<'static>); 10] = [
+const EXACT: [(&str, Page<'static>); 11] = [
     ("/", Page::Index),
     ("/index.html", Page::Index),
     ("/metrics", Page::Metrics),
@@ -43,6 +47,7 @@ const EXACT: [(&str, Page<'static>); 10] = [
     ("/api/services", Page::Services),
     ("/api/status", Page::Status),
     ("/api/members", Page::Members),
+    ("/api/events", Page::Events),
     ("/api/openapi.json", Page::OpenApi),
 ];
 
@@ -103,18 +108,22 @@ fn split_stream_key(rest: &str) -> Option<(&str, &str)> {
 
 /// Answers one request. Never fails: every error is a JSON answer. A body the answer left
 /// unread (a refusal before reading it) is read and dropped after the answer ([`linger`]).
-/// `caller` is who is at the other end of the connection.
+/// `started` counts the request on its connection until the answer is given, or, for an event
+/// stream, until the stream ends (so that the connection is not closed as idle meanwhile).
 pub(super) async fn handle(
-    inbound: &Inbound,
-    caller: &Caller,
+    started: Started,
     request: Request<Incoming>,
-) -> Result<Response<Body>, Infallible> {
+) -> Result<Response<Outgoing>, Infallible> {
+    let (inbound, caller) = (started.inbound(), started.caller());
     let (request, mut body) = request.into_parts();
     let response = answer(inbound, caller, &request, &mut body).await;
     if !body.is_end_stream() {
         linger(body, inbound.body_limit);
     }
-    Ok(response)
+    Ok(response.map(|body| match body {
+        Outgoing::Left(whole) => Outgoing::Left(whole),
+        Outgoing::Right(stream) => Outgoing::Right(stream.holding(started)),
+    }))
 }
 
 /// How long, at most, the rest of a refused request's body is read and dropped.
@@ -149,26 +158,32 @@ async fn answer(
     caller: &Caller,
     request: &http::request::Parts,
     body: &mut Incoming,
-) -> Response<Body> {
+) -> Response<Outgoing> {
     let path = request.uri.path();
     let endpoint = find(path);
     if let Err(refused) = guard(inbound, request, &endpoint) {
-        return refused.response();
+        return refused.response().map(Outgoing::Left);
     }
     match endpoint {
         Endpoint::Message {
             broadcast,
             stream,
             key,
-        } => message(inbound, caller, request, body, broadcast, stream, key).await,
+        } => message(inbound, caller, request, body, broadcast, stream, key)
+            .await
+            .map(Outgoing::Left),
         Endpoint::Admin(page) => {
-            inbound
-                .admin
-                .answer(page, &request.method, inbound.admission.load())
+            let load = inbound.admission.load();
+            match inbound.admin.answer(page, &request.method, load) {
+                AdminAnswer::Whole(response) => response.map(Outgoing::Left),
+                AdminAnswer::Stream(response) => response.map(Outgoing::Right),
+            }
         }
         Endpoint::NoRoute(hint) => {
             let method = &request.method;
-            ApiError::NotFound(format!("no route for {method} {path}; {hint}")).response()
+            ApiError::NotFound(format!("no route for {method} {path}; {hint}"))
+                .response()
+                .map(Outgoing::Left)
         }
     }
 }
@@ -195,6 +210,8 @@ mod tests {
             ("/readyz", Endpoint::Admin(Page::Readyz)),
             ("/api/status", Endpoint::Admin(Page::Status)),
             ("/api/members", Endpoint::Admin(Page::Members)),
+            ("/api/events", Endpoint::Admin(Page::Events)),
+            ("/api/events/k", message(false, "events", "k")),
             ("/api/openapi.json", Endpoint::Admin(Page::OpenApi)),
             (
                 "/favicon.ico",
@@ -246,6 +263,7 @@ mod tests {
                 | Page::Readyz
                 | Page::Services
                 | Page::Members
+                | Page::Events
                 | Page::OpenApi,
             ) => path,
             Endpoint::Admin(Page::Locate { .. }) => "/api/locate/{stream}/{partitionKey}",

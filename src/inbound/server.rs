@@ -261,7 +261,7 @@ async fn serve_connection<S: Duplex>(
     let (counted, driving) = (activity.clone(), activity.clone());
     let service = service_fn(move |request| {
         let started = Activity::start(&counted);
-        async move { handle(started.inbound(), started.caller(), request).await }
+        handle(started, request)
     });
     let io = TokioIo::new(Rewind::new(head, stream));
     // The connection runs in a task of its own, with one flag to look at on each

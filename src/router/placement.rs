@@ -229,7 +229,9 @@ impl Router {
             services = table.services.len(),
             "service table swapped"
         );
-        self.inner.table.store(Arc::new(table));
+        let table = Arc::new(table);
+        self.inner.table.store(table.clone());
+        self.inner.published.send_replace(table);
     }
 
     /// The services of `stream` off the rings after a failed connection (not those that said

@@ -32,21 +32,40 @@ impl Router {
         });
     }
 
-    /// Registers a handler on `stream` as a new service (with a fresh UUID v4 id) and advertises
-    /// it to the cluster; returns the id. Fails when the cluster backend cannot advertise it.
+    /// Registers a handler on `stream` as a new service and advertises it to the cluster;
+    /// returns the id: a fresh UUID v4, or on a named node the id derived from the name, the
+    /// stream and how many services were registered on the stream here before (see
+    /// [`crate::NodeConfig::node_name`]). Fails when the cluster backend cannot advertise it.
     pub async fn register(
         &self,
         stream: impl Into<String>,
         handler: SharedHandler,
     ) -> Result<String, ClusterError> {
-        let id = uuid::Uuid::new_v4().to_string();
         let stream: Arc<str> = Arc::from(stream.into());
+        let id = self.new_service_id(&stream);
         self.add_local(vec![(
             Arc::from(id.as_str()),
             LocalService { stream, handler },
         )]);
         self.advertise_local().await?;
         Ok(id)
+    }
+
+    /// The id of the next service registered on `stream`: random, or on a named node the
+    /// `index`th id of the stream, where `index` counts the stream's registrations so far.
+    pub(crate) fn new_service_id(&self, stream: &Arc<str>) -> String {
+        let Some(name) = &self.inner.name else {
+            return uuid::Uuid::new_v4().to_string();
+        };
+        let mut counts = self
+            .inner
+            .registrations
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let count = counts.entry(stream.clone()).or_default();
+        let index = *count;
+        *count += 1;
+        super::naming::service_id(name, stream, index)
     }
 
     /// Removes a local service and withdraws it from the cluster. Returns whether it existed.

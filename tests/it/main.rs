@@ -43,6 +43,7 @@ mod client;
 mod clients;
 mod conformance;
 mod deploy;
+mod events;
 mod failure;
 mod flood;
 mod handlers;
@@ -50,6 +51,7 @@ mod hostile;
 mod layout;
 mod mesh;
 mod mtls;
+mod names;
 mod observability;
 mod openapi;
 #[cfg(feature = "otel")]

@@ -525,6 +525,7 @@ async fn real_answers_fit_the_description() {
             case(a, get.clone(), "/api/members", "/api/members", ok),
             case(a, get.clone(), "/api/status", "/api/status", ok),
             case(a, head.clone(), "/api/status", "/api/status", ok),
+            case(a, head.clone(), "/api/events", "/api/events", ok),
             case(a, get.clone(), LOCATE, "/api/locate/echo/a/b%2Fc", ok),
             case(a, head.clone(), LOCATE, "/api/locate/echo/k", ok),
             case(a, get.clone(), LOCATE, "/api/locate/nope/k", not_found),
@@ -542,6 +543,29 @@ async fn real_answers_fit_the_description() {
             }
         }
 
+        // The event stream never ends: its head and first event are checked.
+        let client =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build_http::<http_body_util::Full<Bytes>>();
+        let url = format!("http://{}/api/events", a.local_addr());
+        let response = client.get(url.parse().unwrap()).await.unwrap();
+        let (parts, mut body) = response.into_parts();
+        let first = http_body_util::BodyExt::frame(&mut body)
+            .await
+            .unwrap()
+            .unwrap();
+        let answer = Answer {
+            status: parts.status,
+            headers: parts.headers,
+            body: first.into_data().unwrap(),
+        };
+        assert!(
+            answer.body.starts_with(b"event: ownership\ndata: {"),
+            "{answer:?}"
+        );
+        description.check("/api/events", &get, &answer);
+        drop(body);
+
         // A method a route does not take: 405, with `Allow` naming exactly the described ones.
         let routes = [
             ("/", "/"),
@@ -554,6 +578,7 @@ async fn real_answers_fit_the_description() {
             ("/api/services", "/api/services"),
             ("/api/members", "/api/members"),
             ("/api/status", "/api/status"),
+            ("/api/events", "/api/events"),
             (LOCATE, "/api/locate/echo/k"),
             (BROADCAST, "/api/broadcast/echo/k"),
             (SEND, "/api/echo/k"),

@@ -21,7 +21,8 @@ const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const PARENT: &str = "00f067aa0ba902b7";
 const STATE: &str = "congo=t61rcWkgMzE,rojo=00f067aa0ba902b7";
 
-/// The trace headers each call to the handler brought: `(traceparent, tracestate)`.
+/// The trace headers each call to the handler brought: `(traceparent, tracestate)`, each
+/// value of a header sent more than once joined with ` | `.
 type Seen = Arc<Mutex<Vec<(Option<String>, Option<String>)>>>;
 
 /// An HTTP handler that answers `{}` and remembers the trace headers of each message.
@@ -38,11 +39,16 @@ async fn handler(seen: Seen) -> (String, tokio::task::JoinHandle<()>) {
                 let service = service_fn(move |request: Request<Incoming>| {
                     let seen = seen.clone();
                     async move {
+                        // Every value, so that a header sent twice (the client's and the
+                        // node's) shows: the handler gets one of each.
                         let header = |name: &str| {
-                            request
+                            let values: Vec<&str> = request
                                 .headers()
-                                .get(name)
-                                .map(|v| v.to_str().unwrap().to_owned())
+                                .get_all(name)
+                                .iter()
+                                .map(|v| v.to_str().unwrap())
+                                .collect();
+                            (!values.is_empty()).then(|| values.join(" | "))
                         };
                         if request.method() == Method::POST {
                             seen.lock()

@@ -143,6 +143,10 @@ pub(crate) struct NodeArgs {
         hide_env_values = true
     )]
     api_tokens: Option<std::path::PathBuf>,
+    /// A stable name for this node (a StatefulSet pod's name, say): service ids derive from it,
+    /// so the node owns the same keys after a restart. Refused while another live node has it.
+    #[arg(long, env = "MESHAGE_NODE_NAME", value_name = "NAME")]
+    node_name: Option<String>,
     #[command(flatten)]
     tls: crate::tls::TlsArgs,
     /// Worker threads (default: one per core).
@@ -410,7 +414,8 @@ pub(crate) async fn run_node(args: NodeArgs) -> Result<()> {
         .keys(keys)
         .api_tokens(api_tokens)
         .tls(args.tls.load()?)
-        .advertise_host(args.advertise_host);
+        .advertise_host(args.advertise_host)
+        .node_name(args.node_name.filter(|name| !name.is_empty()));
     let mut builder =
         meshage::init(cluster, address(args.http_host.as_deref(), &http_port)).config(config);
     for stream in args.echo {
