@@ -54,13 +54,15 @@ impl<F: Future> Future for Stepped<F> {
 /// Runs `future` as `step` of the current request, for `service`: inside a span of its own
 /// when spans are exported, as it is otherwise. The span's parent is the current span: call
 /// it while the request runs (see [`super::RequestScope::step`] for the first step).
+#[inline(always)]
 pub(crate) fn step<F: Future>(step: Step, service: &str, future: F) -> Stepped<F> {
-    let span = if enabled() {
-        Some(current_step_span(step, service))
-    } else {
-        None
-    };
-    Stepped::new(future, span)
+    // The future goes to its place first, the span (if any) after: a call between making the
+    // future and placing it would make the compiler build it aside and copy it (kilobytes).
+    let mut stepped = Stepped::new(future, None);
+    if enabled() {
+        stepped.set_span(current_step_span(step, service));
+    }
+    stepped
 }
 
 /// The span of `step` for `service`, a child of the current span. Out of line, as is every
@@ -73,8 +75,14 @@ fn current_step_span(step: Step, service: &str) -> Span {
 }
 
 impl<F> Stepped<F> {
+    #[inline(always)]
     pub(super) fn new(future: F, span: Option<Span>) -> Self {
         Stepped { future, span }
+    }
+
+    /// Runs the future inside `span`.
+    pub(super) fn set_span(&mut self, span: Span) {
+        self.span = Some(span);
     }
 }
 

@@ -203,18 +203,19 @@ impl RequestScope {
 
     /// Runs `future` as `step` of this request (see [`otel::step`]), whether or not the request
     /// runs yet.
+    #[inline(always)]
     pub(crate) fn step<F: Future>(
         &self,
         step: otel::Step,
         service: &str,
         future: F,
     ) -> otel::Stepped<F> {
-        let span = if otel::enabled() {
-            Some(otel::step_span(self.span.id(), step, service))
-        } else {
-            None
-        };
-        otel::Stepped::new(future, span)
+        // As in otel::step: the future to its place first, then the span.
+        let mut stepped = otel::Stepped::new(future, None);
+        if otel::enabled() {
+            stepped.set_span(otel::step_span(self.span.id(), step, service));
+        }
+        stepped
     }
 
     /// The context an answer reports: the trace and this node's span of it.
