@@ -4,7 +4,9 @@
 //!
 //! Export is off until [`crate::otel`] installs an exporter, and then on for the process. While
 //! it is off, each function here is one relaxed atomic load (none at all without the feature):
-//! no span is made that would not be made anyway, and the ids are meshage's own.
+//! no span is made that would not be made anyway, and the ids are meshage's own. What runs only
+//! while it is on sits in functions of its own, `#[cold]` and never inlined, so that the
+//! request's futures are compiled as in a build without the feature.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -52,18 +54,41 @@ impl<F: Future> Future for Stepped<F> {
 /// Runs `future` as `step` of the current request, for `service`: inside a span of its own
 /// when spans are exported, as it is otherwise. The span's parent is the current span: call
 /// it while the request runs (see [`super::RequestScope::step`] for the first step).
+#[inline(always)]
 pub(crate) fn step<F: Future>(step: Step, service: &str, future: F) -> Stepped<F> {
-    let span = enabled().then(|| step_span(Span::current().id(), step, service));
-    Stepped::new(future, span)
+    // The future goes to its place first, the span (if any) after: a call between making the
+    // future and placing it would make the compiler build it aside and copy it (kilobytes).
+    let mut stepped = Stepped::new(future, None);
+    if enabled() {
+        stepped.set_span(current_step_span(step, service));
+    }
+    stepped
+}
+
+/// The span of `step` for `service`, a child of the current span. Out of line, as is every
+/// body that runs only when spans are exported: inlined into a request's futures, such code
+/// cost those futures about 6% more instructions per request with export off (BENCHMARKS.md).
+#[cold]
+#[inline(never)]
+fn current_step_span(step: Step, service: &str) -> Span {
+    step_span(Span::current().id(), step, service)
 }
 
 impl<F> Stepped<F> {
+    #[inline(always)]
     pub(super) fn new(future: F, span: Option<Span>) -> Self {
         Stepped { future, span }
+    }
+
+    /// Runs the future inside `span`.
+    pub(super) fn set_span(&mut self, span: Span) {
+        self.span = Some(span);
     }
 }
 
 /// The span of `step` for `service`, a child of `parent`.
+#[cold]
+#[inline(never)]
 pub(super) fn step_span(parent: Option<tracing::Id>, step: Step, service: &str) -> Span {
     match step {
         Step::Route => debug_span!(parent: parent, "route", stream = service),
@@ -96,10 +121,18 @@ pub(crate) fn enabled() -> bool {
 
 /// The exported id of the current span (a step's, or the `receive` span's) when spans are
 /// exported.
+#[inline]
 pub(crate) fn current_span() -> Option<SpanId> {
     if !enabled() {
         return None;
     }
+    exported_current_span()
+}
+
+/// [`current_span`] when spans are exported; out of line (see [`current_step_span`]).
+#[cold]
+#[inline(never)]
+fn exported_current_span() -> Option<SpanId> {
     #[cfg(feature = "otel")]
     {
         use opentelemetry::trace::TraceContextExt;
@@ -119,6 +152,8 @@ pub(crate) fn current_span() -> Option<SpanId> {
 /// span's id, and the sampler's decision (which follows the parent's `sampled` flag unless
 /// `OTEL_TRACES_SAMPLER` says otherwise). A request that came with only `X-Meshage-Trace`
 /// has that id as its trace id and, since it names no span, as its parent span id too.
+#[cold]
+#[inline(never)]
 pub(crate) fn join(span: &Span, incoming: Option<Incoming>) -> TraceContext {
     #[cfg(feature = "otel")]
     {

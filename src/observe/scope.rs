@@ -151,23 +151,7 @@ impl RequestScope {
     ) -> Self {
         let stream_metrics = Some(metrics.stream(stream, || table.stream(stream).is_some()));
         if otel::enabled() {
-            let span = debug_span!(
-                "receive",
-                trace = Empty,
-                stream = %stream,
-                key_hash = %KeyHash(key),
-                route = Empty,
-                owner = Empty,
-                otel.kind = "server",
-            );
-            let context = otel::join(&span, incoming);
-            span.record("trace", tracing::field::display(context.trace));
-            return RequestScope {
-                stream: stream_metrics,
-                context,
-                route,
-                span,
-            };
+            return Self::exported(stream_metrics, stream, key, route, incoming);
         }
         let context = otel::own_context(incoming);
         let span = debug_span!(
@@ -186,16 +170,52 @@ impl RequestScope {
         }
     }
 
+    /// [`RequestScope::new`] when spans are exported: the `receive` span joins the incoming
+    /// trace through the exporter. Out of line, so that a request's futures are compiled as
+    /// without the feature (see [`otel`]).
+    #[cold]
+    #[inline(never)]
+    fn exported(
+        stream_metrics: Option<Arc<StreamMetrics>>,
+        stream: &str,
+        key: &str,
+        route: Route,
+        incoming: Option<Incoming>,
+    ) -> Self {
+        let span = debug_span!(
+            "receive",
+            trace = Empty,
+            stream = %stream,
+            key_hash = %KeyHash(key),
+            route = Empty,
+            owner = Empty,
+            otel.kind = "server",
+        );
+        let context = otel::join(&span, incoming);
+        span.record("trace", tracing::field::display(context.trace));
+        RequestScope {
+            stream: stream_metrics,
+            context,
+            route,
+            span,
+        }
+    }
+
     /// Runs `future` as `step` of this request (see [`otel::step`]), whether or not the request
     /// runs yet.
+    #[inline(always)]
     pub(crate) fn step<F: Future>(
         &self,
         step: otel::Step,
         service: &str,
         future: F,
     ) -> otel::Stepped<F> {
-        let span = otel::enabled().then(|| otel::step_span(self.span.id(), step, service));
-        otel::Stepped::new(future, span)
+        // As in otel::step: the future to its place first, then the span.
+        let mut stepped = otel::Stepped::new(future, None);
+        if otel::enabled() {
+            stepped.set_span(otel::step_span(self.span.id(), step, service));
+        }
+        stepped
     }
 
     /// The context an answer reports: the trace and this node's span of it.
