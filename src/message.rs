@@ -36,6 +36,12 @@ pub struct Header {
     /// a JSON object body, as the original 0.4.x reads it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<Arc<str>>,
+    /// The service that owned this message's key before the one running it, when the key moved
+    /// to it within the node's handoff window (`--handoff-window`) and that service can still be
+    /// reached: the handler may take the key's state from it (send to it by id:
+    /// [`crate::SendOptions::service`]). See the README's "Stateful handlers".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_owner: Option<Arc<str>>,
     /// The client's request headers, less hop-by-hop ones and meshage's own (see the README's
     /// "Request headers"). Empty for a message sent from the library.
     #[serde(skip)]

@@ -223,6 +223,7 @@ impl NodeBuilder {
                 request_timeout: config.request_timeout,
                 suspect_timeout: config.suspect_timeout,
                 background_limit: config.background_limit,
+                handoff_window: config.handoff_window,
             },
             config.node_name.as_deref().map(Arc::from),
         );
@@ -448,7 +449,9 @@ impl Node {
     }
 
     /// Leaves the cluster gracefully: announces that it is leaving (peers route its keys
-    /// elsewhere at once), stops accepting connections, lets open requests finish within the
+    /// elsewhere at once), serves on while peers still send it requests (for at most the
+    /// drain timeout; not with [`NodeConfig::handoff_window`] zero or without services), so
+    /// that new owners can take their keys' state from it, stops accepting connections, lets open requests finish within the
     /// drain timeout, then stops gossip. With OpenTelemetry export on (feature `otel`), it
     /// then sends the spans not yet exported.
     pub async fn shutdown(mut self) -> Result<(), ClusterError> {
@@ -456,6 +459,9 @@ impl Node {
         if let Err(e) = self.membership.leave().await {
             warn!(error = %e, "could not announce leaving");
         }
+        // The services that took this node's keys may take their state from it by id: it
+        // serves on until they have stopped asking (see `--handoff-window`).
+        self.router.hand_off(self.drain_timeout).await;
         // Event streams end (after what they have not sent yet, down to the local services
         // losing everything as the node leaves), so that they do not hold their connections
         // open through the drain.

@@ -41,6 +41,8 @@ use crate::FastMap;
 
 mod background;
 mod broadcast;
+mod handoff;
+mod history;
 mod local;
 mod naming;
 mod options;
@@ -195,6 +197,11 @@ struct Inner {
     registrations: std::sync::Mutex<FastMap<Arc<str>, usize>>,
     /// This node's request metrics (see [`crate::observe`]), counted by the scopes it opens.
     metrics: Metrics,
+    /// The tables of the handoff window, for the previous owner of a key (see `handoff`).
+    history: ArcSwap<history::History>,
+    /// When this router started: within the handoff window after it, keys it took by joining
+    /// get a hint too.
+    born: Instant,
 }
 
 impl Router {
@@ -226,6 +233,8 @@ impl Router {
                 name,
                 registrations: Default::default(),
                 metrics: Metrics::default(),
+                history: ArcSwap::from_pointee(history::History::default()),
+                born: Instant::now(),
                 config,
             }),
         }
@@ -315,7 +324,7 @@ impl Router {
                 name: message.name.as_deref(),
                 headers: &NO_HEADERS,
             },
-            target: None,
+            target: options.service.as_deref(),
             hop: false,
             idempotent: options.idempotent,
             deadline: self.deadline(options.timeout),
@@ -396,7 +405,17 @@ impl Router {
             let locals = self.inner.local.load();
             if let Some(local) = locals.get(id) {
                 let service_id: Arc<str> = Arc::from(id);
-                let answer = start_local(service_id.clone(), local, key, request.extra, payload);
+                let table = self.inner.table.load();
+                let previous = self.previous_owner(&table, stream, key, id, true);
+                drop(table);
+                let answer = start_local(
+                    service_id.clone(),
+                    local,
+                    key,
+                    request.extra,
+                    previous,
+                    payload,
+                );
                 drop(locals);
                 return finish_local(service_id, answer, deadline).await;
             }
@@ -404,7 +423,9 @@ impl Router {
             if request.hop {
                 return Err(RouteError::NotHere(id.to_owned()));
             }
-            let owner = self.inner.table.load().service(id).map(|s| {
+            let table = self.inner.table.load();
+            // A service of a node that is leaving is off the rings but still answers by id.
+            let owner = table.service(id).or_else(|| table.draining(id)).map(|s| {
                 (
                     s.id.clone(),
                     s.node_id.clone(),
@@ -412,6 +433,7 @@ impl Router {
                     s.fingerprint,
                 )
             });
+            drop(table);
             let Some((service_id, node_id, endpoint, fingerprint)) = owner else {
                 return Err(self.not_in_table(id));
             };
@@ -447,7 +469,15 @@ impl Router {
             let locals = self.inner.local.load();
             if let Some(local) = locals.get(&owner.id) {
                 let service_id = owner.id.clone();
-                let answer = start_local(service_id.clone(), local, key, request.extra, payload);
+                let previous = self.previous_owner(&table, stream, key, &service_id, false);
+                let answer = start_local(
+                    service_id.clone(),
+                    local,
+                    key,
+                    request.extra,
+                    previous,
+                    payload,
+                );
                 drop((locals, table));
                 return finish_local(service_id, answer, deadline).await;
             }

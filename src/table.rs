@@ -51,30 +51,37 @@ pub struct ServiceTable {
     /// The certificate fingerprints published by members not known to be dead (leaving ones
     /// still finish their forwards): the peers a keyed node takes links and forwards from.
     peers: Vec<Fingerprint>,
+    /// The services of members that are leaving: off the rings, but still reachable by id while
+    /// their node drains (a new owner takes a key's state from them), sorted by id.
+    draining: Vec<ServiceInfo>,
 }
 
 impl ServiceTable {
     /// Builds the table of the live members' services.
     pub fn build(version: u64, view: &ClusterView) -> ServiceTable {
-        let mut services: Vec<ServiceInfo> = view
-            .members
-            .iter()
-            .filter(|m| m.state == MemberState::Live)
-            .flat_map(|m| {
-                let node_id: Arc<str> = Arc::from(m.id.as_str());
-                let endpoint: Arc<str> = Arc::from(m.endpoint.as_str());
-                let fingerprint = m.fingerprint.as_deref().and_then(Fingerprint::from_hex);
-                m.services.iter().map(move |s| ServiceInfo {
-                    id: s.id.clone(),
-                    stream: s.stream.clone(),
-                    node_id: node_id.clone(),
-                    endpoint: endpoint.clone(),
-                    fingerprint,
+        let services_in = |state: MemberState| {
+            view.members
+                .iter()
+                .filter(move |m| m.state == state)
+                .flat_map(|m| {
+                    let node_id: Arc<str> = Arc::from(m.id.as_str());
+                    let endpoint: Arc<str> = Arc::from(m.endpoint.as_str());
+                    let fingerprint = m.fingerprint.as_deref().and_then(Fingerprint::from_hex);
+                    m.services.iter().map(move |s| ServiceInfo {
+                        id: s.id.clone(),
+                        stream: s.stream.clone(),
+                        node_id: node_id.clone(),
+                        endpoint: endpoint.clone(),
+                        fingerprint,
+                    })
                 })
-            })
-            .collect();
+        };
+        let mut services: Vec<ServiceInfo> = services_in(MemberState::Live).collect();
         services.sort_by(|a, b| (&a.stream, &a.id).cmp(&(&b.stream, &b.id)));
         services.dedup_by(|a, b| a.id == b.id);
+        let mut draining: Vec<ServiceInfo> = services_in(MemberState::Leaving).collect();
+        draining.sort_by(|a, b| a.id.cmp(&b.id));
+        draining.dedup_by(|a, b| a.id == b.id);
 
         let by_id = services
             .iter()
@@ -110,6 +117,7 @@ impl ServiceTable {
             by_id,
             streams,
             peers,
+            draining,
         }
     }
 
@@ -154,6 +162,15 @@ impl ServiceTable {
         self.by_id.get(id).map(|&i| &self.services[i])
     }
 
+    /// The service with this id on a member that is leaving: off the rings, but its node still
+    /// answers requests addressed to it while it drains.
+    pub fn draining(&self, id: &str) -> Option<&ServiceInfo> {
+        self.draining
+            .binary_search_by(|s| (*s.id).cmp(id))
+            .ok()
+            .map(|i| &self.draining[i])
+    }
+
     /// Names of the streams with at least one service.
     pub fn streams(&self) -> impl Iterator<Item = &str> {
         self.streams.keys().map(|s| &**s)
@@ -196,6 +213,13 @@ mod tests {
         let ids: Vec<&str> = table.services_of("echo").map(|s| &*s.id).collect();
         assert_eq!(ids, ["s1", "s5"]);
         assert!(table.service("s3").is_none());
+        assert_eq!(
+            table.draining("s3").map(|s| &*s.node_id),
+            Some("b"),
+            "a leaving member's service is still reachable by id"
+        );
+        assert!(table.draining("s4").is_none(), "a dead one's is not");
+        assert!(table.draining("s1").is_none());
         assert_eq!(&*table.service("s5").unwrap().endpoint, "http://d:80");
         assert!(table.owner("missing", "k").is_none());
     }

@@ -21,7 +21,10 @@ use crate::relay;
 use crate::router::Router;
 use crate::security::{ClientTls, TlsError};
 use crate::shutdown::Watch;
-use crate::wire::{RESERVED_STREAMS, SERVICE_ID_HEADER, TRACEPARENT_HEADER, TRACESTATE_HEADER};
+use crate::wire::{
+    PREVIOUS_OWNER_HEADER, RESERVED_STREAMS, SERVICE_ID_HEADER, TRACEPARENT_HEADER,
+    TRACESTATE_HEADER,
+};
 
 mod pool;
 use pool::{Pool, SendError};
@@ -31,6 +34,7 @@ const STREAM_NAME: HeaderName = HeaderName::from_static("x-stream");
 const PARTITION_KEY_NAME: HeaderName = HeaderName::from_static("x-partition-key");
 const SERVICE_ID_NAME: HeaderName = HeaderName::from_static(SERVICE_ID_HEADER);
 const MESSAGE_NAME_NAME: HeaderName = HeaderName::from_static(relay::MESSAGE_NAME_HEADER);
+const PREVIOUS_OWNER_NAME: HeaderName = HeaderName::from_static(PREVIOUS_OWNER_HEADER);
 const TRACEPARENT_NAME: HeaderName = HeaderName::from_static(TRACEPARENT_HEADER);
 const TRACESTATE_NAME: HeaderName = HeaderName::from_static(TRACESTATE_HEADER);
 
@@ -295,6 +299,11 @@ impl HttpUpstream {
             }
             if let Some(state) = out.state {
                 headers.insert(TRACESTATE_NAME, state.value().clone());
+            }
+        }
+        if let Some(previous) = &header.previous_owner {
+            if let Ok(v) = HeaderValue::from_str(previous) {
+                headers.insert(PREVIOUS_OWNER_NAME, v);
             }
         }
         for (name, value) in [

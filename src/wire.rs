@@ -17,6 +17,9 @@ use tokio::net::TcpStream;
 pub const SERVICE_ID_HEADER: &str = "x-service-id";
 /// Header marking a request that was already forwarded once.
 pub const HOP_HEADER: &str = "x-meshage-hop";
+/// `X-Meshage-Previous-Owner`: to an HTTP handler, the service that owned the message's key
+/// before (see [`crate::Header::previous_owner`]).
+pub(crate) const PREVIOUS_OWNER_HEADER: &str = "x-meshage-previous-owner";
 /// Header bounding a whole request, retries and forwarding included: milliseconds, a whole
 /// number from 1 up. A node never waits longer than its own request timeout, whatever it says.
 pub const TIMEOUT_HEADER: &str = "x-request-timeout";

@@ -80,6 +80,11 @@ pub struct NodeConfig {
     pub event_buffer: usize,
     /// `GET /api/events` streams open at once; above it, new ones get a 503.
     pub max_event_streams: usize,
+    /// How long after a key moved to a local service its handler is told the service that
+    /// owned it before ([`crate::Header::previous_owner`]); zero: never, and a leaving node
+    /// does not wait for new owners to take state from it. See the README's "Stateful
+    /// handlers".
+    pub handoff_window: Duration,
 }
 
 setters!(NodeConfig {
@@ -102,6 +107,7 @@ setters!(NodeConfig {
     name_wait: Duration,
     event_buffer: usize,
     max_event_streams: usize,
+    handoff_window: Duration,
 });
 
 impl Default for NodeConfig {
@@ -126,6 +132,7 @@ impl Default for NodeConfig {
             name_wait: Duration::from_secs(10),
             event_buffer: 1024,
             max_event_streams: 64,
+            handoff_window: RouterConfig::default().handoff_window,
         }
     }
 }

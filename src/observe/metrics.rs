@@ -306,6 +306,15 @@ impl Metrics {
         streams
     }
 
+    /// Requests counted so far, of every stream, route and outcome.
+    pub(crate) fn requests_total(&self) -> u64 {
+        self.streams()
+            .iter()
+            .flat_map(|s| s.requests.iter().flatten())
+            .map(|n| n.load(Ordering::Relaxed))
+            .sum()
+    }
+
     /// The text exposition of every metric.
     pub(crate) fn render(&self, cluster: &ClusterGauges<'_>) -> String {
         let mut out = String::with_capacity(8 * 1024);

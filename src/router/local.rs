@@ -21,6 +21,7 @@ pub(super) fn start_local(
     local: &LocalService,
     key: &str,
     extra: Extra<'_>,
+    previous_owner: Option<Arc<str>>,
     payload: Payload,
 ) -> BoxFuture<'static, Result<Reply, HandlerError>> {
     // The name the sender gave, else the body's top-level "name" (a JSON object's only; read
@@ -35,6 +36,7 @@ pub(super) fn start_local(
         stream: local.stream.clone(),
         partition_key: Arc::from(key),
         name,
+        previous_owner,
         headers: extra.headers.clone(),
     };
     // A handler that panics answers 500, like one that fails: the panic ends neither the

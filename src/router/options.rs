@@ -15,12 +15,16 @@ pub struct RouterConfig {
     /// The most messages sent without waiting (`?wait=false`) being delivered at once; above
     /// it, such sends are refused (503).
     pub background_limit: usize,
+    /// How long after a key moved to a local service its handler is told the service that
+    /// owned it before ([`crate::Header::previous_owner`]); zero: never.
+    pub handoff_window: Duration,
 }
 
 setters!(RouterConfig {
     request_timeout: Duration,
     suspect_timeout: Duration,
     background_limit: usize,
+    handoff_window: Duration,
 });
 
 impl Default for RouterConfig {
@@ -29,6 +33,7 @@ impl Default for RouterConfig {
             request_timeout: Duration::from_secs(10),
             suspect_timeout: Duration::from_secs(5),
             background_limit: 1024,
+            handoff_window: Duration::from_secs(30),
         }
     }
 }
@@ -48,10 +53,15 @@ pub struct SendOptions {
     /// `{"trace": ID}` and the message is delivered in the background (see the README's "Fire
     /// and forget"). Ignored by broadcasts.
     pub no_wait: bool,
+    /// Sends the message to this service, wherever it runs (also on a node that is leaving and
+    /// still drains), instead of the key's owner; it is asked once. A handler takes a key's
+    /// state from its [`previous_owner`](crate::Header::previous_owner) this way.
+    pub service: Option<String>,
 }
 
 setters!(SendOptions {
     timeout: Option<Duration>,
     idempotent: bool,
     no_wait: bool,
+    service: Option<String>,
 });

@@ -209,6 +209,10 @@ impl Router {
             .filter(|m| *m.id != *self.inner.node_id)
             .cloned()
             .collect();
+        // How the cluster placed keys before this node joined, for the hints of a young node.
+        let others = self.is_young(Instant::now()).then(|| {
+            without_suspects(members.clone(), &self.inner.suspects.load(), Instant::now())
+        });
         members.push(Member {
             id: self.inner.node_id.to_string(),
             endpoint: self.inner.endpoint.to_string(),
@@ -230,7 +234,11 @@ impl Router {
             "service table swapped"
         );
         let table = Arc::new(table);
-        self.inner.table.store(table.clone());
+        let replaced = self.inner.table.swap(table.clone());
+        self.remember(replaced, &table, || {
+            let members = others.unwrap_or_default();
+            ServiceTable::build(version, &ClusterView { members })
+        });
         self.inner.published.send_replace(table);
     }
 

@@ -157,6 +157,7 @@ fn header(key: &str) -> Header {
         stream: Arc::from("orders"),
         partition_key: Arc::from(key),
         name: None,
+        previous_owner: None,
         headers: Default::default(),
     }
 }

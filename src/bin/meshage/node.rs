@@ -147,6 +147,12 @@ pub(crate) struct NodeArgs {
     /// so the node owns the same keys after a restart. Refused while another live node has it.
     #[arg(long, env = "MESHAGE_NODE_NAME", value_name = "NAME")]
     node_name: Option<String>,
+    /// How long after a key moved to a service its handler gets the service that owned it
+    /// before (`X-Meshage-Previous-Owner`), to take the key's state from; a leaving node
+    /// serves on until new owners stop asking. `0`: off.
+    #[arg(long, env = "MESHAGE_HANDOFF_WINDOW", default_value = "30",
+          value_parser = crate::duration::parse)]
+    handoff_window: Duration,
     #[command(flatten)]
     tls: crate::tls::TlsArgs,
     /// Worker threads (default: one per core).
@@ -415,7 +421,8 @@ pub(crate) async fn run_node(args: NodeArgs) -> Result<()> {
         .api_tokens(api_tokens)
         .tls(args.tls.load()?)
         .advertise_host(args.advertise_host)
-        .node_name(args.node_name.filter(|name| !name.is_empty()));
+        .node_name(args.node_name.filter(|name| !name.is_empty()))
+        .handoff_window(args.handoff_window);
     let mut builder =
         meshage::init(cluster, address(args.http_host.as_deref(), &http_port)).config(config);
     for stream in args.echo {

@@ -1,0 +1,120 @@
+//! Handing keys over: the previous owner of a key that moved to a local service within the
+//! handoff window (see `history`), and a leaving node's wait for its peers to take what they
+//! need from it.
+
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use tracing::info;
+
+use super::{Inner, Router};
+use crate::table::ServiceTable;
+
+/// A leaving node stops once no request has reached it for this long.
+const QUIET: Duration = Duration::from_millis(500);
+
+impl Router {
+    /// The service that owned `key` of `stream` before the local service `me`, within the
+    /// handoff window, if it can still be reached (see `history`).
+    /// `addressed`: the request named `me` (a forward, or `X-Service-ID`), so this node's
+    /// current table may name another owner.
+    #[inline]
+    pub(super) fn previous_owner(
+        &self,
+        table: &ServiceTable,
+        stream: &str,
+        key: &str,
+        me: &str,
+        addressed: bool,
+    ) -> Option<Arc<str>> {
+        let window = self.inner.config.handoff_window;
+        if key.is_empty() || window.is_zero() {
+            return None;
+        }
+        let history = self.inner.history.load();
+        if history.is_empty() && !addressed {
+            return None;
+        }
+        history.previous_owner(table, stream, key, me, Instant::now(), window)
+    }
+
+    /// Keeps `replaced`, the table current until now, for the handoff window when `next`
+    /// places keys differently; `before_joining` is this node's view without itself, kept while
+    /// the node is younger than the window.
+    pub(super) fn remember(
+        &self,
+        replaced: Arc<ServiceTable>,
+        next: &ServiceTable,
+        before_joining: impl FnOnce() -> ServiceTable,
+    ) {
+        let window = self.inner.config.handoff_window;
+        if window.is_zero() || same_rings(&replaced, next) {
+            return;
+        }
+        let now = Instant::now();
+        let young = self.is_young(now);
+        let before_joining = young.then(|| Arc::new(before_joining()));
+        self.inner
+            .history
+            .rcu(|history| history.after(replaced.clone(), now, window, before_joining.clone()));
+        // Emptied once the window has passed, so that requests stop looking.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let inner: Weak<Inner> = Arc::downgrade(&self.inner);
+            runtime.spawn(async move {
+                tokio::time::sleep(window).await;
+                if let Some(inner) = inner.upgrade() {
+                    Router { inner }.prune_history();
+                }
+            });
+        }
+    }
+
+    /// Whether this node started less than a handoff window ago.
+    pub(super) fn is_young(&self, now: Instant) -> bool {
+        now.saturating_duration_since(self.inner.born) < self.inner.config.handoff_window
+    }
+
+    fn prune_history(&self) {
+        let now = Instant::now();
+        let window = self.inner.config.handoff_window;
+        let young = self.is_young(now);
+        self.inner
+            .history
+            .rcu(|history| history.pruned(now, window, young));
+    }
+
+    /// While this node leaves: serves on until no request has reached it for a moment (at most
+    /// `bound`), so that the services that took its keys can take their state from it by id.
+    /// Returns at once when hints are off or it runs no service.
+    pub(crate) async fn hand_off(&self, bound: Duration) {
+        if self.inner.config.handoff_window.is_zero() || self.inner.local.load().is_empty() {
+            return;
+        }
+        info!("leaving: serving requests until none has come for {QUIET:?}, so that new owners can take their keys' state");
+        let until = tokio::time::Instant::now() + bound;
+        let mut seen = self.inner.metrics.requests_total();
+        loop {
+            if tokio::time::timeout_at(until, tokio::time::sleep(QUIET))
+                .await
+                .is_err()
+            {
+                return;
+            }
+            let now = self.inner.metrics.requests_total();
+            if now == seen {
+                return;
+            }
+            seen = now;
+        }
+    }
+}
+
+/// Whether two tables place every key of every stream alike: the same services on each ring.
+fn same_rings(a: &ServiceTable, b: &ServiceTable) -> bool {
+    fn servers<'t>(table: &'t ServiceTable, stream: &str) -> Option<&'t [Arc<str>]> {
+        table.stream(stream).map(|s| s.ring.servers())
+    }
+    a.streams().count() == b.streams().count()
+        && a.streams()
+            .all(|stream| servers(a, stream) == servers(b, stream))
+}
