@@ -37,6 +37,7 @@ class Handler(BaseHTTPRequestHandler):
                 "stream": unquote(self.headers.get("X-Stream", "")),
                 "key": unquote(self.headers.get("X-Partition-Key", "")),
                 "serviceId": self.headers.get("X-Service-ID"),
+                "previousOwner": self.headers.get("X-Meshage-Previous-Owner"),
                 "data": data,
             },
         )

@@ -133,6 +133,9 @@ pub(crate) struct Extra<'a> {
     pub name: Option<&'a str>,
     /// The client's headers, already filtered (see `relay`).
     pub headers: &'a http::HeaderMap,
+    /// On a forward: the service that owned the key before, as the sender knows it (a node
+    /// that joined a moment ago may not know the members it joined yet).
+    pub previous_owner: Option<&'a str>,
 }
 
 /// No headers.
@@ -323,6 +326,7 @@ impl Router {
             extra: Extra {
                 name: message.name.as_deref(),
                 headers: &NO_HEADERS,
+                previous_owner: None,
             },
             target: options.service.as_deref(),
             hop: false,
@@ -369,6 +373,7 @@ impl Router {
             Extra {
                 name: message.name.as_deref(),
                 headers: &NO_HEADERS,
+                previous_owner: None,
             },
             payload,
             self.deadline(options.timeout),
@@ -405,9 +410,13 @@ impl Router {
             let locals = self.inner.local.load();
             if let Some(local) = locals.get(id) {
                 let service_id: Arc<str> = Arc::from(id);
-                let table = self.inner.table.load();
-                let previous = self.previous_owner(&table, stream, key, id, true);
-                drop(table);
+                let previous = match request.extra.previous_owner {
+                    Some(told) if request.hop => Some(Arc::from(told)),
+                    _ => {
+                        let table = self.inner.table.load();
+                        self.previous_owner(&table, stream, key, id, true)
+                    }
+                };
                 let answer = start_local(
                     service_id.clone(),
                     local,
@@ -542,13 +551,24 @@ impl Router {
             fingerprint,
         } = to;
         let started = Instant::now();
+        // The key's previous owner as this node knows it goes with the forward (as one of
+        // meshage's own headers), for an owner that has not heard of it yet.
+        let told = self.hint_for(request.stream, request.key, &service_id);
+        let with_hint;
+        let headers = match &told {
+            Some(previous) => {
+                with_hint = handoff::with_previous_owner(request.extra.headers, previous);
+                &with_hint
+            }
+            None => request.extra.headers,
+        };
         let forward = self.inner.forwarder.forward(
             endpoint,
             fingerprint,
             request.stream,
             request.key,
             &service_id,
-            (request.extra.name, request.extra.headers),
+            (request.extra.name, headers),
             payload,
             request.deadline,
         );

@@ -22,8 +22,8 @@ use crate::relay::{request_headers, MESSAGE_NAME_HEADER};
 use crate::router::{Delivery, Extra, Part, RouteError, RouteRequest};
 use crate::wire::{
     is_idempotent_value, parse_timeout, read_body, BodyError, Deadline, Held, HOP_HEADER,
-    IDEMPOTENCY_KEY_HEADER, IDEMPOTENT_HEADER, SERVICE_ID_HEADER, TIMEOUT_HEADER,
-    TRACEPARENT_HEADER, TRACESTATE_HEADER, TRACE_HEADER,
+    IDEMPOTENCY_KEY_HEADER, IDEMPOTENT_HEADER, PREVIOUS_OWNER_HEADER, SERVICE_ID_HEADER,
+    TIMEOUT_HEADER, TRACEPARENT_HEADER, TRACESTATE_HEADER, TRACE_HEADER,
 };
 
 /// What the message routes read from a request's head, found in one pass over its headers
@@ -44,6 +44,8 @@ struct MessageHead<'a> {
     idempotent: Option<&'a HeaderValue>,
     /// `X-Message-Name`, read on forwards (percent-encoded there).
     name: Option<&'a HeaderValue>,
+    /// `X-Meshage-Previous-Owner`, read on forwards.
+    previous_owner: Option<&'a HeaderValue>,
 }
 
 impl<'a> MessageHead<'a> {
@@ -60,6 +62,7 @@ impl<'a> MessageHead<'a> {
                 TIMEOUT_HEADER => &mut head.timeout,
                 IDEMPOTENT_HEADER => &mut head.idempotent,
                 MESSAGE_NAME_HEADER => &mut head.name,
+                PREVIOUS_OWNER_HEADER => &mut head.previous_owner,
                 HOP_HEADER => {
                     head.hop = true;
                     continue;
@@ -316,6 +319,10 @@ async fn respond(
     let extra = Extra {
         name,
         headers: asked.headers,
+        previous_owner: head
+            .previous_owner
+            .filter(|_| head.hop)
+            .and_then(|v| v.to_str().ok()),
     };
 
     if asked.query.no_wait && !broadcast && !head.hop {
@@ -372,7 +379,12 @@ async fn respond(
 
 /// Runs one request that arrived over a peer link: it names its service and is never
 /// forwarded again.
-pub(super) async fn link_request(inbound: Arc<Inbound>, request: LinkRequest) -> Answer {
+pub(super) async fn link_request(inbound: Arc<Inbound>, mut request: LinkRequest) -> Answer {
+    // The sender's hint travels among the headers; the handler gets it as its own field.
+    let previous_owner = match request.extras.headers.is_empty() {
+        true => None,
+        false => request.extras.headers.remove(PREVIOUS_OWNER_HEADER),
+    };
     let error = |e: ApiError| Ok(Reply::new(e.status(), e.body()));
     let _slot = match inbound.admission.admit() {
         Ok(slot) => slot,
@@ -386,6 +398,7 @@ pub(super) async fn link_request(inbound: Arc<Inbound>, request: LinkRequest) ->
         extra: Extra {
             name: request.extras.name.as_deref(),
             headers: &request.extras.headers,
+            previous_owner: previous_owner.as_ref().and_then(|v| v.to_str().ok()),
         },
         target: Some(&request.service_id),
         hop: true,

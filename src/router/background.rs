@@ -135,6 +135,7 @@ impl Router {
             stream: &stream,
             key: &key,
             extra: Extra {
+                previous_owner: None,
                 name: name.as_deref(),
                 headers: &headers,
             },

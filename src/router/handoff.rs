@@ -5,10 +5,12 @@
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
+use http::{HeaderMap, HeaderValue};
 use tracing::info;
 
 use super::{Inner, Router};
 use crate::table::ServiceTable;
+use crate::wire::PREVIOUS_OWNER_HEADER;
 
 /// A leaving node stops once no request has reached it for this long.
 const QUIET: Duration = Duration::from_millis(500);
@@ -38,9 +40,27 @@ impl Router {
         history.previous_owner(table, stream, key, me, Instant::now(), window)
     }
 
+    /// The previous owner of `key` that this node tells `target`'s node with a forward: the
+    /// latest other owner in its tables of the window. Nothing while no table changed.
+    #[inline]
+    pub(super) fn hint_for(&self, stream: &str, key: &str, target: &str) -> Option<Arc<str>> {
+        let window = self.inner.config.handoff_window;
+        if key.is_empty() || window.is_zero() {
+            return None;
+        }
+        let history = self.inner.history.load();
+        if history.is_empty() {
+            return None;
+        }
+        let table = self.inner.table.load();
+        history.previous_owner(&table, stream, key, target, Instant::now(), window)
+    }
+
     /// Keeps `replaced`, the table current until now, for the handoff window when `next`
-    /// places keys differently; `before_joining` is this node's view without itself, kept while
-    /// the node is younger than the window.
+    /// places keys differently. `before_joining` builds this node's view without itself, the
+    /// placement before it joined, kept up to date while the node is young (gossip makes the
+    /// members it joined live one after the other), but for a node that found no one there:
+    /// nothing was placed before it, whoever joins later.
     pub(super) fn remember(
         &self,
         replaced: Arc<ServiceTable>,
@@ -53,7 +73,13 @@ impl Router {
         }
         let now = Instant::now();
         let young = self.is_young(now);
-        let before_joining = young.then(|| Arc::new(before_joining()));
+        let before_joining = match self.inner.history.load().before_joining() {
+            _ if !young => None,
+            // A node that found no one there when it joined: no key was anyone's before it.
+            Some(known) if known.services.is_empty() => Some(known),
+            _ => Some(Arc::new(before_joining()))
+                .filter(|table| !table.services.is_empty() || self.membership_joined()),
+        };
         self.inner
             .history
             .rcu(|history| history.after(replaced.clone(), now, window, before_joining.clone()));
@@ -107,6 +133,15 @@ impl Router {
             seen = now;
         }
     }
+}
+
+/// `headers` with `X-Meshage-Previous-Owner: previous` added, for a forward.
+pub(super) fn with_previous_owner(headers: &HeaderMap, previous: &str) -> HeaderMap {
+    let mut headers = headers.clone();
+    if let Ok(value) = HeaderValue::from_str(previous) {
+        headers.insert(PREVIOUS_OWNER_HEADER, value);
+    }
+    headers
 }
 
 /// Whether two tables place every key of every stream alike: the same services on each ring.

@@ -31,6 +31,11 @@ impl History {
         self.earlier.is_empty() && self.before_joining.is_none()
     }
 
+    /// The table before this node joined, once taken.
+    pub(crate) fn before_joining(&self) -> Option<Arc<ServiceTable>> {
+        self.before_joining.clone()
+    }
+
     /// The history once `replaced` stopped being current at `now`, with `before_joining` as
     /// the table before this node joined (`None` once the node is older than the window).
     pub(crate) fn after(

@@ -62,6 +62,7 @@ mod probes;
 mod ring_vectors;
 mod sealed;
 mod sends;
+mod stateful;
 mod status_page;
 mod tokens;
 mod trace_context;

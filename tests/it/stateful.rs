@@ -1,0 +1,387 @@
+//! Stateful handlers: the previous-owner hint (`Header::previous_owner`,
+//! `X-Meshage-Previous-Owner`) on joins, graceful leaves and tables that lag, and the counter of
+//! `examples/stateful_counter.rs` keeping every increment exactly once while a node joins and
+//! another leaves under load, where the same handler without the hint loses some.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use meshage::{
+    HandlerError, Header, HttpUpstream, Message, Node, NodeConfig, RouteError, SendOptions,
+    UpstreamConfig,
+};
+use serde_json::{json, Value};
+
+use crate::common::process::python_handler;
+use crate::common::{gossip, wait_until, wait_until_async, Http};
+
+#[path = "../../examples/stateful_counter.rs"]
+#[allow(dead_code)]
+mod stateful_counter;
+use stateful_counter::Counter;
+
+/// Answers who ran it and the hint it got.
+async fn tell(_data: Value, header: Header) -> Result<Value, HandlerError> {
+    Ok(json!({ "by": &*header.service_id, "previous": header.previous_owner.as_deref() }))
+}
+
+async fn teller(seeds: &[String], config: NodeConfig) -> Node {
+    meshage::init(gossip(seeds), "127.0.0.1:0")
+        .config(config)
+        .register("s", tell)
+        .start()
+        .await
+        .expect("node starts")
+}
+
+fn local_service(node: &Node) -> String {
+    let table = node.router().table();
+    let id = table
+        .services
+        .iter()
+        .find(|s| *s.node_id == *node.router().node_id())
+        .map(|s| s.id.to_string());
+    id.expect("the node lists its own service")
+}
+
+/// A key of stream `s` that `node`'s table gives to service `owner`.
+fn key_of(node: &Node, owner: &str) -> String {
+    let table = node.router().table();
+    (0..10_000)
+        .map(|i| format!("key-{i}"))
+        .find(|k| table.owner("s", k).is_some_and(|s| *s.id == *owner))
+        .expect("the service owns some key")
+}
+
+async fn wait_services(nodes: &[&Node], n: usize) {
+    wait_until(
+        Duration::from_secs(10),
+        &format!("{n} services everywhere"),
+        || {
+            nodes
+                .iter()
+                .all(|node| node.router().table().services.len() == n)
+        },
+    )
+    .await;
+}
+
+async fn previous(via: &Node, key: &str) -> Value {
+    let answer = via
+        .router()
+        .send(Message::new("s", key, json!({})))
+        .await
+        .expect("answered");
+    answer["previous"].clone()
+}
+
+#[tokio::test]
+async fn a_key_taken_by_a_joining_node_names_its_previous_owner_until_the_window_passes() {
+    let config = NodeConfig::default().handoff_window(Duration::from_secs(4));
+    let a = teller(&[], config.clone()).await;
+    let seeds = vec![a.seed_address().unwrap()];
+    let sa = local_service(&a);
+    let b = teller(&seeds, config).await;
+    wait_services(&[&a, &b], 2).await;
+    let sb = local_service(&b);
+    let moved = key_of(&a, &sb);
+    let stayed = key_of(&a, &sa);
+    // Forwarded from a, and run where b is the entry: the same hint.
+    assert_eq!(previous(&a, &moved).await, json!(sa));
+    assert_eq!(previous(&b, &moved).await, json!(sa));
+    assert_eq!(
+        previous(&a, &stayed).await,
+        Value::Null,
+        "a key that stayed"
+    );
+    // A message without a key has no owner to follow.
+    let keyless = b
+        .router()
+        .send_with(
+            Message::keyless("s", json!({})),
+            SendOptions::default().service(Some(sb.clone())),
+        )
+        .await
+        .unwrap();
+    assert_eq!(keyless["previous"], Value::Null);
+    // The hint lasts the window, then stops.
+    wait_until_async(Duration::from_secs(15), "the hint to end", || async {
+        previous(&a, &moved).await.is_null()
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_new_owner_of_a_leaving_nodes_key_can_take_from_it_while_it_drains() {
+    let a = teller(&[], NodeConfig::default()).await;
+    let seeds = vec![a.seed_address().unwrap()];
+    let b = teller(&seeds, NodeConfig::default()).await;
+    wait_services(&[&a, &b], 2).await;
+    let sa = local_service(&a);
+    let sb = local_service(&b);
+    let key = key_of(&a, &sb);
+    let a = Arc::new(a);
+    // b leaves; while it drains, it still answers by id, and keeps serving while asked.
+    let leaving = tokio::spawn(b.shutdown());
+    wait_until(
+        Duration::from_secs(10),
+        "a to route b's key to itself",
+        || {
+            a.router()
+                .table()
+                .owner("s", &key)
+                .is_some_and(|s| *s.id == *sa)
+        },
+    )
+    .await;
+    assert_eq!(previous(&a, &key).await, json!(sb));
+    let by_id = a
+        .router()
+        .send_with(
+            Message::new("s", &key, json!({})),
+            SendOptions::default().service(Some(sb.clone())),
+        )
+        .await
+        .expect("the leaving node's service answers by id");
+    assert_eq!(by_id["by"], json!(sb));
+    leaving.await.unwrap().unwrap();
+    // Gone: neither a hint to it nor a send to it.
+    wait_until_async(Duration::from_secs(20), "b to be gone", || async {
+        previous(&a, &key).await.is_null()
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http_handler_gets_the_hint_as_a_header_and_never_a_clients() {
+    let python = python_handler(0);
+    let a = teller(&[], NodeConfig::default()).await;
+    let seeds = vec![a.seed_address().unwrap()];
+    let sa = local_service(&a);
+    let upstream = HttpUpstream::new(&python.url, UpstreamConfig::default().health(None)).unwrap();
+    let b = meshage::init(gossip(&seeds), "127.0.0.1:0")
+        .register_upstream("s", upstream)
+        .start()
+        .await
+        .unwrap();
+    wait_services(&[&a, &b], 2).await;
+    let sb = local_service(&b);
+    let moved = key_of(&a, &sb);
+    let http = Http::default();
+    let url = |key: &str| format!("{}/api/s/{key}", a.endpoint());
+    let forged = [("x-meshage-previous-owner", "forged")];
+    let answer = http
+        .request(http::Method::POST, &url(&moved), &forged, "{}")
+        .await
+        .unwrap();
+    assert_eq!(answer.json()["previousOwner"], json!(sa), "{answer:?}");
+    // A node with no hint to give: the client's header does not reach the handler.
+    let b_only = meshage::init(gossip(&[]), "127.0.0.1:0")
+        .register_upstream(
+            "s",
+            HttpUpstream::new(&python.url, UpstreamConfig::default().health(None)).unwrap(),
+        )
+        .start()
+        .await
+        .unwrap();
+    let alone = format!("{}/api/s/anything", b_only.endpoint());
+    let answer = http
+        .request(http::Method::POST, &alone, &forged, "{}")
+        .await
+        .unwrap();
+    assert_eq!(answer.json()["previousOwner"], Value::Null, "{answer:?}");
+}
+
+/// What a load of increments saw, per increment id.
+#[derive(Default)]
+struct Tally {
+    /// Answered 200: applied once.
+    acked: Vec<(String, String)>,
+    /// Failed in a way that may have applied it: not checked either way.
+    unsure: Vec<String>,
+}
+
+/// A counter cluster: nodes with the example's handler, `hints` on or off.
+struct Counters {
+    hints: bool,
+    nodes: Vec<Option<Arc<Node>>>,
+    seeds: Vec<String>,
+}
+
+impl Counters {
+    async fn start(hints: bool, n: usize) -> Counters {
+        let mut counters = Counters {
+            hints,
+            nodes: Vec::new(),
+            seeds: Vec::new(),
+        };
+        for _ in 0..n {
+            counters.add().await;
+        }
+        counters
+    }
+
+    async fn add(&mut self) -> usize {
+        let counter = Counter::new(self.hints);
+        let handler = counter.clone();
+        let node = meshage::init(gossip(&self.seeds), "127.0.0.1:0")
+            .config(NodeConfig::default().drain_timeout(Duration::from_secs(5)))
+            .register("counter", move |data: Value, header: Header| {
+                let counter = handler.clone();
+                async move { counter.handle(data, header).await }
+            })
+            .start()
+            .await
+            .unwrap();
+        counter.attach(node.router().clone());
+        if self.seeds.is_empty() {
+            self.seeds.push(node.seed_address().unwrap());
+        }
+        self.nodes.push(Some(Arc::new(node)));
+        self.nodes.len() - 1
+    }
+
+    fn live(&self) -> Vec<Arc<Node>> {
+        self.nodes.iter().flatten().cloned().collect()
+    }
+
+    async fn converge(&self) {
+        let live = self.live();
+        let n = live.len();
+        wait_until(
+            Duration::from_secs(15),
+            &format!("{n} counters everywhere"),
+            || {
+                live.iter()
+                    .all(|node| node.router().table().services_of("counter").count() == n)
+            },
+        )
+        .await;
+    }
+}
+
+/// Sends increments over `keys` through `entries` until `stop`, each sent again while refused
+/// (409: the key moved under it, or its state could not be taken yet).
+async fn load(
+    entries: Vec<Arc<Node>>,
+    keys: usize,
+    stop: Arc<AtomicBool>,
+    progress: Arc<AtomicUsize>,
+) -> Tally {
+    let tally = Arc::new(Mutex::new(Tally::default()));
+    let next = Arc::new(AtomicUsize::new(0));
+    let workers = (0..6).map(|w| {
+        let (entries, stop, tally, next, progress) = (
+            entries.clone(),
+            stop.clone(),
+            tally.clone(),
+            next.clone(),
+            progress.clone(),
+        );
+        tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let n = next.fetch_add(1, Ordering::Relaxed);
+                let key = format!("k{}", n % keys);
+                let id = format!("i{n}");
+                let entry = &entries[w % entries.len()];
+                let message = Message::new("counter", &key, json!({"op": "add", "id": id}));
+                let mut tries = 0;
+                loop {
+                    tries += 1;
+                    match entry.router().send(message.clone()).await {
+                        Ok(_) => {
+                            tally.lock().unwrap().acked.push((key.clone(), id.clone()));
+                            progress.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(RouteError::Handler(e)) if e.status == 409 && tries < 50 => {
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                            continue;
+                        }
+                        Err(_) => tally.lock().unwrap().unsure.push(id.clone()),
+                    }
+                    break;
+                }
+            }
+        })
+    });
+    for worker in workers.collect::<Vec<_>>() {
+        worker.await.unwrap();
+    }
+    Arc::try_unwrap(tally).ok().unwrap().into_inner().unwrap()
+}
+
+/// Runs the churn under load and returns (increments lost, increments counted twice, acked).
+async fn churn(hints: bool) -> (usize, usize, usize) {
+    let mut cluster = Counters::start(hints, 3).await;
+    cluster.converge().await;
+    let entries = vec![
+        cluster.nodes[0].clone().unwrap(),
+        cluster.nodes[2].clone().unwrap(),
+    ];
+    let stop = Arc::new(AtomicBool::new(false));
+    let progress = Arc::new(AtomicUsize::new(0));
+    let running = tokio::spawn(load(entries, 30, stop.clone(), progress.clone()));
+    // Each step lets the load acknowledge 100 more increments first.
+    let steps = || {
+        let progress = progress.clone();
+        async move {
+            let from = progress.load(Ordering::Relaxed);
+            wait_until(Duration::from_secs(20), "100 more increments", || {
+                progress.load(Ordering::Relaxed) >= from + 100
+            })
+            .await;
+        }
+    };
+    steps().await;
+    cluster.add().await;
+    cluster.converge().await;
+    steps().await;
+    let leaving = cluster.nodes[1].take().unwrap();
+    let leaving = Arc::try_unwrap(leaving).ok().expect("no other holder");
+    leaving.shutdown().await.unwrap();
+    cluster.converge().await;
+    steps().await;
+    stop.store(true, Ordering::Relaxed);
+    let tally = running.await.unwrap();
+    // Every key's final state, read through its owner.
+    let via = cluster.nodes[0].clone().unwrap();
+    let mut applied: HashMap<String, usize> = HashMap::new();
+    for k in 0..30 {
+        let key = format!("k{k}");
+        let state = via
+            .router()
+            .send(Message::new("counter", &key, json!({"op": "get"})))
+            .await
+            .unwrap();
+        for id in state["applied"].as_array().unwrap() {
+            *applied.entry(id.as_str().unwrap().to_owned()).or_default() += 1;
+        }
+    }
+    let lost: Vec<&(String, String)> = tally
+        .acked
+        .iter()
+        .filter(|(_, id)| !applied.contains_key(id))
+        .collect();
+    if !lost.is_empty() {
+        eprintln!("lost (key, id): {:?}", &lost[..lost.len().min(40)]);
+    }
+    let lost = lost.len();
+    let twice = applied.values().filter(|&&n| n > 1).count();
+    (lost, twice, tally.acked.len())
+}
+
+#[tokio::test]
+async fn with_the_hint_no_increment_is_lost_or_counted_twice_while_nodes_join_and_leave() {
+    let (lost, twice, acked) = churn(true).await;
+    assert!(acked > 100, "the load ran: {acked} increments acknowledged");
+    assert_eq!((lost, twice), (0, 0), "of {acked} acknowledged increments");
+}
+
+#[tokio::test]
+async fn without_the_hint_the_same_handler_loses_increments() {
+    let (lost, _twice, acked) = churn(false).await;
+    assert!(acked > 100, "the load ran: {acked} increments acknowledged");
+    assert!(lost > 0, "a node that joins starts its keys from nothing");
+}
