@@ -9,13 +9,64 @@ headers X-Stream, X-Partition-Key and X-Service-ID say where it was sent (stream
 percent-encoded). The JSON answer goes back to the sender with its status; a 4xx is passed
 through, a 5xx becomes a 502. GET is the health check: answer 503 to be taken out of the
 cluster, anything below 500 to stay in.
+
+Stream `counter` is stateful, as examples/stateful_counter.rs: per key, the ids of the increments
+applied (`{"op": "add", "id": ...}`, `{"op": "get"}`). On a key it holds nothing for, it takes the
+state from the service named by X-Meshage-Previous-Owner (the key moved here), through its node
+(MESHAGE_URL, default http://127.0.0.1:8080) with X-Service-ID; `{"op": "take"}` hands a key over
+and refuses later increments for it with 409, so that the client sends them again.
 """
 
 import json
 import os
 import sys
+import threading
+import urllib.error
+import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import unquote
+from urllib.parse import quote, unquote
+
+NODE = os.environ.get("MESHAGE_URL", "http://127.0.0.1:8080")
+MOVED = object()
+KEYS = {}  # key -> list of increment ids, or MOVED
+LOCKS = {}
+GUARD = threading.Lock()
+
+
+def take(stream, key, service):
+    """The key's state from `service`, through the node; None when it had none."""
+    request = urllib.request.Request(
+        f"{NODE}/api/{quote(stream, safe='')}/{quote(key, safe='')}",
+        data=b'{"op": "take"}',
+        headers={"Content-Type": "application/json", "X-Service-ID": service},
+    )
+    with urllib.request.urlopen(request, timeout=2) as answer:
+        return json.load(answer).get("applied")
+
+
+def counter(stream, key, previous, data):
+    """One counter message: (status, answer)."""
+    with GUARD:
+        lock = LOCKS.setdefault(key, threading.Lock())
+    with lock:
+        state = KEYS.get(key)
+        if data.get("op") == "take":
+            KEYS[key] = MOVED
+            return 200, {"applied": state if isinstance(state, list) else None}
+        if not isinstance(state, list):
+            taken = None
+            if previous:
+                try:
+                    taken = take(stream, key, previous)
+                except (OSError, ValueError) as e:
+                    return 409, {"error": f"could not take the key from {previous} ({e}); send it again"}
+            if taken is None and state is MOVED:
+                return 409, {"error": "this key moved to another service; send it again"}
+            state = KEYS[key] = taken or []
+        if data.get("op") == "get":
+            return 200, {"count": len(state), "applied": state}
+        state.append(str(data.get("id")))
+        return 200, {"count": len(state)}
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -29,6 +80,12 @@ class Handler(BaseHTTPRequestHandler):
             data = json.loads(body) if body.strip() else {}
         except ValueError as e:
             self.answer(400, {"error": f"invalid JSON: {e}"})
+            return
+        stream = unquote(self.headers.get("X-Stream", ""))
+        if stream == "counter":
+            key = unquote(self.headers.get("X-Partition-Key", ""))
+            previous = self.headers.get("X-Meshage-Previous-Owner")
+            self.answer(*counter(stream, key, previous, data))
             return
         self.answer(
             200,

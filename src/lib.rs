@@ -57,7 +57,8 @@
 //!   `meshage` command's client of a node's API); `otel` (feature `otel`: the OTLP exporter of
 //!   the request spans, configured by OpenTelemetry's standard variables).
 //! - `router`: owner choice, the local registry and its service ids (random, or stable from the
-//!   node's name), placement and suspects, retries, broadcast.
+//!   node's name), placement and suspects, retries, broadcast, and the handoff (the tables of
+//!   the last moments, for the previous owner of a key that moved).
 //! - `outbound` (the forwarder), over `link` (the peer protocol: frames, client, server).
 //! - `observe` (the event feed, metrics, W3C trace contexts, request scopes and their spans),
 //!   `wire` (header names, deadlines, body reading), `shutdown` (stop signals), `delivery` (what

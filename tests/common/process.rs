@@ -20,11 +20,22 @@ pub struct HandlerProc {
 }
 
 fn handler(name: &str, program: &str, script: &str, port: u16) -> HandlerProc {
+    handler_env(name, program, script, port, &[])
+}
+
+fn handler_env(
+    name: &str,
+    program: &str,
+    script: &str,
+    port: u16,
+    env: &[(&str, &str)],
+) -> HandlerProc {
     let mut command = Command::new(program);
     command
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .arg(script)
-        .arg(port.to_string());
+        .arg(port.to_string())
+        .envs(env.iter().copied());
     let proc = Proc::spawn(name, command);
     let line = proc.wait_line(STARTUP, |l| l.starts_with("listening on "));
     let url = line["listening on ".len()..].trim().to_owned();
@@ -40,6 +51,17 @@ fn handler(name: &str, program: &str, script: &str, port: u16) -> HandlerProc {
 /// Starts `examples/handler.py` on `port` (0: any free port).
 pub fn python_handler(port: u16) -> HandlerProc {
     handler("python handler", "python3", "examples/handler.py", port)
+}
+
+/// [`python_handler`] with environment variables set.
+pub fn python_handler_env(port: u16, env: &[(&str, &str)]) -> HandlerProc {
+    handler_env(
+        "python handler",
+        "python3",
+        "examples/handler.py",
+        port,
+        env,
+    )
 }
 
 /// Starts `examples/handler.js` on `port` (0: any free port).

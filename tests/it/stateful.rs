@@ -14,7 +14,7 @@ use meshage::{
 };
 use serde_json::{json, Value};
 
-use crate::common::process::python_handler;
+use crate::common::process::{python_handler, python_handler_env};
 use crate::common::{gossip, wait_until, wait_until_async, Http};
 
 #[path = "../../examples/stateful_counter.rs"]
@@ -192,6 +192,64 @@ async fn an_http_handler_gets_the_hint_as_a_header_and_never_a_clients() {
         .await
         .unwrap();
     assert_eq!(answer.json()["previousOwner"], Value::Null, "{answer:?}");
+}
+
+/// The Python handler's counter over HTTP: a key that moves to a joining node's handler is taken
+/// from the handler that had it, through the mesh.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_python_counter_takes_a_moved_keys_state_from_its_previous_owner() {
+    let first = python_handler(0);
+    let upstream = |url: &str| HttpUpstream::new(url, UpstreamConfig::default().health(None));
+    let a = meshage::init(gossip(&[]), "127.0.0.1:0")
+        .register_upstream("counter", upstream(&first.url).unwrap())
+        .start()
+        .await
+        .unwrap();
+    // Any node routes a request to a service by id: the second handler takes through `a`.
+    let second = python_handler_env(0, &[("MESHAGE_URL", a.endpoint())]);
+    // A key that the joining node will own: the ring over both services decides.
+    let http = Http::default();
+    let add = |key: String, id: usize| {
+        let (http, url) = (http.clone(), format!("{}/api/counter/{key}", a.endpoint()));
+        async move {
+            let body = json!({"op": "add", "id": id.to_string()}).to_string();
+            http.request(http::Method::POST, &url, &[], body)
+                .await
+                .unwrap()
+        }
+    };
+    let keys: Vec<String> = (0..40).map(|i| format!("k{i}")).collect();
+    for (i, key) in keys.iter().enumerate() {
+        assert_eq!(add(key.clone(), i).await.status, 200);
+    }
+    let b = meshage::init(gossip(&[a.seed_address().unwrap()]), "127.0.0.1:0")
+        .register_upstream("counter", upstream(&second.url).unwrap())
+        .start()
+        .await
+        .unwrap();
+    wait_until(Duration::from_secs(10), "2 counters on a", || {
+        a.router().table().services_of("counter").count() == 2
+    })
+    .await;
+    let sb = local_service(&b);
+    let table = a.router().table();
+    let moved: Vec<&String> = keys
+        .iter()
+        .filter(|k| table.owner("counter", k).is_some_and(|s| *s.id == *sb))
+        .collect();
+    assert!(
+        !moved.is_empty(),
+        "some of 40 keys move to the second of two services"
+    );
+    for key in &moved {
+        let answer = add((*key).clone(), 1000).await;
+        assert_eq!(
+            answer.json()["count"],
+            2,
+            "{key} kept its first count: {answer:?}"
+        );
+        assert_eq!(answer.headers["x-service-id"], sb.as_str());
+    }
 }
 
 /// What a load of increments saw, per increment id.
