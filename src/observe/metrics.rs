@@ -306,11 +306,11 @@ impl Metrics {
         streams
     }
 
-    /// Requests counted so far, of every stream, route and outcome.
-    pub(crate) fn requests_total(&self) -> u64 {
+    /// Requests received from peers so far (forwarded here), of every stream and outcome.
+    pub(crate) fn received_total(&self) -> u64 {
         self.streams()
             .iter()
-            .flat_map(|s| s.requests.iter().flatten())
+            .flat_map(|s| &s.requests[Route::Received as usize])
             .map(|n| n.load(Ordering::Relaxed))
             .sum()
     }

@@ -12,7 +12,7 @@ use super::{Inner, Router};
 use crate::table::ServiceTable;
 use crate::wire::PREVIOUS_OWNER_HEADER;
 
-/// A leaving node stops once no request has reached it for this long.
+/// A leaving node stops once no peer has sent it a request for this long.
 const QUIET: Duration = Duration::from_millis(500);
 
 impl Router {
@@ -109,8 +109,9 @@ impl Router {
             .rcu(|history| history.pruned(now, window, young));
     }
 
-    /// While this node leaves: serves on until no request has reached it for a moment (at most
-    /// `bound`), so that the services that took its keys can take their state from it by id.
+    /// While this node leaves: serves on until no peer has sent it a request for a moment (at
+    /// most `bound`; clients' requests do not count, a load balancer may send them until the
+    /// end), so that the services that took its keys can take their state from it by id.
     /// Returns at once when hints are off or it runs no service.
     pub(crate) async fn hand_off(&self, bound: Duration) {
         if self.inner.config.handoff_window.is_zero() || self.inner.local.load().is_empty() {
@@ -118,7 +119,7 @@ impl Router {
         }
         info!("leaving: serving requests until none has come for {QUIET:?}, so that new owners can take their keys' state");
         let until = tokio::time::Instant::now() + bound;
-        let mut seen = self.inner.metrics.requests_total();
+        let mut seen = self.inner.metrics.received_total();
         loop {
             if tokio::time::timeout_at(until, tokio::time::sleep(QUIET))
                 .await
@@ -126,7 +127,7 @@ impl Router {
             {
                 return;
             }
-            let now = self.inner.metrics.requests_total();
+            let now = self.inner.metrics.received_total();
             if now == seen {
                 return;
             }
