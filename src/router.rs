@@ -358,7 +358,7 @@ impl Router {
                     Some(told) if request.hop => Some(Arc::from(told)),
                     _ => {
                         let table = self.inner.table.load();
-                        self.previous_owner(&table, stream, key, id, true)
+                        self.previous_owner(&table, stream, key, id)
                     }
                 };
                 let answer = start_local(
@@ -422,7 +422,7 @@ impl Router {
             let locals = self.inner.local.load();
             if let Some(local) = locals.get(&owner.id) {
                 let service_id = owner.id.clone();
-                let previous = self.previous_owner(&table, stream, key, &service_id, false);
+                let previous = self.previous_owner(&table, stream, key, &service_id);
                 let answer = start_local(
                     service_id.clone(),
                     local,

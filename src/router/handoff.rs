@@ -17,9 +17,9 @@ const QUIET: Duration = Duration::from_millis(500);
 
 impl Router {
     /// The service that owned `key` of `stream` before the local service `me`, within the
-    /// handoff window, if it can still be reached (see `history`).
-    /// `addressed`: the request named `me` (a forward, or `X-Service-ID`), so this node's
-    /// current table may name another owner.
+    /// handoff window, if it can still be reached (see `history`). Nothing while no table
+    /// changed within the window: a forward from a node whose table is ahead brings that
+    /// node's hint instead.
     #[inline]
     pub(super) fn previous_owner(
         &self,
@@ -27,14 +27,13 @@ impl Router {
         stream: &str,
         key: &str,
         me: &str,
-        addressed: bool,
     ) -> Option<Arc<str>> {
         let window = self.inner.config.handoff_window;
         if key.is_empty() || window.is_zero() {
             return None;
         }
         let history = self.inner.history.load();
-        if history.is_empty() && !addressed {
+        if history.is_empty() {
             return None;
         }
         history.previous_owner(table, stream, key, me, Instant::now(), window)
