@@ -102,12 +102,14 @@ impl ApiError {
         if retry_later(status) {
             headers.insert(RETRY_AFTER, HeaderValue::from_static("1"));
         }
-        if let ApiError::Route(RouteError::NotHere(_)) = self {
-            // The node's own refusal: nothing ran, so a forwarding peer may go elsewhere.
-            headers.insert(
-                REFUSED_NAME,
-                HeaderValue::from_static(Refusal::NoService.name()),
-            );
+        // The node's own refusals: nothing ran, so a forwarding peer may go elsewhere.
+        let refusal = match self {
+            ApiError::Route(RouteError::NotHere(_)) => Some(Refusal::NoService),
+            ApiError::Route(RouteError::NotOwner(_)) => Some(Refusal::NotOwner),
+            _ => None,
+        };
+        if let Some(refusal) = refusal {
+            headers.insert(REFUSED_NAME, HeaderValue::from_static(refusal.name()));
         }
         response
     }

@@ -36,6 +36,9 @@ pub(crate) enum Refusal {
     Leaving,
     /// It does not run the service named (the tables of the two nodes disagreed).
     NoService,
+    /// Its table gives the key to another service than the one named, and it checks
+    /// (`--strict-ownership`): look again once the tables agree.
+    NotOwner,
 }
 
 impl Refusal {
@@ -44,6 +47,7 @@ impl Refusal {
         match self {
             Refusal::Leaving => "leaving",
             Refusal::NoService => "no-service",
+            Refusal::NotOwner => "not-owner",
         }
     }
 
@@ -51,6 +55,7 @@ impl Refusal {
         match name {
             b"leaving" => Some(Refusal::Leaving),
             b"no-service" => Some(Refusal::NoService),
+            b"not-owner" => Some(Refusal::NotOwner),
             _ => None,
         }
     }
@@ -60,6 +65,7 @@ impl Refusal {
         match self {
             Refusal::Leaving => 1,
             Refusal::NoService => 2,
+            Refusal::NotOwner => 3,
         }
     }
 
@@ -67,6 +73,7 @@ impl Refusal {
         match code {
             1 => Some(Refusal::Leaving),
             2 => Some(Refusal::NoService),
+            3 => Some(Refusal::NotOwner),
             _ => None,
         }
     }
@@ -122,6 +129,9 @@ impl fmt::Display for Undelivered {
             }
             Undelivered::NotRun(NotRun::Refused(Refusal::NoService)) => {
                 f.write_str("the node does not run it")
+            }
+            Undelivered::NotRun(NotRun::Refused(Refusal::NotOwner)) => {
+                f.write_str("the node's table gives the key to another service")
             }
             Undelivered::MayHaveRun(MayHaveRun::TimedOut(after)) => {
                 write!(f, "no answer within {after:?}")

@@ -224,6 +224,7 @@ impl NodeBuilder {
                 suspect_timeout: config.suspect_timeout,
                 background_limit: config.background_limit,
                 handoff_window: config.handoff_window,
+                strict_ownership: config.strict_ownership,
             },
             config.node_name.as_deref().map(Arc::from),
         );

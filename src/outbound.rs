@@ -48,8 +48,8 @@ use crate::path::encode_segment;
 use crate::relay::{answer_headers, MESSAGE_NAME_HEADER};
 use crate::security::{Alpn, Fingerprint, PeerTls};
 use crate::wire::{
-    error_chain, read_body, BodyError, Deadline, HOP_HEADER, REFUSED_HEADER, SERVICE_ID_HEADER,
-    TIMEOUT_HEADER, TRACEPARENT_HEADER, TRACESTATE_HEADER, TRACE_HEADER,
+    error_chain, read_body, BodyError, Deadline, HOP_HEADER, REFUSED_HEADER, RING_HEADER,
+    SERVICE_ID_HEADER, TIMEOUT_HEADER, TRACEPARENT_HEADER, TRACESTATE_HEADER, TRACE_HEADER,
 };
 
 /// How a node forwards to its peers.
@@ -181,6 +181,7 @@ impl Forwarder {
         stream: &str,
         key: &str,
         service_id: &str,
+        ring: u64,
         (name, headers): (Option<&str>, &HeaderMap),
         payload: &Payload,
         deadline: Deadline,
@@ -198,6 +199,7 @@ impl Forwarder {
                     stream,
                     key,
                     service_id,
+                    ring,
                     (name, headers),
                     payload,
                     deadline,
@@ -254,6 +256,9 @@ impl Forwarder {
             if let Ok(v) = HeaderValue::from_str(&encoded) {
                 builder = builder.header(MESSAGE_NAME_HEADER, v);
             }
+        }
+        if ring != 0 {
+            builder = builder.header(RING_HEADER, HeaderValue::from(ring));
         }
         // The request's trace context, so that the owner logs it under the same id and its
         // span is a child of this forward; `X-Meshage-Trace` too, for nodes of earlier versions.

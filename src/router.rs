@@ -50,6 +50,7 @@ mod options;
 mod placement;
 mod registry;
 mod retry;
+mod strict;
 
 pub(crate) use background::Delivery;
 use broadcast::answer_value;
@@ -97,6 +98,10 @@ pub(crate) struct RouteRequest<'a> {
     pub target: Option<&'a str>,
     /// The request was forwarded to us already: it must not be forwarded again.
     pub hop: bool,
+    /// On a forward to a key's owner: the checksum of the sender's ring of the stream (0:
+    /// none, a request sent to a service by id), which an owner with `--strict-ownership`
+    /// checks against its own.
+    pub ring: u64,
     /// The caller allows a resend after the request may have reached the owner.
     pub idempotent: bool,
     pub deadline: Deadline,
@@ -274,6 +279,7 @@ impl Router {
             },
             target: options.service.as_deref(),
             hop: false,
+            ring: 0,
             idempotent: options.idempotent,
             deadline: self.deadline(options.timeout),
         };
@@ -353,6 +359,9 @@ impl Router {
         if let Some(id) = request.target {
             let locals = self.inner.local.load();
             if let Some(local) = locals.get(id) {
+                if request.ring != 0 && self.inner.config.strict_ownership {
+                    self.check_owner(stream, key, id, request.ring)?;
+                }
                 let service_id: Arc<str> = Arc::from(id);
                 let previous = match request.extra.previous_owner {
                     Some(told) if request.hop => Some(Arc::from(told)),
@@ -403,6 +412,8 @@ impl Router {
 
         let mut tried: Vec<Arc<str>> = Vec::new();
         let mut last: Option<RouteError> = None;
+        // How long this request has waited so far for tables to agree (see `table_after`).
+        let mut waited = Duration::ZERO;
         loop {
             // A local owner's handler starts while the snapshots are at hand. For a remote
             // owner the table is kept (one reference count) for its node and endpoint.
@@ -438,6 +449,11 @@ impl Router {
             let table = arc_swap::Guard::into_inner(table);
             let owner = &table.services[place];
             let service_id = &owner.id;
+            // A forward to a key's owner says which ring chose it, for an owner that checks.
+            let ring = match key.is_empty() {
+                true => 0,
+                false => table.stream(stream).map_or(0, |s| s.checksum),
+            };
             let to = Owner {
                 endpoint: &owner.endpoint,
                 node_id: &owner.node_id,
@@ -447,12 +463,27 @@ impl Router {
                 // No other owner to try (every service of the stream is suspect).
                 return Err(last.unwrap_or_else(|| RouteError::NotHere(service_id.to_string())));
             }
+            let version = table.version;
             match self
-                .forward(to, service_id.clone(), request, &payload)
+                .forward(
+                    to,
+                    service_id.clone(),
+                    RouteRequest { ring, ..request },
+                    &payload,
+                )
                 .await
             {
                 Ok(routed) => return Ok(routed),
-                Err(Failure { error, retry }) if retry && !deadline.has_passed() => {
+                Err(Failure {
+                    error,
+                    look_again: true,
+                    ..
+                }) if !deadline.has_passed() => {
+                    debug!(%service_id, "the owner's table gives the key to another service; routing again once the tables agree");
+                    self.table_after(version, &mut waited, deadline).await;
+                    last = Some(error);
+                }
+                Err(Failure { error, retry, .. }) if retry && !deadline.has_passed() => {
                     debug!(%service_id, %error, "sending the request to the key's next owner");
                     observe::rerouted();
                     tried.push(service_id.clone());
@@ -512,6 +543,7 @@ impl Router {
             request.stream,
             request.key,
             &service_id,
+            request.ring,
             (request.extra.name, headers),
             payload,
             request.deadline,
@@ -544,6 +576,7 @@ impl Router {
         Err(Failure {
             error: retry::error(failure, &service_id, endpoint),
             retry: decision.retry,
+            look_again: decision.look_again,
         })
     }
 }
@@ -563,4 +596,6 @@ struct Failure {
     error: RouteError,
     /// Sending the request to the key's next owner cannot run it twice, or the caller allows it.
     retry: bool,
+    /// The owner's table gives the key to another service (see `Refusal::NotOwner`).
+    look_again: bool,
 }

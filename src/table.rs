@@ -37,6 +37,10 @@ pub struct StreamServices {
     /// Indexes into [`ServiceTable::services`], in the ring's server order.
     pub services: Vec<usize>,
     pub ring: HashRing,
+    /// A checksum of the ring's services (the first 8 bytes of the MD5 of their sorted ids,
+    /// each followed by a newline), never 0: two nodes whose checksums agree place every key
+    /// of the stream alike.
+    pub checksum: u64,
 }
 
 /// An immutable snapshot of the routable services.
@@ -96,11 +100,13 @@ impl ServiceTable {
             .into_iter()
             .map(|(stream, indexes)| {
                 let ring = HashRing::new(indexes.iter().map(|&i| &*services[i].id));
+                let checksum = ring_checksum(indexes.iter().map(|&i| &*services[i].id));
                 (
                     stream,
                     StreamServices {
                         services: indexes,
                         ring,
+                        checksum,
                     },
                 )
             })
@@ -175,6 +181,20 @@ impl ServiceTable {
     pub fn streams(&self) -> impl Iterator<Item = &str> {
         self.streams.keys().map(|s| &**s)
     }
+}
+
+/// The checksum of a ring of the services `ids`, in sorted order (see
+/// [`StreamServices::checksum`]).
+fn ring_checksum<'a>(ids: impl Iterator<Item = &'a str>) -> u64 {
+    use md5::{Digest, Md5};
+    let mut hash = Md5::new();
+    for id in ids {
+        hash.update(id.as_bytes());
+        hash.update(b"\n");
+    }
+    let digest = hash.finalize();
+    let sum = u64::from_be_bytes(digest[..8].try_into().unwrap_or_default());
+    sum.max(1)
 }
 
 #[cfg(test)]

@@ -20,6 +20,9 @@ pub const HOP_HEADER: &str = "x-meshage-hop";
 /// `X-Meshage-Previous-Owner`: to an HTTP handler, the service that owned the message's key
 /// before (see [`crate::Header::previous_owner`]).
 pub(crate) const PREVIOUS_OWNER_HEADER: &str = "x-meshage-previous-owner";
+/// `X-Meshage-Ring`: on a forward to a key's owner, the checksum of the sender's ring of the
+/// stream (decimal), for an owner with `--strict-ownership`.
+pub(crate) const RING_HEADER: &str = "x-meshage-ring";
 /// Header bounding a whole request, retries and forwarding included: milliseconds, a whole
 /// number from 1 up. A node never waits longer than its own request timeout, whatever it says.
 pub const TIMEOUT_HEADER: &str = "x-request-timeout";

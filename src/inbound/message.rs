@@ -22,8 +22,8 @@ use crate::relay::{request_headers, MESSAGE_NAME_HEADER};
 use crate::router::{Delivery, Extra, Part, RouteError, RouteRequest};
 use crate::wire::{
     is_idempotent_value, parse_timeout, read_body, BodyError, Deadline, Held, HOP_HEADER,
-    IDEMPOTENCY_KEY_HEADER, IDEMPOTENT_HEADER, PREVIOUS_OWNER_HEADER, SERVICE_ID_HEADER,
-    TIMEOUT_HEADER, TRACEPARENT_HEADER, TRACESTATE_HEADER, TRACE_HEADER,
+    IDEMPOTENCY_KEY_HEADER, IDEMPOTENT_HEADER, PREVIOUS_OWNER_HEADER, RING_HEADER,
+    SERVICE_ID_HEADER, TIMEOUT_HEADER, TRACEPARENT_HEADER, TRACESTATE_HEADER, TRACE_HEADER,
 };
 
 /// What the message routes read from a request's head, found in one pass over its headers
@@ -46,6 +46,8 @@ struct MessageHead<'a> {
     name: Option<&'a HeaderValue>,
     /// `X-Meshage-Previous-Owner`, read on forwards.
     previous_owner: Option<&'a HeaderValue>,
+    /// `X-Meshage-Ring`, read on forwards.
+    ring: Option<&'a HeaderValue>,
 }
 
 impl<'a> MessageHead<'a> {
@@ -63,6 +65,7 @@ impl<'a> MessageHead<'a> {
                 IDEMPOTENT_HEADER => &mut head.idempotent,
                 MESSAGE_NAME_HEADER => &mut head.name,
                 PREVIOUS_OWNER_HEADER => &mut head.previous_owner,
+                RING_HEADER => &mut head.ring,
                 HOP_HEADER => {
                     head.hop = true;
                     continue;
@@ -355,6 +358,11 @@ async fn respond(
         extra,
         target,
         hop: head.hop,
+        ring: head
+            .ring
+            .filter(|_| head.hop)
+            .and_then(|v| v.to_str().ok()?.parse().ok())
+            .unwrap_or(0),
         idempotent: head.idempotent(),
         deadline,
     };
@@ -402,6 +410,7 @@ pub(super) async fn link_request(inbound: Arc<Inbound>, mut request: LinkRequest
         },
         target: Some(&request.service_id),
         hop: true,
+        ring: request.ring,
         idempotent: false,
         deadline,
     };
@@ -426,6 +435,7 @@ pub(super) async fn link_request(inbound: Arc<Inbound>, mut request: LinkRequest
             scope.finish(e.status(), None);
             match e {
                 RouteError::NotHere(_) => Err(Refusal::NoService),
+                RouteError::NotOwner(_) => Err(Refusal::NotOwner),
                 e => error(e.into()),
             }
         }

@@ -142,7 +142,7 @@ impl Links {
         let headers = http::HeaderMap::new();
         let extras = (None, &headers);
         self.send_with(
-            authority, peer, stream, key, service_id, extras, payload, deadline,
+            authority, peer, stream, key, service_id, 0, extras, payload, deadline,
         )
         .await
     }
@@ -156,6 +156,7 @@ impl Links {
         stream: &str,
         key: &str,
         service_id: &str,
+        ring: u64,
         extras: (Option<&str>, &http::HeaderMap),
         payload: &Payload,
         deadline: Deadline,
@@ -168,6 +169,7 @@ impl Links {
                 id,
                 trace.as_ref(),
                 timeout,
+                ring,
                 stream,
                 key,
                 service_id,

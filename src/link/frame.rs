@@ -15,8 +15,8 @@ use crate::observe::{Incoming, SpanId, TraceId, TraceState, MAX_TRACESTATE};
 /// The first bytes a link client sends; the server answers with [`PREFACE_ACK`]. It ends like
 /// an HTTP request head, so an HTTP server that gets it answers 400 at once instead of waiting
 /// for the rest of a request line, and the client falls back to HTTP without delay.
-pub(crate) const PREFACE: &[u8; 12] = b"MESHLNK5\r\n\r\n";
-pub(crate) const PREFACE_ACK: &[u8; 8] = b"MESHACK5";
+pub(crate) const PREFACE: &[u8; 12] = b"MESHLNK6\r\n\r\n";
+pub(crate) const PREFACE_ACK: &[u8; 8] = b"MESHACK6";
 const KIND_REQUEST: u8 = 1;
 const KIND_RESPONSE: u8 = 2;
 const KIND_GOAWAY: u8 = 3;
@@ -26,9 +26,10 @@ const MAX_FRAME: usize = 64 * 1024 * 1024;
 /// Room in a request frame for what comes with the body: the fixed fields, and the stream, key,
 /// service id and content type.
 const REQUEST_HEAD: usize = 256 * 1024;
-/// A request frame's fixed fields: kind, id, trace id, parent span id, flags, timeout, and
-/// the lengths of the stream, key, service id, content type and tracestate.
-const REQUEST_FIXED: usize = 1 + 8 + 16 + 8 + 1 + 4 + 2 + 4 + 2 + 2 + 2;
+/// A request frame's fixed fields: kind, id, trace id, parent span id, flags, timeout, the
+/// sender's ring checksum, and the lengths of the stream, key, service id, content type and
+/// tracestate.
+const REQUEST_FIXED: usize = 1 + 8 + 16 + 8 + 1 + 4 + 8 + 2 + 4 + 2 + 2 + 2;
 /// Room in a response frame for what comes with the body: the fixed fields and the extras.
 const RESPONSE_HEAD: usize = 64 + MAX_EXTRAS;
 /// The most bytes of a frame's extras block (the message's name and headers; see
@@ -187,6 +188,9 @@ pub(crate) struct LinkRequest {
     /// The request's trace context, if it has one.
     pub(crate) trace: Option<Incoming>,
     pub(crate) timeout: Duration,
+    /// The checksum of the sender's ring of the stream, for a request it sent to the key's
+    /// owner (see `table::StreamServices::checksum`); 0 for one sent to a service by id.
+    pub(crate) ring: u64,
     pub(crate) stream: String,
     pub(crate) key: String,
     pub(crate) service_id: String,
@@ -294,6 +298,7 @@ pub(crate) fn encode_request(
     id: u64,
     trace: Option<&Incoming>,
     timeout: Duration,
+    ring: u64,
     stream: &str,
     key: &str,
     service_id: &str,
@@ -340,6 +345,7 @@ pub(crate) fn encode_request(
     buf.put_u64(trace.and_then(|t| t.parent).map_or(0, SpanId::as_u64));
     buf.put_u8(trace.map_or(0, |t| t.flags));
     buf.put_u32(timeout.as_millis().min(u32::MAX as u128) as u32);
+    buf.put_u64(ring);
     buf.put_u16(stream.len() as u16);
     buf.put_u32(key.len() as u32);
     buf.put_u16(service_id.len() as u16);
@@ -397,6 +403,7 @@ pub(crate) fn decode_request(mut frame: Bytes) -> Option<LinkRequest> {
     let parent = SpanId::from_u64(frame.get_u64());
     let flags = frame.get_u8();
     let timeout = Duration::from_millis(frame.get_u32() as u64);
+    let ring = frame.get_u64();
     let stream_len = frame.get_u16() as usize;
     let key_len = frame.get_u32() as usize;
     let service_len = frame.get_u16() as usize;
@@ -434,6 +441,7 @@ pub(crate) fn decode_request(mut frame: Bytes) -> Option<LinkRequest> {
         id,
         trace,
         timeout,
+        ring,
         stream,
         key,
         service_id,
@@ -553,6 +561,7 @@ mod tests {
             7,
             Some(&trace),
             Duration::from_millis(1500),
+            0x0123_4567_89ab_cdef,
             "echo",
             "a/b ключ",
             "svc",
@@ -653,6 +662,7 @@ mod tests {
                 1,
                 trace,
                 Duration::ZERO,
+                0,
                 "s",
                 "k",
                 "",

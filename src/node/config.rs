@@ -85,6 +85,9 @@ pub struct NodeConfig {
     /// does not wait for new owners to take state from it. See the README's "Stateful
     /// handlers".
     pub handoff_window: Duration,
+    /// Refuse a forward for a key this node's table gives to another service (see
+    /// [`RouterConfig::strict_ownership`]).
+    pub strict_ownership: bool,
 }
 
 setters!(NodeConfig {
@@ -108,6 +111,7 @@ setters!(NodeConfig {
     event_buffer: usize,
     max_event_streams: usize,
     handoff_window: Duration,
+    strict_ownership: bool,
 });
 
 impl Default for NodeConfig {
@@ -133,6 +137,7 @@ impl Default for NodeConfig {
             event_buffer: 1024,
             max_event_streams: 64,
             handoff_window: RouterConfig::default().handoff_window,
+            strict_ownership: false,
         }
     }
 }

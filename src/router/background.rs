@@ -141,6 +141,7 @@ impl Router {
             },
             target: None,
             hop: false,
+            ring: 0,
             idempotent,
             deadline,
         };

@@ -48,6 +48,7 @@ impl Router {
                     extra,
                     target: Some(id),
                     hop: false,
+                    ring: 0,
                     idempotent: false,
                     deadline,
                 };

@@ -17,6 +17,13 @@ pub enum RouteError {
     /// A forwarded request named a service this node does not run (tables disagreed).
     #[error("service {0} is not on this node")]
     NotHere(String),
+    /// A forwarded request named a service that this node's table does not give the key to,
+    /// and the node checks (`--strict-ownership`); or, at the sender, the owners kept saying
+    /// so until the deadline: the cluster's tables did not agree in time.
+    #[error(
+        "service {0} does not own this key in its node's table; the tables did not agree in time"
+    )]
+    NotOwner(String),
     #[error("owner {service_id} at {endpoint} is unreachable: {reason}")]
     Unreachable {
         service_id: String,
@@ -57,7 +64,9 @@ impl RouteError {
             RouteError::Unreachable { .. } | RouteError::Lost { .. } | RouteError::BadAnswer(_) => {
                 StatusCode::BAD_GATEWAY
             }
-            RouteError::Overloaded(_) | RouteError::Backlog(_) => StatusCode::SERVICE_UNAVAILABLE,
+            RouteError::Overloaded(_) | RouteError::Backlog(_) | RouteError::NotOwner(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             RouteError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             RouteError::Handler(e) => e.status,
         }

@@ -18,6 +18,10 @@ pub struct RouterConfig {
     /// How long after a key moved to a local service its handler is told the service that
     /// owned it before ([`crate::Header::previous_owner`]); zero: never.
     pub handoff_window: Duration,
+    /// An owner checks every forward sent to it as a key's owner against its own table, and
+    /// refuses one for a key its table gives to another service: the sender routes it again
+    /// once the tables agree (see the README's "Stateful handlers").
+    pub strict_ownership: bool,
 }
 
 setters!(RouterConfig {
@@ -25,6 +29,7 @@ setters!(RouterConfig {
     suspect_timeout: Duration,
     background_limit: usize,
     handoff_window: Duration,
+    strict_ownership: bool,
 });
 
 impl Default for RouterConfig {
@@ -34,6 +39,7 @@ impl Default for RouterConfig {
             suspect_timeout: Duration::from_secs(5),
             background_limit: 1024,
             handoff_window: Duration::from_secs(30),
+            strict_ownership: false,
         }
     }
 }

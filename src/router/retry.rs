@@ -14,6 +14,9 @@ pub(super) struct Decision {
     pub(super) retry: bool,
     /// Take the owner off this node's rings for a while.
     pub(super) suspect: Option<Suspicion>,
+    /// The owner's table gives the key to another service: route it again, to whichever
+    /// owner the table names once it has caught up (it may be the same one).
+    pub(super) look_again: bool,
 }
 
 /// What a failed forward makes suspect.
@@ -37,6 +40,13 @@ pub(super) fn classify(failure: &Undelivered, idempotent: bool) -> Decision {
         Undelivered::NotRun(NotRun::Refused(Refusal::NoService)) => {
             (true, Some(Suspicion::Service))
         }
+        Undelivered::NotRun(NotRun::Refused(Refusal::NotOwner)) => {
+            return Decision {
+                retry: true,
+                suspect: None,
+                look_again: true,
+            }
+        }
         Undelivered::NotRun(NotRun::Connect(_) | NotRun::Unsent(_)) => {
             (true, Some(Suspicion::Node { leaving: false }))
         }
@@ -45,13 +55,18 @@ pub(super) fn classify(failure: &Undelivered, idempotent: bool) -> Decision {
         }
         Undelivered::MayHaveRun(MayHaveRun::Failed(_) | MayHaveRun::TimedOut(_)) => (false, None),
     };
-    Decision { retry, suspect }
+    Decision {
+        retry,
+        suspect,
+        look_again: false,
+    }
 }
 
 /// The error the caller gets for `failure` of a forward to `service_id` at `endpoint`.
 pub(super) fn error(failure: Undelivered, service_id: &Arc<str>, endpoint: &str) -> RouteError {
     let (service_id, endpoint) = (service_id.to_string(), endpoint.to_owned());
     match failure {
+        Undelivered::NotRun(NotRun::Refused(Refusal::NotOwner)) => RouteError::NotOwner(service_id),
         Undelivered::NotRun(NotRun::Refused(_)) => RouteError::NotHere(service_id),
         Undelivered::MayHaveRun(MayHaveRun::TimedOut(after)) => {
             RouteError::Timeout { service_id, after }

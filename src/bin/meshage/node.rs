@@ -153,6 +153,10 @@ pub(crate) struct NodeArgs {
     #[arg(long, env = "MESHAGE_HANDOFF_WINDOW", default_value = "30",
           value_parser = crate::duration::parse)]
     handoff_window: Duration,
+    /// Refuse a forward for a key this node's table gives to another service; the sender
+    /// routes it again once the tables agree (one owner per key while the ring changes).
+    #[arg(long, env = "MESHAGE_STRICT_OWNERSHIP")]
+    strict_ownership: bool,
     #[command(flatten)]
     tls: crate::tls::TlsArgs,
     /// Worker threads (default: one per core).
@@ -422,7 +426,8 @@ pub(crate) async fn run_node(args: NodeArgs) -> Result<()> {
         .tls(args.tls.load()?)
         .advertise_host(args.advertise_host)
         .node_name(args.node_name.filter(|name| !name.is_empty()))
-        .handoff_window(args.handoff_window);
+        .handoff_window(args.handoff_window)
+        .strict_ownership(args.strict_ownership);
     let mut builder =
         meshage::init(cluster, address(args.http_host.as_deref(), &http_port)).config(config);
     for stream in args.echo {
