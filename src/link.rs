@@ -7,12 +7,12 @@
 //! [`PREFACE`] is a link, anything else is HTTP. The server acknowledges the preface, so a peer
 //! that does not speak the link (an original node) is noticed before any request is sent, and
 //! the sender falls back to HTTP for it. The preface carries the protocol's version
-//! (`MESHLNK5`): a node of another version answers it as HTTP does, so nodes of different
+//! (`MESHLNK6`): a node of another version answers it as HTTP does, so nodes of different
 //! versions forward to each other over HTTP.
 //!
 //! Frames are length-prefixed: `u32 len` then `len` bytes.
-//! Request: `u8 1, u64 id, u128 trace, u64 parent, u8 flags, u32 timeout_ms, u16 stream_len,
-//! u32 key_len, u16 service_len, u16 content_type_len, u16 tracestate_len`, the five strings,
+//! Request: `u8 1, u64 id, u128 trace, u64 parent, u8 flags, u32 timeout_ms, u64 ring,
+//! u16 stream_len, u32 key_len, u16 service_len, u16 content_type_len, u16 tracestate_len`, the five strings,
 //! the extras block, then the body. `trace`, `parent`, `flags` and the tracestate are the
 //! request's W3C trace context (`trace` 0 for none, and then the rest zero and empty; `parent`
 //! 0 when the trace came as an `X-Meshage-Trace`), so that both nodes log the request under one
@@ -21,13 +21,16 @@
 //! `u32 len`, then `u16 name_len`, the name (empty: none), `u16 count`, and `count` times
 //! `u16 name_len, name, u16 value_len, value`; at most 64 KiB, and a decoder refuses more.
 //! Version 4 widened the trace field (from a u64); version 5 added the extras block (a
-//! development build of version 4 had only the wider trace field). Nodes of different versions
+//! development build of version 4 had only the wider trace field); version 6 added `ring`, the
+//! checksum of the sender's ring of the stream on a forward to a key's owner (0 on one sent to a
+//! service by id), which an owner with `--strict-ownership` checks. Nodes of different versions
 //! do not take each other's preface and forward to each other over HTTP, where
 //! `X-Meshage-Trace` still carries the low 64 bits of the trace id.
 //! Response: `u8 2, u64 id, u16 status`, an extras block (no name; the handler's headers), then
 //! the body: what the request's handler (or the routing on the owner) answered, whatever its
 //! status.
-//! Refused: `u8 4, u64 id, u8 why` (1: the node is leaving, 2: it does not run the service):
+//! Refused: `u8 4, u64 id, u8 why` (1: the node is leaving, 2: it does not run the service,
+//! 3: its table gives the key to another service and it checks):
 //! the node did not run the request, so the sender may send it elsewhere. Only the node writes
 //! this frame; no status a handler returns means it.
 //! Go-away: `u8 3`, from a server that is stopping. It refuses every request it reads from then

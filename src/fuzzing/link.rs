@@ -138,7 +138,7 @@ fn frames_round_trip(data: &[u8]) {
         id,
         context.as_ref(),
         timeout,
-        u64::from(id),
+        id,
         &stream,
         &key,
         &service_id,

@@ -106,7 +106,7 @@ async fn a_flood_leaves_normal_requests_served_and_memory_bounded() {
             let Ok(mut stream) = TcpStream::connect(&address).await else {
                 return;
             };
-            let _ = stream.write_all(b"MESHLNK5\r\n\r\n").await;
+            let _ = stream.write_all(b"MESHLNK6\r\n\r\n").await;
             let _ = stream.write_all(&huge_link_frame_head(60 << 20)).await;
             let chunk = vec![b' '; 1 << 20];
             for _ in 0..20 {

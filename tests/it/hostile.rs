@@ -250,6 +250,8 @@ fn link_request_frame(id: u64, stream: &str, key: &str, service: &str, body: &[u
     // No trace: trace id, parent span and flags all zero.
     frame.extend_from_slice(&[0u8; 16 + 8 + 1]);
     frame.extend_from_slice(&5000u32.to_be_bytes());
+    // No ring checksum: a request for a service by id.
+    frame.extend_from_slice(&0u64.to_be_bytes());
     frame.extend_from_slice(&(stream.len() as u16).to_be_bytes());
     frame.extend_from_slice(&(key.len() as u32).to_be_bytes());
     frame.extend_from_slice(&(service.len() as u16).to_be_bytes());
@@ -295,10 +297,10 @@ async fn a_link_frame_past_the_body_limit_ends_the_link_unrun() {
             let mut stream = tokio::net::TcpStream::connect(node.local_addr())
                 .await
                 .unwrap();
-            stream.write_all(b"MESHLNK5\r\n\r\n").await.unwrap();
+            stream.write_all(b"MESHLNK6\r\n\r\n").await.unwrap();
             let mut ack = [0u8; 8];
             stream.read_exact(&mut ack).await.unwrap();
-            assert_eq!(&ack, b"MESHACK5");
+            assert_eq!(&ack, b"MESHACK6");
             stream
         };
         // Within the limit: it runs, and its answer comes back on the link.
@@ -370,7 +372,7 @@ async fn a_link_frame_that_stalls_ends_the_link() {
         let mut link = tokio::net::TcpStream::connect(node.local_addr())
             .await
             .unwrap();
-        link.write_all(b"MESHLNK5\r\n\r\n").await.unwrap();
+        link.write_all(b"MESHLNK6\r\n\r\n").await.unwrap();
         let mut ack = [0u8; 8];
         link.read_exact(&mut ack).await.unwrap();
         let frame = link_request_frame(1, "echo", "k", "svc", &[b' '; 1000]);

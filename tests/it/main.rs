@@ -64,6 +64,7 @@ mod sealed;
 mod sends;
 mod stateful;
 mod status_page;
+mod strict;
 mod tokens;
 mod trace_context;
 mod upstream;

@@ -25,7 +25,7 @@ use tokio::sync::watch;
 use crate::api::bounded;
 use crate::common::{gossip, wait_converged, wait_until, Http};
 
-const PREFACE: &[u8] = b"MESHLNK5\r\n\r\n";
+const PREFACE: &[u8] = b"MESHLNK6\r\n\r\n";
 
 /// Runs of the `echo` handler, by node.
 type Runs = Arc<Mutex<HashMap<String, usize>>>;
@@ -155,6 +155,8 @@ fn link_request_frame(stream: &str, key: &str, service: &str) -> Vec<u8> {
     // No trace: trace id, parent span and flags all zero.
     frame.extend_from_slice(&[0u8; 16 + 8 + 1]);
     frame.extend_from_slice(&5000u32.to_be_bytes());
+    // No ring checksum: a request for a service by id.
+    frame.extend_from_slice(&0u64.to_be_bytes());
     frame.extend_from_slice(&(stream.len() as u16).to_be_bytes());
     frame.extend_from_slice(&(key.len() as u32).to_be_bytes());
     frame.extend_from_slice(&(service.len() as u16).to_be_bytes());
@@ -551,7 +553,7 @@ async fn a_certificate_published_while_its_link_waits_is_taken() {
             .await
             .expect("the link is acknowledged")
             .unwrap();
-        assert_eq!(&ack, b"MESHACK5");
+        assert_eq!(&ack, b"MESHACK6");
         wait_until(Duration::from_secs(5), "the request ran", || {
             ran(&runs) == 1
         })

@@ -29,7 +29,7 @@ use crate::common::{
     gossip, meshage_command, wait_converged, wait_until, wait_until_async, Http, TestCa,
 };
 
-const PREFACE: &[u8] = b"MESHLNK5\r\n\r\n";
+const PREFACE: &[u8] = b"MESHLNK6\r\n\r\n";
 
 /// A node's certificate files, as `meshage certs node` writes them: valid for `localhost` and
 /// `127.0.0.1`, for server and client use.
