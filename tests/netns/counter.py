@@ -6,7 +6,9 @@ then:     meshage node --handler count=http://HOST:PORT/
 
 POST: the body is `{"id": ..., "sleep_ms": n}`; it sleeps n ms (work in flight when a node
 dies), counts one more execution of `id`, and answers `{"id", "count", "node"}`.
-GET /counts: `{"node": NAME, "counts": {id: executions}}`. Any other GET: the health check.
+GET /counts: `{"node": NAME, "counts": {id: executions}}`. GET /ran: `{"node": NAME, "ran":
+{key: [unix time of each execution]}}` (the key from X-Partition-Key). Any other GET: the health
+check.
 """
 
 import json
@@ -16,6 +18,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 COUNTS = {}
+RAN = {}
 LOCK = threading.Lock()
 NAME = sys.argv[3] if len(sys.argv) > 3 else "counter"
 
@@ -34,9 +37,11 @@ class Handler(BaseHTTPRequestHandler):
         sleep_ms = data.get("sleep_ms") or 0
         if sleep_ms:
             time.sleep(sleep_ms / 1000)
+        key = self.headers.get("X-Partition-Key", "")
         with LOCK:
             COUNTS[request_id] = COUNTS.get(request_id, 0) + 1
             count = COUNTS[request_id]
+            RAN.setdefault(key, []).append(time.time())
         self.answer(200, {"id": request_id, "count": count, "node": NAME})
 
     def do_GET(self):
@@ -44,6 +49,10 @@ class Handler(BaseHTTPRequestHandler):
             with LOCK:
                 counts = dict(COUNTS)
             self.answer(200, {"node": NAME, "counts": counts})
+        elif self.path == "/ran":
+            with LOCK:
+                ran = {key: list(times) for key, times in RAN.items()}
+            self.answer(200, {"node": NAME, "ran": ran})
         else:
             self.answer(200, {"status": "up"})
 

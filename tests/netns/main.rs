@@ -20,6 +20,7 @@ mod common {
     pub use http_client::*;
     pub use wait::*;
 }
+mod churn;
 mod dns;
 mod lab;
 mod load;
@@ -62,6 +63,8 @@ fn blocking<T>(f: impl FnOnce() -> T) -> T {
 
 /// Nodes and their counting handlers in a lab. Drops processes first, then the namespaces.
 struct Mesh {
+    /// Flags every node starts with, besides the lab's.
+    flags: Vec<String>,
     nodes: Vec<Option<Proc>>,
     handlers: Vec<Proc>,
     lab: Lab,
@@ -72,6 +75,11 @@ impl Mesh {
     /// Starts `n` nodes, each with a counting handler on stream `count`, and waits until every
     /// node routes to all `n` services.
     async fn start(n: usize) -> Mesh {
+        Mesh::start_with(n, &[]).await
+    }
+
+    /// [`Mesh::start`] with `flags` added to every node's command line.
+    async fn start_with(n: usize, flags: &[&str]) -> Mesh {
         let lab = Lab::new(n);
         let python = lab::python();
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/netns/counter.py");
@@ -90,6 +98,7 @@ impl Mesh {
             })
             .collect();
         let mut mesh = Mesh {
+            flags: flags.iter().map(|f| f.to_string()).collect(),
             nodes: Vec::new(),
             handlers,
             lab,
@@ -128,7 +137,8 @@ impl Mesh {
             .args(["--seeds", &seeds.join(",")])
             .arg("--handler")
             .arg(format!("count=http://127.0.0.1:{HANDLER_PORT}/"))
-            .args(["--health-interval", "0.5", "--drain-timeout", "10"]);
+            .args(["--health-interval", "0.5", "--drain-timeout", "10"])
+            .args(&self.flags);
         let node = Proc::spawn(&format!("node {i}"), command);
         node.wait_line(Duration::from_secs(20), |l| l.starts_with("meshage node "));
         node
