@@ -49,6 +49,7 @@ mod options;
 mod placement;
 mod registry;
 mod retry;
+mod target;
 
 pub(crate) use background::Delivery;
 use broadcast::answer_value;
@@ -407,54 +408,7 @@ impl Router {
             ..
         } = request;
         if let Some(id) = request.target {
-            let locals = self.inner.local.load();
-            if let Some(local) = locals.get(id) {
-                let service_id: Arc<str> = Arc::from(id);
-                let previous = match request.extra.previous_owner {
-                    Some(told) if request.hop => Some(Arc::from(told)),
-                    _ => {
-                        let table = self.inner.table.load();
-                        self.previous_owner(&table, stream, key, id, true)
-                    }
-                };
-                let answer = start_local(
-                    service_id.clone(),
-                    local,
-                    key,
-                    request.extra,
-                    previous,
-                    payload,
-                );
-                drop(locals);
-                return finish_local(service_id, answer, deadline).await;
-            }
-            drop(locals);
-            if request.hop {
-                return Err(RouteError::NotHere(id.to_owned()));
-            }
-            let table = self.inner.table.load();
-            // A service of a node that is leaving is off the rings but still answers by id.
-            let owner = table.service(id).or_else(|| table.draining(id)).map(|s| {
-                (
-                    s.id.clone(),
-                    s.node_id.clone(),
-                    s.endpoint.clone(),
-                    s.fingerprint,
-                )
-            });
-            drop(table);
-            let Some((service_id, node_id, endpoint, fingerprint)) = owner else {
-                return Err(self.not_in_table(id));
-            };
-            let to = Owner {
-                endpoint: &endpoint,
-                node_id: &node_id,
-                fingerprint,
-            };
-            return self
-                .forward(to, service_id, request, &payload)
-                .await
-                .map_err(|failure| failure.error);
+            return self.route_to(id, request, payload).await;
         }
 
         let mut tried: Vec<Arc<str>> = Vec::new();
@@ -478,7 +432,7 @@ impl Router {
             let locals = self.inner.local.load();
             if let Some(local) = locals.get(&owner.id) {
                 let service_id = owner.id.clone();
-                let previous = self.previous_owner(&table, stream, key, &service_id, false);
+                let previous = self.previous_owner(&table, stream, key, &service_id);
                 let answer = start_local(
                     service_id.clone(),
                     local,

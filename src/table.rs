@@ -135,6 +135,14 @@ impl ServiceTable {
             .map(|place| &self.services[place])
     }
 
+    /// [`ServiceTable::owner`] of a key by its [`HashRing::hash`]: a key hashed once and looked
+    /// up in several tables.
+    pub(crate) fn owner_of_hash(&self, stream: &str, hash: u32) -> Option<&ServiceInfo> {
+        let entry = self.streams.get(stream)?;
+        let index = entry.ring.get_index_of_hash(hash)?;
+        Some(&self.services[entry.services[index]])
+    }
+
     /// Where the owner of `key` sits in [`ServiceTable::services`].
     pub fn owner_place(&self, stream: &str, key: &str) -> Option<usize> {
         let entry = self.streams.get(stream)?;

@@ -9,6 +9,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::ring::HashRing;
 use crate::table::ServiceTable;
 
 /// The most earlier tables kept: membership that flaps cannot grow the history past it.
@@ -95,9 +96,11 @@ impl History {
         now: Instant,
         window: Duration,
     ) -> Option<Arc<str>> {
+        // Hashed once for every table.
+        let hash = HashRing::hash(key);
         let other = |table: &ServiceTable| {
             table
-                .owner(stream, key)
+                .owner_of_hash(stream, hash)
                 .map(|s| s.id.clone())
                 .filter(|id| **id != *me)
         };
@@ -114,7 +117,6 @@ impl History {
 mod tests {
     use super::*;
     use crate::cluster::{ClusterView, Member, MemberState, ServiceEntry};
-    use crate::ring::HashRing;
 
     fn table(members: &[(&str, MemberState, &[&str])]) -> Arc<ServiceTable> {
         let members = members
