@@ -34,6 +34,7 @@ use crate::delivery::{MayHaveRun, NotRun, Undelivered};
 use crate::message::{HandlerError, Message, Payload, Reply};
 use crate::observe::{self, Metrics, RequestScope, Route};
 use crate::outbound::Forwarder;
+use crate::ring::HashRing;
 use crate::security::Fingerprint;
 use crate::table::ServiceTable;
 use crate::wire::Deadline;
@@ -413,14 +414,15 @@ impl Router {
 
         let mut tried: Vec<Arc<str>> = Vec::new();
         let mut last: Option<RouteError> = None;
+        // The key is hashed once, for every owner tried and for its previous owner.
+        let hash = (!key.is_empty()).then(|| HashRing::hash(key));
         loop {
             // A local owner's handler starts while the snapshots are at hand. For a remote
             // owner the table is kept (one reference count) for its node and endpoint.
             let table = self.inner.table.load();
-            let place = if key.is_empty() {
-                self.next_in_turn(&table, stream, &tried)
-            } else {
-                table.owner_place(stream, key)
+            let place = match hash {
+                None => self.next_in_turn(&table, stream, &tried),
+                Some(hash) => table.owner_place_of_hash(stream, hash),
             };
             let Some(place) = place else {
                 if let Some(last) = last {
@@ -432,7 +434,7 @@ impl Router {
             let locals = self.inner.local.load();
             if let Some(local) = locals.get(&owner.id) {
                 let service_id = owner.id.clone();
-                let previous = self.previous_owner(&table, stream, key, &service_id);
+                let previous = self.previous_owner(&table, stream, hash, &service_id);
                 let answer = start_local(
                     service_id.clone(),
                     local,

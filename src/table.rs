@@ -138,9 +138,15 @@ impl ServiceTable {
     /// [`ServiceTable::owner`] of a key by its [`HashRing::hash`]: a key hashed once and looked
     /// up in several tables.
     pub(crate) fn owner_of_hash(&self, stream: &str, hash: u32) -> Option<&ServiceInfo> {
+        self.owner_place_of_hash(stream, hash)
+            .map(|place| &self.services[place])
+    }
+
+    /// [`ServiceTable::owner_place`] of a key by its [`HashRing::hash`].
+    pub(crate) fn owner_place_of_hash(&self, stream: &str, hash: u32) -> Option<usize> {
         let entry = self.streams.get(stream)?;
         let index = entry.ring.get_index_of_hash(hash)?;
-        Some(&self.services[entry.services[index]])
+        Some(entry.services[index])
     }
 
     /// Where the owner of `key` sits in [`ServiceTable::services`].
