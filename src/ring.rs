@@ -159,7 +159,18 @@ impl HashRing {
         if self.values.is_empty() {
             return None;
         }
-        let position = self.find(hash_key(key));
+        // Not hashed at all on an empty ring.
+        self.get_index_of_hash(hash_key(key))
+    }
+
+    /// [`get_index`](Self::get_index) of a key whose [`hash`](Self::hash) is known: a key
+    /// hashed once and looked up on several rings.
+    #[inline]
+    pub(crate) fn get_index_of_hash(&self, hash: u32) -> Option<usize> {
+        if self.values.is_empty() {
+            return None;
+        }
+        let position = self.find(hash);
         Some(self.owners[position] as usize)
     }
 
@@ -577,7 +588,9 @@ mod tests {
         for key in keys() {
             let index = ring.get_index(&key).unwrap();
             assert_eq!(ring.get(&key), Some(&*ring.servers()[index]));
+            assert_eq!(ring.get_index_of_hash(HashRing::hash(&key)), Some(index));
         }
+        assert_eq!(HashRing::default().get_index_of_hash(7), None);
     }
 
     /// `find` on hand-made rings with repeated values, against the positions

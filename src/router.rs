@@ -34,6 +34,7 @@ use crate::delivery::{MayHaveRun, NotRun, Undelivered};
 use crate::message::{Message, Payload, Reply};
 use crate::observe::{self, Metrics, RequestScope, Route};
 use crate::outbound::Forwarder;
+use crate::ring::HashRing;
 use crate::security::Fingerprint;
 use crate::table::ServiceTable;
 use crate::wire::Deadline;
@@ -51,6 +52,7 @@ mod placement;
 mod registry;
 mod retry;
 mod strict;
+mod target;
 
 pub(crate) use background::Delivery;
 use broadcast::answer_value;
@@ -357,71 +359,28 @@ impl Router {
             ..
         } = request;
         if let Some(id) = request.target {
-            let locals = self.inner.local.load();
-            if let Some(local) = locals.get(id) {
-                if request.ring != 0 && self.inner.config.strict_ownership {
-                    self.check_owner(stream, key, id, request.ring)?;
-                }
-                let service_id: Arc<str> = Arc::from(id);
-                let previous = match request.extra.previous_owner {
-                    Some(told) if request.hop => Some(Arc::from(told)),
-                    _ => {
-                        let table = self.inner.table.load();
-                        self.previous_owner(&table, stream, key, id)
-                    }
-                };
-                let answer = start_local(
-                    service_id.clone(),
-                    local,
-                    key,
-                    request.extra,
-                    previous,
-                    payload,
-                );
-                drop(locals);
-                return finish_local(service_id, answer, deadline).await;
-            }
-            drop(locals);
-            if request.hop {
-                return Err(RouteError::NotHere(id.to_owned()));
-            }
-            let table = self.inner.table.load();
-            // A service of a node that is leaving is off the rings but still answers by id.
-            let owner = table.service(id).or_else(|| table.draining(id)).map(|s| {
-                (
-                    s.id.clone(),
-                    s.node_id.clone(),
-                    s.endpoint.clone(),
-                    s.fingerprint,
-                )
-            });
-            drop(table);
-            let Some((service_id, node_id, endpoint, fingerprint)) = owner else {
-                return Err(self.not_in_table(id));
-            };
-            let to = Owner {
-                endpoint: &endpoint,
-                node_id: &node_id,
-                fingerprint,
-            };
-            return self
-                .forward(to, service_id, request, &payload)
-                .await
-                .map_err(|failure| failure.error);
+            return self.route_to(id, request, payload).await;
         }
 
         let mut tried: Vec<Arc<str>> = Vec::new();
         let mut last: Option<RouteError> = None;
         // How long this request has waited so far for tables to agree (see `table_after`).
         let mut waited = Duration::ZERO;
+        // The key is hashed once, for every owner tried and for its previous owner.
+        let hash = (!key.is_empty()).then(|| HashRing::hash(key));
         loop {
             // A local owner's handler starts while the snapshots are at hand. For a remote
             // owner the table is kept (one reference count) for its node and endpoint.
             let table = self.inner.table.load();
-            let place = if key.is_empty() {
-                self.next_in_turn(&table, stream, &tried)
-            } else {
-                table.owner_place(stream, key)
+            let entry = table.stream(stream);
+            let place = match hash {
+                None => self.next_in_turn(&table, stream, &tried),
+                Some(hash) => entry.and_then(|e| Some(e.services[e.ring.get_index_of_hash(hash)?])),
+            };
+            // A forward to a key's owner says which ring chose it, for an owner that checks.
+            let ring = match hash {
+                Some(_) => entry.map_or(0, |e| e.checksum),
+                None => 0,
             };
             let Some(place) = place else {
                 if let Some(last) = last {
@@ -433,7 +392,7 @@ impl Router {
             let locals = self.inner.local.load();
             if let Some(local) = locals.get(&owner.id) {
                 let service_id = owner.id.clone();
-                let previous = self.previous_owner(&table, stream, key, &service_id);
+                let previous = self.previous_owner(&table, stream, hash, &service_id);
                 let answer = start_local(
                     service_id.clone(),
                     local,
@@ -449,11 +408,9 @@ impl Router {
             let table = arc_swap::Guard::into_inner(table);
             let owner = &table.services[place];
             let service_id = &owner.id;
-            // A forward to a key's owner says which ring chose it, for an owner that checks.
-            let ring = match key.is_empty() {
-                true => 0,
-                false => table.stream(stream).map_or(0, |s| s.checksum),
-            };
+            // The key's previous owner as this node knows it goes with the forward, for an
+            // owner that has not heard of it yet.
+            let told = self.previous_owner(&table, stream, hash, service_id);
             let to = Owner {
                 endpoint: &owner.endpoint,
                 node_id: &owner.node_id,
@@ -470,6 +427,7 @@ impl Router {
                     service_id.clone(),
                     RouteRequest { ring, ..request },
                     &payload,
+                    told,
                 )
                 .await
             {
@@ -519,6 +477,7 @@ impl Router {
         service_id: Arc<str>,
         request: RouteRequest<'_>,
         payload: &Payload,
+        told: Option<Arc<str>>,
     ) -> Result<Routed, Failure> {
         let Owner {
             endpoint,
@@ -526,9 +485,8 @@ impl Router {
             fingerprint,
         } = to;
         let started = Instant::now();
-        // The key's previous owner as this node knows it goes with the forward (as one of
-        // meshage's own headers), for an owner that has not heard of it yet.
-        let told = self.hint_for(request.stream, request.key, &service_id);
+        // The key's previous owner, if the sender knows one, goes as one of meshage's own
+        // headers.
         let with_hint;
         let headers = match &told {
             Some(previous) => {

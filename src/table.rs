@@ -141,6 +141,20 @@ impl ServiceTable {
             .map(|place| &self.services[place])
     }
 
+    /// [`ServiceTable::owner`] of a key by its [`HashRing::hash`]: a key hashed once and looked
+    /// up in several tables.
+    pub(crate) fn owner_of_hash(&self, stream: &str, hash: u32) -> Option<&ServiceInfo> {
+        self.owner_place_of_hash(stream, hash)
+            .map(|place| &self.services[place])
+    }
+
+    /// [`ServiceTable::owner_place`] of a key by its [`HashRing::hash`].
+    pub(crate) fn owner_place_of_hash(&self, stream: &str, hash: u32) -> Option<usize> {
+        let entry = self.streams.get(stream)?;
+        let index = entry.ring.get_index_of_hash(hash)?;
+        Some(entry.services[index])
+    }
+
     /// Where the owner of `key` sits in [`ServiceTable::services`].
     pub fn owner_place(&self, stream: &str, key: &str) -> Option<usize> {
         let entry = self.streams.get(stream)?;

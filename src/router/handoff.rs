@@ -9,6 +9,7 @@ use http::{HeaderMap, HeaderValue};
 use tracing::info;
 
 use super::{Inner, Router};
+use crate::ring::HashRing;
 use crate::table::ServiceTable;
 use crate::wire::PREVIOUS_OWNER_HEADER;
 
@@ -16,27 +17,51 @@ use crate::wire::PREVIOUS_OWNER_HEADER;
 const QUIET: Duration = Duration::from_millis(500);
 
 impl Router {
-    /// The service that owned `key` of `stream` before the local service `me`, within the
-    /// handoff window, if it can still be reached (see `history`). Nothing while no table
-    /// changed within the window: a forward from a node whose table is ahead brings that
-    /// node's hint instead.
+    /// The service that owned the key of `stream` with this `hash` (none: a message without a
+    /// key) before the local service `me`, the key's owner in `table`, within the handoff
+    /// window, if it can still be reached (see `history`). While no table changed within the
+    /// window: one load and one check.
     #[inline]
     pub(super) fn previous_owner(
         &self,
         table: &ServiceTable,
         stream: &str,
+        hash: Option<u32>,
+        me: &str,
+    ) -> Option<Arc<str>> {
+        let window = self.inner.config.handoff_window;
+        let hash = hash.filter(|_| !window.is_zero())?;
+        let history = self.inner.history.load();
+        if history.is_empty() {
+            return None;
+        }
+        history.previous_owner(table, stream, hash, me, Instant::now(), window)
+    }
+
+    /// [`Router::previous_owner`] of a request addressed to the local service `me` by id, so
+    /// that this node's current table may name another owner. A forward (`hop`) whose sender
+    /// told no hint costs one load and one check while no table of this node changed within
+    /// the window: the sender tells what its own tables of the window say, and two tables that
+    /// disagree with neither changed within the window are older than it. A request by
+    /// `X-Service-ID` or [`crate::SendOptions::service`] is looked up in the current table too.
+    pub(super) fn previous_owner_by_id(
+        &self,
+        stream: &str,
         key: &str,
         me: &str,
+        hop: bool,
     ) -> Option<Arc<str>> {
         let window = self.inner.config.handoff_window;
         if key.is_empty() || window.is_zero() {
             return None;
         }
         let history = self.inner.history.load();
-        if history.is_empty() {
+        if history.is_empty() && hop {
             return None;
         }
-        history.previous_owner(table, stream, key, me, Instant::now(), window)
+        let table = self.inner.table.load();
+        let hash = HashRing::hash(key);
+        history.previous_owner(&table, stream, hash, me, Instant::now(), window)
     }
 
     /// The previous owner of `key` that this node tells `target`'s node with a forward: the
@@ -52,7 +77,8 @@ impl Router {
             return None;
         }
         let table = self.inner.table.load();
-        history.previous_owner(&table, stream, key, target, Instant::now(), window)
+        let hash = HashRing::hash(key);
+        history.previous_owner(&table, stream, hash, target, Instant::now(), window)
     }
 
     /// Keeps `replaced`, the table current until now, for the handoff window when `next`

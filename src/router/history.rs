@@ -80,7 +80,8 @@ impl History {
             .take_while(move |(at, _)| now.saturating_duration_since(*at) < window)
     }
 
-    /// The service that owned `key` of `stream` before service `me`, as this node knows it:
+    /// The service that owned the key of `stream` with this [`crate::HashRing::hash`] before service
+    /// `me`, as this node knows it:
     /// the owner its current table names if that is another service (its table and the
     /// sender's disagree), else the latest owner other than `me` in the tables of the last
     /// `window`, else, for a node that joined within it, the owner before it joined. Only a
@@ -90,14 +91,14 @@ impl History {
         &self,
         current: &ServiceTable,
         stream: &str,
-        key: &str,
+        hash: u32,
         me: &str,
         now: Instant,
         window: Duration,
     ) -> Option<Arc<str>> {
         let other = |table: &ServiceTable| {
             table
-                .owner(stream, key)
+                .owner_of_hash(stream, hash)
                 .map(|s| s.id.clone())
                 .filter(|id| **id != *me)
         };
@@ -115,6 +116,10 @@ mod tests {
     use super::*;
     use crate::cluster::{ClusterView, Member, MemberState, ServiceEntry};
     use crate::ring::HashRing;
+
+    fn h(key: &str) -> u32 {
+        HashRing::hash(key)
+    }
 
     fn table(members: &[(&str, MemberState, &[&str])]) -> Arc<ServiceTable> {
         let members = members
@@ -161,18 +166,18 @@ mod tests {
         let key = key_owned(&["sa", "sb", "sc"], "sc", &["sa", "sb"], "sb");
         let t0 = Instant::now();
         let history = History::default().after(before, t0, WINDOW, None);
-        let hint = history.previous_owner(&after, "counter", &key, "sc", t0, WINDOW);
+        let hint = history.previous_owner(&after, "counter", h(&key), "sc", t0, WINDOW);
         assert_eq!(hint.as_deref(), Some("sb"));
         // A key that did not move has no hint: its owner is the same in every table.
         let stayed = key_owned(&["sa", "sb", "sc"], "sa", &["sa", "sb"], "sa");
         assert_eq!(
-            history.previous_owner(&after, "counter", &stayed, "sa", t0, WINDOW),
+            history.previous_owner(&after, "counter", h(&stayed), "sa", t0, WINDOW),
             None
         );
         // Once the window has passed, nothing.
         let late = t0 + WINDOW;
         assert_eq!(
-            history.previous_owner(&after, "counter", &key, "sc", late, WINDOW),
+            history.previous_owner(&after, "counter", h(&key), "sc", late, WINDOW),
             None
         );
         assert!(history.pruned(late, WINDOW, false).is_empty());
@@ -193,14 +198,19 @@ mod tests {
         let history = History::default().after(alone, t0, WINDOW, Some(without_me));
         assert_eq!(
             history
-                .previous_owner(&now, "counter", &key, "sc", t0, WINDOW)
+                .previous_owner(&now, "counter", h(&key), "sc", t0, WINDOW)
                 .as_deref(),
             Some("sa")
         );
         assert_eq!(
-            history
-                .pruned(t0, WINDOW, false)
-                .previous_owner(&now, "counter", &key, "sc", t0, WINDOW),
+            history.pruned(t0, WINDOW, false).previous_owner(
+                &now,
+                "counter",
+                h(&key),
+                "sc",
+                t0,
+                WINDOW
+            ),
             None,
             "an old node has no table before joining"
         );
@@ -217,12 +227,12 @@ mod tests {
         let history = History::default().after(before, t0, WINDOW, None);
         assert_eq!(
             history
-                .previous_owner(&leaving, "counter", &key, "sa", t0, WINDOW)
+                .previous_owner(&leaving, "counter", h(&key), "sa", t0, WINDOW)
                 .as_deref(),
             Some("sb")
         );
         assert_eq!(
-            history.previous_owner(&dead, "counter", &key, "sa", t0, WINDOW),
+            history.previous_owner(&dead, "counter", h(&key), "sa", t0, WINDOW),
             None
         );
     }
@@ -242,7 +252,7 @@ mod tests {
         let hint = History::default().previous_owner(
             &current,
             "counter",
-            &key,
+            h(&key),
             "sc",
             Instant::now(),
             WINDOW,
@@ -267,7 +277,7 @@ mod tests {
         // In `current` sc owns it too; as seen from sb (a node behind), the current owner.
         assert_eq!(
             history
-                .previous_owner(&current, "counter", &key, "sb", t0, WINDOW)
+                .previous_owner(&current, "counter", h(&key), "sb", t0, WINDOW)
                 .as_deref(),
             Some("sc")
         );

@@ -154,6 +154,37 @@ async fn the_new_owner_of_a_leaving_nodes_key_can_take_from_it_while_it_drains()
     .await;
 }
 
+#[tokio::test]
+async fn a_send_to_a_service_by_id_reaches_it_on_any_node_whoever_owns_the_key() {
+    let a = teller(&[], NodeConfig::default()).await;
+    let seeds = vec![a.seed_address().unwrap()];
+    let b = teller(&seeds, NodeConfig::default()).await;
+    wait_services(&[&a, &b], 2).await;
+    let (sa, sb) = (local_service(&a), local_service(&b));
+    let (of_a, of_b) = (key_of(&a, &sa), key_of(&a, &sb));
+    let to = |service: &str| SendOptions::default().service(Some(service.to_owned()));
+    // Each key to the service that does not own it, from both nodes: remote and local.
+    for via in [&a, &b] {
+        for (key, service) in [(&of_a, &sb), (&of_b, &sa)] {
+            let answer = via
+                .router()
+                .send_with(Message::new("s", key, json!({})), to(service))
+                .await
+                .expect("the service answers by id");
+            assert_eq!(answer["by"], json!(service), "{key} sent to {service}");
+        }
+    }
+    // An id that no node runs is an error, never the key's owner.
+    let unknown = a
+        .router()
+        .send_with(Message::new("s", &of_a, json!({})), to("no-such-service"))
+        .await;
+    assert!(
+        matches!(unknown, Err(RouteError::UnknownService(ref id)) if id == "no-such-service"),
+        "{unknown:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_http_handler_gets_the_hint_as_a_header_and_never_a_clients() {
     let python = python_handler(0);
