@@ -12,7 +12,8 @@
 //!
 //! Frames are length-prefixed: `u32 len` then `len` bytes.
 //! Request: `u8 1, u64 id, u128 trace, u64 parent, u8 flags, u32 timeout_ms, u64 ring,
-//! u16 stream_len, u32 key_len, u16 service_len, u16 content_type_len, u16 tracestate_len`, the five strings,
+//! u16 stream_len, u32 key_len, u16 service_len, u16 content_type_len, u16 tracestate_len,
+//! u16 previous_owner_len`, the six strings,
 //! the extras block, then the body. `trace`, `parent`, `flags` and the tracestate are the
 //! request's W3C trace context (`trace` 0 for none, and then the rest zero and empty; `parent`
 //! 0 when the trace came as an `X-Meshage-Trace`), so that both nodes log the request under one
@@ -23,7 +24,9 @@
 //! Version 4 widened the trace field (from a u64); version 5 added the extras block (a
 //! development build of version 4 had only the wider trace field); version 6 added `ring`, the
 //! checksum of the sender's ring of the stream on a forward to a key's owner (0 on one sent to a
-//! service by id), which an owner with `--strict-ownership` checks. Nodes of different versions
+//! service by id), which an owner with `--strict-ownership` checks, and the previous owner of
+//! the key as the sender's tables say (empty: none; see `Header::previous_owner`). Nodes of
+//! different versions
 //! do not take each other's preface and forward to each other over HTTP, where
 //! `X-Meshage-Trace` still carries the low 64 bits of the trace id.
 //! Response: `u8 2, u64 id, u16 status`, an extras block (no name; the handler's headers), then

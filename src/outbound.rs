@@ -48,8 +48,9 @@ use crate::path::encode_segment;
 use crate::relay::{answer_headers, MESSAGE_NAME_HEADER};
 use crate::security::{Alpn, Fingerprint, PeerTls};
 use crate::wire::{
-    error_chain, read_body, BodyError, Deadline, HOP_HEADER, REFUSED_HEADER, RING_HEADER,
-    SERVICE_ID_HEADER, TIMEOUT_HEADER, TRACEPARENT_HEADER, TRACESTATE_HEADER, TRACE_HEADER,
+    error_chain, read_body, BodyError, Deadline, HOP_HEADER, PREVIOUS_OWNER_HEADER, REFUSED_HEADER,
+    RING_HEADER, SERVICE_ID_HEADER, TIMEOUT_HEADER, TRACEPARENT_HEADER, TRACESTATE_HEADER,
+    TRACE_HEADER,
 };
 
 /// How a node forwards to its peers.
@@ -181,7 +182,7 @@ impl Forwarder {
         stream: &str,
         key: &str,
         service_id: &str,
-        ring: u64,
+        (ring, previous_owner): (u64, Option<&str>),
         (name, headers): (Option<&str>, &HeaderMap),
         payload: &Payload,
         deadline: Deadline,
@@ -199,7 +200,7 @@ impl Forwarder {
                     stream,
                     key,
                     service_id,
-                    ring,
+                    (ring, previous_owner),
                     (name, headers),
                     payload,
                     deadline,
@@ -259,6 +260,9 @@ impl Forwarder {
         }
         if ring != 0 {
             builder = builder.header(RING_HEADER, HeaderValue::from(ring));
+        }
+        if let Some(v) = previous_owner.and_then(|p| HeaderValue::from_str(p).ok()) {
+            builder = builder.header(PREVIOUS_OWNER_HEADER, v);
         }
         // The request's trace context, so that the owner logs it under the same id and its
         // span is a child of this forward; `X-Meshage-Trace` too, for nodes of earlier versions.

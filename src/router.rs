@@ -485,24 +485,14 @@ impl Router {
             fingerprint,
         } = to;
         let started = Instant::now();
-        // The key's previous owner, if the sender knows one, goes as one of meshage's own
-        // headers.
-        let with_hint;
-        let headers = match &told {
-            Some(previous) => {
-                with_hint = handoff::with_previous_owner(request.extra.headers, previous);
-                &with_hint
-            }
-            None => request.extra.headers,
-        };
         let forward = self.inner.forwarder.forward(
             endpoint,
             fingerprint,
             request.stream,
             request.key,
             &service_id,
-            request.ring,
-            (request.extra.name, headers),
+            (request.ring, told.as_deref()),
+            (request.extra.name, request.extra.headers),
             payload,
             request.deadline,
         );

@@ -85,7 +85,10 @@ fn encoded_request(request: &LinkRequest) -> Vec<u8> {
         request.id,
         request.trace.as_ref(),
         request.timeout,
-        request.ring,
+        (
+            request.ring,
+            request.previous_owner.as_deref().unwrap_or(""),
+        ),
         &request.stream,
         &request.key,
         &request.service_id,
@@ -138,7 +141,7 @@ fn frames_round_trip(data: &[u8]) {
         id,
         context.as_ref(),
         timeout,
-        id,
+        (id, &key),
         &stream,
         &key,
         &service_id,
@@ -170,8 +173,12 @@ fn frames_round_trip(data: &[u8]) {
         .expect("a whole frame");
     let request = decode_request(frame).expect("an encoded request decodes");
     assert_eq!(
-        (request.id, request.trace, request.timeout),
-        (id, context, timeout)
+        (request.id, request.trace, request.timeout, request.ring),
+        (id, context, timeout, id)
+    );
+    assert_eq!(
+        request.previous_owner.as_deref(),
+        Some(&*key).filter(|k| !k.is_empty())
     );
     assert_eq!(
         (&*request.stream, &*request.key, &*request.service_id),

@@ -387,12 +387,7 @@ async fn respond(
 
 /// Runs one request that arrived over a peer link: it names its service and is never
 /// forwarded again.
-pub(super) async fn link_request(inbound: Arc<Inbound>, mut request: LinkRequest) -> Answer {
-    // The sender's hint travels among the headers; the handler gets it as its own field.
-    let previous_owner = match request.extras.headers.is_empty() {
-        true => None,
-        false => request.extras.headers.remove(PREVIOUS_OWNER_HEADER),
-    };
+pub(super) async fn link_request(inbound: Arc<Inbound>, request: LinkRequest) -> Answer {
     let error = |e: ApiError| Ok(Reply::new(e.status(), e.body()));
     let _slot = match inbound.admission.admit() {
         Ok(slot) => slot,
@@ -406,7 +401,7 @@ pub(super) async fn link_request(inbound: Arc<Inbound>, mut request: LinkRequest
         extra: Extra {
             name: request.extras.name.as_deref(),
             headers: &request.extras.headers,
-            previous_owner: previous_owner.as_ref().and_then(|v| v.to_str().ok()),
+            previous_owner: request.previous_owner.as_deref(),
         },
         target: Some(&request.service_id),
         hop: true,

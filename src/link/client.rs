@@ -142,7 +142,15 @@ impl Links {
         let headers = http::HeaderMap::new();
         let extras = (None, &headers);
         self.send_with(
-            authority, peer, stream, key, service_id, 0, extras, payload, deadline,
+            authority,
+            peer,
+            stream,
+            key,
+            service_id,
+            (0, None),
+            extras,
+            payload,
+            deadline,
         )
         .await
     }
@@ -156,7 +164,7 @@ impl Links {
         stream: &str,
         key: &str,
         service_id: &str,
-        ring: u64,
+        (ring, previous_owner): (u64, Option<&str>),
         extras: (Option<&str>, &http::HeaderMap),
         payload: &Payload,
         deadline: Deadline,
@@ -169,7 +177,7 @@ impl Links {
                 id,
                 trace.as_ref(),
                 timeout,
-                ring,
+                (ring, previous_owner.unwrap_or("")),
                 stream,
                 key,
                 service_id,

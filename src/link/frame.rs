@@ -27,9 +27,9 @@ const MAX_FRAME: usize = 64 * 1024 * 1024;
 /// service id and content type.
 const REQUEST_HEAD: usize = 256 * 1024;
 /// A request frame's fixed fields: kind, id, trace id, parent span id, flags, timeout, the
-/// sender's ring checksum, and the lengths of the stream, key, service id, content type and
-/// tracestate.
-const REQUEST_FIXED: usize = 1 + 8 + 16 + 8 + 1 + 4 + 8 + 2 + 4 + 2 + 2 + 2;
+/// sender's ring checksum, and the lengths of the stream, key, service id, content type,
+/// tracestate and previous owner.
+const REQUEST_FIXED: usize = 1 + 8 + 16 + 8 + 1 + 4 + 8 + 2 + 4 + 2 + 2 + 2 + 2;
 /// Room in a response frame for what comes with the body: the fixed fields and the extras.
 const RESPONSE_HEAD: usize = 64 + MAX_EXTRAS;
 /// The most bytes of a frame's extras block (the message's name and headers; see
@@ -191,6 +191,9 @@ pub(crate) struct LinkRequest {
     /// The checksum of the sender's ring of the stream, for a request it sent to the key's
     /// owner (see `table::StreamServices::checksum`); 0 for one sent to a service by id.
     pub(crate) ring: u64,
+    /// The service that owned the key before, as the sender's tables say (see
+    /// `Header::previous_owner`).
+    pub(crate) previous_owner: Option<String>,
     pub(crate) stream: String,
     pub(crate) key: String,
     pub(crate) service_id: String,
@@ -298,7 +301,7 @@ pub(crate) fn encode_request(
     id: u64,
     trace: Option<&Incoming>,
     timeout: Duration,
-    ring: u64,
+    (ring, previous_owner): (u64, &str),
     stream: &str,
     key: &str,
     service_id: &str,
@@ -309,6 +312,7 @@ pub(crate) fn encode_request(
     let extras = extras_block(name, headers)?;
     let extras = extras.as_deref().unwrap_or(&NO_EXTRAS);
     if stream.len() > u16::MAX as usize
+        || previous_owner.len() > u16::MAX as usize
         || service_id.len() > u16::MAX as usize
         || content_type.len() > u16::MAX as usize
     {
@@ -328,6 +332,7 @@ pub(crate) fn encode_request(
         + key.len()
         + service_id.len()
         + content_type.len()
+        + previous_owner.len()
         + 4
         + extras.len()
         + body.len();
@@ -351,11 +356,13 @@ pub(crate) fn encode_request(
     buf.put_u16(service_id.len() as u16);
     buf.put_u16(content_type.len() as u16);
     buf.put_u16(state.len() as u16);
+    buf.put_u16(previous_owner.len() as u16);
     buf.put_slice(stream.as_bytes());
     buf.put_slice(key.as_bytes());
     buf.put_slice(service_id.as_bytes());
     buf.put_slice(content_type.as_bytes());
     buf.put_slice(state);
+    buf.put_slice(previous_owner.as_bytes());
     buf.put_u32(extras.len() as u32);
     buf.put_slice(extras);
     out.put_body(body);
@@ -409,6 +416,7 @@ pub(crate) fn decode_request(mut frame: Bytes) -> Option<LinkRequest> {
     let service_len = frame.get_u16() as usize;
     let ct_len = frame.get_u16() as usize;
     let state_len = frame.get_u16() as usize;
+    let previous_len = frame.get_u16() as usize;
     if state_len > MAX_TRACESTATE {
         return None;
     }
@@ -420,6 +428,8 @@ pub(crate) fn decode_request(mut frame: Bytes) -> Option<LinkRequest> {
         return None;
     }
     let state = frame.split_to(state_len);
+    let previous_owner = take_string(&mut frame, previous_len)?;
+    let previous_owner = (!previous_owner.is_empty()).then_some(previous_owner);
     // A node writes a tracestate only when it is well formed, and the rest of the context only
     // with a trace id: a frame that says otherwise is not one of ours.
     let state = match state.is_empty() {
@@ -442,6 +452,7 @@ pub(crate) fn decode_request(mut frame: Bytes) -> Option<LinkRequest> {
         trace,
         timeout,
         ring,
+        previous_owner,
         stream,
         key,
         service_id,
@@ -561,7 +572,7 @@ mod tests {
             7,
             Some(&trace),
             Duration::from_millis(1500),
-            0x0123_4567_89ab_cdef,
+            (0x0123_4567_89ab_cdef, "svc-before"),
             "echo",
             "a/b ключ",
             "svc",
@@ -586,6 +597,8 @@ mod tests {
         let request = decode_request(next_frame(&mut buf, MAX_FRAME).unwrap().unwrap()).unwrap();
         assert_eq!((request.id, request.trace), (7, Some(trace)));
         assert_eq!(request.timeout, Duration::from_millis(1500));
+        assert_eq!(request.ring, 0x0123_4567_89ab_cdef);
+        assert_eq!(request.previous_owner.as_deref(), Some("svc-before"));
         assert_eq!(
             (request.stream.as_str(), request.key.as_str()),
             ("echo", "a/b ключ")
@@ -662,7 +675,7 @@ mod tests {
                 1,
                 trace,
                 Duration::ZERO,
-                0,
+                (0, ""),
                 "s",
                 "k",
                 "",
@@ -693,11 +706,13 @@ mod tests {
         );
         none[32] = 1;
         assert!(decode_request(Bytes::from(none)).is_none());
-        // A tracestate: its length is the last u16 of the fixed fields; it goes after the
-        // content type, before the extras block (here the empty one) and the body.
+        // A tracestate: its length is the last u16 of the fixed fields but one (the previous
+        // owner's, 0 here); it goes after the content type, before the extras block (here the
+        // empty one) and the body.
         let with_state = |state: &[u8]| {
-            let mut bytes = good[..REQUEST_FIXED - 2].to_vec();
+            let mut bytes = good[..REQUEST_FIXED - 4].to_vec();
             bytes.extend_from_slice(&(state.len() as u16).to_be_bytes());
+            bytes.extend_from_slice(&0u16.to_be_bytes());
             bytes.extend_from_slice(b"sk");
             bytes.extend_from_slice(state);
             bytes.extend_from_slice(&(NO_EXTRAS.len() as u32).to_be_bytes());

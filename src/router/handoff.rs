@@ -5,13 +5,11 @@
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
-use http::{HeaderMap, HeaderValue};
 use tracing::info;
 
 use super::{Inner, Router};
 use crate::ring::HashRing;
 use crate::table::ServiceTable;
-use crate::wire::PREVIOUS_OWNER_HEADER;
 
 /// A leaving node stops once no peer has sent it a request for this long.
 const QUIET: Duration = Duration::from_millis(500);
@@ -159,15 +157,6 @@ impl Router {
             seen = now;
         }
     }
-}
-
-/// `headers` with `X-Meshage-Previous-Owner: previous` added, for a forward.
-pub(super) fn with_previous_owner(headers: &HeaderMap, previous: &str) -> HeaderMap {
-    let mut headers = headers.clone();
-    if let Ok(value) = HeaderValue::from_str(previous) {
-        headers.insert(PREVIOUS_OWNER_HEADER, value);
-    }
-    headers
 }
 
 /// Whether two tables place every key of every stream alike: the same services on each ring.

@@ -255,8 +255,8 @@ fn link_request_frame(id: u64, stream: &str, key: &str, service: &str, body: &[u
     frame.extend_from_slice(&(stream.len() as u16).to_be_bytes());
     frame.extend_from_slice(&(key.len() as u32).to_be_bytes());
     frame.extend_from_slice(&(service.len() as u16).to_be_bytes());
-    // No content type, no tracestate.
-    frame.extend_from_slice(&[0u8; 2 + 2]);
+    // No content type, no tracestate, no previous owner.
+    frame.extend_from_slice(&[0u8; 2 + 2 + 2]);
     // The extras block (no name, no headers), after the strings and before the body.
     let extras: &[u8] = &[0, 0, 0, 4, 0, 0, 0, 0];
     for part in [
