@@ -100,8 +100,11 @@ impl Router {
             _ if !young => None,
             // A node that found no one there when it joined: no key was anyone's before it.
             Some(known) if known.services.is_empty() => Some(known),
-            _ => Some(Arc::new(before_joining()))
-                .filter(|table| !table.services.is_empty() || self.membership_joined()),
+            // Taken empty only from a node that has joined and sees no other member at all (a
+            // member whose services have not reached it yet does not make it the first).
+            _ => Some(Arc::new(before_joining())).filter(|table| {
+                !table.services.is_empty() || (self.membership_joined() && self.alone())
+            }),
         };
         self.inner
             .history
@@ -116,6 +119,12 @@ impl Router {
                 }
             });
         }
+    }
+
+    /// Whether this node's view lists no other member.
+    fn alone(&self) -> bool {
+        let view = self.inner.view.load();
+        !view.members.iter().any(|m| *m.id != *self.inner.node_id)
     }
 
     /// Whether this node started less than a handoff window ago.
