@@ -9,8 +9,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use meshage::{
-    HandlerError, Header, HttpUpstream, Message, Node, NodeConfig, RouteError, SendOptions,
-    UpstreamConfig,
+    HandlerError, Header, HttpUpstream, Message, Node, NodeConfig, PeerProtocol, RouteError,
+    SendOptions, UpstreamConfig,
 };
 use serde_json::{json, Value};
 
@@ -292,17 +292,20 @@ struct Tally {
     unsure: Vec<String>,
 }
 
-/// A counter cluster: nodes with the example's handler, `hints` on or off.
+/// A counter cluster: nodes with the example's handler, `hints` on or off, forwarding with
+/// `protocol`.
 struct Counters {
     hints: bool,
+    protocol: PeerProtocol,
     nodes: Vec<Option<Arc<Node>>>,
     seeds: Vec<String>,
 }
 
 impl Counters {
-    async fn start(hints: bool, n: usize) -> Counters {
+    async fn start(hints: bool, protocol: PeerProtocol, n: usize) -> Counters {
         let mut counters = Counters {
             hints,
+            protocol,
             nodes: Vec::new(),
             seeds: Vec::new(),
         };
@@ -316,7 +319,11 @@ impl Counters {
         let counter = Counter::new(self.hints);
         let handler = counter.clone();
         let node = meshage::init(gossip(&self.seeds), "127.0.0.1:0")
-            .config(NodeConfig::default().drain_timeout(Duration::from_secs(5)))
+            .config(
+                NodeConfig::default()
+                    .drain_timeout(Duration::from_secs(5))
+                    .peer_protocol(self.protocol),
+            )
             .register("counter", move |data: Value, header: Header| {
                 let counter = handler.clone();
                 async move { counter.handle(data, header).await }
@@ -402,8 +409,8 @@ async fn load(
 }
 
 /// Runs the churn under load and returns (increments lost, increments counted twice, acked).
-async fn churn(hints: bool) -> (usize, usize, usize) {
-    let mut cluster = Counters::start(hints, 3).await;
+async fn churn(hints: bool, protocol: PeerProtocol) -> (usize, usize, usize) {
+    let mut cluster = Counters::start(hints, protocol, 3).await;
     cluster.converge().await;
     let entries = vec![
         cluster.nodes[0].clone().unwrap(),
@@ -463,14 +470,22 @@ async fn churn(hints: bool) -> (usize, usize, usize) {
 
 #[tokio::test]
 async fn with_the_hint_no_increment_is_lost_or_counted_twice_while_nodes_join_and_leave() {
-    let (lost, twice, acked) = churn(true).await;
+    let (lost, twice, acked) = churn(true, PeerProtocol::Link).await;
+    assert!(acked > 100, "the load ran: {acked} increments acknowledged");
+    assert_eq!((lost, twice), (0, 0), "of {acked} acknowledged increments");
+}
+
+/// The same over HTTP forwards, where the sender's hint travels as a header.
+#[tokio::test]
+async fn over_http_forwards_no_increment_is_lost_or_counted_twice_either() {
+    let (lost, twice, acked) = churn(true, PeerProtocol::Http1).await;
     assert!(acked > 100, "the load ran: {acked} increments acknowledged");
     assert_eq!((lost, twice), (0, 0), "of {acked} acknowledged increments");
 }
 
 #[tokio::test]
 async fn without_the_hint_the_same_handler_loses_increments() {
-    let (lost, _twice, acked) = churn(false).await;
+    let (lost, _twice, acked) = churn(false, PeerProtocol::Link).await;
     assert!(acked > 100, "the load ran: {acked} increments acknowledged");
     assert!(lost > 0, "a node that joins starts its keys from nothing");
 }
