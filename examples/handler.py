@@ -15,6 +15,7 @@ applied (`{"op": "add", "id": ...}`, `{"op": "get"}`). On a key it holds nothing
 state from the service named by X-Meshage-Previous-Owner (the key moved here), through its node
 (MESHAGE_URL, default http://127.0.0.1:8080) with X-Service-ID; `{"op": "take"}` hands a key over
 and refuses later increments for it with 409, so that the client sends them again.
+COUNTER_HINTS=off makes it ignore X-Meshage-Previous-Owner: a moved key starts over from nothing.
 """
 
 import json
@@ -27,6 +28,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import quote, unquote
 
 NODE = os.environ.get("MESHAGE_URL", "http://127.0.0.1:8080")
+HINTS = os.environ.get("COUNTER_HINTS") != "off"
 MOVED = object()
 KEYS = {}  # key -> list of increment ids, or MOVED
 LOCKS = {}
@@ -55,7 +57,7 @@ def counter(stream, key, previous, data):
             return 200, {"applied": state if isinstance(state, list) else None}
         if not isinstance(state, list):
             taken = None
-            if previous:
+            if previous and HINTS:
                 try:
                     taken = take(stream, key, previous)
                 except (OSError, ValueError) as e:
