@@ -256,7 +256,7 @@ async fn python_counter_after_a_join(hints: bool) {
     let add = |key: String, id: usize| {
         let (http, url) = (http.clone(), format!("{}/api/counter/{key}", a.endpoint()));
         async move {
-            let body = json!({"op": "add", "id": id.to_string()}).to_string();
+            let body = json!({"op": "add", "n": 1, "id": id.to_string()}).to_string();
             http.request(http::Method::POST, &url, &[], body)
                 .await
                 .unwrap()
