@@ -536,3 +536,35 @@ async fn without_the_hint_the_same_handler_loses_increments() {
         "a node that joins starts its keys from nothing: {run:?}"
     );
 }
+
+/// The example's messages on one node: an add of `n`, a take that hands the count over, and an
+/// increment refused once the key moved (the client sends it again to the new owner).
+#[tokio::test]
+async fn the_counter_adds_n_hands_its_count_over_and_then_refuses_increments() {
+    let cluster = Counters::start(true, PeerProtocol::Link, 1).await;
+    let node = cluster.live()[0].clone();
+    let send = |data: Value| {
+        let node = node.clone();
+        async move {
+            node.router()
+                .send(Message::new("counter", "apples", data))
+                .await
+        }
+    };
+    let add = send(json!({"op": "add", "n": 3})).await.unwrap();
+    assert_eq!(add, json!({"count": 3}));
+    let add = send(json!({"op": "add"})).await.unwrap();
+    assert_eq!(add, json!({"count": 4}), "n is 1 by default");
+    let bad = send(json!({"op": "add", "n": -1})).await;
+    assert!(
+        matches!(bad, Err(RouteError::Handler(ref e)) if e.status == 400),
+        "{bad:?}"
+    );
+    let take = send(json!({"op": "take"})).await.unwrap();
+    assert_eq!(take, json!({"count": 4, "applied": []}));
+    let late = send(json!({"op": "add", "n": 1})).await;
+    assert!(
+        matches!(late, Err(RouteError::Handler(ref e)) if e.status == 409),
+        "{late:?}"
+    );
+}
