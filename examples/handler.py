@@ -10,11 +10,13 @@ percent-encoded). The JSON answer goes back to the sender with its status; a 4xx
 through, a 5xx becomes a 502. GET is the health check: answer 503 to be taken out of the
 cluster, anything below 500 to stay in.
 
-Stream `counter` is stateful, as examples/stateful_counter.rs: per key, the ids of the increments
-applied (`{"op": "add", "id": ...}`, `{"op": "get"}`). On a key it holds nothing for, it takes the
+Stream `counter` is stateful, as examples/stateful_counter.rs: per key, a count and the ids of
+the increments that came with one (`{"op": "add", "n": 1}`, "n" 1 by default, optional "id";
+`{"op": "get"}`). On a key it holds nothing for, it takes the
 state from the service named by X-Meshage-Previous-Owner (the key moved here), through its node
 (MESHAGE_URL, default http://127.0.0.1:8080) with X-Service-ID; `{"op": "take"}` hands a key over
 and refuses later increments for it with 409, so that the client sends them again.
+COUNTER_HINTS=off makes it ignore X-Meshage-Previous-Owner: a moved key starts over from nothing.
 """
 
 import json
@@ -27,8 +29,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import quote, unquote
 
 NODE = os.environ.get("MESHAGE_URL", "http://127.0.0.1:8080")
+HINTS = os.environ.get("COUNTER_HINTS") != "off"
 MOVED = object()
-KEYS = {}  # key -> list of increment ids, or MOVED
+KEYS = {}  # key -> {"count": n, "applied": [increment ids]}, or MOVED
 LOCKS = {}
 GUARD = threading.Lock()
 
@@ -41,32 +44,44 @@ def take(stream, key, service):
         headers={"Content-Type": "application/json", "X-Service-ID": service},
     )
     with urllib.request.urlopen(request, timeout=2) as answer:
-        return json.load(answer).get("applied")
+        state = json.load(answer)
+        if state.get("count") is None:
+            return None
+        return {"count": state["count"], "applied": state.get("applied") or []}
 
 
 def counter(stream, key, previous, data):
     """One counter message: (status, answer)."""
+    if data.get("op") not in ("add", "get", "take"):
+        return 400, {"error": 'expected {"op": "add" | "get" | "take"}'}
     with GUARD:
         lock = LOCKS.setdefault(key, threading.Lock())
     with lock:
         state = KEYS.get(key)
         if data.get("op") == "take":
             KEYS[key] = MOVED
-            return 200, {"applied": state if isinstance(state, list) else None}
-        if not isinstance(state, list):
+            if isinstance(state, dict):
+                return 200, state
+            return 200, {"count": None, "applied": None}
+        if not isinstance(state, dict):
             taken = None
-            if previous:
+            if previous and HINTS:
                 try:
                     taken = take(stream, key, previous)
                 except (OSError, ValueError) as e:
                     return 409, {"error": f"could not take the key from {previous} ({e}); send it again"}
             if taken is None and state is MOVED:
                 return 409, {"error": "this key moved to another service; send it again"}
-            state = KEYS[key] = taken or []
+            state = KEYS[key] = taken or {"count": 0, "applied": []}
         if data.get("op") == "get":
-            return 200, {"count": len(state), "applied": state}
-        state.append(str(data.get("id")))
-        return 200, {"count": len(state)}
+            return 200, state
+        n = data.get("n", 1)
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            return 400, {"error": '"n" is a whole number of at least 0'}
+        if "id" in data:
+            state["applied"].append(str(data["id"]))
+        state["count"] += n
+        return 200, {"count": state["count"]}
 
 
 class Handler(BaseHTTPRequestHandler):

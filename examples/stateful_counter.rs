@@ -2,18 +2,19 @@
 //! (for example `127.0.0.1:8080 127.0.0.1:9742`, then `127.0.0.1:8081 127.0.0.1:9743
 //! 127.0.0.1:9742` for a second node; `COUNTER_HINTS=off` makes it ignore the hint).
 //!
-//! A stateful handler whose state follows its keys: on stream `counter`, each key holds the ids
-//! of the increments applied to it. When a key moves to this node (a node joined or left), the
+//! A stateful handler whose state follows its keys: on stream `counter`, each key holds a count
+//! (and the ids of the increments that came with one). When a key moves to this node (a node joined or left), the
 //! handler has no state for it, and [`Header::previous_owner`] names the service that had it:
 //! the handler takes the state from there through the mesh before it answers. Messages:
 //!
-//! - `{"op": "add", "id": "..."}` applies one increment and answers `{"count": n}`;
+//! - `{"op": "add", "n": 1}` adds `n` (default 1) and answers `{"count": n}`; with `"id": "..."`
+//!   it also records the increment's id;
 //! - `{"op": "get"}` answers `{"count": n, "applied": [ids]}`;
-//! - `{"op": "take"}` (sent by a new owner) answers `{"applied": [ids]}` or `{"applied": null}`,
-//!   and marks the key as moved: an increment that still reaches this node for it (from a node
-//!   whose table is behind) is refused with 409, and the client sends it again.
+//! - `{"op": "take"}` (sent by a new owner) answers `{"count": n, "applied": [ids]}`, or nulls
+//!   when it held nothing, and marks the key as moved: an increment that still reaches this node
+//!   for it (from a node whose table is behind) is refused with 409, and the client sends it again.
 //!
-//! A real counter would keep a number; the ids let a test see every increment land once.
+//! A real counter would keep only the number; the ids let a test see every increment land once.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -39,10 +40,17 @@ enum Slot {
     /// Nothing known here about the key.
     #[default]
     Empty,
-    /// The key's state: the ids of the increments applied.
-    Held(Vec<String>),
+    /// The key's state.
+    Held(State),
     /// Handed to a new owner.
     Moved,
+}
+
+/// A key's count, and the ids of the increments that came with one.
+#[derive(Default)]
+struct State {
+    count: u64,
+    applied: Vec<String>,
 }
 
 impl Counter {
@@ -69,13 +77,10 @@ impl Counter {
             .clone();
         let mut slot = slot.lock().await;
         match data["op"].as_str() {
-            Some("take") => {
-                let applied = match std::mem::replace(&mut *slot, Slot::Moved) {
-                    Slot::Held(ids) => Some(ids),
-                    _ => None,
-                };
-                Ok(json!({ "applied": applied }))
-            }
+            Some("take") => Ok(match std::mem::replace(&mut *slot, Slot::Moved) {
+                Slot::Held(state) => json!({ "count": state.count, "applied": state.applied }),
+                _ => json!({ "count": null, "applied": null }),
+            }),
             Some(op @ ("add" | "get")) => {
                 if !matches!(*slot, Slot::Held(_)) {
                     let taken = match &header.previous_owner {
@@ -83,27 +88,35 @@ impl Counter {
                         _ => None,
                     };
                     *slot = match (taken, &*slot) {
-                        (Some(ids), _) => Slot::Held(ids),
+                        (Some(state), _) => Slot::Held(state),
                         (None, Slot::Moved) => {
                             return Err(HandlerError::with_status(
                                 StatusCode::CONFLICT,
                                 "this key moved to another service; send it again",
                             ))
                         }
-                        (None, _) => Slot::Held(Vec::new()),
+                        (None, _) => Slot::Held(State::default()),
                     };
                 }
-                let Slot::Held(applied) = &mut *slot else {
+                let Slot::Held(state) = &mut *slot else {
                     unreachable!("held above")
                 };
                 if op == "get" {
-                    return Ok(json!({ "count": applied.len(), "applied": applied }));
+                    return Ok(json!({ "count": state.count, "applied": state.applied }));
                 }
-                let id = data["id"]
-                    .as_str()
-                    .ok_or_else(|| HandlerError::bad_request("an add needs an \"id\""))?;
-                applied.push(id.to_owned());
-                Ok(json!({ "count": applied.len() }))
+                let n = match &data["n"] {
+                    Value::Null => 1,
+                    n => n.as_u64().ok_or_else(|| {
+                        HandlerError::bad_request("\"n\" is a whole number of at least 0")
+                    })?,
+                };
+                match &data["id"] {
+                    Value::Null => {}
+                    Value::String(id) => state.applied.push(id.clone()),
+                    _ => return Err(HandlerError::bad_request("\"id\" is a string")),
+                }
+                state.count = state.count.saturating_add(n);
+                Ok(json!({ "count": state.count }))
             }
             _ => Err(HandlerError::bad_request(
                 "expected {\"op\": \"add\" | \"get\" | \"take\"}",
@@ -112,7 +125,7 @@ impl Counter {
     }
 
     /// Takes the key's state from the service that had it: `None` when it had none.
-    async fn take(&self, header: &Header, from: &str) -> Result<Option<Vec<String>>, HandlerError> {
+    async fn take(&self, header: &Header, from: &str) -> Result<Option<State>, HandlerError> {
         let router = self
             .router
             .get()
@@ -131,7 +144,11 @@ impl Counter {
                 format!("could not take this key's state from {from} ({e}); send it again"),
             )
         })?;
-        Ok(serde_json::from_value(answer["applied"].clone()).unwrap_or(None))
+        let Some(count) = answer["count"].as_u64() else {
+            return Ok(None);
+        };
+        let applied = serde_json::from_value(answer["applied"].clone()).unwrap_or_default();
+        Ok(Some(State { count, applied }))
     }
 }
 
