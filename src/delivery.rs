@@ -146,7 +146,7 @@ mod tests {
 
     #[test]
     fn refusals_round_trip_their_names_and_codes() {
-        for why in [Refusal::Leaving, Refusal::NoService] {
+        for why in [Refusal::Leaving, Refusal::NoService, Refusal::NotOwner] {
             assert_eq!(Refusal::from_name(why.name().as_bytes()), Some(why));
             assert_eq!(Refusal::from_code(why.code()), Some(why));
         }

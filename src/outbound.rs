@@ -14,8 +14,9 @@
 //!
 //! What comes back is an answer to pass on, or an [`Undelivered`] that says whether the owner
 //! can have run the request. The owner node's own refusal (it is leaving, or does not run the
-//! service) comes as a link frame of its own or a 421 with `X-Meshage-Refused`; a handler's
-//! status, 421 included, is always an answer. The router resends only
+//! service) comes as a link frame of its own or a 421 with `X-Meshage-Refused` (a 503 with
+//! `X-Meshage-Refused: not-owner` from an owner with `--strict-ownership`; handlers cannot set
+//! `X-Meshage-*` headers); a handler's status, 421 and 503 included, is always an answer. The router resends only
 //! what cannot have run, unless the caller marked it idempotent.
 //!
 //! A node with a cluster key forwards over mutual TLS only (links and HTTP alike): it dials a
@@ -339,10 +340,15 @@ fn authority_of(endpoint: &str) -> Option<&str> {
 }
 
 /// The node's own refusal to run the request, if `response` is one: a 421 that says why in
-/// `X-Meshage-Refused`. Any other answer, a handler's 421 included, is passed on.
+/// `X-Meshage-Refused`, or a 503 that says `not-owner`. Any other answer, a handler's 421 or
+/// 503 included, is passed on.
 fn refusal<B>(response: &http::Response<B>) -> Option<Refusal> {
-    if response.status() != StatusCode::MISDIRECTED_REQUEST {
-        return None;
+    let why = Refusal::from_name(response.headers().get(REFUSED_HEADER)?.as_bytes())?;
+    // An owner with `--strict-ownership` refuses a key its table gives elsewhere with a 503
+    // (what a client gets when the tables never agree), the other refusals with a 421.
+    match (response.status(), why) {
+        (StatusCode::MISDIRECTED_REQUEST, _)
+        | (StatusCode::SERVICE_UNAVAILABLE, Refusal::NotOwner) => Some(why),
+        _ => None,
     }
-    Refusal::from_name(response.headers().get(REFUSED_HEADER)?.as_bytes())
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use meshage::{
     Cluster, ClusterError, ClusterView, HandlerError, Header, LocalNode, Member, MemberState,
-    Membership, Message, Node, NodeConfig, RouteError, SendOptions, ServiceEntry,
+    Membership, Message, Node, NodeConfig, PeerProtocol, RouteError, SendOptions, ServiceEntry,
 };
 use serde_json::{json, Value};
 use tokio::sync::watch;
@@ -112,10 +112,17 @@ impl Membership for Joined {
     }
 }
 
-/// A node whose `s` handler counts its runs and names its service.
-async fn node(views: &Views, strict: bool, runs: Option<Arc<AtomicUsize>>) -> Node {
-    let mut builder = meshage::init(views.clone(), "127.0.0.1:0")
-        .config(NodeConfig::default().strict_ownership(strict));
+/// A node whose `s` handler counts its runs and names its service; it forwards over `protocol`.
+async fn node(
+    views: &Views,
+    strict: bool,
+    protocol: PeerProtocol,
+    runs: Option<Arc<AtomicUsize>>,
+) -> Node {
+    let config = NodeConfig::default()
+        .strict_ownership(strict)
+        .peer_protocol(protocol);
+    let mut builder = meshage::init(views.clone(), "127.0.0.1:0").config(config);
     if let Some(runs) = runs {
         builder = builder.register("s", move |_data: Value, header: Header| {
             let runs = runs.clone();
@@ -142,11 +149,19 @@ fn service_of(node: &Node) -> String {
 /// Entry `e` (no service), `a` (strict or not) and `b`, all seeing each other; and a key that
 /// `b` owns.
 async fn three(strict: bool) -> (Views, Node, Node, Node, Arc<AtomicUsize>, String) {
+    three_over(strict, PeerProtocol::default()).await
+}
+
+/// `three`, with every node forwarding over `protocol`.
+async fn three_over(
+    strict: bool,
+    protocol: PeerProtocol,
+) -> (Views, Node, Node, Node, Arc<AtomicUsize>, String) {
     let views = Views::default();
-    let e = node(&views, false, None).await;
+    let e = node(&views, false, protocol, None).await;
     let runs_a = Arc::new(AtomicUsize::new(0));
-    let a = node(&views, strict, Some(runs_a.clone())).await;
-    let b = node(&views, strict, Some(Arc::default())).await;
+    let a = node(&views, strict, protocol, Some(runs_a.clone())).await;
+    let b = node(&views, strict, protocol, Some(Arc::default())).await;
     views.show_all();
     wait_until(Duration::from_secs(5), "two services everywhere", || {
         [&e, &a, &b]
@@ -165,7 +180,18 @@ async fn three(strict: bool) -> (Views, Node, Node, Node, Arc<AtomicUsize>, Stri
 
 #[tokio::test]
 async fn a_strict_owner_refuses_a_key_its_table_gives_elsewhere_and_the_sender_looks_again() {
-    let (views, e, a, b, runs_a, key) = three(true).await;
+    refused_then_answered_by_the_owner(PeerProtocol::Link).await;
+}
+
+/// The same over HTTP forwards: the ring goes as `X-Meshage-Ring`, the refusal comes back as
+/// `X-Meshage-Refused: not-owner`.
+#[tokio::test]
+async fn over_http_forwards_too_a_strict_owner_refuses_and_the_sender_looks_again() {
+    refused_then_answered_by_the_owner(PeerProtocol::Http1).await;
+}
+
+async fn refused_then_answered_by_the_owner(protocol: PeerProtocol) {
+    let (views, e, a, b, runs_a, key) = three_over(true, protocol).await;
     // The entry loses sight of b: it sends b's keys to a, which refuses them unrun.
     views.show(&e, &[&e, &a]);
     wait_until(

@@ -109,7 +109,7 @@ async fn churn(flags: &[&str]) -> (Overlap, usize, usize) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "a measurement of about two minutes: cargo test --test netns h_ -- --ignored --nocapture"]
+#[ignore = "a measurement of about 25 s: cargo test --test netns h_ -- --ignored --nocapture"]
 async fn h_strict_ownership_narrows_the_time_a_key_runs_on_two_services() {
     in_lab(async {
         for flags in [&[][..], &["--strict-ownership"][..]] {
