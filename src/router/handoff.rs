@@ -62,23 +62,6 @@ impl Router {
         history.previous_owner(&table, stream, hash, me, Instant::now(), window)
     }
 
-    /// The previous owner of `key` that this node tells `target`'s node with a forward: the
-    /// latest other owner in its tables of the window. Nothing while no table changed.
-    #[inline]
-    pub(super) fn hint_for(&self, stream: &str, key: &str, target: &str) -> Option<Arc<str>> {
-        let window = self.inner.config.handoff_window;
-        if key.is_empty() || window.is_zero() {
-            return None;
-        }
-        let history = self.inner.history.load();
-        if history.is_empty() {
-            return None;
-        }
-        let table = self.inner.table.load();
-        let hash = HashRing::hash(key);
-        history.previous_owner(&table, stream, hash, target, Instant::now(), window)
-    }
-
     /// Keeps `replaced`, the table current until now, for the handoff window when `next`
     /// places keys differently. `before_joining` builds this node's view without itself, the
     /// placement before it joined, kept up to date while the node is young (gossip makes the

@@ -62,7 +62,9 @@ impl Router {
             node_id: &node_id,
             fingerprint,
         };
-        let told = self.hint_for(stream, key, &service_id);
+        // What this node's tables of the window say, for the service's node (nothing while
+        // none changed).
+        let told = self.previous_owner_by_id(stream, key, &service_id, true);
         self.forward(to, service_id, request, &payload, told)
             .await
             .map_err(|failure| failure.error)
