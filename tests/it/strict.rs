@@ -178,6 +178,17 @@ async fn three_over(
     (views, e, a, b, runs_a, key)
 }
 
+/// The entry `e` loses sight of `b`: its table holds `a`'s service only.
+async fn hide_b(views: &Views, e: &Node, a: &Node) {
+    views.show(e, &[e, a]);
+    wait_until(
+        Duration::from_secs(5),
+        "the entry to see one service",
+        || e.router().table().services.len() == 1,
+    )
+    .await;
+}
+
 #[tokio::test]
 async fn a_strict_owner_refuses_a_key_its_table_gives_elsewhere_and_the_sender_looks_again() {
     refused_then_answered_by_the_owner(PeerProtocol::Link).await;
@@ -193,13 +204,7 @@ async fn over_http_forwards_too_a_strict_owner_refuses_and_the_sender_looks_agai
 async fn refused_then_answered_by_the_owner(protocol: PeerProtocol) {
     let (views, e, a, b, runs_a, key) = three_over(true, protocol).await;
     // The entry loses sight of b: it sends b's keys to a, which refuses them unrun.
-    views.show(&e, &[&e, &a]);
-    wait_until(
-        Duration::from_secs(5),
-        "the entry to see one service",
-        || e.router().table().services.len() == 1,
-    )
-    .await;
+    hide_b(&views, &e, &a).await;
     let sending = {
         let router = e.router().clone();
         let key = key.clone();
@@ -279,13 +284,7 @@ async fn the_refusal_is_the_nodes_never_a_handler_answer_and_only_for_forwards_t
 async fn without_the_option_the_owner_runs_what_it_is_sent_and_the_sender_gives_up_at_its_deadline()
 {
     let (views, e, a, _b, runs_a, key) = three(false).await;
-    views.show(&e, &[&e, &a]);
-    wait_until(
-        Duration::from_secs(5),
-        "the entry to see one service",
-        || e.router().table().services.len() == 1,
-    )
-    .await;
+    hide_b(&views, &e, &a).await;
     let answer = e
         .router()
         .send(Message::new("s", &key, json!({})))
@@ -296,13 +295,7 @@ async fn without_the_option_the_owner_runs_what_it_is_sent_and_the_sender_gives_
 
     // With the option, an entry whose table never catches up gives up at its deadline.
     let (views, e, a, _b, runs_a, key) = three(true).await;
-    views.show(&e, &[&e, &a]);
-    wait_until(
-        Duration::from_secs(5),
-        "the entry to see one service",
-        || e.router().table().services.len() == 1,
-    )
-    .await;
+    hide_b(&views, &e, &a).await;
     let options = SendOptions::default().timeout(Some(Duration::from_millis(300)));
     let error = e
         .router()
