@@ -18,7 +18,9 @@
 #
 # With CALLGRIND=1 the entry node (or the bare server) runs under valgrind's callgrind, and the
 # script also prints the instructions it executed in user space per request: a count that,
-# unlike time, does not move with the machine's load (the kernel's share is not in it). The
+# unlike time, does not move with the machine's load (the kernel's share is not in it), and the
+# same less what the node runs idle for as long (gossip and timers, measured first), which does
+# not move with the number of requests a run serves either. The
 # process runs about 50 times slower under callgrind, so use few connections and short runs.
 # CALLGRIND_OUT=FILE keeps the profile, for callgrind_annotate.
 set -euo pipefail
@@ -92,7 +94,13 @@ function init(args) i = math.random(#keys) end
 function request() i = i % #keys + 1; return wrk.format(nil, "$PREFIX" .. keys[i]) end
 LUA
 wrk -t2 -c"$C" -d1s -s "$TMP/keys.lua" "http://127.0.0.1:$H" >/dev/null
-[ -n "$WRAP" ] && callgrind_control -z "${PIDS[0]}" >/dev/null 2>&1
+if [ -n "$WRAP" ]; then
+  # What the node does with no request (gossip, timers) over as long as the load runs, so that
+  # it can be told apart from what requests cost: the first dump, then the load's.
+  callgrind_control -z "${PIDS[0]}" >/dev/null 2>&1
+  sleep "$D"
+  callgrind_control -d "${PIDS[0]}" >/dev/null 2>&1
+fi
 # the whole machine's idle and busy time, in ticks, from the first line of /proc/stat
 machine() { awk '/^cpu / {print $5 + $6, $2 + $3 + $4 + $7 + $8 + $9}' /proc/stat; }
 read -r idle0 busy0 < <(machine)
@@ -114,9 +122,11 @@ line+=$(python3 -c "print(f' machine {($idle1 - $idle0) / max(1, $idle1 - $idle0
 echo "$line"
 if [ -n "$WRAP" ]; then
   callgrind_control -d "${PIDS[0]}" >/dev/null 2>&1
-  IR=$(cat "$TMP"/callgrind.out.* | awk '/^summary:/ {n += $2} END {print n}')
+  summary() { awk '/^summary:/ {n += $2} END {print n}' "$1"; }
+  IDLE=$(summary "$TMP"/callgrind.out.1)
+  IR=$(summary "$TMP"/callgrind.out.2)
   REQS=$(awk '/requests in/ {print $1}' "$TMP/wrk.out")
-  python3 -c "print(f'entry: {$IR / $REQS:,.0f} instructions per request (user space, callgrind), {$REQS} requests')"
-  if [ -n "${CALLGRIND_OUT:-}" ]; then cp "$TMP"/callgrind.out.1 "$CALLGRIND_OUT"; fi
+  python3 -c "print(f'entry: {$IR / $REQS:,.0f} instructions per request (user space, callgrind), {$REQS} requests; {($IR - $IDLE) / $REQS:,.0f} less the {$IDLE / $D / 1e6:.1f} M/s the node runs idle')"
+  if [ -n "${CALLGRIND_OUT:-}" ]; then cp "$TMP"/callgrind.out.2 "$CALLGRIND_OUT"; fi
 fi
 grep -E "Non-2xx|Socket errors" "$TMP/wrk.out" || true

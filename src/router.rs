@@ -285,11 +285,9 @@ impl Router {
             idempotent: options.idempotent,
             deadline: self.deadline(options.timeout),
         };
-        let routed = scope.step(
-            observe::Step::Route,
-            &message.stream,
-            self.route(request, payload),
-        );
+        let routed = scope.step(observe::Step::Route, &message.stream, || {
+            self.route(request, payload)
+        });
         let routed = std::pin::pin!(routed);
         let routed = scope.run(routed).await;
         match &routed {
@@ -485,17 +483,19 @@ impl Router {
             fingerprint,
         } = to;
         let started = Instant::now();
-        let forward = self.inner.forwarder.forward(
-            endpoint,
-            fingerprint,
-            request.stream,
-            request.key,
-            &service_id,
-            (request.ring, told.as_deref()),
-            (request.extra.name, request.extra.headers),
-            payload,
-            request.deadline,
-        );
+        let forward = || {
+            self.inner.forwarder.forward(
+                endpoint,
+                fingerprint,
+                request.stream,
+                request.key,
+                &service_id,
+                (request.ring, told.as_deref()),
+                (request.extra.name, request.extra.headers),
+                payload,
+                request.deadline,
+            )
+        };
         let result = observe::step(observe::Step::Forward, &service_id, forward).await;
         observe::forwarded(started);
         let failure = match result {

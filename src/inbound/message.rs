@@ -366,7 +366,10 @@ async fn respond(
         idempotent: head.idempotent(),
         deadline,
     };
-    let routed = observe::step(Step::Route, stream, inbound.router.route(request, payload)).await?;
+    let routed = observe::step(Step::Route, stream, || {
+        inbound.router.route(request, payload)
+    });
+    let routed = routed.await?;
     let mut response = json_response(routed.reply.status, routed.reply.body);
     // The handler's headers (already without hop-by-hop ones); meshage's own go after them.
     if !routed.reply.headers.is_empty() {
@@ -415,11 +418,9 @@ pub(super) async fn link_request(inbound: Arc<Inbound>, request: LinkRequest) ->
         Route::Received,
         request.trace.clone(),
     );
-    let routed = scope.step(
-        Step::Route,
-        &request.stream,
-        inbound.router.route(route, request.payload),
-    );
+    let routed = scope.step(Step::Route, &request.stream, || {
+        inbound.router.route(route, request.payload)
+    });
     let routed = std::pin::pin!(routed);
     match scope.run(routed).await {
         Ok(routed) => {

@@ -51,18 +51,23 @@ impl<F: Future> Future for Stepped<F> {
     }
 }
 
-/// Runs `future` as `step` of the current request, for `service`: inside a span of its own
-/// when spans are exported, as it is otherwise. The span's parent is the current span: call
-/// it while the request runs (see [`super::RequestScope::step`] for the first step).
+/// Runs the future `make` makes as `step` of the current request, for `service`: inside a
+/// span of its own when spans are exported, as it is otherwise. The span's parent is the
+/// current span: call it while the request runs (see [`super::RequestScope::step`] for the
+/// first step).
+///
+/// The span (if any) is made first and the future after, straight into its place: a call
+/// between making the future and placing it makes the compiler build it aside and copy it (a
+/// request's futures are kilobytes), which cost the `otel` build without an endpoint 3-7% more
+/// instructions per request (BENCHMARKS.md).
 #[inline(always)]
-pub(crate) fn step<F: Future>(step: Step, service: &str, future: F) -> Stepped<F> {
-    // The future goes to its place first, the span (if any) after: a call between making the
-    // future and placing it would make the compiler build it aside and copy it (kilobytes).
-    let mut stepped = Stepped::new(future, None);
-    if enabled() {
-        stepped.set_span(current_step_span(step, service));
-    }
-    stepped
+pub(crate) fn step<F: Future>(step: Step, service: &str, make: impl FnOnce() -> F) -> Stepped<F> {
+    let span = if enabled() {
+        Some(current_step_span(step, service))
+    } else {
+        None
+    };
+    Stepped::new(make(), span)
 }
 
 /// The span of `step` for `service`, a child of the current span. Out of line, as is every
@@ -78,11 +83,6 @@ impl<F> Stepped<F> {
     #[inline(always)]
     pub(super) fn new(future: F, span: Option<Span>) -> Self {
         Stepped { future, span }
-    }
-
-    /// Runs the future inside `span`.
-    pub(super) fn set_span(&mut self, span: Span) {
-        self.span = Some(span);
     }
 }
 

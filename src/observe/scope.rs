@@ -201,21 +201,22 @@ impl RequestScope {
         }
     }
 
-    /// Runs `future` as `step` of this request (see [`otel::step`]), whether or not the request
-    /// runs yet.
+    /// Runs the future `make` makes as `step` of this request (see [`otel::step`]), whether or
+    /// not the request runs yet.
     #[inline(always)]
     pub(crate) fn step<F: Future>(
         &self,
         step: otel::Step,
         service: &str,
-        future: F,
+        make: impl FnOnce() -> F,
     ) -> otel::Stepped<F> {
-        // As in otel::step: the future to its place first, then the span.
-        let mut stepped = otel::Stepped::new(future, None);
-        if otel::enabled() {
-            stepped.set_span(otel::step_span(self.span.id(), step, service));
-        }
-        stepped
+        // As in otel::step: the span first, then the future, straight into its place.
+        let span = if otel::enabled() {
+            Some(otel::step_span(self.span.id(), step, service))
+        } else {
+            None
+        };
+        otel::Stepped::new(make(), span)
     }
 
     /// The context an answer reports: the trace and this node's span of it.

@@ -66,7 +66,7 @@ pub(super) async fn finish_local(
     answer: BoxFuture<'static, Result<Reply, HandlerError>>,
     deadline: Deadline,
 ) -> Result<Routed, RouteError> {
-    let answer = observe::step(observe::Step::Handle, &service_id, answer);
+    let answer = observe::step(observe::Step::Handle, &service_id, || answer);
     let mut answer = std::panic::AssertUnwindSafe(answer)
         .catch_unwind()
         .map(|outcome| outcome.unwrap_or_else(|panic| Err(panicked(&service_id, &*panic))));
