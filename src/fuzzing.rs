@@ -30,7 +30,7 @@ use crate::upstream::{
 
 mod link;
 
-pub use link::{link_frames, link_server};
+pub use link::{link_frames, link_requests, link_server};
 
 /// Text parsers get `data` as UTF-8, invalid bytes replaced: they take `&str`.
 fn text(data: &[u8]) -> Cow<'_, str> {

@@ -61,6 +61,24 @@ pub fn link_frames(data: &[u8]) {
     frames_round_trip(data);
 }
 
+/// How many of the request frames in `data` (frames back to back, as a peer sends them) this
+/// version's decoder reads, and how many it finds malformed: the seeds' check that they are
+/// written in the current layout (a frame kind's first byte is 1 for a request).
+pub fn link_requests(data: &[u8]) -> (usize, usize) {
+    let mut buf = BytesMut::from(data);
+    let (mut read, mut malformed) = (0, 0);
+    while let Ok(Some(frame)) = next_frame(&mut buf, ANY) {
+        if frame.first() != Some(&1) {
+            continue;
+        }
+        match decode_request(frame) {
+            Some(_) => read += 1,
+            None => malformed += 1,
+        }
+    }
+    (read, malformed)
+}
+
 /// A frame with its length prefix, as it went on the wire.
 fn whole(frame: &Bytes) -> Vec<u8> {
     let mut bytes = (frame.len() as u32).to_be_bytes().to_vec();
