@@ -36,11 +36,13 @@
 //! 3: its table gives the key to another service and it checks):
 //! the node did not run the request, so the sender may send it elsewhere. Only the node writes
 //! this frame; no status a handler returns means it.
-//! Go-away: `u8 3`, from a server that is stopping. It refuses every request it reads from then
-//! on without running it, and closes the link once the client has closed its half; the
-//! client sends nothing new on the link and closes its half at once. So no request is ever lost
-//! between the two: each one the client wrote gets an answer, and each one it did not write it
-//! knows was never sent.
+//! Go-away: `u8 3`, from a server that is stopping, or that closes the link as idle (nothing
+//! read and nothing running for the node's idle timeout). A stopping server refuses every
+//! request it reads from then on without running it; an idle one runs them. Either closes the
+//! link once the client has closed its half; the client sends nothing new on the link and
+//! closes its half at once. So no request is ever lost between the two: each one the client
+//! wrote gets an answer, and each one it did not write it knows was never sent, and sends once
+//! more on a new link.
 //!
 //! The client tells its callers what became of a request that got no answer: never written
 //! (the link ended while it was queued, so it may go elsewhere) or written and then lost (the

@@ -337,6 +337,7 @@ impl LinkHarness {
             BODY_LIMIT,
             budget,
             answer,
+            Duration::from_secs(60),
             stop.watch(),
         ));
         let (mut reader, mut writer) = peer.into_split();

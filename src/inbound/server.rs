@@ -249,6 +249,7 @@ async fn serve_connection<S: Duplex>(
             inbound.body_limit,
             inbound.budget.clone(),
             move |request| link_request(inbound.clone(), request),
+            limits.idle,
             signal.stop.clone(),
         );
         tokio::select! {

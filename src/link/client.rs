@@ -187,40 +187,67 @@ impl Links {
             )
             .map_err(LinkError::Undelivered)
         };
-        // The common case touches no reference count or lock shared with other threads but
-        // the link's own: the peer and its open link are read through arc-swap guards.
-        let sent = {
-            let peers = self.peers.load();
-            let open = peers.get(authority).and_then(|peer| {
-                let conn = peer.conn.load();
-                conn.as_ref()
-                    .filter(|c| !c.is_closed())
-                    .map(|c| c.submit(&mut encode, deadline))
-            });
-            open
-        };
-        let rx = match sent {
-            Some(sent) => sent?,
-            None => {
-                let fingerprint = peer;
-                let peer = self.peer(authority);
-                if peer.http_only_until.load(Ordering::Relaxed) > self.now_ms() {
-                    return Err(LinkError::Unsupported);
+        // A request that the peer's go-away kept from being written (the peer closes the link
+        // as idle, or is stopping) goes once more, on a new link: the peer never saw it. A
+        // stopping peer refuses it there as leaving.
+        let mut again = true;
+        loop {
+            // The common case touches no reference count or lock shared with other threads but
+            // the link's own: the peer and its open link are read through arc-swap guards.
+            let sent = {
+                let peers = self.peers.load();
+                let open = peers.get(authority).and_then(|peer| {
+                    let conn = peer.conn.load();
+                    conn.as_ref().filter(|c| !c.is_closed()).map(|c| {
+                        c.submit(&mut encode, deadline)
+                            .map_err(|e| (went_away(c, &e), e))
+                    })
+                });
+                open
+            };
+            let rx = match sent {
+                Some(Ok(rx)) => rx,
+                Some(Err((true, _))) if again => {
+                    again = false;
+                    continue;
                 }
-                let conn = self.conn(authority, &peer, fingerprint, deadline).await?;
-                conn.submit(&mut encode, deadline)?
-            }
-        };
-        match rx.await {
-            Ok(Outcome::Answer(Ok(reply))) => Ok(reply),
-            Ok(Outcome::Answer(Err(why))) => Err(LinkError::Undelivered(Undelivered::refused(why))),
-            Ok(Outcome::Unsent) => Err(LinkError::Undelivered(Undelivered::unsent(
-                "link to the peer closed before the request was written",
-            ))),
-            Ok(Outcome::Expired) => Err(LinkError::Undelivered(Undelivered::timed_out(timeout))),
-            Err(_) => Err(LinkError::Undelivered(Undelivered::lost(
-                "link to the peer closed before the answer",
-            ))),
+                Some(Err((_, e))) => return Err(e),
+                None => {
+                    let fingerprint = peer;
+                    let peer = self.peer(authority);
+                    if peer.http_only_until.load(Ordering::Relaxed) > self.now_ms() {
+                        return Err(LinkError::Unsupported);
+                    }
+                    let conn = self.conn(authority, &peer, fingerprint, deadline).await?;
+                    match conn.submit(&mut encode, deadline) {
+                        Ok(rx) => rx,
+                        Err(e) if again && went_away(&conn, &e) => {
+                            again = false;
+                            continue;
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+            };
+            return match rx.await {
+                Ok(Outcome::Answer(Ok(reply))) => Ok(reply),
+                Ok(Outcome::Answer(Err(why))) => {
+                    Err(LinkError::Undelivered(Undelivered::refused(why)))
+                }
+                Ok(Outcome::WentAway) if again => {
+                    again = false;
+                    continue;
+                }
+                Ok(Outcome::Unsent | Outcome::WentAway) => Err(LinkError::Undelivered(
+                    Undelivered::unsent("link to the peer closed before the request was written"),
+                )),
+                Ok(Outcome::Expired) => {
+                    Err(LinkError::Undelivered(Undelivered::timed_out(timeout)))
+                }
+                Err(_) => Err(LinkError::Undelivered(Undelivered::lost(
+                    "link to the peer closed before the answer",
+                ))),
+            };
         }
     }
 
@@ -277,6 +304,16 @@ impl Links {
     }
 }
 
+/// Whether `conn` refused a request (`e`) because its peer sent the go-away: the request was
+/// not written, and a new link may carry it.
+fn went_away(conn: &Conn, e: &LinkError) -> bool {
+    conn.went_away()
+        && matches!(
+            e,
+            LinkError::Undelivered(Undelivered::NotRun(crate::delivery::NotRun::Unsent(_)))
+        )
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::conn::Queue;
@@ -291,6 +328,9 @@ mod tests {
     use http::StatusCode;
     use std::sync::Mutex;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// The idle timeout of the test servers: longer than any test.
+    const IDLE: Duration = Duration::from_secs(60);
 
     fn unbounded() -> Arc<Budget> {
         Arc::new(Budget::new(usize::MAX))
@@ -309,7 +349,16 @@ mod tests {
         let watch = stop.watch();
         let server = tokio::spawn(async move {
             let (stream, _) = listener.accept().await.unwrap();
-            serve(stream, Bytes::new(), 16 << 20, unbounded(), handle, watch).await;
+            serve(
+                stream,
+                Bytes::new(),
+                16 << 20,
+                unbounded(),
+                handle,
+                IDLE,
+                watch,
+            )
+            .await;
         });
         (authority, stop, server)
     }
@@ -368,7 +417,16 @@ mod tests {
                 }
                 async move { Ok(Reply::new(StatusCode::OK, Bytes::from_static(b"{}"))) }
             };
-            serve(stream, Bytes::new(), 64 << 20, unbounded(), handle, watch).await;
+            serve(
+                stream,
+                Bytes::new(),
+                64 << 20,
+                unbounded(),
+                handle,
+                IDLE,
+                watch,
+            )
+            .await;
         });
         BlockingPeer {
             authority,
@@ -695,7 +753,16 @@ mod tests {
             let handle = |request: LinkRequest| async move {
                 Ok(Reply::new(StatusCode::OK, request.payload.body))
             };
-            serve(stream, Bytes::new(), 16 << 20, unbounded(), handle, watch).await;
+            serve(
+                stream,
+                Bytes::new(),
+                16 << 20,
+                unbounded(),
+                handle,
+                IDLE,
+                watch,
+            )
+            .await;
             client
         });
         let links = Links::new(Duration::from_secs(2), 16 << 20, Some(near.clone()));
@@ -758,6 +825,7 @@ mod tests {
                     |request: LinkRequest| async move {
                         Ok(Reply::new(StatusCode::OK, request.payload.body))
                     },
+                    IDLE,
                     stop,
                 ));
             }
@@ -802,5 +870,84 @@ mod tests {
         // A peer that is gone is forgotten.
         links.close(&authority);
         assert!(!links.peers.load().contains_key(authority.as_str()));
+    }
+
+    /// A link server on a new port that serves every connection, each closed as idle after
+    /// `idle`, with an echo handler; its address and how many connections it took.
+    async fn echo_peer(idle: Duration) -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let authority = listener.local_addr().unwrap().to_string();
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = accepted.clone();
+        tokio::spawn(async move {
+            let stop = Flag::default();
+            while let Ok((stream, _)) = listener.accept().await {
+                counted.fetch_add(1, Ordering::SeqCst);
+                let echo = |request: LinkRequest| async move {
+                    Ok(Reply::new(StatusCode::OK, request.payload.body))
+                };
+                let watch = stop.watch();
+                tokio::spawn(serve(
+                    stream,
+                    Bytes::new(),
+                    1 << 20,
+                    unbounded(),
+                    echo,
+                    idle,
+                    watch,
+                ));
+            }
+        });
+        (authority, accepted)
+    }
+
+    fn hello() -> Payload {
+        Payload {
+            body: Bytes::from_static(b"{\"hello\":1}"),
+            content_type: None,
+        }
+    }
+
+    /// A link its peer closes as idle (the go-away, then the end of the connection) is not used
+    /// again: the next request opens a new link and gets its answer.
+    #[tokio::test]
+    async fn a_link_closed_as_idle_is_replaced_by_the_next_request() {
+        let (authority, accepted) = echo_peer(Duration::from_millis(100)).await;
+        let links = Links::new(Duration::from_secs(2), 1 << 20, None);
+        let reply = send_once(&links, &authority, &hello()).await.ok().unwrap();
+        assert_eq!(reply.body, hello().body);
+        let started = Instant::now();
+        while !links
+            .peer(&authority)
+            .conn
+            .load_full()
+            .is_some_and(|c| c.is_closed())
+        {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "the idle link stays open"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let reply = send_once(&links, &authority, &hello()).await.ok().unwrap();
+        assert_eq!(reply.body, hello().body);
+        assert_eq!(accepted.load(Ordering::SeqCst), 2, "a second link");
+    }
+
+    /// A request queued on a link just as its peer's go-away arrives, and so never written,
+    /// goes again on a new link, unseen by its sender: the peer never saw it.
+    #[tokio::test]
+    async fn a_request_the_go_away_kept_from_being_written_goes_on_a_new_link() {
+        let (authority, accepted) = echo_peer(IDLE).await;
+        let links = Links::new(Duration::from_secs(2), 1 << 20, None);
+        send_once(&links, &authority, &hello()).await.ok().unwrap();
+        let conn = links.peer(&authority).conn.load_full().unwrap();
+        // The go-away as the link's writer finds it before the link is marked closed: the
+        // request below is queued on this link, and not written.
+        conn.go_away_unseen();
+        let reply = send_once(&links, &authority, &hello()).await;
+        assert_eq!(reply.ok().unwrap().body, hello().body);
+        assert!(conn.is_closed(), "the first link was given up");
+        assert_eq!(accepted.load(Ordering::SeqCst), 2, "a second link");
     }
 }

@@ -40,6 +40,9 @@ pub(super) enum Outcome {
     Answer(Result<Reply, Refusal>),
     /// The link ended before the request was written: the peer never saw it.
     Unsent,
+    /// The peer sent the go-away (it is stopping, or closes the link as idle) before the
+    /// request was written: it never saw it, and a new link may carry it.
+    WentAway,
     /// Its deadline passed without an answer.
     Expired,
 }
@@ -193,7 +196,8 @@ async fn expire(shared: Arc<Shared>) {
 
 /// Writes the frames its senders queued, all that are queued in one system call, until the
 /// link's client is dropped, the peer says it is stopping, or the link breaks. Frames it never
-/// wrote are answered [`Outcome::Unsent`], so that their senders know the peer never saw them.
+/// wrote are answered [`Outcome::Unsent`] (or [`Outcome::WentAway`]), so that their senders
+/// know the peer never saw them.
 async fn write_frames(mut writer: impl AsyncWrite + Unpin, shared: Arc<Shared>) {
     let mut broken = shared.broken.watch();
     let mut batch = Outbox::with_capacity(BATCH_CAPACITY);
@@ -244,8 +248,12 @@ async fn write_frames(mut writer: impl AsyncWrite + Unpin, shared: Arc<Shared>) 
             .filter_map(|(id, _)| queue.pending.remove(&id))
             .collect()
     };
+    let outcome = || match shared.finish.is_raised() {
+        true => Outcome::WentAway,
+        false => Outcome::Unsent,
+    };
     for (waiter, _) in unsent {
-        let _ = waiter.send(Outcome::Unsent);
+        let _ = waiter.send(outcome());
     }
     if graceful {
         // The peer reads until this end of file, answering everything written before it.
@@ -305,6 +313,18 @@ impl Conn {
 
     pub(super) fn is_closed(&self) -> bool {
         self.shared.closed.load(Ordering::Acquire)
+    }
+
+    /// Whether the peer sent the go-away: the link takes no new request.
+    pub(super) fn went_away(&self) -> bool {
+        self.shared.finish.is_raised()
+    }
+
+    /// The peer's go-away as the writer finds it before the link is marked closed: the race of
+    /// a request queued just as the go-away arrives.
+    #[cfg(test)]
+    pub(super) fn go_away_unseen(&self) {
+        self.shared.finish.raise();
     }
 
     /// Whether requests on the link still wait for their answers.

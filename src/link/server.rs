@@ -105,6 +105,12 @@ impl<T> Drop for AbortOnDrop<T> {
 /// the link closes when the client has closed its half and nothing is left running (or, for a
 /// client that ignores the go-away, after [`STOPPING_IDLE`] without a request).
 ///
+/// A link that reads nothing and runs nothing for `idle` is closed the same way, except that
+/// requests still arriving are run: the go-away tells the client to send no new request on
+/// it (it opens another link when it needs one), and the link closes once the client has
+/// closed its half and its requests are answered, or after [`STOPPING_IDLE`] more of quiet.
+/// A client that sends less than the preface within `idle` loses the connection.
+///
 /// `head` holds what was already read from the connection (the preface, when the node's port
 /// read it to tell the link from HTTP); the preface is read from it, then from the stream. A
 /// request frame larger than `body_limit` allows ends the link. A large frame takes room in
@@ -116,6 +122,7 @@ pub(crate) async fn serve<S, H, F>(
     body_limit: usize,
     budget: Arc<Budget>,
     handle: H,
+    idle: Duration,
     mut stop: Watch,
 ) where
     S: Duplex,
@@ -125,9 +132,9 @@ pub(crate) async fn serve<S, H, F>(
     let mut buf = BytesMut::with_capacity(64 * 1024);
     buf.extend_from_slice(&head);
     while buf.len() < PREFACE.len() {
-        match stream.read_buf(&mut buf).await {
-            Ok(0) | Err(_) => return,
-            Ok(_) => {}
+        match tokio::time::timeout(idle, stream.read_buf(&mut buf)).await {
+            Ok(Ok(0) | Err(_)) | Err(_) => return,
+            Ok(Ok(_)) => {}
         }
     }
     if buf[..PREFACE.len()] != PREFACE[..] {
@@ -156,6 +163,11 @@ pub(crate) async fn serve<S, H, F>(
     let mut held = Held::new(&budget);
     let mut starved = false;
     let mut out = Outbox::with_capacity(64 * 1024);
+    // Idle since the go-away was sent: requests still run, none is refused.
+    let mut closing = false;
+    // One timer for the link's idleness, moved on only when it fires (not on each request).
+    let idle_check = tokio::time::sleep(idle);
+    tokio::pin!(idle_check);
     if stopping {
         encode_goaway(&mut out);
         if out.write_to(&mut writer).await.is_err() {
@@ -244,12 +256,30 @@ pub(crate) async fn serve<S, H, F>(
             }
             _ = &mut stop_signal, if !stopping => {
                 stopping = true;
-                encode_goaway(&mut out);
-                if out.write_to(&mut writer).await.is_err() {
-                    return;
+                if !closing {
+                    encode_goaway(&mut out);
+                    if out.write_to(&mut writer).await.is_err() {
+                        return;
+                    }
+                    out.clear();
                 }
-                out.clear();
                 idle_since = Instant::now();
+            }
+            _ = &mut idle_check, if open && !stopping && !closing => {
+                let now = Instant::now();
+                let quiet = running.is_empty() && partial_since.is_none();
+                if quiet && now.duration_since(idle_since) >= idle {
+                    closing = true;
+                    encode_goaway(&mut out);
+                    if out.write_to(&mut writer).await.is_err() {
+                        return;
+                    }
+                    out.clear();
+                    idle_since = now;
+                } else {
+                    let next = if quiet { idle_since + idle } else { now + idle };
+                    idle_check.as_mut().reset(next.into());
+                }
             }
             _ = async move {
                 if let Some(since) = partial_since {
@@ -263,7 +293,7 @@ pub(crate) async fn serve<S, H, F>(
                 starved = !hold_partial(&mut held, &buf);
             }
             // An async block, so that no timer is made (nor the clock read) while not stopping.
-            _ = async { tokio::time::sleep(Duration::from_millis(100)).await }, if stopping && running.is_empty() => {
+            _ = async { tokio::time::sleep(Duration::from_millis(100)).await }, if (stopping || closing) && running.is_empty() => {
                 if idle_since.elapsed() >= STOPPING_IDLE {
                     break;
                 }

@@ -20,7 +20,9 @@ pub struct NodeConfig {
     pub drain_timeout: Duration,
     /// How long a client's HTTP connection may start no request before the node closes it: an
     /// idle keep-alive connection, or a client that never finishes its request head. Checked
-    /// once per period, so such a connection lasts between one and two periods.
+    /// once per period, so such a connection lasts between one and two periods. A peer link
+    /// that carries nothing for as long gets the go-away and closes (its peer opens another
+    /// when it needs one).
     pub idle_timeout: Duration,
     /// How forwards travel between nodes. Every meshage node accepts all of them; a peer that
     /// does not speak the link (an original node) is reached over HTTP/1.1 whatever this says.

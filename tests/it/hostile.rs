@@ -243,7 +243,13 @@ async fn a_refused_body_still_gets_its_answer_read() {
 
 /// A peer-link request frame: `u32 len`, kind 1, id, no trace context, timeout, the lengths, the strings,
 /// the empty extras block, the body (the protocol in `src/link.rs`).
-fn link_request_frame(id: u64, stream: &str, key: &str, service: &str, body: &[u8]) -> Vec<u8> {
+pub(crate) fn link_request_frame(
+    id: u64,
+    stream: &str,
+    key: &str,
+    service: &str,
+    body: &[u8],
+) -> Vec<u8> {
     let mut frame = Vec::new();
     frame.push(1u8);
     frame.extend_from_slice(&id.to_be_bytes());

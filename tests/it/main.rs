@@ -48,6 +48,7 @@ mod failure;
 mod flood;
 mod handlers;
 mod hostile;
+mod idle_links;
 mod layout;
 mod mesh;
 mod mtls;

@@ -101,7 +101,8 @@ pub(crate) struct NodeArgs {
     #[arg(long, env = "MESHAGE_DRAIN_TIMEOUT", default_value = "10",
           value_parser = crate::duration::parse)]
     drain_timeout: Duration,
-    /// How long a client's HTTP connection may start no request before the node closes it.
+    /// How long a client's HTTP connection may start no request, or a peer link carry nothing,
+    /// before the node closes it.
     #[arg(long, env = "MESHAGE_IDLE_TIMEOUT", default_value = "30",
           value_parser = crate::duration::parse)]
     idle_timeout: Duration,
