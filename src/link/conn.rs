@@ -123,7 +123,7 @@ pub(super) struct Shared {
     /// broke or is finishing. The writer needs no other wake-up source, so that waiting costs
     /// it one permit under load and no lock.
     ready: tokio::sync::Notify,
-    /// No new requests go on this link (it broke, or the peer is stopping).
+    /// No new requests go on this link (it broke, or the peer sent the go-away).
     closed: AtomicBool,
     /// Ends the link at once: requests still queued come back unsent, written ones fail.
     broken: Flag,
@@ -142,7 +142,7 @@ impl Shared {
         self.ready.notify_one();
     }
 
-    /// The peer is stopping: see [`Shared::finish`].
+    /// The peer sent the go-away (it is stopping, or closes the link as idle): see [`Shared::finish`].
     fn finish_link(&self) {
         self.closed.store(true, Ordering::Release);
         self.finish.raise();
@@ -442,7 +442,7 @@ async fn read_responses(mut reader: impl AsyncRead + Unpin, shared: &Shared, lim
             match next_frame(&mut buf, limit) {
                 Ok(Some(frame)) => match decode_server_frame(frame) {
                     Some(ServerFrame::GoAway) => {
-                        debug!("peer is stopping; its link takes no new requests");
+                        debug!("peer sent the go-away; its link takes no new requests");
                         shared.finish_link();
                     }
                     Some(ServerFrame::Answer(id, answer)) => answers.push((id, answer)),
