@@ -127,7 +127,7 @@ pub(super) struct Shared {
     closed: AtomicBool,
     /// Ends the link at once: requests still queued come back unsent, written ones fail.
     broken: Flag,
-    /// The peer said it is stopping: the writer sends back what is still queued (unsent) and
+    /// The peer sent the go-away: the writer sends back what is still queued (unsent) and
     /// closes its half; the reader waits for the answers to everything written.
     finish: Flag,
     /// Signalled when a request starts waiting on an idle link, for [`expire`].
@@ -142,7 +142,8 @@ impl Shared {
         self.ready.notify_one();
     }
 
-    /// The peer sent the go-away (it is stopping, or closes the link as idle): see [`Shared::finish`].
+    /// The peer sent the go-away (it is stopping, or closes the link as idle): see
+    /// [`Shared::finish`].
     fn finish_link(&self) {
         self.closed.store(true, Ordering::Release);
         self.finish.raise();
