@@ -20,7 +20,9 @@
 //! id and the owner's span is a child of the sender's. The tracestate is at most 512 bytes.
 //! The extras block carries the message's name and the client's headers (see `frame::Extras`):
 //! `u32 len`, then `u16 name_len`, the name (empty: none), `u16 count`, and `count` times
-//! `u16 name_len, name, u16 value_len, value`; at most 64 KiB, and a decoder refuses more.
+//! `u16 name_len, name, u16 value_len, value`; at most 64 KiB, and a decoder refuses more. A
+//! request that does not fit a frame whole (its headers, or a string past its length field)
+//! goes over HTTP instead; an answer's headers past the bound are left out.
 //! Version 4 widened the trace field (from a u64); version 5 added the extras block (a
 //! development build of version 4 had only the wider trace field); version 6 added `ring`, the
 //! checksum of the sender's ring of the stream on a forward to a key's owner (0 on one sent to a

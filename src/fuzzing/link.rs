@@ -169,9 +169,16 @@ fn frames_round_trip(data: &[u8]) {
     );
     if encoded.is_err() {
         let longest = stream.len().max(service_id.len()).max(content_type.len());
+        let extras = 2
+            + key.len()
+            + 2
+            + headers
+                .iter()
+                .map(|(n, v)| 4 + n.as_str().len() + v.len())
+                .sum::<usize>();
         assert!(
-            longest > usize::from(u16::MAX) || key.len() + 4 > MAX_EXTRAS,
-            "only a u16 length or a name past the extras' bound can be too long"
+            longest > usize::from(u16::MAX) || extras > MAX_EXTRAS,
+            "only a u16 length or a name and headers past the extras' bound can be too long"
         );
         return;
     }

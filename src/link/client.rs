@@ -30,7 +30,8 @@ struct Peer {
 
 /// Why the link could not carry a request.
 pub(crate) enum LinkError {
-    /// The peer does not speak the link: send it over HTTP instead.
+    /// The peer does not speak the link, or a link frame cannot carry the request (see
+    /// [`super::frame::Unfit`]): send it over HTTP instead.
     Unsupported,
     Undelivered(Undelivered),
 }
@@ -185,7 +186,13 @@ impl Links {
                 extras,
                 &payload.body,
             )
-            .map_err(LinkError::Undelivered)
+            .map_err(|unfit| {
+                debug!(
+                    reason = unfit.0,
+                    "request sent over HTTP instead of the link"
+                );
+                LinkError::Unsupported
+            })
         };
         // A request that the peer's go-away kept from being written (the peer closes the link
         // as idle, or is stopping) goes once more, on a new link: the peer never saw it. A

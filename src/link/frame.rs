@@ -8,7 +8,7 @@ use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::StatusCode;
 use tokio::io::AsyncWriteExt;
 
-use crate::delivery::{Refusal, Undelivered};
+use crate::delivery::Refusal;
 use crate::message::{Payload, Reply};
 use crate::observe::{Incoming, SpanId, TraceId, TraceState, MAX_TRACESTATE};
 
@@ -215,17 +215,26 @@ pub(crate) struct Extras {
 /// The extras block of no name and no headers, the most common, without its length prefix.
 const NO_EXTRAS: [u8; 4] = [0; 4];
 
+/// Why a link frame cannot carry a request: a string longer than its length field, a name,
+/// headers or a tracestate past their bounds, or a frame past the largest. The request goes
+/// over HTTP instead, which carries it whole.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Unfit(pub(crate) &'static str);
+
 /// The extras block of `name` and `headers`, without its length prefix; `None` for
-/// [`NO_EXTRAS`], which takes no allocation.
-fn extras_block(name: Option<&str>, headers: &HeaderMap) -> Result<Option<BytesMut>, Undelivered> {
+/// [`NO_EXTRAS`], which takes no allocation. Headers past the block's bound make it
+/// [`Unfit`] when `whole`, else they are left out.
+fn extras_block(
+    name: Option<&str>,
+    headers: &HeaderMap,
+    whole: bool,
+) -> Result<Option<BytesMut>, Unfit> {
     if name.is_none() && headers.is_empty() {
         return Ok(None);
     }
     let name = name.unwrap_or("");
     if 2 + name.len() + 2 > MAX_EXTRAS {
-        return Err(Undelivered::failed(
-            "message name too long for a link frame",
-        ));
+        return Err(Unfit("message name too long for a link frame"));
     }
     let mut block = BytesMut::with_capacity(4 + name.len() + 64 * headers.len());
     block.put_u16(name.len() as u16);
@@ -236,6 +245,9 @@ fn extras_block(name: Option<&str>, headers: &HeaderMap) -> Result<Option<BytesM
     for (header, value) in headers {
         let size = 4 + header.as_str().len() + value.len();
         if block.len() + size > MAX_EXTRAS || count == u16::MAX {
+            if whole {
+                return Err(Unfit("headers too large for a link frame"));
+            }
             break;
         }
         block.put_u16(header.as_str().len() as u16);
@@ -308,15 +320,15 @@ pub(crate) fn encode_request(
     content_type: &str,
     (name, headers): (Option<&str>, &HeaderMap),
     body: &Bytes,
-) -> Result<(), Undelivered> {
-    let extras = extras_block(name, headers)?;
+) -> Result<(), Unfit> {
+    let extras = extras_block(name, headers, true)?;
     let extras = extras.as_deref().unwrap_or(&NO_EXTRAS);
     if stream.len() > u16::MAX as usize
         || previous_owner.len() > u16::MAX as usize
         || service_id.len() > u16::MAX as usize
         || content_type.len() > u16::MAX as usize
     {
-        return Err(Undelivered::failed(
+        return Err(Unfit(
             "stream, service id or content type too long for a link frame",
         ));
     }
@@ -324,7 +336,7 @@ pub(crate) fn encode_request(
         .and_then(|t| t.state.as_ref())
         .map_or(&[][..], |s| s.value().as_bytes());
     if state.len() > MAX_TRACESTATE {
-        return Err(Undelivered::failed("tracestate too long for a link frame"));
+        return Err(Unfit("tracestate too long for a link frame"));
     }
     let len = REQUEST_FIXED
         + state.len()
@@ -337,9 +349,7 @@ pub(crate) fn encode_request(
         + extras.len()
         + body.len();
     if len > MAX_FRAME {
-        return Err(Undelivered::failed(format!(
-            "message of {len} bytes is too large for a link frame"
-        )));
+        return Err(Unfit("message too large for a link frame"));
     }
     out.reserve(4 + len, body);
     let buf = &mut out.bytes;
@@ -371,7 +381,7 @@ pub(crate) fn encode_request(
 
 pub(crate) fn encode_response(out: &mut Outbox, id: u64, reply: &Reply) {
     // Headers past the bound are left out (see `extras_block`); a name is never written here.
-    let extras = extras_block(None, &reply.headers).ok().flatten();
+    let extras = extras_block(None, &reply.headers, false).ok().flatten();
     let extras = extras.as_deref().unwrap_or(&NO_EXTRAS);
     let body = &reply.body;
     let len = 1 + 8 + 2 + 4 + extras.len() + body.len();
@@ -621,8 +631,9 @@ mod tests {
         assert!(next_frame(&mut buf, MAX_FRAME).unwrap().is_none());
     }
 
-    /// The extras block: what the writer leaves out past its bound, and what the reader
-    /// refuses (longer than the bound, not in the writer's form, or not whole).
+    /// The extras block: what the writer leaves out past its bound (an answer's) or refuses
+    /// to write (a request's, which then goes over HTTP), and what the reader refuses (longer
+    /// than the bound, not in the writer's form, or not whole).
     #[test]
     fn extras_are_bounded_and_read_only_in_the_writers_form() {
         let mut many = HeaderMap::new();
@@ -630,12 +641,16 @@ mod tests {
             let name = HeaderName::from_bytes(format!("x-h{n}").as_bytes()).unwrap();
             many.insert(name, HeaderValue::from_static("0123456789abcdef0123456789"));
         }
-        let block = extras_block(Some("n"), &many).unwrap().unwrap();
+        assert_eq!(
+            extras_block(Some("n"), &many, true),
+            Err(Unfit("headers too large for a link frame"))
+        );
+        let block = extras_block(Some("n"), &many, false).unwrap().unwrap();
         assert!(block.len() <= MAX_EXTRAS, "{}", block.len());
         let mut framed = Bytes::from([&(block.len() as u32).to_be_bytes()[..], &block].concat());
         let read = take_extras(&mut framed).unwrap();
         assert!(read.headers.len() < many.len() && read.headers.len() > 1000);
-        assert!(extras_block(Some(&"n".repeat(MAX_EXTRAS)), &HeaderMap::new()).is_err());
+        assert!(extras_block(Some(&"n".repeat(MAX_EXTRAS)), &HeaderMap::new(), false).is_err());
 
         let block = |pairs: &[(&str, &str)], declared: Option<u32>| {
             let mut b = vec![0u8, 0];

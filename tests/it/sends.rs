@@ -456,3 +456,36 @@ async fn a_timeout_in_the_query_bounds_the_request_as_the_header_does() {
     let bad = post(&nodes[0], "/api/slow/k?timeout=soon", &[], "{}").await;
     assert_eq!(bad.status, StatusCode::BAD_REQUEST);
 }
+
+/// What a handler saw of the client's `x-big-*` headers: how many, and their bytes.
+async fn big_headers(_data: Value, header: Header) -> Result<Value, HandlerError> {
+    let big: Vec<usize> = header
+        .headers
+        .iter()
+        .filter(|(name, _)| name.as_str().starts_with("x-big-"))
+        .map(|(_, value)| value.len())
+        .collect();
+    Ok(json!({ "count": big.len(), "bytes": big.iter().sum::<usize>() }))
+}
+
+/// Headers past what a link frame holds (64 KiB) reach the owner's handler whole: such a
+/// request goes over HTTP instead of the link, and the next, small one is served as ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn headers_past_a_link_frames_bound_reach_the_handler_whole() {
+    let entry = entry(PeerProtocol::Link).await;
+    let owner = meshage::init(gossip(&seed(&entry)), "127.0.0.1:0")
+        .register("big", big_headers)
+        .start()
+        .await
+        .unwrap();
+    let nodes = [entry, owner];
+    wait_converged(&nodes, 1).await;
+    let value = "v".repeat(2000);
+    let names: Vec<String> = (0..40).map(|n| format!("x-big-{n}")).collect();
+    let headers: Vec<(&str, &str)> = names.iter().map(|n| (n.as_str(), value.as_str())).collect();
+    let answer = post(&nodes[0], "/api/big/k", &headers, "{}").await;
+    assert_eq!(answer.status, StatusCode::OK);
+    assert_eq!(answer.json(), json!({"count": 40, "bytes": 40 * 2000}));
+    let small = post(&nodes[0], "/api/big/k", &headers[..2], "{}").await;
+    assert_eq!(small.json(), json!({"count": 2, "bytes": 2 * 2000}));
+}
