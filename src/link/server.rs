@@ -292,7 +292,8 @@ pub(crate) async fn serve<S, H, F>(
             _ = async { tokio::time::sleep(STARVED_RETRY).await }, if open && starved => {
                 starved = !hold_partial(&mut held, &buf);
             }
-            // An async block, so that no timer is made (nor the clock read) while not stopping.
+            // An async block, so that no timer is made (nor the clock read) until stopping or
+            // closing.
             _ = async { tokio::time::sleep(Duration::from_millis(100)).await }, if (stopping || closing) && running.is_empty() => {
                 if idle_since.elapsed() >= STOPPING_IDLE {
                     break;
