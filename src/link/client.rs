@@ -343,6 +343,35 @@ mod tests {
         Arc::new(Budget::new(usize::MAX))
     }
 
+    /// A handler that answers with the request's body.
+    async fn echo(request: LinkRequest) -> Answer {
+        Ok(Reply::new(StatusCode::OK, request.payload.body))
+    }
+
+    /// [`serve`] as the tests' peers run it: nothing read ahead, no budget bound.
+    fn serving<S, H, F>(
+        stream: S,
+        body_limit: usize,
+        handle: H,
+        idle: Duration,
+        stop: crate::shutdown::Watch,
+    ) -> impl std::future::Future<Output = ()>
+    where
+        S: super::super::duplex::Duplex,
+        H: Fn(LinkRequest) -> F,
+        F: std::future::Future<Output = Answer> + Send + 'static,
+    {
+        serve(
+            stream,
+            Bytes::new(),
+            body_limit,
+            unbounded(),
+            handle,
+            idle,
+            stop,
+        )
+    }
+
     /// A link server on a new port that serves one connection with `handle`; its address, the
     /// flag that stops it (dropping it stops it too), and its task.
     async fn serve_one<H, F>(handle: H) -> (String, Flag, tokio::task::JoinHandle<()>)
@@ -356,16 +385,7 @@ mod tests {
         let watch = stop.watch();
         let server = tokio::spawn(async move {
             let (stream, _) = listener.accept().await.unwrap();
-            serve(
-                stream,
-                Bytes::new(),
-                16 << 20,
-                unbounded(),
-                handle,
-                IDLE,
-                watch,
-            )
-            .await;
+            serving(stream, 16 << 20, handle, IDLE, watch).await;
         });
         (authority, stop, server)
     }
@@ -424,16 +444,7 @@ mod tests {
                 }
                 async move { Ok(Reply::new(StatusCode::OK, Bytes::from_static(b"{}"))) }
             };
-            serve(
-                stream,
-                Bytes::new(),
-                64 << 20,
-                unbounded(),
-                handle,
-                IDLE,
-                watch,
-            )
-            .await;
+            serving(stream, 64 << 20, handle, IDLE, watch).await;
         });
         BlockingPeer {
             authority,
@@ -757,19 +768,7 @@ mod tests {
             let (stream, _) = listener.accept().await.unwrap();
             let stream = acceptor.accept(stream).await.unwrap();
             let client = client_fingerprint(stream.get_ref().1);
-            let handle = |request: LinkRequest| async move {
-                Ok(Reply::new(StatusCode::OK, request.payload.body))
-            };
-            serve(
-                stream,
-                Bytes::new(),
-                16 << 20,
-                unbounded(),
-                handle,
-                IDLE,
-                watch,
-            )
-            .await;
+            serving(stream, 16 << 20, echo, IDLE, watch).await;
             client
         });
         let links = Links::new(Duration::from_secs(2), 16 << 20, Some(near.clone()));
@@ -824,17 +823,7 @@ mod tests {
                     continue;
                 }
                 let stop = stop.clone();
-                tokio::spawn(serve(
-                    stream,
-                    Bytes::new(),
-                    1 << 20,
-                    unbounded(),
-                    |request: LinkRequest| async move {
-                        Ok(Reply::new(StatusCode::OK, request.payload.body))
-                    },
-                    IDLE,
-                    stop,
-                ));
+                tokio::spawn(serving(stream, 1 << 20, echo, IDLE, stop));
             }
         });
         let mut links = Links::new(Duration::from_secs(2), 16 << 20, None);
@@ -890,19 +879,8 @@ mod tests {
             let stop = Flag::default();
             while let Ok((stream, _)) = listener.accept().await {
                 counted.fetch_add(1, Ordering::SeqCst);
-                let echo = |request: LinkRequest| async move {
-                    Ok(Reply::new(StatusCode::OK, request.payload.body))
-                };
                 let watch = stop.watch();
-                tokio::spawn(serve(
-                    stream,
-                    Bytes::new(),
-                    1 << 20,
-                    unbounded(),
-                    echo,
-                    idle,
-                    watch,
-                ));
+                tokio::spawn(serving(stream, 1 << 20, echo, idle, watch));
             }
         });
         (authority, accepted)
