@@ -212,13 +212,8 @@ impl Links {
                 });
                 open
             };
-            let rx = match sent {
-                Some(Ok(rx)) => rx,
-                Some(Err((true, _))) if again => {
-                    again = false;
-                    continue;
-                }
-                Some(Err((_, e))) => return Err(e),
+            let submitted = match sent {
+                Some(submitted) => submitted,
                 None => {
                     let fingerprint = peer;
                     let peer = self.peer(authority);
@@ -226,15 +221,17 @@ impl Links {
                         return Err(LinkError::Unsupported);
                     }
                     let conn = self.conn(authority, &peer, fingerprint, deadline).await?;
-                    match conn.submit(&mut encode, deadline) {
-                        Ok(rx) => rx,
-                        Err(e) if again && went_away(&conn, &e) => {
-                            again = false;
-                            continue;
-                        }
-                        Err(e) => return Err(e),
-                    }
+                    conn.submit(&mut encode, deadline)
+                        .map_err(|e| (went_away(&conn, &e), e))
                 }
+            };
+            let rx = match submitted {
+                Ok(rx) => rx,
+                Err((true, _)) if again => {
+                    again = false;
+                    continue;
+                }
+                Err((_, e)) => return Err(e),
             };
             return match rx.await {
                 Ok(Outcome::Answer(Ok(reply))) => Ok(reply),
