@@ -186,7 +186,9 @@ fn open_stream(node: &Node, headers: &str) -> std::net::TcpStream {
     stream
 }
 
-/// Reads `stream` until `done` holds for all read so far, for at most `timeout`.
+/// Reads `stream` until `done` holds for all read so far and that ends between events (or
+/// heads, or the chunked body's end), for at most `timeout`: a read may stop inside an event's
+/// `data:` line, which would not parse.
 fn read_until(
     stream: &mut std::net::TcpStream,
     timeout: Duration,
@@ -198,7 +200,16 @@ fn read_until(
         .set_read_timeout(Some(Duration::from_millis(100)))
         .unwrap();
     let mut buf = vec![0u8; 64 * 1024];
-    while !done(&String::from_utf8_lossy(&text)) {
+    let whole = |t: &str| {
+        ["\n\n", "\n\n\r\n", "\r\n\r\n"]
+            .iter()
+            .any(|end| t.ends_with(end))
+    };
+    loop {
+        let read = String::from_utf8_lossy(&text);
+        if done(&read) && whole(&read) {
+            break;
+        }
         assert!(
             Instant::now() < deadline,
             "not within {timeout:?}: {}",
