@@ -55,11 +55,14 @@ pub(crate) struct Admin {
     streams: events::Streams,
 }
 
-/// Messages the node is answering now, and its limit; reported by the HTTP server.
+/// Messages the node is answering now, and its limit, and its open connections; reported by
+/// the HTTP server.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Load {
     pub(crate) in_flight: usize,
     pub(crate) max_in_flight: usize,
+    /// Connections open on the node's port (clients' HTTP, peers' links and forwards).
+    pub(crate) connections: usize,
 }
 
 /// One admin endpoint, as the HTTP routes found it.

@@ -29,9 +29,10 @@
 //! The edge of the node: depends on the router, the link, the admin endpoints and the rooms
 //! below them; nothing but the node depends on it.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use crate::admin::Admin;
+use crate::admin::{Admin, Load};
 use crate::router::Router;
 use crate::security::{PeerTls, Tokens};
 use crate::wire::Budget;
@@ -64,6 +65,9 @@ pub(crate) struct Inbound {
     /// The node's TLS, when it has a cluster key: the port then takes TLS, and links and
     /// forwards only from peers over it.
     tls: Option<Arc<PeerTls>>,
+    /// Connections accepted and not yet closed (HTTP and links): the drain waits for them, and
+    /// `/metrics` reports them.
+    connections: Arc<AtomicUsize>,
 }
 
 impl Inbound {
@@ -84,7 +88,18 @@ impl Inbound {
             budget: Arc::new(Budget::new(max_buffered)),
             tokens,
             tls,
+            connections: Arc::new(AtomicUsize::new(0)),
         })
+    }
+
+    /// Messages in flight and open connections, now.
+    fn load(&self) -> Load {
+        let (in_flight, max_in_flight) = self.admission.in_flight();
+        Load {
+            in_flight,
+            max_in_flight,
+            connections: self.connections.load(Ordering::Relaxed),
+        }
     }
 
     /// Whether the node has a cluster key: links and forwards then come from peers only.

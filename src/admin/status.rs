@@ -110,6 +110,7 @@ fn metrics_text(admin: &Admin, load: Load) -> String {
         gossip: admin.router.membership_traffic(),
         in_flight: load.in_flight,
         max_in_flight: load.max_in_flight,
+        connections: load.connections,
         events: admin.events.counts(),
     })
 }

@@ -4,7 +4,6 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use crate::admin::Load;
 use crate::router::RouteError;
 
 /// The node's in-flight count and its limit.
@@ -39,11 +38,9 @@ impl Admission {
         Ok(Slot(&self.in_flight))
     }
 
-    pub(super) fn load(&self) -> Load {
-        Load {
-            in_flight: self.in_flight.load(Ordering::Relaxed),
-            max_in_flight: self.max_in_flight,
-        }
+    /// Messages in flight now, and the limit.
+    pub(super) fn in_flight(&self) -> (usize, usize) {
+        (self.in_flight.load(Ordering::Relaxed), self.max_in_flight)
     }
 }
 
@@ -57,9 +54,9 @@ mod tests {
         let first = admission.admit().unwrap();
         let _second = admission.admit().unwrap();
         assert!(matches!(admission.admit(), Err(RouteError::Overloaded(2))));
-        assert_eq!(admission.load().in_flight, 2, "a refusal takes no slot");
+        assert_eq!(admission.in_flight().0, 2, "a refusal takes no slot");
         drop(first);
         assert!(admission.admit().is_ok());
-        assert_eq!(admission.load().in_flight, 1);
+        assert_eq!(admission.in_flight().0, 1);
     }
 }

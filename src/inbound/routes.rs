@@ -173,7 +173,7 @@ async fn answer(
             .await
             .map(Outgoing::Left),
         Endpoint::Admin(page) => {
-            let load = inbound.admission.load();
+            let load = inbound.load();
             match inbound.admin.answer(page, &request.method, load) {
                 AdminAnswer::Whole(response) => response.map(Outgoing::Left),
                 AdminAnswer::Stream(response) => response.map(Outgoing::Right),

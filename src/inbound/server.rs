@@ -6,7 +6,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -69,8 +69,7 @@ pub(crate) async fn serve(
         .initial_stream_window_size(1 << 20)
         .initial_connection_window_size(16 << 20);
     let http: Arc<Builders> = Arc::new((http1, http2));
-    // Connections accepted and not yet closed (HTTP and links): the drain waits for them.
-    let open = Arc::new(AtomicUsize::new(0));
+    let open = inbound.connections.clone();
     let closed = Arc::new(tokio::sync::Notify::new());
     // Whether the last connection was refused at the limit: the warning is logged once a spell.
     let mut refusing = false;

@@ -196,6 +196,8 @@ pub(crate) struct ClusterGauges<'a> {
     /// Messages the node is answering now (over HTTP and peer links), and its limit.
     pub(crate) in_flight: usize,
     pub(crate) max_in_flight: usize,
+    /// Connections open on the node's port.
+    pub(crate) connections: usize,
     /// Membership events seen so far, by kind.
     pub(crate) events: Vec<(&'static str, u64)>,
 }
@@ -371,6 +373,13 @@ impl Metrics {
             "meshage_requests_in_flight_limit {}",
             cluster.max_in_flight
         );
+        header(
+            &mut out,
+            "meshage_connections",
+            "gauge",
+            "Connections open on this node's port: clients' HTTP, peers' links and forwards.",
+        );
+        let _ = writeln!(out, "meshage_connections {}", cluster.connections);
 
         histograms(
             &mut out,
@@ -603,6 +612,7 @@ mod tests {
             }),
             in_flight: 1,
             max_in_flight: 100,
+            connections: 3,
             events: vec![("joined", 2), ("dead", 0)],
         }
     }
@@ -657,6 +667,7 @@ mod tests {
             format!(r#"meshage_reroutes_total{{{stream}}} 1"#),
             "meshage_requests_in_flight 1".into(),
             "meshage_requests_in_flight_limit 100".into(),
+            "meshage_connections 3".into(),
             r#"meshage_members{state="leaving"} 1"#.into(),
             r#"meshage_services{stream="echo"} 2"#.into(),
             "meshage_table_rebuilds_total 5".into(),

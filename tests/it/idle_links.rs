@@ -8,7 +8,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::api::bounded;
-use crate::common::gossip;
+use crate::common::{gossip, wait_until_async, Http};
 use crate::hostile::link_request_frame;
 
 /// The go-away frame: length 1, kind 3.
@@ -23,6 +23,21 @@ async fn read_frame(link: &mut TcpStream) -> Vec<u8> {
     [len.to_vec(), frame].concat()
 }
 
+/// The node's `meshage_connections` gauge, read by a new client (whose connection counts too:
+/// a kept-alive one of an earlier read could race the node's close of it as idle).
+async fn connections(node: &meshage::Node) -> u64 {
+    let text = Http::default()
+        .get(&format!("http://{}/metrics", node.local_addr()))
+        .await
+        .body;
+    let text = String::from_utf8_lossy(&text).into_owned();
+    text.lines()
+        .find_map(|line| line.strip_prefix("meshage_connections "))
+        .expect("the gauge")
+        .parse()
+        .unwrap()
+}
+
 /// The status of an answer frame (kind 2: id, then the status).
 fn answered(frame: &[u8]) -> u16 {
     assert_eq!(frame[4], 2, "an answer frame, not a refusal: {frame:?}");
@@ -31,7 +46,8 @@ fn answered(frame: &[u8]) -> u16 {
 
 /// A link idle for the node's idle timeout gets the go-away; a request its client sent before
 /// it saw the go-away is still run and answered; and a client that ignores the go-away loses
-/// the connection soon after (a few seconds), instead of holding it for good.
+/// the connection soon after (a few seconds), instead of holding it for good: the node's
+/// `meshage_connections` no longer counts it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_link_gets_the_go_away_and_then_closes() {
     bounded(async {
@@ -50,6 +66,7 @@ async fn an_idle_link_gets_the_go_away_and_then_closes() {
         let request = |id| link_request_frame(id, "echo", "k", &service, b"{}");
         link.write_all(&request(1)).await.unwrap();
         assert_eq!(answered(&read_frame(&mut link).await), 200);
+        assert_eq!(connections(&node).await, 2, "the link and the scrape");
 
         // Nothing more is sent: the go-away comes once the link has been idle.
         let frame = tokio::time::timeout(Duration::from_secs(10), read_frame(&mut link))
@@ -68,6 +85,12 @@ async fn an_idle_link_gets_the_go_away_and_then_closes() {
             .expect("the node closes the link")
             .ok();
         assert!(rest.is_empty(), "nothing after the go-away: {rest:?}");
+        wait_until_async(
+            Duration::from_secs(5),
+            "the link counted closed",
+            || async { connections(&node).await == 1 },
+        )
+        .await;
     })
     .await;
 }
