@@ -894,7 +894,7 @@ mod tests {
     /// again: the next request opens a new link and gets its answer.
     #[tokio::test]
     async fn a_link_closed_as_idle_is_replaced_by_the_next_request() {
-        let (authority, accepted) = echo_peer(Duration::from_millis(100)).await;
+        let (authority, accepted) = echo_peer(Duration::from_millis(300)).await;
         let links = Links::new(Duration::from_secs(2), 1 << 20, None);
         let reply = send_once(&links, &authority, &hello()).await.ok().unwrap();
         assert_eq!(reply.body, hello().body);
