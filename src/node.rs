@@ -213,6 +213,7 @@ impl NodeBuilder {
             config.body_limit.max(16 * 1024 * 1024),
             config.peer_protocol,
             tls.clone(),
+            config.idle_timeout,
         );
         let router = Router::new(
             node_id.clone(),
